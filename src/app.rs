@@ -1,0 +1,191 @@
+//! Wiring: builds the client, view, telemetry and server, runs them, shuts them down.
+
+use std::{future::Future, time::Duration};
+
+use anyhow::Context as _;
+use kube::{
+    Client,
+    client::ClientBuilder,
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::{info, warn};
+
+use crate::{
+    cluster::{self, ApiObserverLayer, View},
+    config::{ConfigError, KubeSource, Settings},
+    http::{self, HttpState},
+    telemetry::Telemetry,
+};
+
+/// The whole shutdown must fit in Kubernetes' default 30 s grace period, and we promise 10 s.
+const SHUTDOWN_BUDGET: Duration = Duration::from_secs(8);
+
+/// Resolves the Kubernetes client configuration with `kube::Client::try_default`
+/// semantics, plus `--kubeconfig` and `--context`.
+pub async fn kube_config(source: &KubeSource) -> Result<kube::Config, ConfigError> {
+    let options = KubeConfigOptions {
+        context: source.context.clone(),
+        ..Default::default()
+    };
+    match (&source.kubeconfig, &source.context) {
+        (Some(path), _) => {
+            let file = Kubeconfig::read_from(path)
+                .map_err(|e| ConfigError::Kube(format!("--kubeconfig {}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| ConfigError::Kube(format!("--kubeconfig {}: {e}", path.display())))
+        }
+        (None, Some(context)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| ConfigError::Kube(format!("--context {context}: {e}"))),
+        (None, None) => kube::Config::infer().await.map_err(|e| {
+            ConfigError::Kube(format!(
+                "no Kubernetes configuration found ({e}); set --kubeconfig or KUBECONFIG, or run in a cluster"
+            ))
+        }),
+    }
+}
+
+/// A failure that maps to exit code 2: the user's input is wrong, retrying will not help.
+pub fn is_config_error(err: &anyhow::Error) -> bool {
+    err.chain()
+        .any(|e| e.is::<ConfigError>() || e.is::<crate::telemetry::TelemetryError>())
+}
+
+/// Runs the exporter process: telemetry, logs, the Kubernetes configuration
+/// from `kube_config` (awaited inside the runtime, after logging starts), and
+/// the service until SIGTERM or SIGINT. Returns the process exit code.
+pub fn execute<F, Fut>(settings: Settings, kube_config: F) -> std::process::ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = anyhow::Result<kube::Config>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::Error::new(e).context("starting the async runtime")),
+    };
+    let outcome = runtime.block_on(async {
+        let resource = crate::telemetry::build_resource(&settings.resource, &|k| std::env::var(k).ok());
+        let tracer_provider = crate::telemetry::tracer_provider(&settings, resource.clone())?;
+        crate::logging::init(settings.log_format, tracer_provider.as_ref())
+            .map_err(|e| anyhow::anyhow!("initialising logs: {e}"))?;
+        let config = kube_config().await?;
+        run(settings, resource, config, tracer_provider, shutdown_signal()).await
+    });
+    // Do not wait for stray blocking tasks (a hung export) beyond the shutdown budget.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// One line on stderr, exit code 2 for configuration errors and 1 otherwise.
+pub fn fail(err: &anyhow::Error) -> std::process::ExitCode {
+    eprintln!("kube-node-status: error: {err:#}");
+    std::process::ExitCode::from(if is_config_error(err) { 2 } else { 1 })
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            warn!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => info!("SIGINT received; shutting down"),
+        _ = term => info!("SIGTERM received; shutting down"),
+    }
+}
+
+/// Runs the exporter until `shutdown` resolves, then stops the watcher,
+/// flushes OTLP once and returns.
+pub async fn run(
+    settings: Settings,
+    resource: opentelemetry_sdk::Resource,
+    kube_config: kube::Config,
+    tracer_provider: Option<SdkTracerProvider>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (view, writer) = View::new();
+    let client: Client = ClientBuilder::try_from(kube_config)
+        .map_err(|e| ConfigError::Kube(format!("building the Kubernetes client: {e}")))?
+        .with_layer(&ApiObserverLayer::new(view.health().clone()))
+        .build();
+
+    let telemetry = Telemetry::start(&settings, resource, view.clone())?;
+
+    let listener = tokio::net::TcpListener::bind(settings.listen_address)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen_address))?;
+    let bound = listener.local_addr().context("reading the bound address")?;
+    info!(
+        address = %bound,
+        prometheus = settings.prometheus,
+        otlp = settings.otlp_metrics.is_some(),
+        "serving /metrics, /healthz and /readyz"
+    );
+
+    let watcher = cluster::spawn_watcher(client, writer, view.health().clone());
+    let resizer = tokio::spawn(telemetry.clone().resize_loop());
+    let state = HttpState {
+        metrics: telemetry.metrics_handle(),
+        health: view.health().clone(),
+        stale_after: settings.stale_after,
+    };
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, http::router(state))
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .await
+    });
+
+    tokio::select! {
+        _ = shutdown => {}
+        res = &mut server => {
+            anyhow::bail!("HTTP server stopped unexpectedly: {res:?}");
+        }
+    }
+
+    watcher.abort();
+    resizer.abort();
+    let _ = stop_http.send(());
+    if tokio::time::timeout(Duration::from_secs(2), server)
+        .await
+        .is_err()
+    {
+        warn!("HTTP connections still open after 2s; closing them");
+    }
+    let flush = tokio::task::spawn_blocking(move || {
+        telemetry.shutdown();
+        if let Some(tp) = tracer_provider
+            && let Err(e) = tp.shutdown()
+        {
+            warn!(error = %e, "tracer provider shutdown");
+        }
+    });
+    if tokio::time::timeout(SHUTDOWN_BUDGET, flush).await.is_err() {
+        warn!("telemetry flush did not finish in {SHUTDOWN_BUDGET:?}; exiting anyway");
+    }
+    info!("stopped");
+    Ok(())
+}

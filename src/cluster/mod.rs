@@ -1,0 +1,60 @@
+//! The cluster view: one watcher + reflector over Nodes, and what is known of its health.
+//!
+//! Data leaves this module only through [`View`]; nothing here knows about
+//! readings, instruments or exporters.
+
+mod api_observer;
+mod health;
+mod watch;
+
+pub use api_observer::ApiObserverLayer;
+pub use health::{ApiVerb, ErrorReason, EventKind, Health, WatchStats};
+pub use watch::{run as run_watcher, spawn as spawn_watcher, strip};
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::reflector::{self, Store, store::Writer};
+
+/// A read-only handle on the in-memory Nodes and the watch's health.
+///
+/// Cheap to clone; every clone sees the same store.
+#[derive(Clone)]
+pub struct View {
+    store: Store<Node>,
+    health: Arc<Health>,
+}
+
+impl View {
+    /// Creates an empty view and the writer the watcher fills it through.
+    pub fn new() -> (View, Writer<Node>) {
+        let (store, writer) = reflector::store();
+        (
+            View {
+                store,
+                health: Arc::new(Health::new()),
+            },
+            writer,
+        )
+    }
+
+    /// A snapshot of the stored (stripped) Nodes, in no particular order.
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
+        self.store.state()
+    }
+
+    /// The number of stored Nodes.
+    pub fn len(&self) -> usize {
+        self.store.len()
+    }
+
+    /// True when no Node is stored.
+    pub fn is_empty(&self) -> bool {
+        self.store.is_empty()
+    }
+
+    /// The health and counters of the watch that fills this view.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+}

@@ -1,0 +1,196 @@
+//! The watch loop: one paginated LIST, then WATCH from its resourceVersion.
+
+use std::{sync::Arc, time::Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::{
+    Api, Client,
+    runtime::{
+        WatchStreamExt,
+        reflector::store::Writer,
+        watcher::{self, Event},
+    },
+};
+use tracing::{Instrument, Span, debug, info, info_span, warn};
+
+use super::health::{ErrorReason, EventKind, Health};
+
+/// Drops everything no reading needs before a Node is stored.
+///
+/// A real Node is about 15 KB, mostly container images and managedFields;
+/// stripped, it is a few hundred bytes, which is what keeps 10,000 nodes small.
+pub fn strip(node: &mut Node) {
+    let meta = &mut node.metadata;
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    if let Some(spec) = node.spec.as_mut() {
+        spec.config_source = None;
+        spec.external_id = None;
+        spec.pod_cidr = None;
+        spec.pod_cidrs = None;
+    }
+    if let Some(status) = node.status.as_mut() {
+        status.images = None;
+        status.volumes_attached = None;
+        status.volumes_in_use = None;
+        status.daemon_endpoints = None;
+        status.config = None;
+        status.features = None;
+        status.runtime_handlers = None;
+        status.declared_features = None;
+        for c in status.conditions.iter_mut().flatten() {
+            // Heartbeats change every few seconds and messages are free text: neither is read.
+            c.last_heartbeat_time = None;
+            c.message = None;
+            c.reason = None;
+        }
+    }
+}
+
+fn reason(err: &watcher::Error) -> ErrorReason {
+    match err {
+        watcher::Error::InitialListFailed(_) => ErrorReason::ListFailed,
+        watcher::Error::WatchStartFailed(_) => ErrorReason::WatchStartFailed,
+        watcher::Error::WatchError(_) => ErrorReason::WatchError,
+        watcher::Error::WatchFailed(_) => ErrorReason::WatchFailed,
+        watcher::Error::NoResourceVersion => ErrorReason::NoResourceVersion,
+    }
+}
+
+/// The API refused us: say exactly which permission is missing, once.
+fn forbidden(err: &watcher::Error) -> bool {
+    match err {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => {
+            matches!(e, kube::Error::Api(s) if s.is_forbidden())
+        }
+        watcher::Error::WatchError(s) => s.is_forbidden(),
+        watcher::Error::NoResourceVersion => false,
+    }
+}
+
+fn kind<K>(event: &Event<K>) -> EventKind {
+    match event {
+        Event::Apply(_) => EventKind::Apply,
+        Event::Delete(_) => EventKind::Delete,
+        Event::Init => EventKind::Init,
+        Event::InitApply(_) => EventKind::InitApply,
+        Event::InitDone => EventKind::InitDone,
+    }
+}
+
+/// Runs the watcher until the stream ends (it does not on its own: errors are
+/// retried with `default_backoff`), storing into `writer` and reporting into `health`.
+pub async fn run(client: Client, writer: Writer<Node>, health: Arc<Health>) {
+    let api: Api<Node> = Api::all(client);
+    // Defaults: paginated LIST (500 per page) at the most recent resourceVersion,
+    // then WATCH from it with bookmarks. No periodic relist: only 410 Gone forces one.
+    let config = watcher::Config::default();
+    let stream = watcher::watcher(api, config)
+        .default_backoff()
+        .modify(strip)
+        .reflect(writer);
+    let mut stream = std::pin::pin!(stream);
+    health.set_running(true);
+    let mut list_span: Option<Span> = None;
+    let mut listed = 0u64;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(event) => {
+                let kind = kind(&event);
+                match kind {
+                    EventKind::Init => {
+                        let relist = health.stats().events(EventKind::Init) > 0;
+                        let span = info_span!("watch.list", relist, nodes = tracing::field::Empty);
+                        span.in_scope(|| info!(relist, "listing nodes"));
+                        list_span = Some(span);
+                        listed = 0;
+                    }
+                    EventKind::InitApply => listed += 1,
+                    EventKind::InitDone => {
+                        if let Some(span) = list_span.take() {
+                            span.record("nodes", listed);
+                            span.in_scope(|| info!(nodes = listed, "node list synced; watching"));
+                        }
+                    }
+                    _ => {}
+                }
+                if health.on_event(kind) {
+                    info!("node watch recovered");
+                }
+            }
+            Err(err) => {
+                let reason = reason(&err);
+                if health.on_error(reason, Instant::now()) {
+                    if forbidden(&err) {
+                        warn!(
+                            error = %err,
+                            "forbidden: this service account needs `get`, `list` and `watch` on `nodes` \
+                             (a ClusterRole bound with a ClusterRoleBinding); retrying with backoff"
+                        );
+                    } else {
+                        warn!(error = %err, reason = reason.as_str(), "node watch failing; serving last known view, retrying with backoff");
+                    }
+                } else {
+                    debug!(error = %err, reason = reason.as_str(), "node watch still failing");
+                }
+            }
+        }
+    }
+    health.set_running(false);
+    warn!("node watcher stopped");
+}
+
+/// Spawns [`run`] on the runtime, inside a span for its whole life.
+pub fn spawn(client: Client, writer: Writer<Node>, health: Arc<Health>) -> tokio::task::JoinHandle<()> {
+    let span = info_span!("watch.nodes");
+    tokio::spawn(run(client, writer, health).instrument(span))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{ContainerImage, NodeCondition, NodeStatus};
+    use kube::api::ObjectMeta;
+
+    #[test]
+    fn strip_keeps_what_readings_need() {
+        let mut node = Node {
+            metadata: ObjectMeta {
+                name: Some("a".into()),
+                labels: Some([("zone".to_string(), "z1".to_string())].into()),
+                annotations: Some([("big".to_string(), "x".repeat(10_000))].into()),
+                ..Default::default()
+            },
+            spec: None,
+            status: Some(NodeStatus {
+                images: Some(vec![ContainerImage {
+                    names: Some(vec!["img".into()]),
+                    size_bytes: Some(1),
+                }]),
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    message: Some("kubelet is posting ready status".into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        };
+        strip(&mut node);
+        assert_eq!(node.metadata.name.as_deref(), Some("a"));
+        assert!(node.metadata.labels.is_some());
+        assert!(node.metadata.annotations.is_none());
+        let status = node.status.as_ref().unwrap();
+        assert!(status.images.is_none());
+        let c = &status.conditions.as_ref().unwrap()[0];
+        assert_eq!(
+            (c.type_.as_str(), c.status.as_str(), c.message.as_deref()),
+            ("Ready", "True", None)
+        );
+    }
+}

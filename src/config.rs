@@ -1,0 +1,508 @@
+//! Command-line flags and environment, parsed once into plain settings.
+//!
+//! Every flag has a `KNS_…` variable. Where OpenTelemetry defines a standard
+//! variable (`OTEL_METRICS_EXPORTER`, `OTEL_METRIC_EXPORT_INTERVAL`,
+//! `OTEL_EXPORTER_OTLP_*`), it is honoured too; an explicit flag wins.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// A configuration mistake: reported as one line, exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A list of exporters named something we do not ship.
+    #[error("{var}: unknown exporter {value:?} (expected a comma-separated list of {allowed})")]
+    UnknownExporter {
+        var: &'static str,
+        value: String,
+        allowed: &'static str,
+    },
+    /// `none` together with a real exporter.
+    #[error("{var}: \"none\" cannot be combined with other exporters (got {value:?})")]
+    NoneCombined { var: &'static str, value: String },
+    /// A variable that must hold a number of milliseconds does not.
+    #[error("{var}: expected a positive number of milliseconds, got {value:?}")]
+    BadMillis { var: &'static str, value: String },
+    /// A CA file that cannot be used.
+    #[error("{var}: cannot use {path:?} as a PEM CA certificate: {reason}")]
+    BadCertificate {
+        var: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    /// No usable Kubernetes configuration.
+    #[error("{0}")]
+    Kube(String),
+    /// The OTLP exporter rejected its configuration (endpoint, headers, compression…).
+    #[error("OTLP exporter: {0}")]
+    Otlp(String),
+}
+
+/// Reports Kubernetes node readiness as OpenTelemetry metrics, over OTLP and on a Prometheus `/metrics` endpoint.
+///
+/// Without a subcommand it runs the exporter against the cluster found through
+/// `--kubeconfig`, `KUBECONFIG`, `~/.kube/config` or the in-cluster service account.
+#[derive(Debug, Parser)]
+#[command(name = "kube-node-status", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// The exporter's settings.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Optional subcommand.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands besides running the exporter.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a fake Kubernetes API server with generated nodes and run the exporter against it.
+    #[cfg(feature = "fake-apiserver")]
+    Demo(DemoArgs),
+    /// Run only the fake Kubernetes API server (for tests, demos and benchmarks).
+    #[cfg(feature = "fake-apiserver")]
+    FakeApiserver(crate::fake::FakeArgs),
+}
+
+/// Settings of the `demo` subcommand.
+#[cfg(feature = "fake-apiserver")]
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// The fake cluster.
+    #[command(flatten)]
+    pub fake: crate::fake::ClusterArgs,
+    /// The exporter (its Kubernetes flags are ignored: it always uses the fake API).
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (for log collectors).
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// The exporter's flags.
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    /// Address to serve /metrics, /healthz and /readyz on.
+    #[arg(long, env = "KNS_LISTEN_ADDRESS", default_value = "0.0.0.0:9464")]
+    pub listen_address: SocketAddr,
+
+    /// Kubeconfig file to use instead of KUBECONFIG, ~/.kube/config or the in-cluster service account.
+    #[arg(long, env = "KNS_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubeconfig context to use instead of the current one.
+    #[arg(long, env = "KNS_CONTEXT")]
+    pub context: Option<String>,
+
+    /// Cluster name, exported as the `k8s.cluster.name` resource attribute.
+    #[arg(long, env = "KNS_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+
+    /// /readyz turns 503 once the node watch has been failing for longer than this (e.g. 90s, 2m).
+    #[arg(long, env = "KNS_STALE_AFTER", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub stale_after: Duration,
+
+    /// Log format; levels come from RUST_LOG (default: info). [default: json; text for `demo`]
+    #[arg(long, env = "KNS_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Metric exporters: a comma list of `otlp`, `prometheus`, or `none`.
+    /// [default: OTEL_METRICS_EXPORTER, else otlp,prometheus]
+    #[arg(long, env = "KNS_METRICS_EXPORTER")]
+    pub metrics_exporter: Option<String>,
+
+    /// Trace exporter for the exporter's own spans: `otlp` or `none`.
+    /// [default: OTEL_TRACES_EXPORTER, else otlp when OTLP metrics are on]
+    #[arg(long, env = "KNS_TRACES_EXPORTER")]
+    pub traces_exporter: Option<String>,
+
+    /// OTLP gRPC endpoint, e.g. http://collector:4317 or https://….
+    /// [default: OTEL_EXPORTER_OTLP_METRICS_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4317]
+    #[arg(long, env = "KNS_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// How often to export over OTLP (e.g. 30s). [default: OTEL_METRIC_EXPORT_INTERVAL in ms, else 60s]
+    #[arg(long, env = "KNS_METRIC_EXPORT_INTERVAL", value_parser = humantime::parse_duration)]
+    pub metric_export_interval: Option<Duration>,
+}
+
+/// Where the Kubernetes client configuration comes from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KubeSource {
+    /// An explicit kubeconfig file.
+    pub kubeconfig: Option<PathBuf>,
+    /// An explicit context in it.
+    pub context: Option<String>,
+}
+
+/// One OTLP signal's settings. Headers, timeout and compression are read by
+/// the OTLP exporter itself from the standard variables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtlpSettings {
+    /// An endpoint that overrides the standard variables.
+    pub endpoint: Option<String>,
+    /// A PEM bundle of extra CAs to trust (OTEL_EXPORTER_OTLP_CERTIFICATE).
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// Everything the exporter needs, resolved and validated.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// HTTP listen address.
+    pub listen_address: SocketAddr,
+    /// Kubernetes client configuration source.
+    pub kube: KubeSource,
+    /// Staleness window for /readyz.
+    pub stale_after: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Serve /metrics.
+    pub prometheus: bool,
+    /// Export metrics over OTLP.
+    pub otlp_metrics: Option<OtlpSettings>,
+    /// Export own spans over OTLP.
+    pub otlp_traces: Option<OtlpSettings>,
+    /// Interval of OTLP metric exports.
+    pub export_interval: Duration,
+    /// Resource identity.
+    pub resource: ResourceSettings,
+}
+
+/// What identifies this exporter instance in its telemetry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceSettings {
+    /// `k8s.cluster.name`, if given.
+    pub cluster_name: Option<String>,
+    /// `service.instance.id`: the pod name where known, else the hostname.
+    pub instance_id: String,
+}
+
+const METRICS_EXPORTERS: &str = "`otlp`, `prometheus` or `none`";
+const TRACES_EXPORTERS: &str = "`otlp` or `none`";
+const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The enabled exporters of a comma list; `None` when no exporter is enabled.
+fn parse_exporters<'a>(
+    var: &'static str,
+    value: &str,
+    allowed_names: &[&'a str],
+    allowed: &'static str,
+) -> Result<Vec<&'a str>, ConfigError> {
+    let mut out = Vec::new();
+    let mut saw_none = false;
+    for part in value.split(',').map(str::trim) {
+        let lower = part.to_ascii_lowercase();
+        if lower == "none" {
+            saw_none = true;
+        } else if let Some(name) = allowed_names.iter().find(|n| **n == lower) {
+            if !out.contains(name) {
+                out.push(*name);
+            }
+        } else {
+            return Err(ConfigError::UnknownExporter {
+                var,
+                value: part.to_string(),
+                allowed,
+            });
+        }
+    }
+    if saw_none && !out.is_empty() {
+        return Err(ConfigError::NoneCombined {
+            var,
+            value: value.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+fn read_ca(
+    env: &dyn Fn(&str) -> Option<String>,
+    signal_var: &'static str,
+) -> Result<Option<Vec<u8>>, ConfigError> {
+    let (var, path) = match env(signal_var).filter(|v| !v.is_empty()) {
+        Some(p) => (signal_var, p),
+        None => match env("OTEL_EXPORTER_OTLP_CERTIFICATE").filter(|v| !v.is_empty()) {
+            Some(p) => ("OTEL_EXPORTER_OTLP_CERTIFICATE", p),
+            None => return Ok(None),
+        },
+    };
+    let path = PathBuf::from(path);
+    let pem = std::fs::read(&path).map_err(|e| ConfigError::BadCertificate {
+        var,
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(ConfigError::BadCertificate {
+            var,
+            path,
+            reason: "no PEM certificate in it".into(),
+        });
+    }
+    Ok(Some(pem))
+}
+
+impl RunArgs {
+    /// Resolves flags and the environment (through `env`) into settings.
+    pub fn resolve(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+        let (var, value) = match &self.metrics_exporter {
+            Some(v) => ("--metrics-exporter", v.clone()),
+            None => match env("OTEL_METRICS_EXPORTER").filter(|v| !v.trim().is_empty()) {
+                Some(v) => ("OTEL_METRICS_EXPORTER", v),
+                None => ("OTEL_METRICS_EXPORTER", "otlp,prometheus".to_string()),
+            },
+        };
+        let metrics = parse_exporters(var, &value, &["otlp", "prometheus"], METRICS_EXPORTERS)?;
+        let otlp_metrics_on = metrics.contains(&"otlp");
+
+        let traces_on = match &self.traces_exporter {
+            Some(v) => !parse_exporters("--traces-exporter", v, &["otlp"], TRACES_EXPORTERS)?.is_empty(),
+            None => match env("OTEL_TRACES_EXPORTER").filter(|v| !v.trim().is_empty()) {
+                Some(v) => {
+                    !parse_exporters("OTEL_TRACES_EXPORTER", &v, &["otlp"], TRACES_EXPORTERS)?.is_empty()
+                }
+                None => otlp_metrics_on,
+            },
+        };
+
+        let export_interval = match self.metric_export_interval {
+            Some(d) => d,
+            None => match env("OTEL_METRIC_EXPORT_INTERVAL").filter(|v| !v.trim().is_empty()) {
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                    _ => {
+                        return Err(ConfigError::BadMillis {
+                            var: "OTEL_METRIC_EXPORT_INTERVAL",
+                            value: v,
+                        });
+                    }
+                },
+                None => DEFAULT_EXPORT_INTERVAL,
+            },
+        };
+
+        let otlp_metrics = if otlp_metrics_on {
+            Some(OtlpSettings {
+                endpoint: self.otlp_endpoint.clone(),
+                ca_pem: read_ca(env, "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE")?,
+            })
+        } else {
+            None
+        };
+        let otlp_traces = if traces_on {
+            Some(OtlpSettings {
+                endpoint: self.otlp_endpoint.clone(),
+                ca_pem: read_ca(env, "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")?,
+            })
+        } else {
+            None
+        };
+
+        if let Some(path) = &self.kubeconfig {
+            kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| ConfigError::Kube(format!("--kubeconfig {}: {e}", path.display())))?;
+        }
+
+        let instance_id = env("POD_NAME")
+            .filter(|v| !v.is_empty())
+            .or_else(|| hostname::get().ok().and_then(|h| h.into_string().ok()))
+            .unwrap_or_else(|| "unknown".to_string());
+
+        Ok(Settings {
+            listen_address: self.listen_address,
+            kube: KubeSource {
+                kubeconfig: self.kubeconfig.clone(),
+                context: self.context.clone(),
+            },
+            stale_after: self.stale_after,
+            log_format: self.log_format.unwrap_or(LogFormat::Json),
+            prometheus: metrics.contains(&"prometheus"),
+            otlp_metrics,
+            otlp_traces,
+            export_interval,
+            resource: ResourceSettings {
+                cluster_name: self.cluster_name.clone(),
+                instance_id,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["kube-node-status"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).expect("valid flags").run
+    }
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn exporters_default_to_both_and_follow_otel_metrics_exporter() {
+        // (flags, environment, (prometheus, OTLP metrics, OTLP traces) or an error)
+        type Case<'a> = (
+            &'a [&'a str],
+            &'a [(&'a str, &'a str)],
+            Option<(bool, bool, bool)>,
+        );
+        let cases: &[Case] = &[
+            (&[], &[], Some((true, true, true))),
+            (
+                &[],
+                &[("OTEL_METRICS_EXPORTER", "prometheus")],
+                Some((true, false, false)),
+            ),
+            (
+                &[],
+                &[("OTEL_METRICS_EXPORTER", "otlp")],
+                Some((false, true, true)),
+            ),
+            (
+                &[],
+                &[("OTEL_METRICS_EXPORTER", " OTLP , prometheus ")],
+                Some((true, true, true)),
+            ),
+            (
+                &[],
+                &[("OTEL_METRICS_EXPORTER", "none")],
+                Some((false, false, false)),
+            ),
+            (
+                &[],
+                &[
+                    ("OTEL_METRICS_EXPORTER", "otlp"),
+                    ("OTEL_TRACES_EXPORTER", "none"),
+                ],
+                Some((false, true, false)),
+            ),
+            (
+                &["--metrics-exporter", "prometheus"],
+                &[("OTEL_METRICS_EXPORTER", "otlp")],
+                Some((true, false, false)),
+            ),
+            (
+                &["--traces-exporter", "otlp"],
+                &[("OTEL_METRICS_EXPORTER", "prometheus")],
+                Some((true, false, true)),
+            ),
+            (&[], &[("OTEL_METRICS_EXPORTER", "console")], None),
+            (&[], &[("OTEL_METRICS_EXPORTER", "none,otlp")], None),
+            (&[], &[("OTEL_METRICS_EXPORTER", "otlp,")], None),
+            (&[], &[("OTEL_TRACES_EXPORTER", "zipkin")], None),
+        ];
+        for (flags, env, want) in cases {
+            let got = args(flags)
+                .resolve(&env_of(env))
+                .ok()
+                .map(|s| (s.prometheus, s.otlp_metrics.is_some(), s.otlp_traces.is_some()));
+            assert_eq!(got, *want, "{flags:?} {env:?}");
+        }
+    }
+
+    #[test]
+    fn export_interval_from_flag_or_milliseconds() {
+        type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], Option<Duration>);
+        let cases: &[Case] = &[
+            (&[], &[], Some(Duration::from_secs(60))),
+            (
+                &[],
+                &[("OTEL_METRIC_EXPORT_INTERVAL", "1500")],
+                Some(Duration::from_millis(1500)),
+            ),
+            (
+                &["--metric-export-interval", "5s"],
+                &[("OTEL_METRIC_EXPORT_INTERVAL", "1500")],
+                Some(Duration::from_secs(5)),
+            ),
+            (&[], &[("OTEL_METRIC_EXPORT_INTERVAL", "5s")], None),
+            (&[], &[("OTEL_METRIC_EXPORT_INTERVAL", "0")], None),
+            (&[], &[("OTEL_METRIC_EXPORT_INTERVAL", "-1")], None),
+        ];
+        for (flags, env, want) in cases {
+            let got = args(flags).resolve(&env_of(env)).ok().map(|s| s.export_interval);
+            assert_eq!(got, *want, "{flags:?} {env:?}");
+        }
+    }
+
+    #[test]
+    fn bad_flags_are_rejected_by_clap() {
+        for bad in [
+            &["--listen-address", "nowhere"][..],
+            &["--stale-after", "soon"],
+            &["--log-format", "xml"],
+            &["--metric-export-interval", "often"],
+        ] {
+            let mut argv = vec!["kube-node-status"];
+            argv.extend_from_slice(bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            args(&["--stale-after", "90s"]).stale_after,
+            Duration::from_secs(90)
+        );
+    }
+
+    #[test]
+    fn certificate_must_be_a_readable_pem() {
+        let dir = std::env::temp_dir().join(format!("kns-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("ca.pem");
+        std::fs::write(
+            &good,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let bad = dir.join("not.pem");
+        std::fs::write(&bad, "hello").unwrap();
+        let ok = args(&[])
+            .resolve(&env_of(&[(
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                good.to_str().unwrap(),
+            )]))
+            .unwrap();
+        assert!(ok.otlp_metrics.unwrap().ca_pem.is_some());
+        for path in [bad.to_str().unwrap(), "/nonexistent/ca.pem"] {
+            let err = args(&[])
+                .resolve(&env_of(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", path)]))
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("OTEL_EXPORTER_OTLP_CERTIFICATE"),
+                "{err}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unreadable_kubeconfig_is_a_config_error() {
+        let err = args(&["--kubeconfig", "/nonexistent/kubeconfig"])
+            .resolve(&env_of(&[]))
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::Kube(_)), "{err}");
+    }
+
+    #[test]
+    fn instance_id_prefers_the_pod_name() {
+        let s = args(&[]).resolve(&env_of(&[("POD_NAME", "kns-abc")])).unwrap();
+        assert_eq!(s.resource.instance_id, "kns-abc");
+        let s = args(&[]).resolve(&env_of(&[])).unwrap();
+        assert!(!s.resource.instance_id.is_empty());
+    }
+}

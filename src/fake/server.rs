@@ -1,0 +1,807 @@
+//! A fake Kubernetes API server for Nodes that speaks the real HTTP protocol:
+//! paginated LIST with resourceVersion and limit/continue, WATCH streams with
+//! ADDED/MODIFIED/DELETED/BOOKMARK, 410 Gone for a resourceVersion that is too
+//! old, and 401/403 for a wrong token or missing permission.
+//!
+//! It also lets tests break it on purpose: close every watch, compact history
+//! (forcing 410 on resume), refuse with 403, or stop and restart the listener.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::{Body, Bytes},
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use futures::Stream;
+use hyper_util::{rt::TokioIo, service::TowerToHyperService};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::{
+    net::TcpListener,
+    sync::{broadcast, watch},
+};
+
+use super::nodes;
+
+/// How the fake API server behaves.
+#[derive(Clone, Debug)]
+pub struct FakeOptions {
+    /// Address to listen on (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Generated nodes at start.
+    pub nodes: usize,
+    /// Bearer token clients must send; `None` accepts anyone.
+    pub token: Option<String>,
+    /// Watch events kept for resuming; older resourceVersions get 410 Gone.
+    pub history: usize,
+    /// How often watches get a BOOKMARK.
+    pub bookmark_interval: Duration,
+}
+
+impl Default for FakeOptions {
+    fn default() -> Self {
+        FakeOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            nodes: 5,
+            token: None,
+            history: 10_000,
+            bookmark_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Traffic counters, for tests and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FakeStats {
+    /// LIST requests served (each page counts).
+    pub lists: u64,
+    /// LIST requests that started a new list (no continue token).
+    pub full_lists: u64,
+    /// WATCH requests served.
+    pub watches: u64,
+    /// Bytes of response bodies sent for LIST and WATCH.
+    pub bytes: u64,
+}
+
+struct Store {
+    rv: u64,
+    nodes: BTreeMap<String, Value>,
+    /// Serialized watch events (with their resourceVersion), oldest first.
+    history: VecDeque<(u64, Arc<str>)>,
+    /// Events at or below this resourceVersion are gone: resuming from before it is 410.
+    compacted: u64,
+}
+
+struct Shared {
+    store: Mutex<Store>,
+    events: broadcast::Sender<(u64, Arc<str>)>,
+    /// Bumped to end every open watch.
+    watch_generation: watch::Sender<u64>,
+    forbidden: AtomicBool,
+    token: Option<String>,
+    history: usize,
+    bookmark_interval: Duration,
+    lists: AtomicU64,
+    full_lists: AtomicU64,
+    watches: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets (or adds) condition `type_` of node `name` to `status`. False if the node does not exist.
+    fn set_condition(&self, name: &str, type_: &str, status: &str) -> bool {
+        let mut store = self.lock();
+        let Some(mut node) = store.nodes.get(name).cloned() else {
+            return false;
+        };
+        let now = now_rfc3339();
+        let conditions = &mut node["status"]["conditions"];
+        if !conditions.is_array() {
+            *conditions = json!([]);
+        }
+        let list = conditions.as_array_mut().expect("made an array above");
+        match list.iter_mut().find(|c| c["type"] == type_) {
+            Some(c) => {
+                if c["status"] != status {
+                    c["lastTransitionTime"] = json!(now);
+                }
+                c["status"] = json!(status);
+                c["lastHeartbeatTime"] = json!(now);
+            }
+            None => list.push(
+                json!({"type": type_, "status": status, "lastHeartbeatTime": now, "lastTransitionTime": now}),
+            ),
+        }
+        self.publish(&mut store, "MODIFIED", node);
+        true
+    }
+
+    fn delete_node(&self, name: &str) -> bool {
+        let mut store = self.lock();
+        let Some(node) = store.nodes.get(name).cloned() else {
+            return false;
+        };
+        self.publish(&mut store, "DELETED", node);
+        true
+    }
+
+    fn compact(&self) {
+        let mut store = self.lock();
+        store.history.clear();
+        store.compacted = store.rv;
+    }
+
+    fn close_watches(&self) {
+        self.watch_generation.send_modify(|g| *g += 1);
+    }
+
+    /// Stores `object` under the next resourceVersion and publishes the event.
+    fn publish(&self, store: &mut Store, kind: &str, mut object: Value) -> u64 {
+        store.rv += 1;
+        let rv = store.rv;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let line: Arc<str> = format!("{}\n", json!({"type": kind, "object": &object})).into();
+        match kind {
+            "DELETED" => {
+                if let Some(name) = object["metadata"]["name"].as_str() {
+                    store.nodes.remove(name);
+                }
+            }
+            _ => {
+                if let Some(name) = object["metadata"]["name"].as_str() {
+                    store.nodes.insert(name.to_string(), object);
+                }
+            }
+        }
+        store.history.push_back((rv, line.clone()));
+        while store.history.len() > self.history {
+            if let Some((old, _)) = store.history.pop_front() {
+                store.compacted = old;
+            }
+        }
+        // Sent under the lock, so a watcher that drains its channel under the
+        // lock knows it has seen every event up to `store.rv`.
+        let _ = self.events.send((rv, line));
+        rv
+    }
+}
+
+/// A running fake API server.
+pub struct FakeApiServer {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    kill: Mutex<Option<watch::Sender<bool>>>,
+}
+
+fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+impl FakeApiServer {
+    /// Generates the nodes and starts serving.
+    pub async fn start(options: FakeOptions) -> std::io::Result<FakeApiServer> {
+        let now = now_rfc3339();
+        let mut store = Store {
+            rv: 1000,
+            nodes: BTreeMap::new(),
+            history: VecDeque::new(),
+            compacted: 1000,
+        };
+        for i in 0..options.nodes {
+            store.rv += 1;
+            let node = nodes::node(i, store.rv, &now);
+            store.nodes.insert(nodes::name(i), node);
+        }
+        store.compacted = store.rv;
+        let (events, _) = broadcast::channel(65_536);
+        let shared = Arc::new(Shared {
+            store: Mutex::new(store),
+            events,
+            watch_generation: watch::channel(0).0,
+            forbidden: AtomicBool::new(false),
+            token: options.token.clone(),
+            history: options.history.max(1),
+            bookmark_interval: options.bookmark_interval,
+            lists: AtomicU64::new(0),
+            full_lists: AtomicU64::new(0),
+            watches: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        });
+        let listener = TcpListener::bind(options.listen).await?;
+        let addr = listener.local_addr()?;
+        let server = FakeApiServer {
+            shared,
+            addr,
+            kill: Mutex::new(None),
+        };
+        server.serve(listener);
+        Ok(server)
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let (kill_tx, kill_rx) = watch::channel(false);
+        *self.kill.lock().unwrap_or_else(|e| e.into_inner()) = Some(kill_tx);
+        let app = router(self.shared.clone());
+        tokio::spawn(async move {
+            let mut stop = kill_rx.clone();
+            loop {
+                let (socket, _) = tokio::select! {
+                    _ = stop.changed() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(s) => s,
+                        Err(_) => continue,
+                    },
+                };
+                let service = TowerToHyperService::new(app.clone());
+                let mut conn_stop = kill_rx.clone();
+                tokio::spawn(async move {
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(socket), service);
+                    // Dropping the connection future closes the socket: that is what "killed" means.
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = conn_stop.changed() => {}
+                    }
+                });
+            }
+        });
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:12345`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kubeconfig document pointing at this server (with the token, if any).
+    pub fn kubeconfig(&self) -> String {
+        let user = match &self.shared.token {
+            Some(t) => format!("{{token: {t}}}"),
+            None => "{}".to_string(),
+        };
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"{}\"}}\n\
+             users:\n- name: fake\n  user: {user}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: fake}}\n\
+             current-context: fake\n",
+            self.url()
+        )
+    }
+
+    /// Stops listening and closes every connection, as if the API server died.
+    pub fn stop(&self) {
+        if let Some(kill) = self.kill.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = kill.send(true);
+        }
+    }
+
+    /// Listens again on the same address after [`stop`](Self::stop).
+    pub async fn restart(&self) -> std::io::Result<()> {
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.serve(listener);
+        Ok(())
+    }
+
+    /// Names of the stored nodes.
+    pub fn node_names(&self) -> Vec<String> {
+        self.shared.lock().nodes.keys().cloned().collect()
+    }
+
+    /// Sets (or adds) condition `type_` of node `name` to `status`. False if the node does not exist.
+    pub fn set_condition(&self, name: &str, type_: &str, status: &str) -> bool {
+        self.shared.set_condition(name, type_, status)
+    }
+
+    /// Replaces a node's whole object (or adds it): for malformed-object tests.
+    pub fn put_node(&self, mut object: Value) -> bool {
+        let Some(name) = object["metadata"]["name"].as_str().map(str::to_string) else {
+            return false;
+        };
+        let mut store = self.shared.lock();
+        let kind = if store.nodes.contains_key(&name) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        object["kind"] = json!("Node");
+        object["apiVersion"] = json!("v1");
+        self.shared.publish(&mut store, kind, object);
+        true
+    }
+
+    /// Adds the generated node number `i`.
+    pub fn add_generated(&self, i: usize) -> String {
+        let node = nodes::node(i, 0, &now_rfc3339());
+        self.put_node(node);
+        nodes::name(i)
+    }
+
+    /// Deletes a node. False if it does not exist.
+    pub fn delete_node(&self, name: &str) -> bool {
+        self.shared.delete_node(name)
+    }
+
+    /// Ends every open watch stream (clients resume from their last resourceVersion).
+    pub fn close_watches(&self) {
+        self.shared.close_watches()
+    }
+
+    /// Forgets all watch history: resuming from any earlier resourceVersion gets 410 Gone.
+    pub fn compact(&self) {
+        self.shared.compact()
+    }
+
+    /// Refuses every API request with 403 (as if RBAC were missing) while `on`.
+    pub fn set_forbidden(&self, on: bool) {
+        self.shared.forbidden.store(on, Ordering::Release);
+    }
+
+    /// Traffic so far.
+    pub fn stats(&self) -> FakeStats {
+        let s = &self.shared;
+        FakeStats {
+            lists: s.lists.load(Ordering::Relaxed),
+            full_lists: s.full_lists.load(Ordering::Relaxed),
+            watches: s.watches.load(Ordering::Relaxed),
+            bytes: s.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Flips Ready on random nodes, `per_second` times a second on average,
+    /// until the returned task is aborted.
+    pub fn spawn_churn(self: &Arc<Self>, per_second: f64) -> tokio::task::JoinHandle<()> {
+        let server = self.clone();
+        tokio::spawn(async move {
+            if per_second <= 0.0 {
+                return;
+            }
+            let period = Duration::from_secs_f64(1.0 / per_second);
+            let mut tick = tokio::time::interval(period);
+            let mut rng = fastrand::Rng::with_seed(42);
+            loop {
+                tick.tick().await;
+                let names = server.node_names();
+                if names.is_empty() {
+                    continue;
+                }
+                let name = &names[rng.usize(..names.len())];
+                let ready = server.shared.lock().nodes.get(name).map(|n| {
+                    n["status"]["conditions"]
+                        .as_array()
+                        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+                        .is_some_and(|c| c["status"] == "True")
+                });
+                let next = match ready {
+                    Some(true) if rng.u8(..4) == 0 => "Unknown",
+                    Some(true) => "False",
+                    _ => "True",
+                };
+                server.set_condition(name, "Ready", next);
+            }
+        })
+    }
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn status(code: StatusCode, reason: &str, message: &str) -> Response {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code.as_u16(),
+    });
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/api/v1/nodes", get(list_or_watch))
+        .route("/api/v1/nodes/{name}", get(get_node))
+        .route(
+            "/version",
+            get(|| async { axum::Json(json!({"major": "1", "minor": "31", "gitVersion": "v1.31.0-fake"})) }),
+        )
+        .route("/fake/nodes/{name}/conditions/{type}", post(admin_set_condition))
+        .route("/fake/nodes/{name}", axum::routing::delete(admin_delete))
+        .route("/fake/watches/close", post(admin_close_watches))
+        .route("/fake/compact", post(admin_compact))
+        .route("/fake/stats", get(admin_stats))
+        .with_state(shared)
+}
+
+/// Checks the bearer token and the RBAC switch: `Some` is the refusal to send.
+fn refusal(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+    if let Some(token) = &shared.token {
+        let sent = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if sent != Some(token.as_str()) {
+            return Some(status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized"));
+        }
+    }
+    if shared.forbidden.load(Ordering::Acquire) {
+        return Some(status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "nodes is forbidden: User \"system:serviceaccount:monitoring:kube-node-status\" cannot list resource \"nodes\" in API group \"\" at the cluster scope",
+        ));
+    }
+    None
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListParams {
+    watch: Option<String>,
+    resource_version: Option<String>,
+    limit: Option<usize>,
+    #[serde(rename = "continue")]
+    continue_: Option<String>,
+    timeout_seconds: Option<u64>,
+    allow_watch_bookmarks: Option<bool>,
+}
+
+async fn get_node(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Some(r) = refusal(&shared, &headers) {
+        return r;
+    }
+    match shared.lock().nodes.get(&name) {
+        Some(node) => ([(header::CONTENT_TYPE, "application/json")], node.to_string()).into_response(),
+        None => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("nodes \"{name}\" not found"),
+        ),
+    }
+}
+
+async fn list_or_watch(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(p): Query<ListParams>,
+) -> Response {
+    if let Some(r) = refusal(&shared, &headers) {
+        return r;
+    }
+    if matches!(p.watch.as_deref(), Some("true" | "1")) {
+        watch_nodes(shared, p)
+    } else {
+        list_nodes(&shared, &p)
+    }
+}
+
+fn encode_continue(rv: u64, last: &str) -> String {
+    let raw = format!("{rv}/{last}");
+    raw.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_continue(token: &str) -> Option<(u64, String)> {
+    if !token.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
+        .collect();
+    let raw = String::from_utf8(bytes?).ok()?;
+    let (rv, last) = raw.split_once('/')?;
+    Some((rv.parse().ok()?, last.to_string()))
+}
+
+fn list_nodes(shared: &Shared, p: &ListParams) -> Response {
+    shared.lists.fetch_add(1, Ordering::Relaxed);
+    let store = shared.lock();
+    // Later pages are served from the current state at the first page's
+    // resourceVersion: events in between are replayed by the WATCH that follows,
+    // which is what a client of the real API must cope with too.
+    let (list_rv, after) = match p.continue_.as_deref().filter(|c| !c.is_empty()) {
+        Some(token) => match decode_continue(token) {
+            Some((rv, _)) if rv < store.compacted => {
+                drop(store);
+                return status(
+                    StatusCode::GONE,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                );
+            }
+            Some((rv, last)) => (rv, Some(last)),
+            None => {
+                drop(store);
+                return status(StatusCode::BAD_REQUEST, "BadRequest", "invalid continue token");
+            }
+        },
+        None => {
+            shared.full_lists.fetch_add(1, Ordering::Relaxed);
+            (store.rv, None)
+        }
+    };
+    let _ = &p.resource_version;
+    let limit = p.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
+    let range: Box<dyn Iterator<Item = (&String, &Value)>> = match &after {
+        Some(last) => Box::new(store.nodes.range::<String, _>((
+            std::ops::Bound::Excluded(last.clone()),
+            std::ops::Bound::Unbounded,
+        ))),
+        None => Box::new(store.nodes.iter()),
+    };
+    let mut items = Vec::new();
+    let mut last_name = None;
+    let mut more = false;
+    for (name, node) in range {
+        if items.len() == limit {
+            more = true;
+            break;
+        }
+        items.push(node);
+        last_name = Some(name.as_str());
+    }
+    let mut metadata = json!({"resourceVersion": list_rv.to_string()});
+    if more && let Some(last) = last_name {
+        metadata["continue"] = json!(encode_continue(list_rv, last));
+        metadata["remainingItemCount"] = json!(store.nodes.len() - items.len());
+    }
+    let body =
+        json!({"kind": "NodeList", "apiVersion": "v1", "metadata": metadata, "items": items}).to_string();
+    drop(store);
+    shared.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn gone_event(rv: u64, current: u64) -> String {
+    format!(
+        "{}\n",
+        json!({"type": "ERROR", "object": {
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": format!("too old resource version: {rv} ({current})"), "reason": "Expired", "code": 410
+        }})
+    )
+}
+
+fn bookmark_event(rv: u64) -> String {
+    format!(
+        "{}\n",
+        json!({"type": "BOOKMARK", "object": {"kind": "Node", "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}}})
+    )
+}
+
+fn watch_nodes(shared: Arc<Shared>, p: ListParams) -> Response {
+    shared.watches.fetch_add(1, Ordering::Relaxed);
+    let store = shared.lock();
+    let from = match p.resource_version.as_deref() {
+        None | Some("") | Some("0") => store.rv,
+        Some(v) => match v.parse::<u64>() {
+            Ok(rv) => rv,
+            Err(_) => {
+                drop(store);
+                return status(StatusCode::BAD_REQUEST, "BadRequest", "invalid resourceVersion");
+            }
+        },
+    };
+    let chunk_stream: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, Infallible>> + Send>> =
+        if from < store.compacted {
+            let line = gone_event(from, store.rv);
+            drop(store);
+            Box::pin(futures::stream::once(async move { Ok(Bytes::from(line)) }))
+        } else {
+            let replay: Vec<Arc<str>> = store
+                .history
+                .iter()
+                .filter(|(rv, _)| *rv > from)
+                .map(|(_, l)| l.clone())
+                .collect();
+            let rx = shared.events.subscribe();
+            drop(store);
+            let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1800).max(1));
+            let bookmarks = p.allow_watch_bookmarks.unwrap_or(false);
+            Box::pin(watch_stream(shared.clone(), from, replay, rx, timeout, bookmarks))
+        };
+    let counted = {
+        let shared = shared.clone();
+        futures::StreamExt::inspect(chunk_stream, move |chunk| {
+            if let Ok(b) = chunk {
+                shared.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+            }
+        })
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(counted))
+        .unwrap_or_else(|_| {
+            status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "building the response",
+            )
+        })
+}
+
+fn watch_stream(
+    shared: Arc<Shared>,
+    from: u64,
+    replay: Vec<Arc<str>>,
+    mut rx: broadcast::Receiver<(u64, Arc<str>)>,
+    timeout: Duration,
+    bookmarks: bool,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
+    async_stream(move |tx| async move {
+        let mut last = from;
+        for line in replay {
+            if tx.send(Bytes::from(line.as_bytes().to_vec())).await.is_err() {
+                return;
+            }
+        }
+        let mut generation = shared.watch_generation.subscribe();
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut tick = tokio::time::interval(shared.bookmark_interval);
+        tick.tick().await;
+        loop {
+            let line: Bytes = tokio::select! {
+                _ = &mut deadline => return,
+                _ = generation.changed() => return,
+                _ = tick.tick(), if bookmarks => {
+                    // Drain under the lock: then every event up to store.rv has been sent.
+                    let mut pending = Vec::new();
+                    let current = {
+                        let store = shared.lock();
+                        loop {
+                            match rx.try_recv() {
+                                Ok((rv, l)) => if rv > last { pending.push((rv, l)) },
+                                Err(broadcast::error::TryRecvError::Empty) => break,
+                                Err(_) => return,
+                            }
+                        }
+                        store.rv
+                    };
+                    for (rv, l) in pending {
+                        last = rv;
+                        if tx.send(Bytes::from(l.as_bytes().to_vec())).await.is_err() {
+                            return;
+                        }
+                    }
+                    last = last.max(current);
+                    Bytes::from(bookmark_event(last))
+                }
+                msg = rx.recv() => match msg {
+                    Ok((rv, l)) if rv > last => {
+                        last = rv;
+                        Bytes::from(l.as_bytes().to_vec())
+                    }
+                    Ok(_) => continue,
+                    // A watcher too slow for the event rate is closed, as the real API does.
+                    Err(_) => return,
+                },
+            };
+            if tx.send(line).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// A tiny generator: runs `f` with a sender and yields what it sends.
+fn async_stream<F, Fut>(f: F) -> impl Stream<Item = Result<Bytes, Infallible>> + Send
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Bytes>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let task = tokio::spawn(f(tx));
+    let guard = AbortOnDrop(task);
+    futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+        rx.recv().await.map(|b| (Ok(b), (rx, guard)))
+    })
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[derive(Deserialize)]
+struct StatusParam {
+    status: String,
+}
+
+async fn admin_set_condition(
+    State(shared): State<Arc<Shared>>,
+    Path((name, type_)): Path<(String, String)>,
+    Query(q): Query<StatusParam>,
+) -> StatusCode {
+    if shared.set_condition(&name, &type_, &q.status) {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+async fn admin_delete(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> StatusCode {
+    if shared.delete_node(&name) {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+async fn admin_close_watches(State(shared): State<Arc<Shared>>) -> StatusCode {
+    shared.close_watches();
+    StatusCode::NO_CONTENT
+}
+
+async fn admin_compact(State(shared): State<Arc<Shared>>) -> StatusCode {
+    shared.compact();
+    StatusCode::NO_CONTENT
+}
+
+async fn admin_stats(State(shared): State<Arc<Shared>>) -> axum::Json<Value> {
+    axum::Json(json!({
+        "lists": shared.lists.load(Ordering::Relaxed),
+        "full_lists": shared.full_lists.load(Ordering::Relaxed),
+        "watches": shared.watches.load(Ordering::Relaxed),
+        "bytes": shared.bytes.load(Ordering::Relaxed),
+        "nodes": shared.lock().nodes.len(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip() {
+        let t = encode_continue(1234, "gke-node/1");
+        assert_eq!(decode_continue(&t), Some((1234, "gke-node/1".to_string())));
+        assert_eq!(decode_continue("zz"), None);
+        assert_eq!(decode_continue("abc"), None);
+    }
+}

@@ -1,0 +1,15 @@
+//! kube-node-status: the readiness of every Kubernetes node as OpenTelemetry metrics.
+//!
+//! Data flows one way: [`cluster`] (watch and view) → [`readings`] (pure) →
+//! [`telemetry`] (instruments, providers, exporters) → [`http`] (the server).
+//! [`config`] is parsed once and passed down as plain structs.
+
+pub mod app;
+pub mod cluster;
+pub mod config;
+#[cfg(feature = "fake-apiserver")]
+pub mod fake;
+pub mod http;
+pub mod logging;
+pub mod readings;
+pub mod telemetry;

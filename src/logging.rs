@@ -1,0 +1,44 @@
+//! Logs (JSON or text, levels from `RUST_LOG`) and the bridge of our own spans to OTLP.
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Level;
+use tracing_subscriber::{
+    EnvFilter, Layer, Registry, filter::Targets, layer::SubscriberExt, util::SubscriberInitExt,
+};
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. Only our own crate's spans go to OTLP:
+/// letting tonic, h2 or hyper in would make every export produce more spans to export.
+pub fn init(format: LogFormat, tracer_provider: Option<&SdkTracerProvider>) -> Result<(), String> {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new("info"))
+        .map_err(|e| e.to_string())?;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![match format {
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
+    }];
+    if let Some(provider) = tracer_provider {
+        let tracer = provider.tracer("kube-node-status");
+        layers.push(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(Targets::new().with_target("kube_node_status", Level::INFO))
+                .boxed(),
+        );
+    }
+    tracing_subscriber::registry()
+        .with(layers)
+        .try_init()
+        .map_err(|e| e.to_string())
+}

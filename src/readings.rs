@@ -1,0 +1,384 @@
+//! Pure readings: what a Node (or the whole view) says about readiness.
+//!
+//! Nothing here does I/O, so every rule is tested as a table. The telemetry
+//! module turns these readings into data points; the cluster module never
+//! looks at them.
+
+use k8s_openapi::api::core::v1::Node;
+
+/// The condition type the kubelet uses for overall node readiness.
+pub const READY: &str = "Ready";
+
+/// The status of one node condition, as the three values the API allows.
+///
+/// Anything other than `True` or `False` (including a missing or misspelt
+/// status) reads as `Unknown`: an exporter must never turn garbage into
+/// "healthy" or "unhealthy".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConditionStatus {
+    /// The condition holds.
+    True,
+    /// The condition does not hold.
+    False,
+    /// The kubelet stopped reporting, or the status is unreadable.
+    Unknown,
+}
+
+impl ConditionStatus {
+    /// Every status, in the order points are emitted.
+    pub const ALL: [ConditionStatus; 3] = [
+        ConditionStatus::True,
+        ConditionStatus::False,
+        ConditionStatus::Unknown,
+    ];
+
+    /// Reads the API's string (`"True"`, `"False"`, `"Unknown"`).
+    pub fn from_api(status: &str) -> Self {
+        match status {
+            "True" => ConditionStatus::True,
+            "False" => ConditionStatus::False,
+            _ => ConditionStatus::Unknown,
+        }
+    }
+
+    /// The lower-case attribute value used by the OTel semantic conventions.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionStatus::True => "true",
+            ConditionStatus::False => "false",
+            ConditionStatus::Unknown => "unknown",
+        }
+    }
+}
+
+/// One condition of one node, after de-duplication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConditionReading<'a> {
+    /// The condition type, verbatim from the API (`Ready`, `MemoryPressure`, or a custom one).
+    pub type_: &'a str,
+    /// Its status.
+    pub status: ConditionStatus,
+}
+
+/// The node's name, or `None` for an object no reading can be attached to.
+pub fn node_name(node: &Node) -> Option<&str> {
+    node.metadata.name.as_deref().filter(|n| !n.is_empty())
+}
+
+/// The node's conditions, in API order, one per type.
+///
+/// The API treats conditions as a map keyed by type, so duplicates only come
+/// from buggy writers. When they do, the first entry wins, as in Kubernetes'
+/// own `GetNodeCondition` helper; the Go tool instead took whichever came last,
+/// so its answer depended on list order. Conditions with an empty type are
+/// dropped: they cannot be named in an attribute.
+pub fn conditions(node: &Node) -> Vec<ConditionReading<'_>> {
+    let Some(list) = node.status.as_ref().and_then(|s| s.conditions.as_ref()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<ConditionReading<'_>> = Vec::with_capacity(list.len());
+    for c in list {
+        if c.type_.is_empty() || out.iter().any(|seen| seen.type_ == c.type_) {
+            continue;
+        }
+        out.push(ConditionReading {
+            type_: &c.type_,
+            status: ConditionStatus::from_api(&c.status),
+        });
+    }
+    out
+}
+
+/// The status of the node's Ready condition, wherever it sits in the list.
+///
+/// `None` when the node has no Ready condition at all (a node that has just
+/// registered, or a broken object).
+pub fn ready_status(node: &Node) -> Option<ConditionStatus> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|list| list.iter().find(|c| c.type_ == READY))
+        .map(|c| ConditionStatus::from_api(&c.status))
+}
+
+/// True only when the Ready condition is present and `True`.
+pub fn is_ready(node: &Node) -> bool {
+    ready_status(node) == Some(ConditionStatus::True)
+}
+
+/// Node counts by the status of their Ready condition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterSummary {
+    /// Nodes whose Ready is `True`.
+    pub ready_true: u64,
+    /// Nodes whose Ready is `False`.
+    pub ready_false: u64,
+    /// Nodes whose Ready is `Unknown`, unreadable or missing.
+    pub ready_unknown: u64,
+}
+
+impl ClusterSummary {
+    /// Counts a set of nodes.
+    pub fn of<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Self {
+        let mut s = ClusterSummary::default();
+        for node in nodes {
+            match ready_status(node).unwrap_or(ConditionStatus::Unknown) {
+                ConditionStatus::True => s.ready_true += 1,
+                ConditionStatus::False => s.ready_false += 1,
+                ConditionStatus::Unknown => s.ready_unknown += 1,
+            }
+        }
+        s
+    }
+
+    /// The count for one status.
+    pub fn count(&self, status: ConditionStatus) -> u64 {
+        match status {
+            ConditionStatus::True => self.ready_true,
+            ConditionStatus::False => self.ready_false,
+            ConditionStatus::Unknown => self.ready_unknown,
+        }
+    }
+
+    /// All nodes counted.
+    pub fn total(&self) -> u64 {
+        self.ready_true + self.ready_false + self.ready_unknown
+    }
+
+    /// The fraction (0 to 1, never NaN) of nodes whose Ready is not `True`.
+    ///
+    /// An empty cluster has no unready node, so the fraction is 0.
+    pub fn not_ready_fraction(&self) -> f64 {
+        match self.total() {
+            0 => 0.0,
+            total => (total - self.ready_true) as f64 / total as f64,
+        }
+    }
+}
+
+/// How many attribute sets the per-node instruments need for this view.
+///
+/// Used to size the SDK's cardinality limit from the data rather than from a
+/// constant (a constant large enough for 50,000 nodes costs hundreds of MiB
+/// of pre-allocated maps on a small cluster).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeriesDemand {
+    /// Points of `k8s.node.condition.status`: three per condition per node.
+    pub condition_points: usize,
+    /// Points of per-node instruments with one point per node.
+    pub node_points: usize,
+}
+
+impl SeriesDemand {
+    /// Measures the demand of a set of nodes.
+    pub fn of<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Self {
+        let mut d = SeriesDemand::default();
+        for node in nodes {
+            if node_name(node).is_none() {
+                continue;
+            }
+            d.node_points += 1;
+            d.condition_points += conditions(node).len() * ConditionStatus::ALL.len();
+        }
+        d
+    }
+
+    /// The largest demand of any one instrument.
+    pub fn max_per_instrument(&self) -> usize {
+        self.condition_points.max(self.node_points)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_nodes {
+    use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus};
+    use kube::api::ObjectMeta;
+
+    /// A node named `name` with the given `(type, status)` conditions, or no status at all for `None`.
+    pub fn node(name: &str, conditions: Option<&[(&str, &str)]>) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..Default::default()
+            },
+            spec: None,
+            status: conditions.map(|cs| NodeStatus {
+                conditions: Some(
+                    cs.iter()
+                        .map(|(t, s)| NodeCondition {
+                            type_: t.to_string(),
+                            status: s.to_string(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{test_nodes::node, *};
+    use ConditionStatus::{False as F, True as T, Unknown as U};
+
+    #[test]
+    fn status_strings_map_to_three_values() {
+        for (api, want) in [
+            ("True", T),
+            ("False", F),
+            ("Unknown", U),
+            ("", U),
+            ("true", U),
+            ("yes", U),
+        ] {
+            assert_eq!(ConditionStatus::from_api(api), want, "{api:?}");
+        }
+        assert_eq!(
+            ConditionStatus::ALL.map(ConditionStatus::as_str),
+            ["true", "false", "unknown"]
+        );
+    }
+
+    #[test]
+    fn ready_status_table() {
+        type Case<'a> = (&'a str, Option<&'a [(&'a str, &'a str)]>, Option<ConditionStatus>);
+        let cases: &[Case] = &[
+            ("missing status", None, None),
+            ("no conditions", Some(&[]), None),
+            (
+                "ready first",
+                Some(&[("Ready", "True"), ("MemoryPressure", "False")]),
+                Some(T),
+            ),
+            (
+                "ready last",
+                Some(&[
+                    ("MemoryPressure", "False"),
+                    ("DiskPressure", "False"),
+                    ("Ready", "False"),
+                ]),
+                Some(F),
+            ),
+            (
+                "ready in the middle",
+                Some(&[
+                    ("PIDPressure", "False"),
+                    ("Ready", "Unknown"),
+                    ("DiskPressure", "False"),
+                ]),
+                Some(U),
+            ),
+            (
+                "duplicate: first wins",
+                Some(&[("Ready", "False"), ("Ready", "True")]),
+                Some(F),
+            ),
+            ("garbage status", Some(&[("Ready", "Maybe")]), Some(U)),
+            ("only custom", Some(&[("KernelDeadlock", "False")]), None),
+        ];
+        for (what, conds, want) in cases {
+            let n = node("n", *conds);
+            assert_eq!(ready_status(&n), *want, "{what}");
+            assert_eq!(is_ready(&n), *want == Some(T), "{what}");
+        }
+    }
+
+    #[test]
+    fn conditions_are_deduplicated_and_keep_custom_types() {
+        let n = node(
+            "n",
+            Some(&[
+                ("Ready", "True"),
+                ("KernelDeadlock", "False"),
+                ("Ready", "False"),
+                ("", "True"),
+                ("FrequentContainerdRestart", "Unknown"),
+            ]),
+        );
+        let got: Vec<_> = conditions(&n).iter().map(|c| (c.type_, c.status)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("Ready", T),
+                ("KernelDeadlock", F),
+                ("FrequentContainerdRestart", U)
+            ]
+        );
+        assert!(conditions(&node("n", None)).is_empty());
+        assert!(conditions(&node("n", Some(&[]))).is_empty());
+    }
+
+    #[test]
+    fn summary_counts_missing_ready_as_unknown() {
+        let nodes = [
+            node("a", Some(&[("Ready", "True")])),
+            node("b", Some(&[("Ready", "False")])),
+            node("c", Some(&[("Ready", "Unknown")])),
+            node("d", None),
+            node("e", Some(&[("Ready", "True")])),
+        ];
+        let s = ClusterSummary::of(&nodes);
+        assert_eq!(
+            (s.ready_true, s.ready_false, s.ready_unknown, s.total()),
+            (2, 1, 2, 5)
+        );
+        assert_eq!(s.not_ready_fraction(), 0.6);
+    }
+
+    #[test]
+    fn not_ready_fraction_is_a_fraction_and_never_nan() {
+        let cases = [
+            (ClusterSummary::default(), 0.0),
+            (
+                ClusterSummary {
+                    ready_true: 4,
+                    ..Default::default()
+                },
+                0.0,
+            ),
+            (
+                ClusterSummary {
+                    ready_false: 4,
+                    ..Default::default()
+                },
+                1.0,
+            ),
+            (
+                ClusterSummary {
+                    ready_true: 3,
+                    ready_false: 0,
+                    ready_unknown: 1,
+                },
+                0.25,
+            ),
+        ];
+        for (s, want) in cases {
+            let got = s.not_ready_fraction();
+            assert!(!got.is_nan());
+            assert_eq!(got, want, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn series_demand_counts_three_points_per_condition() {
+        let nodes = [
+            node(
+                "a",
+                Some(&[("Ready", "True"), ("MemoryPressure", "False"), ("Ready", "True")]),
+            ),
+            node("b", None),
+            node("", Some(&[("Ready", "True")])),
+        ];
+        let d = SeriesDemand::of(&nodes);
+        assert_eq!(
+            d,
+            SeriesDemand {
+                condition_points: 6,
+                node_points: 2
+            }
+        );
+        assert_eq!(d.max_per_instrument(), 6);
+    }
+}

@@ -1,0 +1,270 @@
+//! Meter and tracer providers, and the exporters that carry readings out.
+//!
+//! Each metric exporter gets its own `SdkMeterProvider` with its own
+//! instruments. With two readers on one provider, an observation made during
+//! one reader's collection is also written into the other reader's
+//! aggregators, so a deleted node would come back once on `/metrics` after
+//! each OTLP export. Separate providers make every collection see exactly
+//! the view at that moment.
+
+mod instruments;
+mod otlp;
+mod prometheus_text;
+mod resource;
+
+pub use instruments::{keys, names};
+pub use otlp::ExportStats;
+pub use prometheus_text::{CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE, MetricsHandle, RenderError};
+pub use resource::build as build_resource;
+
+use std::{
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry_sdk::{
+    Resource,
+    metrics::{Instrument, PeriodicReader, SdkMeterProvider, Stream},
+    trace::SdkTracerProvider,
+};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::{cluster::View, config::Settings, readings::SeriesDemand};
+use instruments::{Capacity, Sources};
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// Bad OTLP configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The Prometheus exporter could not be built.
+    #[error("Prometheus exporter: {0}")]
+    Prometheus(String),
+}
+
+/// The SDK's own default; we never go below it.
+const MIN_CARDINALITY_LIMIT: usize = 2_000;
+
+/// The cardinality limit for a demand of `points` per instrument: 25% headroom
+/// so that node churn between two collections (old and new names coexist until
+/// the SDK evicts stale sets) stays under it.
+pub fn cardinality_limit(points: usize) -> usize {
+    (points + points / 4).max(MIN_CARDINALITY_LIMIT)
+}
+
+/// One generation of metric pipelines, all built with the same cardinality limit.
+struct Pipelines {
+    limit: usize,
+    prometheus: Option<(SdkMeterProvider, prometheus::Registry)>,
+    otlp: Option<SdkMeterProvider>,
+}
+
+impl Pipelines {
+    fn shutdown(&self) {
+        for provider in self.prometheus.iter().map(|(p, _)| p).chain(self.otlp.iter()) {
+            if let Err(e) = provider.shutdown() {
+                warn!(error = %e, "meter provider shutdown");
+            }
+        }
+    }
+}
+
+struct Inner {
+    settings: Settings,
+    resource: Resource,
+    sources: Sources,
+    current: RwLock<Arc<Pipelines>>,
+    wanted: Arc<AtomicUsize>,
+    notify: Arc<Notify>,
+}
+
+/// All telemetry of the process: metric pipelines (resized as the cluster
+/// grows) and the tracer provider for our own spans.
+#[derive(Clone)]
+pub struct Telemetry {
+    inner: Arc<Inner>,
+}
+
+fn meter_provider(resource: &Resource, limit: usize) -> opentelemetry_sdk::metrics::MeterProviderBuilder {
+    SdkMeterProvider::builder()
+        .with_resource(resource.clone())
+        .with_view(move |i: &Instrument| {
+            if names::PER_NODE.contains(&i.name()) {
+                Stream::builder().with_cardinality_limit(limit).build().ok()
+            } else {
+                None
+            }
+        })
+}
+
+impl Inner {
+    /// Builds a generation of pipelines. Must run inside the tokio runtime (the OTLP channel spawns on it).
+    fn build(&self, limit: usize) -> Result<Pipelines, TelemetryError> {
+        let capacity = Capacity::new(limit, self.wanted.clone(), self.notify.clone());
+        let prometheus = if self.settings.prometheus {
+            let registry = prometheus::Registry::new();
+            let reader = opentelemetry_prometheus::exporter()
+                .with_registry(registry.clone())
+                .scope_info_enabled(false)
+                .build()
+                .map_err(|e| TelemetryError::Prometheus(e.to_string()))?;
+            let provider = meter_provider(&self.resource, limit).with_reader(reader).build();
+            instruments::register(&provider.meter("kube-node-status"), &self.sources, &capacity);
+            Some((provider, registry))
+        } else {
+            None
+        };
+        let otlp = match &self.settings.otlp_metrics {
+            Some(otlp_settings) => {
+                let exporter = otlp::metric_exporter(otlp_settings, self.sources.export.clone())?;
+                let reader = PeriodicReader::builder(exporter)
+                    .with_interval(self.settings.export_interval)
+                    .build();
+                let provider = meter_provider(&self.resource, limit).with_reader(reader).build();
+                instruments::register(&provider.meter("kube-node-status"), &self.sources, &capacity);
+                Some(provider)
+            }
+            None => None,
+        };
+        Ok(Pipelines {
+            limit,
+            prometheus,
+            otlp,
+        })
+    }
+}
+
+impl Telemetry {
+    /// Builds the metric pipelines for `view`. Call inside the tokio runtime.
+    pub fn start(settings: &Settings, resource: Resource, view: View) -> Result<Telemetry, TelemetryError> {
+        let demand = SeriesDemand::of(view.nodes().iter().map(|n| &**n)).max_per_instrument();
+        let inner = Inner {
+            settings: settings.clone(),
+            resource,
+            sources: Sources {
+                view,
+                export: Arc::new(ExportStats::default()),
+            },
+            current: RwLock::new(Arc::new(Pipelines {
+                limit: 0,
+                prometheus: None,
+                otlp: None,
+            })),
+            wanted: Arc::new(AtomicUsize::new(0)),
+            notify: Arc::new(Notify::new()),
+        };
+        let first = inner.build(cardinality_limit(demand))?;
+        *inner.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(first);
+        Ok(Telemetry {
+            inner: Arc::new(inner),
+        })
+    }
+
+    fn current(&self) -> Arc<Pipelines> {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The cardinality limit in force.
+    pub fn cardinality_limit(&self) -> usize {
+        self.current().limit
+    }
+
+    /// A handle that renders `/metrics`, if the Prometheus exporter is on.
+    pub fn metrics_handle(&self) -> Option<MetricsHandle> {
+        self.inner.settings.prometheus.then(|| {
+            let t = self.clone();
+            MetricsHandle::new(move || t.current().prometheus.as_ref().map(|(_, r)| r.clone()))
+        })
+    }
+
+    /// Keeps the cardinality limit sized to the cluster: rebuilds the pipelines
+    /// with a larger limit whenever the view outgrows it. Runs forever.
+    pub async fn resize_loop(self) {
+        let health = self.inner.sources.view.health().clone();
+        loop {
+            tokio::select! {
+                _ = health.changed() => {}
+                _ = self.inner.notify.notified() => {}
+            }
+            let nodes = self.inner.sources.view.nodes();
+            let demand = SeriesDemand::of(nodes.iter().map(|n| &**n)).max_per_instrument();
+            drop(nodes);
+            let needed = demand.max(self.inner.wanted.swap(0, Ordering::AcqRel));
+            let old = self.current();
+            if needed > old.limit {
+                let limit = cardinality_limit(needed);
+                match self.inner.build(limit) {
+                    Ok(new) => {
+                        *self.inner.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+                        info!(
+                            from = old.limit,
+                            to = limit,
+                            points = needed,
+                            "resized metric pipelines for the cluster"
+                        );
+                        // Shutting down flushes one last OTLP export: keep it off the async workers.
+                        let _ = tokio::task::spawn_blocking(move || old.shutdown()).await;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "could not resize metric pipelines; keeping the current ones")
+                    }
+                }
+            }
+            // Bound the cost of recounting under heavy churn.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Shuts every meter provider down, flushing OTLP once. Blocking.
+    pub fn shutdown(&self) {
+        self.current().shutdown();
+    }
+}
+
+/// Builds the tracer provider for our own spans, if OTLP traces are on.
+pub fn tracer_provider(
+    settings: &Settings,
+    resource: Resource,
+) -> Result<Option<SdkTracerProvider>, TelemetryError> {
+    let Some(otlp_settings) = &settings.otlp_traces else {
+        return Ok(None);
+    };
+    let exporter = otlp::span_exporter(otlp_settings)?;
+    Ok(Some(
+        SdkTracerProvider::builder()
+            .with_resource(resource)
+            .with_batch_exporter(exporter)
+            .build(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cardinality_limit_follows_the_data() {
+        for (points, want) in [
+            (0, 2_000),
+            (1_599, 2_000),
+            (1_600, 2_000),
+            (1_700, 2_125),
+            (150_000, 187_500),
+        ] {
+            assert_eq!(cardinality_limit(points), want, "{points}");
+        }
+        // 50,000 nodes with 5 conditions each: never overflows, never a constant 2,000,000.
+        let at_50k = cardinality_limit(50_000 * 5 * 3);
+        assert!(at_50k > 750_000 && at_50k < 1_000_000);
+    }
+}

@@ -1,0 +1,193 @@
+//! OTLP over gRPC: exporter construction, TLS, and failure accounting.
+
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig, WithTonicConfig};
+use opentelemetry_sdk::{
+    Resource,
+    error::OTelSdkResult,
+    metrics::{Temporality, data::ResourceMetrics, exporter::PushMetricExporter},
+    trace::{SpanData, SpanExporter as SdkSpanExporter},
+};
+use tonic::transport::{Certificate, ClientTlsConfig};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::config::{ConfigError, OtlpSettings};
+
+/// Counts OTLP failures and remembers whether we are in a failure streak, so
+/// an unreachable collector is logged once per streak rather than every interval.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    failures: AtomicU64,
+    failing: AtomicBool,
+}
+
+impl ExportStats {
+    /// Metric exports that failed since start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Records a failure; true if it starts a streak (and so deserves a log line).
+    fn on_failure(&self) -> bool {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        !self.failing.swap(true, Ordering::AcqRel)
+    }
+
+    /// Records a success; true if it ends a streak.
+    fn on_success(&self) -> bool {
+        self.failing.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// TLS for `https://` endpoints: webpki roots (tonic's default store is
+/// empty) plus any CA from `OTEL_EXPORTER_OTLP_CERTIFICATE`. Ignored by tonic
+/// for `http://` endpoints.
+fn tls_config(settings: &OtlpSettings) -> ClientTlsConfig {
+    let tls = ClientTlsConfig::new().with_webpki_roots();
+    match &settings.ca_pem {
+        Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
+        None => tls,
+    }
+}
+
+/// Builds the OTLP metric exporter, wrapped to count and log failures.
+///
+/// Must run inside a tokio runtime: the channel's workers are spawned on it.
+pub fn metric_exporter(
+    settings: &OtlpSettings,
+    stats: Arc<ExportStats>,
+) -> Result<ReportingMetricExporter, ConfigError> {
+    let mut builder = MetricExporter::builder()
+        .with_tonic()
+        .with_tls_config(tls_config(settings))
+        .with_temporality(Temporality::Cumulative);
+    if let Some(endpoint) = &settings.endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
+    }
+    let inner = builder.build().map_err(|e| ConfigError::Otlp(e.to_string()))?;
+    Ok(ReportingMetricExporter { inner, stats })
+}
+
+/// Builds the OTLP span exporter for our own traces.
+pub fn span_exporter(settings: &OtlpSettings) -> Result<ReportingSpanExporter, ConfigError> {
+    let mut builder = SpanExporter::builder()
+        .with_tonic()
+        .with_tls_config(tls_config(settings));
+    if let Some(endpoint) = &settings.endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
+    }
+    let inner = builder.build().map_err(|e| ConfigError::Otlp(e.to_string()))?;
+    Ok(ReportingSpanExporter {
+        inner,
+        failing: AtomicBool::new(false),
+    })
+}
+
+/// The OTLP metric exporter, counting failures and logging once per streak.
+pub struct ReportingMetricExporter {
+    inner: MetricExporter,
+    stats: Arc<ExportStats>,
+}
+
+impl fmt::Debug for ReportingMetricExporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReportingMetricExporter").finish_non_exhaustive()
+    }
+}
+
+impl PushMetricExporter for ReportingMetricExporter {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        let count: usize = metrics.scope_metrics().map(|s| s.metrics().count()).sum();
+        let span = info_span!("otlp.export", metrics = count, outcome = tracing::field::Empty);
+        let result = self.inner.export(metrics).instrument(span.clone()).await;
+        match result {
+            Ok(()) => {
+                span.record("outcome", "ok");
+                if self.stats.on_success() {
+                    info!("OTLP metric export recovered");
+                }
+            }
+            Err(err) => {
+                span.record("outcome", "error");
+                if self.stats.on_failure() {
+                    warn!(error = %err, "OTLP metric export failed; retrying every interval, next log line when it recovers");
+                }
+            }
+        }
+        // The failure is counted and logged here; returning it would make the
+        // SDK log it again on every interval.
+        Ok(())
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self) -> Temporality {
+        self.inner.temporality()
+    }
+}
+
+/// The OTLP span exporter, logging once per failure streak.
+#[derive(Debug)]
+pub struct ReportingSpanExporter {
+    inner: SpanExporter,
+    failing: AtomicBool,
+}
+
+impl SdkSpanExporter for ReportingSpanExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        match self.inner.export(batch).await {
+            Ok(()) => {
+                self.failing.store(false, Ordering::Release);
+            }
+            Err(err) => {
+                if !self.failing.swap(true, Ordering::AcqRel) {
+                    warn!(error = %err, "OTLP trace export failed; next log line when it recovers");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_logged_once_per_streak() {
+        let s = ExportStats::default();
+        assert!(s.on_failure());
+        assert!(!s.on_failure());
+        assert!(!s.on_failure());
+        assert!(s.on_success());
+        assert!(!s.on_success());
+        assert!(s.on_failure());
+        assert_eq!(s.failures(), 4);
+    }
+}
