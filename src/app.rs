@@ -68,8 +68,7 @@ where
     let outcome = runtime.block_on(async {
         let resource = crate::telemetry::build_resource(&settings.resource, &|k| std::env::var(k).ok());
         let tracer_provider = crate::telemetry::tracer_provider(&settings, resource.clone())?;
-        crate::logging::init(settings.log_format, tracer_provider.as_ref())
-            .map_err(|e| anyhow::anyhow!("initialising logs: {e}"))?;
+        crate::logging::init(settings.log_format, tracer_provider.as_ref()).map_err(ConfigError::Logging)?;
         let config = kube_config().await?;
         run(settings, resource, config, tracer_provider, shutdown_signal()).await
     });
@@ -83,7 +82,7 @@ where
 
 /// One line on stderr, exit code 2 for configuration errors and 1 otherwise.
 pub fn fail(err: &anyhow::Error) -> std::process::ExitCode {
-    eprintln!("kube-node-status: error: {err:#}");
+    eprintln!("kube-node-status: {err:#}");
     std::process::ExitCode::from(if is_config_error(err) { 2 } else { 1 })
 }
 

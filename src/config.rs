@@ -34,6 +34,9 @@ pub enum ConfigError {
     /// No usable Kubernetes configuration.
     #[error("{0}")]
     Kube(String),
+    /// RUST_LOG does not parse.
+    #[error("{0}")]
+    Logging(String),
     /// The OTLP exporter rejected its configuration (endpoint, headers, compression…).
     #[error("OTLP exporter: {0}")]
     Otlp(String),

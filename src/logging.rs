@@ -9,12 +9,18 @@ use tracing_subscriber::{
 
 use crate::config::LogFormat;
 
+/// Without RUST_LOG: info, except the watcher's own per-retry warnings, which
+/// repeat what our once-per-streak messages say more clearly.
+pub const DEFAULT_LOG: &str = "info,kube_runtime::watcher=error";
+
 /// Installs the global subscriber. Only our own crate's spans go to OTLP:
 /// letting tonic, h2 or hyper in would make every export produce more spans to export.
 pub fn init(format: LogFormat, tracer_provider: Option<&SdkTracerProvider>) -> Result<(), String> {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new("info"))
-        .map_err(|e| e.to_string())?;
+    let directives = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => DEFAULT_LOG.to_string(),
+    };
+    let filter = EnvFilter::try_new(&directives).map_err(|e| format!("RUST_LOG={directives:?}: {e}"))?;
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));

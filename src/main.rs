@@ -1,14 +1,26 @@
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, error::ErrorKind};
 use kube_node_status::{
     app,
     config::{Cli, Command},
 };
 
 fn main() -> ExitCode {
-    // clap prints its own one-line errors and exits with code 2.
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
+        Err(e) => {
+            // One line, not clap's usage footer: bad input is reported like every other config error.
+            let rendered = e.render().to_string();
+            let line = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments");
+            eprintln!("kube-node-status: {}", line.trim_start_matches("error: ").trim());
+            return ExitCode::from(2);
+        }
+    };
     match cli.command {
         None => {
             let settings = match cli.run.resolve(&|k| std::env::var(k).ok()) {

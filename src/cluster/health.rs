@@ -132,7 +132,7 @@ impl WatchStats {
         self.requests[verb as usize].load(Ordering::Relaxed)
     }
 
-    /// Relists after the first one (each is a full LIST: the expensive kind of restart).
+    /// Completed relists after the first list (each is a full LIST: the expensive kind of restart).
     pub fn restarts(&self) -> u64 {
         self.restarts.load(Ordering::Relaxed)
     }
@@ -219,14 +219,17 @@ impl Health {
     pub(crate) fn on_event(&self, kind: EventKind) -> bool {
         self.stats.events[kind as usize].fetch_add(1, Ordering::Relaxed);
         match kind {
-            EventKind::Init if self.stats.events(EventKind::Init) > 1 => {
-                self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+            // Init only announces an attempt to list, which may fail: it proves nothing.
+            EventKind::Init => return false,
+            EventKind::InitDone => {
+                if self.synced.swap(true, Ordering::AcqRel) {
+                    self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+                }
             }
-            EventKind::InitDone => self.synced.store(true, Ordering::Release),
             _ => {}
         }
-        // An Init or InitApply only changes the buffer; the store changes on InitDone.
-        if matches!(kind, EventKind::Apply | EventKind::Delete | EventKind::InitDone) {
+        // InitApply only fills the reflector's buffer; the store changes on InitDone.
+        if kind != EventKind::InitApply {
             self.generation.fetch_add(1, Ordering::AcqRel);
             self.changed.notify_one();
         }
@@ -269,6 +272,8 @@ mod tests {
             !h.on_error(ErrorReason::WatchStartFailed, t0 + Duration::from_secs(5)),
             "one streak"
         );
+        assert!(!h.on_event(EventKind::Init), "a list attempt is not a recovery");
+        assert!(h.age(t0 + Duration::from_secs(30)) > Duration::ZERO);
         let age = h.age(t0 + Duration::from_secs(30));
         assert!(
             age >= Duration::from_secs(29) && age <= Duration::from_secs(31),
@@ -309,12 +314,18 @@ mod tests {
     #[test]
     fn restarts_count_relists_after_the_first() {
         let h = Health::new();
+        h.on_event(EventKind::Init);
+        h.on_error(ErrorReason::ListFailed, Instant::now());
         for _ in 0..3 {
             h.on_event(EventKind::Init);
             h.on_event(EventKind::InitDone);
         }
-        assert_eq!(h.stats().restarts(), 2);
-        assert_eq!(h.stats().events(EventKind::Init), 3);
+        assert_eq!(
+            h.stats().restarts(),
+            2,
+            "failed attempts and the first list are not restarts"
+        );
+        assert_eq!(h.stats().events(EventKind::Init), 4);
         assert_eq!(h.generation(), 3);
     }
 }

@@ -106,7 +106,7 @@ pub async fn run(client: Client, writer: Writer<Node>, health: Arc<Health>) {
                     EventKind::Init => {
                         let relist = health.stats().events(EventKind::Init) > 0;
                         let span = info_span!("watch.list", relist, nodes = tracing::field::Empty);
-                        span.in_scope(|| info!(relist, "listing nodes"));
+                        span.in_scope(|| debug!(relist, "listing nodes"));
                         list_span = Some(span);
                         listed = 0;
                     }

@@ -142,8 +142,11 @@ impl Shared {
         true
     }
 
+    /// Like etcd compaction in a busy cluster: other writes moved the global
+    /// resourceVersion on, and everything up to it is forgotten.
     fn compact(&self) {
         let mut store = self.lock();
+        store.rv += 1;
         store.history.clear();
         store.compacted = store.rv;
     }

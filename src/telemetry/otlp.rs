@@ -106,7 +106,13 @@ impl fmt::Debug for ReportingMetricExporter {
 impl PushMetricExporter for ReportingMetricExporter {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
         let count: usize = metrics.scope_metrics().map(|s| s.metrics().count()).sum();
-        let span = info_span!("otlp.export", metrics = count, outcome = tracing::field::Empty);
+        // The SDK runs exports in a telemetry-suppressed context so that an
+        // exporter's own calls are not recorded; the export cycle itself is
+        // ours to trace, so its span starts from a fresh context.
+        let span = {
+            let _fresh = opentelemetry::Context::new().attach();
+            info_span!("otlp.export", metrics = count, outcome = tracing::field::Empty)
+        };
         let result = self.inner.export(metrics).instrument(span.clone()).await;
         match result {
             Ok(()) => {

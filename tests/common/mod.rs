@@ -1,0 +1,311 @@
+//! Shared harness for the integration tests: the real binary, a fake API
+//! server, an in-test OTLP receiver, and a small exposition parser.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+pub mod otlp;
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use kube_node_status::fake::{FakeApiServer, FakeOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fake API server with `nodes` generated nodes and fast bookmarks.
+pub async fn fake_api(nodes: usize) -> FakeApiServer {
+    FakeApiServer::start(FakeOptions {
+        nodes,
+        bookmark_interval: Duration::from_millis(500),
+        ..Default::default()
+    })
+    .await
+    .expect("fake API server starts")
+}
+
+/// One GET over HTTP/1.0: (status, body).
+pub async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??;
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw)).await??;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_string()))
+}
+
+/// The response headers of one GET, lower-cased names.
+pub async fn http_head(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> BTreeMap<String, String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    head.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect()
+}
+
+/// One sample of the text exposition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses the text exposition (enough of it for our own output).
+pub fn parse(body: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in body.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample line has a value");
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let mut map = BTreeMap::new();
+        let mut rest = labels;
+        while let Some((k, after)) = rest.split_once("=\"") {
+            let mut end = 0;
+            let bytes = after.as_bytes();
+            while end < bytes.len() && !(bytes[end] == b'"' && (end == 0 || bytes[end - 1] != b'\\')) {
+                end += 1;
+            }
+            map.insert(k.trim_start_matches(',').to_string(), after[..end].to_string());
+            rest = &after[(end + 1).min(after.len())..];
+        }
+        out.push(Sample {
+            name: name.to_string(),
+            labels: map,
+            value: value.parse().expect("numeric value"),
+        });
+    }
+    out
+}
+
+/// The value of the single sample of `name` whose labels include `labels`.
+pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let hits: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .collect();
+    assert!(hits.len() <= 1, "{name}{labels:?} matches {} samples", hits.len());
+    hits.first().map(|s| s.value)
+}
+
+/// The running exporter binary.
+pub struct Exporter {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// The path of the binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_kube-node-status")
+}
+
+impl Exporter {
+    /// Starts `kube-node-status --listen-address 127.0.0.1:PORT` with `KUBECONFIG` set to `kubeconfig`.
+    pub fn start(kubeconfig: &str, args: &[&str], env: &[(&str, &str)]) -> Exporter {
+        let dir = tempfile::tempdir().unwrap();
+        let kc = dir.path().join("kubeconfig");
+        std::fs::write(&kc, kubeconfig).unwrap();
+        let log = dir.path().join("exporter.log");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut cmd = Command::new(binary());
+        cmd.arg("--listen-address").arg(addr.to_string()).args(args);
+        for var in [
+            "OTEL_METRICS_EXPORTER",
+            "OTEL_TRACES_EXPORTER",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_RESOURCE_ATTRIBUTES",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("KUBECONFIG", &kc)
+            .env(
+                "RUST_LOG",
+                "info,kube_runtime::watcher=error,kube_node_status=debug",
+            )
+            .env("KNS_LOG_FORMAT", "text")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let child = cmd.spawn().expect("exporter starts");
+        Exporter {
+            child: Some(child),
+            addr,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Its log so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET a path.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path, &[]).await.unwrap_or((0, String::new()))
+    }
+
+    /// Scrape and parse /metrics.
+    pub async fn scrape(&self) -> Vec<Sample> {
+        let (status, body) = self.get("/metrics").await;
+        assert_eq!(
+            status,
+            200,
+            "/metrics answered {status}: {body}\nlogs:\n{}",
+            self.logs()
+        );
+        parse(&body)
+    }
+
+    /// Scrapes until `pred` holds, or fails after `timeout` with `what`.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&[Sample]) -> bool,
+    ) -> Vec<Sample> {
+        let start = Instant::now();
+        loop {
+            let (status, body) = self.get("/metrics").await;
+            if status == 200 {
+                let samples = parse(&body);
+                if pred(&samples) {
+                    return samples;
+                }
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {what}\nlogs:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `path` answers `status`.
+    pub async fn wait_status(&self, path: &str, status: u16, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            if self.get(path).await.0 == status {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{path} never answered {status}\nlogs:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for exit: (status, time to exit).
+    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let mut child = self.child.take().expect("still running");
+        let start = Instant::now();
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status, start.elapsed());
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!(
+                    "exporter did not exit within 20s of SIGTERM\nlogs:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the binary to completion with `args` and `env`: (exit code, stderr).
+pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .env_remove("OTEL_METRICS_EXPORTER")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// A tool the tests need: `name` on PATH or in the project's `.venv/bin`. A missing peer is a failure.
+pub fn peer(name: &str) -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin").join(name);
+    if venv.exists() {
+        return venv;
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed: run .ci/run (or see README) to install the test peers");
+}

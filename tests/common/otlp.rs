@@ -1,0 +1,198 @@
+//! An OTLP gRPC receiver built in the test from opentelemetry-proto's tonic services.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use opentelemetry_proto::tonic::{
+    collector::{
+        metrics::v1::{
+            ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+            metrics_service_server::{MetricsService, MetricsServiceServer},
+        },
+        trace::v1::{
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+            trace_service_server::{TraceService, TraceServiceServer},
+        },
+    },
+    common::v1::{AnyValue, any_value},
+    metrics::v1::{metric, number_data_point},
+};
+use tonic::{
+    Request, Response, Status,
+    transport::{Identity, Server, ServerTlsConfig},
+};
+
+/// What the receiver got, with arrival times.
+#[derive(Clone, Default)]
+pub struct Received {
+    pub metrics: Arc<Mutex<Vec<(Instant, ExportMetricsServiceRequest)>>>,
+    pub spans: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+}
+
+#[tonic::async_trait]
+impl MetricsService for Received {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.metrics
+            .lock()
+            .unwrap()
+            .push((Instant::now(), request.into_inner()));
+        Ok(Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Received {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        self.spans.lock().unwrap().push(request.into_inner());
+        Ok(Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// A running receiver.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub received: Received,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Receiver {
+    /// Starts on a free loopback port; with `tls` = (cert PEM, key PEM) it serves TLS.
+    pub async fn start(tls: Option<(String, String)>) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Received::default();
+        let mut builder = Server::builder();
+        if let Some((cert, key)) = tls {
+            builder = builder
+                .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+                .unwrap();
+        }
+        let router = builder
+            .add_service(MetricsServiceServer::new(received.clone()))
+            .add_service(TraceServiceServer::new(received.clone()));
+        let incoming = tokio_stream_from(listener);
+        let task = tokio::spawn(async move {
+            let _ = router.serve_with_incoming(incoming).await;
+        });
+        Receiver { addr, received, task }
+    }
+
+    /// Number of metric export requests so far.
+    pub fn exports(&self) -> usize {
+        self.received.metrics.lock().unwrap().len()
+    }
+
+    /// The latest metric export request, if any.
+    pub fn latest(&self) -> Option<ExportMetricsServiceRequest> {
+        self.received
+            .metrics
+            .lock()
+            .unwrap()
+            .last()
+            .map(|(_, r)| r.clone())
+    }
+
+    /// Export requests that arrived after `since`.
+    pub fn since(&self, since: Instant) -> Vec<ExportMetricsServiceRequest> {
+        self.received
+            .metrics
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| *t > since)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
+    /// Waits until at least `n` exports arrived.
+    pub async fn wait_exports(&self, n: usize, timeout: Duration) {
+        let start = Instant::now();
+        while self.exports() < n {
+            assert!(
+                start.elapsed() < timeout,
+                "only {} OTLP exports after {timeout:?}",
+                self.exports()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn tokio_stream_from(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |l| async move {
+        let next = l.accept().await.map(|(s, _)| s);
+        Some((next, l))
+    })
+}
+
+/// A string form of an attribute value.
+pub fn any_value(v: &Option<AnyValue>) -> String {
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Every point of metric `name` in `req`: (attributes, value).
+pub fn points(req: &ExportMetricsServiceRequest, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    let mut out = Vec::new();
+    for rm in &req.resource_metrics {
+        for sm in &rm.scope_metrics {
+            for m in sm.metrics.iter().filter(|m| m.name == name) {
+                let dps = match &m.data {
+                    Some(metric::Data::Gauge(g)) => &g.data_points,
+                    Some(metric::Data::Sum(s)) => &s.data_points,
+                    _ => continue,
+                };
+                for dp in dps {
+                    let attrs = dp
+                        .attributes
+                        .iter()
+                        .map(|kv| (kv.key.clone(), any_value(&kv.value)))
+                        .collect();
+                    let value = match dp.value {
+                        Some(number_data_point::Value::AsDouble(d)) => d,
+                        Some(number_data_point::Value::AsInt(i)) => i as f64,
+                        None => f64::NAN,
+                    };
+                    out.push((attrs, value));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The resource attributes of `req`.
+pub fn resource(req: &ExportMetricsServiceRequest) -> BTreeMap<String, String> {
+    req.resource_metrics
+        .iter()
+        .filter_map(|rm| rm.resource.as_ref())
+        .flat_map(|r| {
+            r.attributes
+                .iter()
+                .map(|kv| (kv.key.clone(), any_value(&kv.value)))
+        })
+        .collect()
+}

@@ -1,0 +1,742 @@
+//! The real binary against the fake Kubernetes API server over HTTP, with an
+//! OTLP receiver built in the test.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
+
+use common::{Exporter, Sample, fake_api, free_port, otlp, parse, run_to_exit, value};
+use kube_node_status::fake::{FakeApiServer, FakeOptions, KUBELET_CONDITIONS};
+
+const PROM_ONLY: (&str, &str) = ("OTEL_METRICS_EXPORTER", "prometheus");
+const SYNC: Duration = Duration::from_secs(15);
+
+fn ready_of(samples: &[Sample], node: &str) -> Option<f64> {
+    value(samples, "k8s_node_ready", &[("k8s_node_name", node)])
+}
+
+fn condition_of(samples: &[Sample], node: &str, type_: &str, status: &str) -> Option<f64> {
+    value(
+        samples,
+        "k8s_node_condition_status",
+        &[
+            ("k8s_node_name", node),
+            ("k8s_node_condition_type", type_),
+            ("k8s_node_condition_status", status),
+        ],
+    )
+}
+
+fn assert_no_duplicate_series(samples: &[Sample]) {
+    let mut seen = BTreeSet::new();
+    for s in samples {
+        assert!(
+            seen.insert((s.name.clone(), s.labels.clone())),
+            "duplicate series {s:?}"
+        );
+    }
+}
+
+/// Every (node, condition type) has all three statuses, exactly one of them 1.
+fn assert_one_hot(samples: &[Sample]) -> usize {
+    let mut groups: BTreeMap<(String, String), Vec<(String, f64)>> = BTreeMap::new();
+    for s in samples.iter().filter(|s| s.name == "k8s_node_condition_status") {
+        groups
+            .entry((
+                s.labels["k8s_node_name"].clone(),
+                s.labels["k8s_node_condition_type"].clone(),
+            ))
+            .or_default()
+            .push((s.labels["k8s_node_condition_status"].clone(), s.value));
+    }
+    for ((node, type_), mut points) in groups.clone() {
+        points.sort_by(|a, b| a.0.cmp(&b.0));
+        let statuses: Vec<&str> = points.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(statuses, ["false", "true", "unknown"], "{node}/{type_}");
+        assert_eq!(
+            points.iter().map(|(_, v)| v).sum::<f64>(),
+            1.0,
+            "{node}/{type_} is not one-hot: {points:?}"
+        );
+    }
+    groups.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_sync_reads_every_condition_one_hot() {
+    let api = fake_api(5).await;
+    let names = api.node_names();
+    api.set_condition(&names[3], "Ready", "Unknown");
+    api.set_condition(&names[4], "Ready", "False");
+    api.set_condition(&names[0], "KernelDeadlock", "True");
+    let exporter = Exporter::start(&api.kubeconfig(), &[], &[PROM_ONLY]);
+    exporter.wait_status("/readyz", 200, SYNC).await;
+    let samples = exporter.scrape().await;
+    assert_no_duplicate_series(&samples);
+
+    let groups = assert_one_hot(&samples);
+    assert!(
+        groups >= 5 * KUBELET_CONDITIONS.len(),
+        "only {groups} condition groups"
+    );
+    assert_eq!(condition_of(&samples, &names[3], "Ready", "unknown"), Some(1.0));
+    assert_eq!(condition_of(&samples, &names[4], "Ready", "false"), Some(1.0));
+    assert_eq!(
+        condition_of(&samples, &names[0], "KernelDeadlock", "true"),
+        Some(1.0),
+        "custom conditions are kept"
+    );
+    for (i, name) in names.iter().enumerate() {
+        assert_eq!(
+            ready_of(&samples, name),
+            Some(if i < 3 { 1.0 } else { 0.0 }),
+            "{name}"
+        );
+    }
+    for (status, want) in [("true", 3.0), ("false", 1.0), ("unknown", 1.0)] {
+        assert_eq!(
+            value(
+                &samples,
+                "k8s_cluster_nodes",
+                &[("k8s_node_condition_status", status)]
+            ),
+            Some(want)
+        );
+    }
+    assert_eq!(
+        value(&samples, "k8s_cluster_node_not_ready_ratio", &[]),
+        Some(0.4)
+    );
+    assert_eq!(
+        value(&samples, "kube_node_status_view_age_seconds", &[]),
+        Some(0.0)
+    );
+    assert!(value(&samples, "kube_node_status_build_info", &[]).is_some());
+
+    // A scraper asking for protobuf or OpenMetrics still gets a valid text response.
+    for accept in [
+        "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited",
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+    ] {
+        let headers = common::http_head(exporter.addr, "/metrics", &[("Accept", accept)]).await;
+        assert_eq!(
+            headers.get("content-type").map(String::as_str),
+            Some("text/plain; version=0.0.4; charset=utf-8")
+        );
+    }
+    assert_eq!(exporter.get("/healthz").await.0, 200);
+    assert_eq!(exporter.get("/nope").await.0, 404);
+    assert_eq!(exporter.get("/metricsx").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_flips_reach_metrics_within_two_seconds() {
+    let api = fake_api(5).await;
+    let node = api.node_names()[1].clone();
+    let exporter = Exporter::start(&api.kubeconfig(), &[], &[PROM_ONLY]);
+    exporter.wait_status("/readyz", 200, SYNC).await;
+    let mut took = Vec::new();
+    for (status, ready, label) in [
+        ("False", 0.0, "false"),
+        ("Unknown", 0.0, "unknown"),
+        ("True", 1.0, "true"),
+    ] {
+        let start = Instant::now();
+        assert!(api.set_condition(&node, "Ready", status));
+        exporter
+            .wait_for(&format!("Ready={status}"), Duration::from_secs(2), |s| {
+                ready_of(s, &node) == Some(ready) && condition_of(s, &node, "Ready", label) == Some(1.0)
+            })
+            .await;
+        took.push(start.elapsed());
+    }
+    println!("flip-to-scrape times: {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_node_never_reappears_across_interleaved_exports() {
+    let api = fake_api(5).await;
+    let gone = api.node_names()[2].clone();
+    let receiver = otlp::Receiver::start(None).await;
+    let endpoint = format!("http://{}", receiver.addr);
+    let exporter = Exporter::start(
+        &api.kubeconfig(),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "150"),
+        ],
+    );
+    exporter.wait_status("/readyz", 200, SYNC).await;
+    let has = |req: &opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest| {
+        otlp::points(req, "k8s.node.ready")
+            .iter()
+            .any(|(a, _)| a["k8s.node.name"] == gone)
+    };
+    let start = Instant::now();
+    while !receiver.latest().as_ref().is_some_and(has) {
+        assert!(start.elapsed() < SYNC, "node never exported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    assert!(api.delete_node(&gone));
+    // The first scrape without the node marks the moment the exporter saw the deletion.
+    exporter
+        .wait_for("deletion", Duration::from_secs(2), |s| {
+            ready_of(s, &gone).is_none()
+        })
+        .await;
+    let seen_gone = Instant::now();
+    let exports_before = receiver.exports();
+    // Scrape continuously while OTLP collections interleave: the node must never come back.
+    let mut scrapes = 0;
+    while receiver.exports() < exports_before + 8 {
+        let samples = exporter.scrape().await;
+        scrapes += 1;
+        assert_eq!(
+            ready_of(&samples, &gone),
+            None,
+            "deleted node reappeared on /metrics after {scrapes} scrapes"
+        );
+        assert!(
+            !samples
+                .iter()
+                .any(|s| s.labels.get("k8s_node_name") == Some(&gone))
+        );
+        assert_eq!(
+            value(
+                &samples,
+                "k8s_cluster_nodes",
+                &[("k8s_node_condition_status", "true")]
+            ),
+            Some(4.0)
+        );
+        assert!(seen_gone.elapsed() < Duration::from_secs(10), "exports stalled");
+    }
+    // An export collected before the deletion can still be in flight for a few milliseconds.
+    let later = receiver.since(seen_gone + Duration::from_millis(100));
+    assert!(
+        later.len() >= 6,
+        "only {} exports after the deletion",
+        later.len()
+    );
+    for req in &later {
+        assert!(!has(req), "deleted node reappeared in an OTLP export");
+        assert_eq!(otlp::points(req, "k8s.node.ready").len(), 4);
+    }
+    println!(
+        "{scrapes} scrapes and {} exports after the deletion, none with the node",
+        later.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_watch_resumes_and_410_relists_once_without_duplicates() {
+    let api = fake_api(5).await;
+    let names = api.node_names();
+    let exporter = Exporter::start(&api.kubeconfig(), &[], &[PROM_ONLY]);
+    exporter.wait_status("/readyz", 200, SYNC).await;
+    let lists_at_start = api.stats().full_lists;
+    assert_eq!(lists_at_start, 1, "exactly one LIST to sync");
+
+    // A watch cut mid-stream resumes from its resourceVersion: no relist.
+    api.close_watches();
+    api.set_condition(&names[0], "Ready", "False");
+    exporter
+        .wait_for("flip after a dropped watch", Duration::from_secs(10), |s| {
+            ready_of(s, &names[0]) == Some(0.0)
+        })
+        .await;
+    assert_eq!(
+        api.stats().full_lists,
+        lists_at_start,
+        "a dropped watch must not relist"
+    );
+
+    // History compacted: resuming gets 410 Gone, which forces exactly one relist.
+    api.compact();
+    api.close_watches();
+    let start = Instant::now();
+    while api.stats().full_lists == lists_at_start {
+        assert!(start.elapsed() < Duration::from_secs(15), "no relist after 410:\n{}", exporter.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    api.set_condition(&names[1], "Ready", "False");
+    let samples = exporter
+        .wait_for("flip after 410", Duration::from_secs(15), |s| {
+            ready_of(s, &names[1]) == Some(0.0)
+        })
+        .await;
+    assert_eq!(
+        api.stats().full_lists,
+        lists_at_start + 1,
+        "410 Gone relists exactly once"
+    );
+    assert_no_duplicate_series(&samples);
+    assert_one_hot(&samples);
+    let total: f64 = samples
+        .iter()
+        .filter(|s| s.name == "k8s_cluster_nodes")
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(total, 5.0);
+    assert_eq!(samples.iter().filter(|s| s.name == "k8s_node_ready").count(), 5);
+    let samples = exporter
+        .wait_for("restart counted", Duration::from_secs(5), |s| {
+            value(s, "kube_node_status_watch_restarts_total", &[]) == Some(1.0)
+        })
+        .await;
+    assert!(
+        value(
+            &samples,
+            "kube_node_status_watch_errors_total",
+            &[("reason", "watch_error")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert_eq!(exporter.get("/readyz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_down_at_start_then_recovers() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{url}\"}}\nusers:\n- name: u\n  user: {{}}\n\
+         contexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n"
+    );
+    let exporter = Exporter::start(&kubeconfig, &[], &[PROM_ONLY]);
+    exporter
+        .wait_status("/healthz", 200, Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(exporter.get("/readyz").await.0, 503);
+    assert_eq!(exporter.get("/healthz").await.0, 200, "the process stays alive");
+    let samples = exporter.scrape().await;
+    assert!(
+        !samples
+            .iter()
+            .any(|s| s.name.starts_with("k8s_cluster") || s.name.starts_with("k8s_node")),
+        "no readings before the first sync, never an empty cluster"
+    );
+    assert!(
+        value(
+            &samples,
+            "kube_node_status_watch_errors_total",
+            &[("reason", "list_failed")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+
+    let api = FakeApiServer::start(FakeOptions {
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        nodes: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    exporter
+        .wait_status("/readyz", 200, Duration::from_secs(40))
+        .await;
+    let samples = exporter.scrape().await;
+    assert_eq!(
+        value(
+            &samples,
+            "k8s_cluster_nodes",
+            &[("k8s_node_condition_status", "true")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(&samples, "kube_node_status_view_age_seconds", &[]),
+        Some(0.0)
+    );
+    drop(api);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_outage_grows_view_age_flips_readyz_and_resumes_without_relist() {
+    let api = fake_api(4).await;
+    let name = api.node_names()[0].clone();
+    let exporter = Exporter::start(&api.kubeconfig(), &["--stale-after", "2s"], &[PROM_ONLY]);
+    exporter.wait_status("/readyz", 200, SYNC).await;
+
+    api.stop();
+    let samples = exporter
+        .wait_for("view age to grow", Duration::from_secs(10), |s| {
+            value(s, "kube_node_status_view_age_seconds", &[]).is_some_and(|a| a > 1.0)
+        })
+        .await;
+    assert_eq!(
+        ready_of(&samples, &name),
+        Some(1.0),
+        "last-known readings are still served"
+    );
+    exporter
+        .wait_status("/readyz", 503, Duration::from_secs(10))
+        .await;
+
+    api.restart().await.unwrap();
+    api.set_condition(&name, "Ready", "False");
+    exporter
+        .wait_status("/readyz", 200, Duration::from_secs(40))
+        .await;
+    exporter
+        .wait_for("flip after the outage", Duration::from_secs(10), |s| {
+            ready_of(s, &name) == Some(0.0)
+        })
+        .await;
+    let samples = exporter.scrape().await;
+    assert_eq!(
+        value(&samples, "kube_node_status_view_age_seconds", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        api.stats().full_lists,
+        1,
+        "the watch resumed from its resourceVersion: no relist"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_rbac_is_one_clear_log_line() {
+    let api = fake_api(2).await;
+    api.set_forbidden(true);
+    // The default log filter, as users run it.
+    let exporter = Exporter::start(&api.kubeconfig(), &[], &[PROM_ONLY, ("RUST_LOG", "")]);
+    exporter
+        .wait_for("repeated 403s", Duration::from_secs(15), |s| {
+            value(
+                s,
+                "kube_node_status_watch_errors_total",
+                &[("reason", "list_failed")],
+            )
+            .is_some_and(|n| n >= 3.0)
+        })
+        .await;
+    assert_eq!(exporter.get("/readyz").await.0, 503);
+    let logs = exporter.logs();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.to_lowercase().contains("forbidden"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line per failure streak:\n{logs}");
+    assert!(
+        lines[0].contains("`list`") && lines[0].contains("`nodes`"),
+        "{}",
+        lines[0]
+    );
+    api.set_forbidden(false);
+    exporter
+        .wait_status("/readyz", 200, Duration::from_secs(40))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_export_matches_metrics_with_resource_and_own_spans() {
+    let api = fake_api(5).await;
+    let names = api.node_names();
+    api.set_condition(&names[2], "Ready", "Unknown");
+    let receiver = otlp::Receiver::start(None).await;
+    let endpoint = format!("http://{}", receiver.addr);
+    let exporter = Exporter::start(
+        &api.kubeconfig(),
+        &["--cluster-name", "demo-cluster"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test"),
+            ("POD_NAME", "kube-node-status-0"),
+        ],
+    );
+    exporter.wait_status("/readyz", 200, SYNC).await;
+    let after_sync = receiver.exports();
+    receiver
+        .wait_exports(after_sync + 2, Duration::from_secs(10))
+        .await;
+    let export = receiver.latest().unwrap();
+    let samples = exporter.scrape().await;
+
+    let from_otlp: BTreeSet<(String, String, String, String)> =
+        otlp::points(&export, "k8s.node.condition.status")
+            .into_iter()
+            .map(|(a, v)| {
+                (
+                    a["k8s.node.name"].clone(),
+                    a["k8s.node.condition.type"].clone(),
+                    a["k8s.node.condition.status"].clone(),
+                    v.to_string(),
+                )
+            })
+            .collect();
+    let from_scrape: BTreeSet<(String, String, String, String)> = samples
+        .iter()
+        .filter(|s| s.name == "k8s_node_condition_status")
+        .map(|s| {
+            (
+                s.labels["k8s_node_name"].clone(),
+                s.labels["k8s_node_condition_type"].clone(),
+                s.labels["k8s_node_condition_status"].clone(),
+                s.value.to_string(),
+            )
+        })
+        .collect();
+    assert!(!from_otlp.is_empty());
+    assert_eq!(from_otlp, from_scrape, "the OTLP export and /metrics disagree");
+
+    let ready: BTreeMap<String, f64> = otlp::points(&export, "k8s.node.ready")
+        .into_iter()
+        .map(|(a, v)| (a["k8s.node.name"].clone(), v))
+        .collect();
+    for name in &names {
+        assert_eq!(ready.get(name).copied(), ready_of(&samples, name), "{name}");
+    }
+    let nodes: BTreeMap<String, f64> = otlp::points(&export, "k8s.cluster.nodes")
+        .into_iter()
+        .map(|(a, v)| (a["k8s.node.condition.status"].clone(), v))
+        .collect();
+    assert_eq!(
+        nodes,
+        BTreeMap::from([
+            ("false".into(), 0.0),
+            ("true".into(), 4.0),
+            ("unknown".into(), 1.0)
+        ])
+    );
+    assert_eq!(otlp::points(&export, "k8s.cluster.node.not_ready")[0].1, 0.2);
+
+    let res = otlp::resource(&export);
+    for (k, v) in [
+        ("service.name", "kube-node-status"),
+        ("service.version", env!("CARGO_PKG_VERSION")),
+        ("service.instance.id", "kube-node-status-0"),
+        ("k8s.cluster.name", "demo-cluster"),
+        ("deployment.environment.name", "test"),
+    ] {
+        assert_eq!(res.get(k).map(String::as_str), Some(v), "resource {k}: {res:?}");
+    }
+    let target_info = samples
+        .iter()
+        .find(|s| s.name == "target_info")
+        .expect("target_info");
+    assert_eq!(
+        target_info.labels.get("k8s_cluster_name").map(String::as_str),
+        Some("demo-cluster")
+    );
+
+    // Our own spans go out as OTLP traces.
+    let start = Instant::now();
+    loop {
+        let names: BTreeSet<String> = receiver
+            .received
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.resource_spans.iter())
+            .flat_map(|rs| rs.scope_spans.iter())
+            .flat_map(|ss| ss.spans.iter().map(|s| s.name.clone()))
+            .collect();
+        if names.contains("watch.list") && names.contains("otlp.export") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "spans received: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flushes_and_exits_zero_within_ten_seconds() {
+    let api = fake_api(3).await;
+    let receiver = otlp::Receiver::start(None).await;
+    let endpoint = format!("http://{}", receiver.addr);
+    // A long interval: the only exports are the flush at shutdown.
+    let mut exporter = Exporter::start(
+        &api.kubeconfig(),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "600000"),
+        ],
+    );
+    exporter.wait_status("/readyz", 200, SYNC).await;
+    let before = receiver.exports();
+    let (status, took) = exporter.terminate();
+    assert_eq!(status.code(), Some(0), "logs:\n{}", exporter.logs());
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(receiver.exports() > before, "no OTLP flush on shutdown");
+    let flushed = receiver.latest().unwrap();
+    assert_eq!(otlp::points(&flushed, "k8s.node.ready").len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_collector_is_logged_once_and_never_delays_metrics() {
+    let api = fake_api(3).await;
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let mut exporter = Exporter::start(
+        &api.kubeconfig(),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+        ],
+    );
+    exporter.wait_status("/readyz", 200, SYNC).await;
+    exporter
+        .wait_for("several failed exports", Duration::from_secs(15), |s| {
+            value(s, "kube_node_status_otlp_export_failures_total", &[]).is_some_and(|n| n >= 5.0)
+        })
+        .await;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let t = Instant::now();
+        exporter.scrape().await;
+        slowest = slowest.max(t.elapsed());
+    }
+    assert!(slowest < Duration::from_millis(500), "a scrape took {slowest:?}");
+    let logs = exporter.logs();
+    assert_eq!(
+        logs.matches("OTLP metric export failed").count(),
+        1,
+        "one line per failure streak:\n{logs}"
+    );
+    let (status, took) = exporter.terminate();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        took < Duration::from_secs(10),
+        "shutdown with a dead collector took {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_collector_with_a_private_ca() {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "kns test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let receiver = otlp::Receiver::start(Some((server.pem(), server_key.serialize_pem()))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+
+    let api = fake_api(2).await;
+    let endpoint = format!("https://localhost:{}", receiver.addr.port());
+    let exporter = Exporter::start(
+        &api.kubeconfig(),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca_file.to_str().unwrap()),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+        ],
+    );
+    exporter.wait_status("/readyz", 200, SYNC).await;
+    receiver.wait_exports(2, Duration::from_secs(15)).await;
+    let samples = exporter.scrape().await;
+    assert_eq!(
+        value(&samples, "kube_node_status_otlp_export_failures_total", &[]),
+        Some(0.0)
+    );
+
+    // Without the CA, the same endpoint is refused (the webpki roots do not trust it), and counted.
+    let untrusted = Exporter::start(
+        &api.kubeconfig(),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+        ],
+    );
+    untrusted
+        .wait_for("TLS failures", Duration::from_secs(15), |s| {
+            value(s, "kube_node_status_otlp_export_failures_total", &[]).is_some_and(|n| n >= 1.0)
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cardinality_follows_the_cluster_without_overflow() {
+    let api = fake_api(1000).await;
+    let exporter = Exporter::start(&api.kubeconfig(), &[], &[PROM_ONLY]);
+    exporter
+        .wait_status("/readyz", 200, Duration::from_secs(30))
+        .await;
+    let samples = exporter
+        .wait_for("all 1000 nodes", Duration::from_secs(10), |s| {
+            s.iter().filter(|x| x.name == "k8s_node_ready").count() == 1000
+        })
+        .await;
+    assert!(
+        !samples
+            .iter()
+            .any(|s| s.labels.contains_key("otel_metric_overflow")),
+        "overflowed"
+    );
+    let points = samples
+        .iter()
+        .filter(|s| s.name == "k8s_node_condition_status")
+        .count();
+    assert_eq!(
+        points,
+        1000 * 5 * 3 + 250 * 3 * 3,
+        "5 kubelet conditions, 3 custom ones on a quarter"
+    );
+    assert!(
+        exporter.logs().contains("resized metric pipelines"),
+        "{}",
+        exporter.logs()
+    );
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_code_2() {
+    let cases: [(&[&str], &[(&str, &str)], &str); 7] = [
+        (&["--listen-address", "nowhere"], &[], "--listen-address"),
+        (&["--stale-after", "soon"], &[], "--stale-after"),
+        (
+            &[],
+            &[("OTEL_METRICS_EXPORTER", "console")],
+            "OTEL_METRICS_EXPORTER",
+        ),
+        (
+            &[],
+            &[("OTEL_METRIC_EXPORT_INTERVAL", "fast")],
+            "OTEL_METRIC_EXPORT_INTERVAL",
+        ),
+        (&["--kubeconfig", "/nonexistent/kubeconfig"], &[], "kubeconfig"),
+        (&[], &[("KUBECONFIG", "/nonexistent/kubeconfig")], "kubeconfig"),
+        (&[], &[("KNS_STALE_AFTER", "-3")], "stale-after"),
+    ];
+    for (args, env, mentions) in cases {
+        let (code, stderr) = run_to_exit(args, env);
+        assert_eq!(code, Some(2), "{args:?} {env:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?} {env:?}: {stderr}");
+        assert!(lines[0].contains(mentions), "{args:?} {env:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("backtrace"),
+            "{stderr}"
+        );
+    }
+    let (code, stdout_help) = (run_to_exit(&["--help"], &[]).0, ());
+    assert_eq!(code, Some(0));
+    let _ = stdout_help;
+    let _ = parse("");
+}
