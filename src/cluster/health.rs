@@ -221,10 +221,9 @@ impl Health {
         match kind {
             // Init only announces an attempt to list, which may fail: it proves nothing.
             EventKind::Init => return false,
-            EventKind::InitDone => {
-                if self.synced.swap(true, Ordering::AcqRel) {
-                    self.stats.restarts.fetch_add(1, Ordering::Relaxed);
-                }
+            // Every completed list after the first is a restart.
+            EventKind::InitDone if self.synced.swap(true, Ordering::AcqRel) => {
+                self.stats.restarts.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}
         }
