@@ -261,7 +261,11 @@ async fn dropped_watch_resumes_and_410_relists_once_without_duplicates() {
     api.close_watches();
     let start = Instant::now();
     while api.stats().full_lists == lists_at_start {
-        assert!(start.elapsed() < Duration::from_secs(15), "no relist after 410:\n{}", exporter.logs());
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no relist after 410:\n{}",
+            exporter.logs()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     api.set_condition(&names[1], "Ready", "False");
@@ -707,7 +711,9 @@ async fn cardinality_follows_the_cluster_without_overflow() {
 
 #[test]
 fn bad_input_is_one_line_and_exit_code_2() {
-    let cases: [(&[&str], &[(&str, &str)], &str); 7] = [
+    // (flags, environment, what the one line must mention)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 7] = [
         (&["--listen-address", "nowhere"], &[], "--listen-address"),
         (&["--stale-after", "soon"], &[], "--stale-after"),
         (
@@ -735,8 +741,34 @@ fn bad_input_is_one_line_and_exit_code_2() {
             "{stderr}"
         );
     }
-    let (code, stdout_help) = (run_to_exit(&["--help"], &[]).0, ());
-    assert_eq!(code, Some(0));
-    let _ = stdout_help;
-    let _ = parse("");
+}
+
+#[test]
+fn help_documents_every_flag_with_its_environment_variable() {
+    let out = std::process::Command::new(common::binary())
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for (flag, env) in [
+        ("--listen-address", "KNS_LISTEN_ADDRESS"),
+        ("--kubeconfig", "KNS_KUBECONFIG"),
+        ("--context", "KNS_CONTEXT"),
+        ("--cluster-name", "KNS_CLUSTER_NAME"),
+        ("--stale-after", "KNS_STALE_AFTER"),
+        ("--log-format", "KNS_LOG_FORMAT"),
+        ("--metrics-exporter", "KNS_METRICS_EXPORTER"),
+        ("--traces-exporter", "KNS_TRACES_EXPORTER"),
+        ("--otlp-endpoint", "KNS_OTLP_ENDPOINT"),
+        ("--metric-export-interval", "KNS_METRIC_EXPORT_INTERVAL"),
+    ] {
+        assert!(
+            help.contains(flag) && help.contains(&format!("env: {env}")),
+            "{flag} / {env} missing:\n{help}"
+        );
+    }
+    assert!(help.contains("0.0.0.0:9464") && help.contains("OTEL_METRICS_EXPORTER"));
+    let parsed = parse("a_b{x=\"1\"} 2\n# c\n");
+    assert_eq!(parsed[0].labels["x"], "1");
 }

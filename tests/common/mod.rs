@@ -41,13 +41,27 @@ pub async fn http_get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path, headers, None).await
+}
+
+/// One request over HTTP/1.0: (status, body).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let mut stream =
         tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??;
-    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
-    req.push_str("\r\n");
+    match body {
+        Some(body) => req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len())),
+        None => req.push_str("\r\n"),
+    }
     stream.write_all(req.as_bytes()).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw)).await??;

@@ -1,0 +1,532 @@
+//! The exporter against real third-party peers started on loopback: the
+//! Prometheus server (Debian `prometheus`), `promtool`, and the `rotel` OTLP
+//! collector (PyPI). A missing peer fails the test: run `scripts/test`.
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    io::Write,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{Exporter, Sample, fake_api, free_port, http_get, parse, peer};
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs an instant query; the values of the result vector.
+async fn query(prom: std::net::SocketAddr, promql: &str) -> Vec<f64> {
+    let (status, body) = http_get(prom, &format!("/api/v1/query?query={}", urlencode(promql)), &[])
+        .await
+        .unwrap_or((0, String::new()));
+    if status != 200 {
+        return Vec::new();
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["data"]["result"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(|s| s["value"][1].as_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn wait_query(prom: std::net::SocketAddr, promql: &str, want: &[f64], timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let got = query(prom, promql).await;
+        if got == want {
+            return;
+        }
+        assert!(start.elapsed() < timeout, "{promql}: got {got:?}, want {want:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_and_its_query_api_sees_the_readings() {
+    let api = fake_api(5).await;
+    let names = api.node_names();
+    let exporter = Exporter::start(&api.kubeconfig(), &[], &[("OTEL_METRICS_EXPORTER", "prometheus")]);
+    exporter
+        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             scrape_configs:\n- job_name: kube-node-status\n  static_configs:\n  - targets: ['{}']\n",
+            exporter.addr
+        ),
+    )
+    .unwrap();
+    let prom_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let _prometheus = KillOnDrop(
+        Command::new(peer("prometheus"))
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={prom_addr}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus starts"),
+    );
+
+    let t = Duration::from_secs(30);
+    wait_query(prom_addr, "up{job=\"kube-node-status\"}", &[1.0], t).await;
+    wait_query(prom_addr, "sum(k8s_cluster_nodes)", &[5.0], t).await;
+    wait_query(
+        prom_addr,
+        "k8s_cluster_nodes{k8s_node_condition_status=\"false\"}",
+        &[0.0],
+        t,
+    )
+    .await;
+    // Every condition one-hot, as Prometheus sees it.
+    wait_query(
+        prom_addr,
+        "count(sum by (k8s_node_name, k8s_node_condition_type) (k8s_node_condition_status) != 1) or vector(0)",
+        &[0.0],
+        t,
+    )
+    .await;
+
+    api.set_condition(&names[0], "Ready", "False");
+    api.set_condition(&names[1], "Ready", "Unknown");
+    wait_query(
+        prom_addr,
+        "k8s_cluster_nodes{k8s_node_condition_status=\"false\"}",
+        &[1.0],
+        t,
+    )
+    .await;
+    wait_query(
+        prom_addr,
+        "k8s_cluster_nodes{k8s_node_condition_status=\"unknown\"}",
+        &[1.0],
+        t,
+    )
+    .await;
+    wait_query(prom_addr, "sum(k8s_node_ready)", &[3.0], t).await;
+    wait_query(prom_addr, "k8s_cluster_node_not_ready_ratio", &[0.4], t).await;
+    wait_query(
+        prom_addr,
+        &format!("k8s_node_condition_status{{k8s_node_name=\"{}\",k8s_node_condition_type=\"Ready\",k8s_node_condition_status=\"unknown\"}}", names[1]),
+        &[1.0],
+        t,
+    )
+    .await;
+}
+
+fn promtool_check(body: &str) -> (bool, String) {
+    let mut child = Command::new(peer("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool starts");
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let findings = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), findings)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_check_metrics_has_no_findings() {
+    let api = fake_api(5).await;
+    let names = api.node_names();
+    api.set_condition(&names[2], "Ready", "Unknown");
+    api.set_condition(&names[3], "CustomHardwareFault", "True");
+    // OTLP on (towards nothing), so the export-failure counter has a value too.
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let exporter = Exporter::start(
+        &api.kubeconfig(),
+        &["--cluster-name", "promtool"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+        ],
+    );
+    exporter
+        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .await;
+    let (_, body) = exporter.get("/metrics").await;
+    assert!(body.contains("k8s_node_condition_status{"));
+    let (ok, findings) = promtool_check(&body);
+    assert!(ok && findings.trim().is_empty(), "promtool findings:\n{findings}");
+
+    // promtool itself is not a rubber stamp: it flags a counter without _total.
+    let (_, findings) = promtool_check("# HELP bad_counter x\n# TYPE bad_counter counter\nbad_counter 1\n");
+    assert!(!findings.trim().is_empty());
+}
+
+/// One point as rotel's debug log prints it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct RotelPoint {
+    metric: String,
+    attrs: Vec<(String, String)>,
+    value: String,
+}
+
+/// Parses rotel's `--debug-log metrics --debug-log-verbosity detailed` output into exports.
+fn parse_rotel(log: &str) -> Vec<Vec<RotelPoint>> {
+    let mut exports = Vec::new();
+    for block in log.split("ResourceMetrics #0").skip(1) {
+        let mut points = Vec::new();
+        let (mut metric, mut attrs, mut in_point) = (String::new(), Vec::new(), false);
+        for line in block.lines() {
+            let line = line.trim();
+            if let Some(name) = line.strip_prefix("-> Name: ") {
+                metric = name.to_string();
+            } else if line.starts_with("NumberDataPoints #") {
+                attrs = Vec::new();
+                in_point = true;
+            } else if in_point && let Some(kv) = line.strip_prefix("-> ") {
+                if let Some((k, v)) = kv.split_once(": ") {
+                    let v = v
+                        .strip_prefix("Str(")
+                        .and_then(|v| v.strip_suffix(')'))
+                        .unwrap_or(v);
+                    attrs.push((k.to_string(), v.to_string()));
+                }
+            } else if let Some(v) = line.strip_prefix("Value: ").filter(|_| in_point) {
+                let value = v
+                    .parse::<f64>()
+                    .map(|f| f.to_string())
+                    .unwrap_or_else(|_| v.to_string());
+                attrs.sort();
+                points.push(RotelPoint {
+                    metric: metric.clone(),
+                    attrs: attrs.clone(),
+                    value,
+                });
+                in_point = false;
+            }
+        }
+        exports.push(points);
+    }
+    exports
+}
+
+fn scrape_points(samples: &[Sample], prom_name: &str, otel_name: &str) -> BTreeSet<RotelPoint> {
+    samples
+        .iter()
+        .filter(|s| s.name == prom_name)
+        .map(|s| {
+            let mut attrs: Vec<(String, String)> = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.replace('_', "."), v.clone()))
+                .collect();
+            attrs.sort();
+            RotelPoint {
+                metric: otel_name.to_string(),
+                attrs,
+                value: s.value.to_string(),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotel_collector_receives_the_same_readings_as_metrics() {
+    let api = fake_api(5).await;
+    let names = api.node_names();
+    api.set_condition(&names[4], "Ready", "Unknown");
+    api.set_condition(&names[0], "Ready", "False");
+
+    let dir = tempfile::tempdir().unwrap();
+    let rotel_log = dir.path().join("rotel.log");
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let _rotel = KillOnDrop(
+        Command::new(peer("rotel-agent"))
+            .args([
+                "start",
+                "--otlp-grpc-endpoint",
+                &grpc,
+                "--otlp-http-endpoint",
+                &http,
+            ])
+            .args([
+                "--exporter",
+                "blackhole",
+                "--debug-log",
+                "metrics",
+                "--debug-log-verbosity",
+                "detailed",
+            ])
+            .stdout(std::fs::File::create(&rotel_log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rotel-agent starts"),
+    );
+    let endpoint = format!("http://{grpc}");
+    let exporter = Exporter::start(
+        &api.kubeconfig(),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+        ],
+    );
+    exporter
+        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .await;
+    let samples = exporter.scrape().await;
+
+    let start = Instant::now();
+    let exports = loop {
+        let exports = parse_rotel(&std::fs::read_to_string(&rotel_log).unwrap_or_default());
+        // The last block may still be being written: wait for three complete ones after sync.
+        let synced = exports
+            .iter()
+            .filter(|e| e.iter().any(|p| p.metric == "k8s.cluster.nodes"))
+            .count();
+        if synced >= 3 {
+            break exports;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "rotel got {} exports",
+            exports.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let latest = &exports[exports.len() - 2];
+    for (prom, otel) in [
+        ("k8s_node_condition_status", "k8s.node.condition.status"),
+        ("k8s_node_ready", "k8s.node.ready"),
+        ("k8s_cluster_nodes", "k8s.cluster.nodes"),
+        ("k8s_cluster_node_not_ready_ratio", "k8s.cluster.node.not_ready"),
+    ] {
+        let received: BTreeSet<RotelPoint> = latest.iter().filter(|p| p.metric == otel).cloned().collect();
+        assert!(!received.is_empty(), "rotel received no {otel}");
+        assert_eq!(
+            received,
+            scrape_points(&samples, prom, otel),
+            "{otel} differs between rotel and /metrics"
+        );
+    }
+    let unknown = latest.iter().any(|p| {
+        p.metric == "k8s.node.condition.status"
+            && p.value == "1"
+            && p.attrs
+                .contains(&("k8s.node.condition.status".into(), "unknown".into()))
+            && p.attrs.contains(&("k8s.node.name".into(), names[4].clone()))
+    });
+    assert!(unknown, "Unknown is reported as `unknown`");
+    let _ = parse("");
+}
+
+/// kmock's KubernetesEmulator (PyPI `kmock`), a third-party Kubernetes API
+/// emulator, serving 5 realistic nodes. Changes go through its HTTP API.
+struct Kmock {
+    addr: std::net::SocketAddr,
+    _process: KillOnDrop,
+    _dir: tempfile::TempDir,
+}
+
+impl Kmock {
+    async fn start(nodes: &[serde_json::Value]) -> Kmock {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes_file = dir.path().join("nodes.json");
+        std::fs::write(&nodes_file, serde_json::to_string(nodes).unwrap()).unwrap();
+        let port_file = dir.path().join("port");
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/kmock_cluster.py");
+        let process = KillOnDrop(
+            Command::new(peer("python"))
+                .arg(script)
+                .arg(&nodes_file)
+                .arg(&port_file)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join("kmock.log")).unwrap())
+                .spawn()
+                .expect("kmock starts"),
+        );
+        let start = Instant::now();
+        let port = loop {
+            if let Ok(p) = std::fs::read_to_string(&port_file) {
+                break p.trim().parse::<u16>().unwrap();
+            }
+            let log = std::fs::read_to_string(dir.path().join("kmock.log")).unwrap_or_default();
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "kmock did not start:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        Kmock {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            _process: process,
+            _dir: dir,
+        }
+    }
+
+    fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: kmock\n  cluster: {{server: \"http://{}\"}}\n\
+             users:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context: {{cluster: kmock, user: u}}\ncurrent-context: c\n",
+            self.addr
+        )
+    }
+
+    /// Sets one condition through a merge PATCH of the node's status, as a kubelet would.
+    async fn set_condition(&self, name: &str, type_: &str, status: &str) {
+        let (code, body) = http_get(self.addr, &format!("/api/v1/nodes/{name}"), &[])
+            .await
+            .unwrap();
+        assert_eq!(code, 200, "{body}");
+        let mut node: serde_json::Value = serde_json::from_str(&body).unwrap();
+        for c in node["status"]["conditions"].as_array_mut().unwrap() {
+            if c["type"] == type_ {
+                c["status"] = serde_json::json!(status);
+            }
+        }
+        let patch = serde_json::json!({"status": {"conditions": node["status"]["conditions"]}}).to_string();
+        let (code, body) = common::http_request(
+            self.addr,
+            "PATCH",
+            &format!("/api/v1/nodes/{name}"),
+            &[("Content-Type", "application/merge-patch+json")],
+            Some(&patch),
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 200, "{body}");
+    }
+
+    async fn delete(&self, name: &str) {
+        let (code, body) =
+            common::http_request(self.addr, "DELETE", &format!("/api/v1/nodes/{name}"), &[], None)
+                .await
+                .unwrap();
+        assert_eq!(code, 200, "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_party_emulator_kmock_with_five_realistic_nodes() {
+    use kube_node_status::fake::{generated_node, node_name};
+    let nodes: Vec<serde_json::Value> = (0..5)
+        .map(|i| generated_node(i, 100 + i as u64, "2026-11-27T00:00:00Z"))
+        .collect();
+    let names: Vec<String> = (0..5).map(node_name).collect();
+    let kmock = Kmock::start(&nodes).await;
+    let receiver = common::otlp::Receiver::start(None).await;
+    let endpoint = format!("http://{}", receiver.addr);
+    let mut exporter = Exporter::start(
+        &kmock.kubeconfig(),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+        ],
+    );
+    exporter
+        .wait_status("/readyz", 200, Duration::from_secs(15))
+        .await;
+    let samples = exporter.scrape().await;
+    assert_eq!(
+        common::value(
+            &samples,
+            "k8s_cluster_nodes",
+            &[("k8s_node_condition_status", "true")]
+        ),
+        Some(5.0)
+    );
+
+    // NotReady on /metrics in under 2 s.
+    let flip = Instant::now();
+    kmock.set_condition(&names[0], "Ready", "False").await;
+    exporter
+        .wait_for("NotReady via kmock", Duration::from_secs(2), |s| {
+            common::value(s, "k8s_node_ready", &[("k8s_node_name", &names[0])]) == Some(0.0)
+        })
+        .await;
+    println!("kmock flip-to-scrape: {:?}", flip.elapsed());
+    kmock.set_condition(&names[1], "Ready", "Unknown").await;
+    let samples = exporter
+        .wait_for("Unknown via kmock", Duration::from_secs(2), |s| {
+            common::value(
+                s,
+                "k8s_node_condition_status",
+                &[
+                    ("k8s_node_name", &names[1]),
+                    ("k8s_node_condition_type", "Ready"),
+                    ("k8s_node_condition_status", "unknown"),
+                ],
+            ) == Some(1.0)
+        })
+        .await;
+    assert_eq!(
+        common::value(
+            &samples,
+            "k8s_cluster_nodes",
+            &[("k8s_node_condition_status", "unknown")]
+        ),
+        Some(1.0)
+    );
+
+    kmock.delete(&names[2]).await;
+    exporter
+        .wait_for("deletion via kmock", Duration::from_secs(2), |s| {
+            common::value(s, "k8s_node_ready", &[("k8s_node_name", &names[2])]).is_none()
+        })
+        .await;
+    let seen_gone = Instant::now();
+    let before = receiver.exports();
+    while receiver.exports() < before + 5 {
+        let s = exporter.scrape().await;
+        assert!(
+            !s.iter().any(|x| x.labels.get("k8s_node_name") == Some(&names[2])),
+            "deleted node came back"
+        );
+        assert!(seen_gone.elapsed() < Duration::from_secs(10));
+    }
+    for req in receiver.since(seen_gone + Duration::from_millis(100)) {
+        let ready = common::otlp::points(&req, "k8s.node.ready");
+        assert_eq!(ready.len(), 4);
+        assert!(!ready.iter().any(|(a, _)| a["k8s.node.name"] == names[2]));
+    }
+    let samples = exporter.scrape().await;
+    assert_eq!(
+        common::value(&samples, "kube_node_status_watch_restarts_total", &[]),
+        Some(0.0),
+        "no relists"
+    );
+    let (status, took) = exporter.terminate();
+    assert_eq!(status.code(), Some(0));
+    assert!(took < Duration::from_secs(10));
+}
