@@ -69,6 +69,8 @@ where
         let resource = crate::telemetry::build_resource(&settings.resource, &|k| std::env::var(k).ok());
         let tracer_provider = crate::telemetry::tracer_provider(&settings, resource.clone())?;
         crate::logging::init(settings.log_format, tracer_provider.as_ref()).map_err(ConfigError::Logging)?;
+        // Every configuration error is reported before anything connects.
+        crate::telemetry::check(&settings)?;
         let config = kube_config().await?;
         run(settings, resource, config, tracer_provider, shutdown_signal()).await
     });
@@ -124,12 +126,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (view, writer) = View::new();
+    let telemetry = Telemetry::start(&settings, resource, view.clone())?;
     let client: Client = ClientBuilder::try_from(kube_config)
         .map_err(|e| ConfigError::Kube(format!("building the Kubernetes client: {e}")))?
         .with_layer(&ApiObserverLayer::new(view.health().clone()))
         .build();
-
-    let telemetry = Telemetry::start(&settings, resource, view.clone())?;
 
     let listener = tokio::net::TcpListener::bind(settings.listen_address)
         .await

@@ -24,6 +24,13 @@ pub enum ConfigError {
     /// A variable that must hold a number of milliseconds does not.
     #[error("{var}: expected a positive number of milliseconds, got {value:?}")]
     BadMillis { var: &'static str, value: String },
+    /// A variable with a value outside its fixed set.
+    #[error("{var}: unsupported value {value:?} (expected {expected})")]
+    BadValue {
+        var: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     /// A CA file that cannot be used.
     #[error("{var}: cannot use {path:?} as a PEM CA certificate: {reason}")]
     BadCertificate {
@@ -252,6 +259,38 @@ fn read_ca(
     Ok(Some(pem))
 }
 
+/// The OTLP exporter ignores bad compression and timeout values with a
+/// warning (as the OTel spec allows); we refuse them, like any other bad input.
+fn check_otlp_env(env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    for var in [
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+    ] {
+        if let Some(v) = env(var).filter(|v| !v.trim().is_empty())
+            && !matches!(v.trim().to_ascii_lowercase().as_str(), "gzip" | "none")
+        {
+            return Err(ConfigError::BadValue {
+                var,
+                value: v,
+                expected: "`gzip` or `none`",
+            });
+        }
+    }
+    for var in [
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    ] {
+        if let Some(v) = env(var).filter(|v| !v.trim().is_empty())
+            && !v.trim().parse::<u64>().is_ok_and(|ms| ms > 0)
+        {
+            return Err(ConfigError::BadMillis { var, value: v });
+        }
+    }
+    Ok(())
+}
+
 impl RunArgs {
     /// Resolves flags and the environment (through `env`) into settings.
     pub fn resolve(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
@@ -291,6 +330,9 @@ impl RunArgs {
             },
         };
 
+        if otlp_metrics_on || traces_on {
+            check_otlp_env(env)?;
+        }
         let otlp_metrics = if otlp_metrics_on {
             Some(OtlpSettings {
                 endpoint: self.otlp_endpoint.clone(),

@@ -10,8 +10,9 @@ use tracing_subscriber::{
 use crate::config::LogFormat;
 
 /// Without RUST_LOG: info, except the watcher's own per-retry warnings, which
-/// repeat what our once-per-streak messages say more clearly.
-pub const DEFAULT_LOG: &str = "info,kube_runtime::watcher=error";
+/// repeat what our once-per-streak messages say more clearly, and the SDK's
+/// lifecycle chatter (a provider dropped after a resize is not news).
+pub const DEFAULT_LOG: &str = "info,kube_runtime::watcher=error,opentelemetry_sdk=warn";
 
 /// Installs the global subscriber. Only our own crate's spans go to OTLP:
 /// letting tonic, h2 or hyper in would make every export produce more spans to export.

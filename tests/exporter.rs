@@ -713,7 +713,7 @@ async fn cardinality_follows_the_cluster_without_overflow() {
 fn bad_input_is_one_line_and_exit_code_2() {
     // (flags, environment, what the one line must mention)
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 7] = [
+    let cases: [Case; 10] = [
         (&["--listen-address", "nowhere"], &[], "--listen-address"),
         (&["--stale-after", "soon"], &[], "--stale-after"),
         (
@@ -729,6 +729,17 @@ fn bad_input_is_one_line_and_exit_code_2() {
         (&["--kubeconfig", "/nonexistent/kubeconfig"], &[], "kubeconfig"),
         (&[], &[("KUBECONFIG", "/nonexistent/kubeconfig")], "kubeconfig"),
         (&[], &[("KNS_STALE_AFTER", "-3")], "stale-after"),
+        (
+            &[],
+            &[("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli")],
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+        ),
+        (&[], &[("RUST_LOG", "[[[")], "RUST_LOG"),
+        (
+            &[],
+            &[("OTEL_EXPORTER_OTLP_TIMEOUT", "10s")],
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        ),
     ];
     for (args, env, mentions) in cases {
         let (code, stderr) = run_to_exit(args, env);
@@ -771,4 +782,48 @@ fn help_documents_every_flag_with_its_environment_variable() {
     assert!(help.contains("0.0.0.0:9464") && help.contains("OTEL_METRICS_EXPORTER"));
     let parsed = parse("a_b{x=\"1\"} 2\n# c\n");
     assert_eq!(parsed[0].labels["x"], "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_headers_and_gzip_come_from_the_standard_variables() {
+    let api = fake_api(2).await;
+    let receiver = otlp::Receiver::start(None).await;
+    let endpoint = format!("http://{}", receiver.addr);
+    let exporter = Exporter::start(
+        &api.kubeconfig(),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=team-a,x-api-key=s3cret"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+        ],
+    );
+    exporter.wait_status("/readyz", 200, SYNC).await;
+    receiver.wait_exports(2, Duration::from_secs(15)).await;
+    let headers = receiver.received.headers.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(headers.get("x-tenant").map(String::as_str), Some("team-a"));
+    assert_eq!(headers.get("x-api-key").map(String::as_str), Some("s3cret"));
+    assert_eq!(headers.get("grpc-encoding").map(String::as_str), Some("gzip"));
+    assert!(
+        !exporter.logs().contains("s3cret"),
+        "a header value leaked into the logs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_flag_selects_the_kubeconfig_context() {
+    let api = fake_api(2).await;
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: dead\n  cluster: {{server: \"{dead}\"}}\n\
+         - name: fake\n  cluster: {{server: \"{}\"}}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n\
+         - name: dead\n  context: {{cluster: dead, user: u}}\n- name: fake\n  context: {{cluster: fake, user: u}}\n\
+         current-context: dead\n",
+        api.url()
+    );
+    let exporter = Exporter::start(&kubeconfig, &["--context", "fake"], &[PROM_ONLY]);
+    exporter.wait_status("/readyz", 200, SYNC).await;
+    let (code, stderr) = run_to_exit(&["--context", "missing"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
 }

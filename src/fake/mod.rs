@@ -75,6 +75,16 @@ pub async fn kube_config_for(server: &FakeApiServer) -> anyhow::Result<kube::Con
 /// `kube-node-status demo`: a fake cluster and the exporter watching it, in one process.
 pub fn demo(mut args: DemoArgs) -> ExitCode {
     args.run.log_format.get_or_insert(LogFormat::Text);
+    // A newcomer without a collector should see /metrics, not a failing OTLP
+    // export: OTLP is on in the demo only when an endpoint or exporter is chosen.
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let otlp_chosen = args.run.otlp_endpoint.is_some()
+        || env("OTEL_METRICS_EXPORTER").is_some()
+        || env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT").is_some();
+    if !otlp_chosen {
+        args.run.metrics_exporter.get_or_insert_with(|| "prometheus".to_string());
+    }
     let settings = match args.run.resolve(&|k| std::env::var(k).ok()) {
         Ok(s) => s,
         Err(e) => return app::fail(&e.into()),

@@ -231,6 +231,15 @@ impl Telemetry {
     }
 }
 
+/// Checks the OTLP metric exporter's configuration (endpoint, headers,
+/// compression) without connecting: the channel is lazy and dropped unused.
+pub fn check(settings: &Settings) -> Result<(), TelemetryError> {
+    if let Some(otlp_settings) = &settings.otlp_metrics {
+        drop(otlp::metric_exporter(otlp_settings, Arc::default())?);
+    }
+    Ok(())
+}
+
 /// Builds the tracer provider for our own spans, if OTLP traces are on.
 pub fn tracer_provider(
     settings: &Settings,

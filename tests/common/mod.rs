@@ -184,7 +184,7 @@ impl Exporter {
         cmd.env("KUBECONFIG", &kc)
             .env(
                 "RUST_LOG",
-                "info,kube_runtime::watcher=error,kube_node_status=debug",
+                "info,kube_runtime::watcher=error,opentelemetry_sdk=warn,kube_node_status=debug",
             )
             .env("KNS_LOG_FORMAT", "text")
             .envs(env.iter().copied())

@@ -31,6 +31,8 @@ use tonic::{
 pub struct Received {
     pub metrics: Arc<Mutex<Vec<(Instant, ExportMetricsServiceRequest)>>>,
     pub spans: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+    /// The gRPC metadata (headers) of each metric export, in order.
+    pub headers: Arc<Mutex<Vec<BTreeMap<String, String>>>>,
 }
 
 #[tonic::async_trait]
@@ -39,6 +41,17 @@ impl MetricsService for Received {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let headers = request
+            .metadata()
+            .iter()
+            .filter_map(|kv| match kv {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                    Some((k.to_string(), v.to_str().unwrap_or("").to_string()))
+                }
+                tonic::metadata::KeyAndValueRef::Binary(..) => None,
+            })
+            .collect();
+        self.headers.lock().unwrap().push(headers);
         self.metrics
             .lock()
             .unwrap()
@@ -84,7 +97,10 @@ impl Receiver {
                 .unwrap();
         }
         let router = builder
-            .add_service(MetricsServiceServer::new(received.clone()))
+            .add_service(
+                MetricsServiceServer::new(received.clone())
+                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+            )
             .add_service(TraceServiceServer::new(received.clone()));
         let incoming = tokio_stream_from(listener);
         let task = tokio::spawn(async move {
