@@ -83,7 +83,9 @@ pub fn demo(mut args: DemoArgs) -> ExitCode {
         || env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
         || env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT").is_some();
     if !otlp_chosen {
-        args.run.metrics_exporter.get_or_insert_with(|| "prometheus".to_string());
+        args.run
+            .metrics_exporter
+            .get_or_insert_with(|| "prometheus".to_string());
     }
     let settings = match args.run.resolve(&|k| std::env::var(k).ok()) {
         Ok(s) => s,
