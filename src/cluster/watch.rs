@@ -12,7 +12,7 @@ use kube::{
         watcher::{self, Event},
     },
 };
-use tracing::{Instrument, Span, debug, info, info_span, warn};
+use tracing::{Span, debug, info, info_span, warn};
 
 use super::health::{ErrorReason, EventKind, Health};
 
@@ -145,10 +145,10 @@ pub async fn run(client: Client, writer: Writer<Node>, health: Arc<Health>) {
     warn!("node watcher stopped");
 }
 
-/// Spawns [`run`] on the runtime, inside a span for its whole life.
+/// Spawns [`run`] on the runtime. Each (re)list is its own root span: a span
+/// for the watcher's whole life would never end, and traces under it never close.
 pub fn spawn(client: Client, writer: Writer<Node>, health: Arc<Health>) -> tokio::task::JoinHandle<()> {
-    let span = info_span!("watch.nodes");
-    tokio::spawn(run(client, writer, health).instrument(span))
+    tokio::spawn(run(client, writer, health))
 }
 
 #[cfg(test)]

@@ -302,13 +302,13 @@ impl FakeApiServer {
 
     /// Listens again on the same address after [`stop`](Self::stop).
     pub async fn restart(&self) -> std::io::Result<()> {
+        // The old sockets may take a moment to release the port.
         let mut tries = 0;
         let listener = loop {
             match TcpListener::bind(self.addr).await {
                 Ok(l) => break l,
-                Err(e) if tries < 50 => {
+                Err(_) if tries < 50 => {
                     tries += 1;
-                    let _ = e;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => return Err(e),
@@ -537,6 +537,9 @@ fn decode_continue(token: &str) -> Option<(u64, String)> {
     Some((rv.parse().ok()?, last.to_string()))
 }
 
+/// A LIST is always served at the latest resourceVersion, whatever
+/// `resourceVersion` asks for: what `resourceVersionMatch=NotOlderThan` allows,
+/// and what a client of the real API server must cope with.
 fn list_nodes(shared: &Shared, p: &ListParams) -> Response {
     shared.lists.fetch_add(1, Ordering::Relaxed);
     let store = shared.lock();
@@ -564,7 +567,6 @@ fn list_nodes(shared: &Shared, p: &ListParams) -> Response {
             (store.rv, None)
         }
     };
-    let _ = &p.resource_version;
     let limit = p.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
     let range: Box<dyn Iterator<Item = (&String, &Value)>> = match &after {
         Some(last) => Box::new(store.nodes.range::<String, _>((

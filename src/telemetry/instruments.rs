@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 use crate::{
     cluster::{ApiVerb, ErrorReason, EventKind, View},
-    readings::{self, ClusterSummary, ConditionStatus, SeriesDemand},
+    readings::{self, ClusterSummary, ConditionStatus},
 };
 
 use super::otlp::ExportStats;
@@ -125,15 +125,18 @@ fn register_node_readings(meter: &Meter, view: &View, capacity: &Capacity) {
         )
         .with_callback(move |obs| {
             let nodes = v.nodes();
-            if !cap.admits(SeriesDemand::of(nodes.iter().map(|n| &**n)).condition_points) {
+            // Read each node once; the same readings size the demand and feed the points.
+            let per_node: Vec<(&str, Vec<readings::ConditionReading<'_>>)> = nodes
+                .iter()
+                .filter_map(|node| Some((readings::node_name(node)?, readings::conditions(node))))
+                .collect();
+            let points = per_node.iter().map(|(_, c)| c.len()).sum::<usize>() * ConditionStatus::ALL.len();
+            if !cap.admits(points) {
                 return;
             }
-            for node in &nodes {
-                let Some(name) = readings::node_name(node) else {
-                    continue;
-                };
+            for (name, conditions) in &per_node {
                 let name_kv = KeyValue::new(keys::NODE_NAME, name.to_string());
-                for c in readings::conditions(node) {
+                for c in conditions {
                     let type_kv = KeyValue::new(keys::CONDITION_TYPE, c.type_.to_string());
                     for s in ConditionStatus::ALL {
                         obs.observe(
