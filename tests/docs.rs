@@ -60,17 +60,15 @@ async fn metrics_md_matches_what_is_served() {
     api.set_condition(&api.node_names()[0], "KernelDeadlock", "True");
     let receiver = otlp::Receiver::start(None).await;
     let endpoint = format!("http://{}", receiver.addr);
-    let exporter = Exporter::start(
+    let exporter = Exporter::start_ready(
         &api.kubeconfig(),
         &["--cluster-name", "docs"],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
         ],
-    );
-    exporter
-        .wait_status("/readyz", 200, Duration::from_secs(15))
-        .await;
+    )
+    .await;
     let samples = exporter.scrape().await;
 
     // /metrics → docs.

@@ -72,8 +72,7 @@ async fn initial_sync_reads_every_condition_one_hot() {
     api.set_condition(&names[3], "Ready", "Unknown");
     api.set_condition(&names[4], "Ready", "False");
     api.set_condition(&names[0], "KernelDeadlock", "True");
-    let exporter = Exporter::start(&api.kubeconfig(), &[], &[PROM_ONLY]);
-    exporter.wait_status("/readyz", 200, SYNC).await;
+    let exporter = Exporter::start_ready(&api.kubeconfig(), &[], &[PROM_ONLY]).await;
     let samples = exporter.scrape().await;
     assert_no_duplicate_series(&samples);
 
@@ -136,8 +135,7 @@ async fn initial_sync_reads_every_condition_one_hot() {
 async fn ready_flips_reach_metrics_within_two_seconds() {
     let api = fake_api(5).await;
     let node = api.node_names()[1].clone();
-    let exporter = Exporter::start(&api.kubeconfig(), &[], &[PROM_ONLY]);
-    exporter.wait_status("/readyz", 200, SYNC).await;
+    let exporter = Exporter::start_ready(&api.kubeconfig(), &[], &[PROM_ONLY]).await;
     let mut took = Vec::new();
     for (status, ready, label) in [
         ("False", 0.0, "false"),
@@ -162,15 +160,15 @@ async fn deleted_node_never_reappears_across_interleaved_exports() {
     let gone = api.node_names()[2].clone();
     let receiver = otlp::Receiver::start(None).await;
     let endpoint = format!("http://{}", receiver.addr);
-    let exporter = Exporter::start(
+    let exporter = Exporter::start_ready(
         &api.kubeconfig(),
         &[],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_METRIC_EXPORT_INTERVAL", "150"),
         ],
-    );
-    exporter.wait_status("/readyz", 200, SYNC).await;
+    )
+    .await;
     let has = |req: &opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest| {
         otlp::points(req, "k8s.node.ready")
             .iter()
@@ -237,8 +235,7 @@ async fn deleted_node_never_reappears_across_interleaved_exports() {
 async fn dropped_watch_resumes_and_410_relists_once_without_duplicates() {
     let api = fake_api(5).await;
     let names = api.node_names();
-    let exporter = Exporter::start(&api.kubeconfig(), &[], &[PROM_ONLY]);
-    exporter.wait_status("/readyz", 200, SYNC).await;
+    let exporter = Exporter::start_ready(&api.kubeconfig(), &[], &[PROM_ONLY]).await;
     let lists_at_start = api.stats().full_lists;
     assert_eq!(lists_at_start, 1, "exactly one LIST to sync");
 
@@ -367,8 +364,7 @@ async fn api_down_at_start_then_recovers() {
 async fn api_outage_grows_view_age_flips_readyz_and_resumes_without_relist() {
     let api = fake_api(4).await;
     let name = api.node_names()[0].clone();
-    let exporter = Exporter::start(&api.kubeconfig(), &["--stale-after", "2s"], &[PROM_ONLY]);
-    exporter.wait_status("/readyz", 200, SYNC).await;
+    let exporter = Exporter::start_ready(&api.kubeconfig(), &["--stale-after", "2s"], &[PROM_ONLY]).await;
 
     api.stop();
     let samples = exporter
@@ -448,7 +444,7 @@ async fn otlp_export_matches_metrics_with_resource_and_own_spans() {
     api.set_condition(&names[2], "Ready", "Unknown");
     let receiver = otlp::Receiver::start(None).await;
     let endpoint = format!("http://{}", receiver.addr);
-    let exporter = Exporter::start(
+    let exporter = Exporter::start_ready(
         &api.kubeconfig(),
         &["--cluster-name", "demo-cluster"],
         &[
@@ -457,8 +453,8 @@ async fn otlp_export_matches_metrics_with_resource_and_own_spans() {
             ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test"),
             ("POD_NAME", "kube-node-status-0"),
         ],
-    );
-    exporter.wait_status("/readyz", 200, SYNC).await;
+    )
+    .await;
     let after_sync = receiver.exports();
     receiver
         .wait_exports(after_sync + 2, Duration::from_secs(10))
@@ -563,15 +559,15 @@ async fn sigterm_flushes_and_exits_zero_within_ten_seconds() {
     let receiver = otlp::Receiver::start(None).await;
     let endpoint = format!("http://{}", receiver.addr);
     // A long interval: the only exports are the flush at shutdown.
-    let mut exporter = Exporter::start(
+    let mut exporter = Exporter::start_ready(
         &api.kubeconfig(),
         &[],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_METRIC_EXPORT_INTERVAL", "600000"),
         ],
-    );
-    exporter.wait_status("/readyz", 200, SYNC).await;
+    )
+    .await;
     let before = receiver.exports();
     let (status, took) = exporter.terminate();
     assert_eq!(status.code(), Some(0), "logs:\n{}", exporter.logs());
@@ -585,15 +581,15 @@ async fn sigterm_flushes_and_exits_zero_within_ten_seconds() {
 async fn unreachable_collector_is_logged_once_and_never_delays_metrics() {
     let api = fake_api(3).await;
     let endpoint = format!("http://127.0.0.1:{}", free_port());
-    let mut exporter = Exporter::start(
+    let mut exporter = Exporter::start_ready(
         &api.kubeconfig(),
         &[],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
         ],
-    );
-    exporter.wait_status("/readyz", 200, SYNC).await;
+    )
+    .await;
     exporter
         .wait_for("several failed exports", Duration::from_secs(15), |s| {
             value(s, "kube_node_status_otlp_export_failures_total", &[]).is_some_and(|n| n >= 5.0)
@@ -642,7 +638,7 @@ async fn https_collector_with_a_private_ca() {
 
     let api = fake_api(2).await;
     let endpoint = format!("https://localhost:{}", receiver.addr.port());
-    let exporter = Exporter::start(
+    let exporter = Exporter::start_ready(
         &api.kubeconfig(),
         &[],
         &[
@@ -650,8 +646,8 @@ async fn https_collector_with_a_private_ca() {
             ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca_file.to_str().unwrap()),
             ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
         ],
-    );
-    exporter.wait_status("/readyz", 200, SYNC).await;
+    )
+    .await;
     receiver.wait_exports(2, Duration::from_secs(15)).await;
     let samples = exporter.scrape().await;
     assert_eq!(
@@ -789,7 +785,7 @@ async fn otlp_headers_and_gzip_come_from_the_standard_variables() {
     let api = fake_api(2).await;
     let receiver = otlp::Receiver::start(None).await;
     let endpoint = format!("http://{}", receiver.addr);
-    let exporter = Exporter::start(
+    let exporter = Exporter::start_ready(
         &api.kubeconfig(),
         &[],
         &[
@@ -798,8 +794,8 @@ async fn otlp_headers_and_gzip_come_from_the_standard_variables() {
             ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
             ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
         ],
-    );
-    exporter.wait_status("/readyz", 200, SYNC).await;
+    )
+    .await;
     receiver.wait_exports(2, Duration::from_secs(15)).await;
     let headers = receiver.received.headers.lock().unwrap().last().cloned().unwrap();
     assert_eq!(headers.get("x-tenant").map(String::as_str), Some("team-a"));
@@ -822,8 +818,7 @@ async fn context_flag_selects_the_kubeconfig_context() {
          current-context: dead\n",
         api.url()
     );
-    let exporter = Exporter::start(&kubeconfig, &["--context", "fake"], &[PROM_ONLY]);
-    exporter.wait_status("/readyz", 200, SYNC).await;
+    let _exporter = Exporter::start_ready(&kubeconfig, &["--context", "fake"], &[PROM_ONLY]).await;
     let (code, stderr) = run_to_exit(&["--context", "missing"], &[]);
     assert_eq!(code, Some(2), "{stderr}");
 }

@@ -13,6 +13,11 @@ use kube::{
 };
 use kube_node_status::fake::{FakeApiServer, FakeOptions, kube_config_for};
 
+async fn list_rv(api: &Api<Node>) -> String {
+    let list = api.list(&ListParams::default()).await.unwrap();
+    list.metadata.resource_version.unwrap()
+}
+
 async fn client(server: &FakeApiServer) -> Client {
     Client::try_from(kube_config_for(server).await.unwrap()).unwrap()
 }
@@ -49,13 +54,7 @@ async fn list_paginates_with_limit_and_continue() {
 async fn watch_replays_from_a_resource_version_with_every_event_type() {
     let server = common::fake_api(3).await;
     let api: Api<Node> = Api::all(client(&server).await);
-    let rv = api
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .metadata
-        .resource_version
-        .unwrap();
+    let rv = list_rv(&api).await;
     let names = server.node_names();
     server.set_condition(&names[0], "Ready", "False");
     server.delete_node(&names[1]);
@@ -93,13 +92,7 @@ async fn watch_replays_from_a_resource_version_with_every_event_type() {
 async fn too_old_resource_version_is_410_gone() {
     let server = common::fake_api(2).await;
     let api: Api<Node> = Api::all(client(&server).await);
-    let rv = api
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .metadata
-        .resource_version
-        .unwrap();
+    let rv = list_rv(&api).await;
     server.compact();
     let mut stream = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
     match stream.try_next().await.unwrap() {

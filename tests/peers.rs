@@ -66,10 +66,8 @@ async fn wait_query(prom: std::net::SocketAddr, promql: &str, want: &[f64], time
 async fn prometheus_scrapes_and_its_query_api_sees_the_readings() {
     let api = fake_api(5).await;
     let names = api.node_names();
-    let exporter = Exporter::start(&api.kubeconfig(), &[], &[("OTEL_METRICS_EXPORTER", "prometheus")]);
-    exporter
-        .wait_status("/readyz", 200, Duration::from_secs(15))
-        .await;
+    let exporter =
+        Exporter::start_ready(&api.kubeconfig(), &[], &[("OTEL_METRICS_EXPORTER", "prometheus")]).await;
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("prometheus.yml");
@@ -170,17 +168,15 @@ async fn promtool_check_metrics_has_no_findings() {
     api.set_condition(&names[3], "CustomHardwareFault", "True");
     // OTLP on (towards nothing), so the export-failure counter has a value too.
     let endpoint = format!("http://127.0.0.1:{}", free_port());
-    let exporter = Exporter::start(
+    let exporter = Exporter::start_ready(
         &api.kubeconfig(),
         &["--cluster-name", "promtool"],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
         ],
-    );
-    exporter
-        .wait_status("/readyz", 200, Duration::from_secs(15))
-        .await;
+    )
+    .await;
     let (_, body) = exporter.get("/metrics").await;
     assert!(body.contains("k8s_node_condition_status{"));
     let (ok, findings) = promtool_check(&body);
@@ -293,17 +289,15 @@ async fn rotel_collector_receives_the_same_readings_as_metrics() {
             .expect("rotel-agent starts"),
     );
     let endpoint = format!("http://{grpc}");
-    let exporter = Exporter::start(
+    let exporter = Exporter::start_ready(
         &api.kubeconfig(),
         &[],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
         ],
-    );
-    exporter
-        .wait_status("/readyz", 200, Duration::from_secs(15))
-        .await;
+    )
+    .await;
     let samples = exporter.scrape().await;
 
     let start = Instant::now();
@@ -446,17 +440,15 @@ async fn third_party_emulator_kmock_with_five_realistic_nodes() {
     let kmock = Kmock::start(&nodes).await;
     let receiver = common::otlp::Receiver::start(None).await;
     let endpoint = format!("http://{}", receiver.addr);
-    let mut exporter = Exporter::start(
+    let mut exporter = Exporter::start_ready(
         &kmock.kubeconfig(),
         &[],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
         ],
-    );
-    exporter
-        .wait_status("/readyz", 200, Duration::from_secs(15))
-        .await;
+    )
+    .await;
     let samples = exporter.scrape().await;
     assert_eq!(
         common::value(

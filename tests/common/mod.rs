@@ -200,6 +200,15 @@ impl Exporter {
         }
     }
 
+    /// Starts like [`start`](Self::start) and waits until `/readyz` is 200.
+    pub async fn start_ready(kubeconfig: &str, args: &[&str], env: &[(&str, &str)]) -> Exporter {
+        let exporter = Exporter::start(kubeconfig, args, env);
+        exporter
+            .wait_status("/readyz", 200, Duration::from_secs(15))
+            .await;
+        exporter
+    }
+
     /// Its log so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
