@@ -29,7 +29,6 @@ pub fn strip(node: &mut Node) {
     if let Some(spec) = node.spec.as_mut() {
         spec.config_source = None;
         spec.external_id = None;
-        spec.pod_cidr = None;
         spec.pod_cidrs = None;
     }
     if let Some(status) = node.status.as_mut() {

@@ -4,6 +4,8 @@
 //! module turns these readings into data points; the cluster module never
 //! looks at them.
 
+pub mod quantity;
+
 use k8s_openapi::api::core::v1::Node;
 
 /// The condition type the kubelet uses for overall node readiness.
@@ -52,12 +54,14 @@ impl ConditionStatus {
 }
 
 /// One condition of one node, after de-duplication.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ConditionReading<'a> {
     /// The condition type, verbatim from the API (`Ready`, `MemoryPressure`, or a custom one).
     pub type_: &'a str,
     /// Its status.
     pub status: ConditionStatus,
+    /// When its status last changed, in Unix seconds, if the API says.
+    pub last_transition: Option<f64>,
 }
 
 /// The node's name, or `None` for an object no reading can be attached to.
@@ -84,6 +88,7 @@ pub fn conditions(node: &Node) -> Vec<ConditionReading<'_>> {
         out.push(ConditionReading {
             type_: &c.type_,
             status: ConditionStatus::from_api(&c.status),
+            last_transition: c.last_transition_time.as_ref().map(|t| unix_seconds(&t.0)),
         });
     }
     out
@@ -187,6 +192,172 @@ impl SeriesDemand {
     pub fn max_per_instrument(&self) -> usize {
         self.condition_points.max(self.node_points)
     }
+}
+
+fn unix_seconds(t: &k8s_openapi::jiff::Timestamp) -> f64 {
+    t.as_millisecond() as f64 / 1000.0
+}
+
+/// True when the node is cordoned (`spec.unschedulable`).
+pub fn unschedulable(node: &Node) -> bool {
+    node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
+}
+
+/// One taint of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaintReading<'a> {
+    /// The taint key.
+    pub key: &'a str,
+    /// Its value, empty when unset.
+    pub value: &'a str,
+    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`.
+    pub effect: &'a str,
+}
+
+/// The node's taints, one per (key, value, effect): a duplicate would be the same series twice.
+pub fn taints(node: &Node) -> Vec<TaintReading<'_>> {
+    let mut out: Vec<TaintReading<'_>> = Vec::new();
+    for t in node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let reading = TaintReading {
+            key: &t.key,
+            value: t.value.as_deref().unwrap_or(""),
+            effect: &t.effect,
+        };
+        if !t.key.is_empty() && !out.contains(&reading) {
+            out.push(reading);
+        }
+    }
+    out
+}
+
+/// Static facts about a node, each empty when the API does not say.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo<'a> {
+    /// `status.nodeInfo.kubeletVersion`.
+    pub kubelet_version: &'a str,
+    /// `status.nodeInfo.kubeProxyVersion`.
+    pub kube_proxy_version: &'a str,
+    /// `status.nodeInfo.containerRuntimeVersion`.
+    pub container_runtime_version: &'a str,
+    /// `status.nodeInfo.kernelVersion`.
+    pub kernel_version: &'a str,
+    /// `status.nodeInfo.osImage`.
+    pub os_image: &'a str,
+    /// `status.nodeInfo.architecture`.
+    pub architecture: &'a str,
+    /// `spec.providerID`.
+    pub provider_id: &'a str,
+    /// The first `InternalIP` address.
+    pub internal_ip: &'a str,
+    /// `spec.podCIDR`.
+    pub pod_cidr: &'a str,
+    /// `status.nodeInfo.systemUUID`.
+    pub system_uuid: &'a str,
+}
+
+/// The node's static facts.
+pub fn info(node: &Node) -> NodeInfo<'_> {
+    let status = node.status.as_ref();
+    let ni = status.and_then(|s| s.node_info.as_ref());
+    let spec = node.spec.as_ref();
+    let field = |f: fn(&k8s_openapi::api::core::v1::NodeSystemInfo) -> &String| {
+        ni.map(|n| f(n).as_str()).unwrap_or("")
+    };
+    NodeInfo {
+        kubelet_version: field(|n| &n.kubelet_version),
+        kube_proxy_version: field(|n| &n.kube_proxy_version),
+        container_runtime_version: field(|n| &n.container_runtime_version),
+        kernel_version: field(|n| &n.kernel_version),
+        os_image: field(|n| &n.os_image),
+        architecture: field(|n| &n.architecture),
+        system_uuid: field(|n| &n.system_uuid),
+        provider_id: spec.and_then(|s| s.provider_id.as_deref()).unwrap_or(""),
+        pod_cidr: spec.and_then(|s| s.pod_cidr.as_deref()).unwrap_or(""),
+        internal_ip: status
+            .and_then(|s| s.addresses.as_ref())
+            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+            .map(|a| a.address.as_str())
+            .unwrap_or(""),
+    }
+}
+
+/// Which resource list to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResourceList {
+    /// `status.allocatable`: what pods may use.
+    Allocatable,
+    /// `status.capacity`: what the node has.
+    Capacity,
+}
+
+/// A parsed resource quantity of a node.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ResourceReading<'a> {
+    /// The resource name, verbatim (`cpu`, `memory`, `nvidia.com/gpu`…).
+    pub name: &'a str,
+    /// Its value in base units: cores for cpu, bytes for memory and storage, a count otherwise.
+    pub value: f64,
+}
+
+/// The node's resources from one list, sorted by name. Unparseable quantities
+/// are left out: a wrong number is worse than none.
+pub fn resources(node: &Node, list: ResourceList) -> Vec<ResourceReading<'_>> {
+    let map = node.status.as_ref().and_then(|s| match list {
+        ResourceList::Allocatable => s.allocatable.as_ref(),
+        ResourceList::Capacity => s.capacity.as_ref(),
+    });
+    map.into_iter()
+        .flatten()
+        .filter_map(|(name, q)| {
+            Some(ResourceReading {
+                name,
+                value: quantity::parse(&q.0).ok()?,
+            })
+        })
+        .collect()
+}
+
+/// When the node object was created, in Unix seconds.
+pub fn created(node: &Node) -> Option<f64> {
+    node.metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| unix_seconds(&t.0))
+}
+
+/// When deletion was requested, in Unix seconds, while the node is terminating.
+pub fn deletion_timestamp(node: &Node) -> Option<f64> {
+    node.metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| unix_seconds(&t.0))
+}
+
+/// The label prefix Kubernetes uses for node roles.
+pub const ROLE_LABEL_PREFIX: &str = "node-role.kubernetes.io/";
+
+/// The node's roles, from `node-role.kubernetes.io/<role>` labels (and the
+/// legacy `kubernetes.io/role` label's value), sorted and unique.
+pub fn roles(node: &Node) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for (k, v) in node.metadata.labels.iter().flatten() {
+        let role = match k.strip_prefix(ROLE_LABEL_PREFIX) {
+            Some(role) => role,
+            None if k == "kubernetes.io/role" => v.as_str(),
+            None => continue,
+        };
+        if !role.is_empty() && !out.contains(&role) {
+            out.push(role);
+        }
+    }
+    out.sort_unstable();
+    out
 }
 
 #[cfg(test)]
@@ -380,5 +551,114 @@ mod tests {
             }
         );
         assert_eq!(d.max_per_instrument(), 6);
+    }
+    fn from_json(v: serde_json::Value) -> Node {
+        serde_json::from_value(v).expect("a valid Node")
+    }
+
+    #[test]
+    fn node_facts_table() {
+        let n = from_json(serde_json::json!({
+            "metadata": {
+                "name": "a",
+                "creationTimestamp": "2026-11-01T08:00:00Z",
+                "deletionTimestamp": "2026-11-27T10:00:00Z",
+                "labels": {
+                    "node-role.kubernetes.io/control-plane": "",
+                    "node-role.kubernetes.io/worker": "true",
+                    "kubernetes.io/role": "worker",
+                    "topology.kubernetes.io/zone": "z1"
+                }
+            },
+            "spec": {
+                "unschedulable": true,
+                "providerID": "gce://p/z/a",
+                "podCIDR": "10.0.0.0/24",
+                "taints": [
+                    {"key": "dedicated", "value": "gpu", "effect": "NoSchedule"},
+                    {"key": "dedicated", "value": "gpu", "effect": "NoSchedule"},
+                    {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}
+                ]
+            },
+            "status": {
+                "capacity": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1", "pods": "110"},
+                "allocatable": {"cpu": "7910m", "memory": "bogus", "pods": "110"},
+                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-27T09:00:00Z"}],
+                "addresses": [{"type": "Hostname", "address": "a"}, {"type": "InternalIP", "address": "10.1.2.3"}],
+                "nodeInfo": {
+                    "kubeletVersion": "v1.31.5", "kubeProxyVersion": "v1.31.5", "containerRuntimeVersion": "containerd://1.7",
+                    "kernelVersion": "6.1", "osImage": "COS", "architecture": "arm64", "operatingSystem": "linux",
+                    "machineID": "m", "systemUUID": "u", "bootID": "b"
+                }
+            }
+        }));
+        assert!(unschedulable(&n));
+        assert_eq!(
+            taints(&n),
+            vec![
+                TaintReading {
+                    key: "dedicated",
+                    value: "gpu",
+                    effect: "NoSchedule"
+                },
+                TaintReading {
+                    key: "node.kubernetes.io/unreachable",
+                    value: "",
+                    effect: "NoExecute"
+                },
+            ]
+        );
+        let i = info(&n);
+        assert_eq!(
+            (
+                i.kubelet_version,
+                i.container_runtime_version,
+                i.kernel_version,
+                i.os_image,
+                i.architecture
+            ),
+            ("v1.31.5", "containerd://1.7", "6.1", "COS", "arm64")
+        );
+        assert_eq!(
+            (i.provider_id, i.internal_ip, i.pod_cidr, i.system_uuid),
+            ("gce://p/z/a", "10.1.2.3", "10.0.0.0/24", "u")
+        );
+        let cap: Vec<(&str, f64)> = resources(&n, ResourceList::Capacity)
+            .iter()
+            .map(|r| (r.name, r.value))
+            .collect();
+        assert_eq!(
+            cap,
+            vec![
+                ("cpu", 8.0),
+                ("memory", 34359738368.0),
+                ("nvidia.com/gpu", 1.0),
+                ("pods", 110.0)
+            ]
+        );
+        let alloc: Vec<(&str, f64)> = resources(&n, ResourceList::Allocatable)
+            .iter()
+            .map(|r| (r.name, r.value))
+            .collect();
+        assert_eq!(
+            alloc,
+            vec![("cpu", 7.91), ("pods", 110.0)],
+            "an unparseable quantity is left out"
+        );
+        assert_eq!(created(&n), Some(1_793_520_000.0));
+        assert_eq!(deletion_timestamp(&n), Some(1_795_773_600.0));
+        assert_eq!(roles(&n), vec!["control-plane", "worker"]);
+        assert_eq!(conditions(&n)[0].last_transition, Some(1_795_770_000.0));
+    }
+
+    #[test]
+    fn empty_node_has_empty_facts() {
+        let n = node("bare", None);
+        assert!(!unschedulable(&n));
+        assert!(taints(&n).is_empty());
+        assert_eq!(info(&n), NodeInfo::default());
+        assert!(resources(&n, ResourceList::Capacity).is_empty());
+        assert_eq!((created(&n), deletion_timestamp(&n)), (None, None));
+        assert!(roles(&n).is_empty());
     }
 }
