@@ -143,7 +143,7 @@ pub async fn run(
         "serving /metrics, /healthz and /readyz"
     );
 
-    let watcher = cluster::spawn_watcher(client, writer, view.health().clone());
+    let watcher = cluster::spawn_watcher(client, writer, view.clone());
     let resizer = tokio::spawn(telemetry.clone().resize_loop());
     let state = HttpState {
         metrics: telemetry.metrics_handle(),

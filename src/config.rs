@@ -41,6 +41,12 @@ pub enum ConfigError {
     /// No usable Kubernetes configuration.
     #[error("{0}")]
     Kube(String),
+    /// A metric filter is not a valid regex.
+    #[error("{flag}: invalid regex: {reason}")]
+    BadRegex { flag: &'static str, reason: String },
+    /// The node label allowlist is unusable.
+    #[error(transparent)]
+    Labels(#[from] crate::readings::labels::LabelError),
     /// RUST_LOG does not parse.
     #[error("{0}")]
     Logging(String),
@@ -69,7 +75,7 @@ pub struct Cli {
 pub enum Command {
     /// Start a fake Kubernetes API server with generated nodes and run the exporter against it.
     #[cfg(feature = "fake-apiserver")]
-    Demo(DemoArgs),
+    Demo(Box<DemoArgs>),
     /// Run only the fake Kubernetes API server (for tests, demos and benchmarks).
     #[cfg(feature = "fake-apiserver")]
     FakeApiserver(crate::fake::FakeArgs),
@@ -85,6 +91,17 @@ pub struct DemoArgs {
     /// The exporter (its Kubernetes flags are ignored: it always uses the fake API).
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+/// How instruments and attributes are named.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Naming {
+    /// OpenTelemetry semantic conventions (`k8s.node.condition.status`, `k8s.node.name`…).
+    #[default]
+    Otel,
+    /// kube-state-metrics' node families (`kube_node_status_condition{node,condition,status}`…),
+    /// so existing rules keep working.
+    KubeStateMetrics,
 }
 
 /// Log line format.
@@ -138,6 +155,27 @@ pub struct RunArgs {
     #[arg(long, env = "KNS_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
+    /// Metric and attribute naming: `otel` or `kube-state-metrics` (both outputs).
+    #[arg(long, env = "KNS_METRIC_NAMING", value_enum, default_value_t = Naming::Otel)]
+    pub metric_naming: Naming,
+
+    /// Node labels to add to every per-node series: a comma list of keys or globs,
+    /// e.g. `topology.kubernetes.io/zone,cloud.google.com/gke-nodepool`.
+    #[arg(long, env = "KNS_NODE_LABELS", value_delimiter = ',')]
+    pub node_labels: Vec<String>,
+
+    /// Condition types to report: a comma list, e.g. `Ready,MemoryPressure,KernelDeadlock`. [default: all]
+    #[arg(long, env = "KNS_CONDITIONS", value_delimiter = ',')]
+    pub conditions: Vec<String>,
+
+    /// Only report metrics whose name (in the active naming) fully matches this regex.
+    #[arg(long, env = "KNS_METRIC_ALLOWLIST")]
+    pub metric_allowlist: Option<String>,
+
+    /// Do not report metrics whose name (in the active naming) fully matches this regex; wins over the allowlist.
+    #[arg(long, env = "KNS_METRIC_DENYLIST")]
+    pub metric_denylist: Option<String>,
+
     /// How often to export over OTLP (e.g. 30s). [default: OTEL_METRIC_EXPORT_INTERVAL in ms, else 60s]
     #[arg(long, env = "KNS_METRIC_EXPORT_INTERVAL", value_parser = humantime::parse_duration)]
     pub metric_export_interval: Option<Duration>,
@@ -183,6 +221,37 @@ pub struct Settings {
     pub export_interval: Duration,
     /// Resource identity.
     pub resource: ResourceSettings,
+    /// What to read and how to name it.
+    pub readings: ReadingSettings,
+}
+
+/// What to read from each node and how to name it.
+#[derive(Clone, Debug, Default)]
+pub struct ReadingSettings {
+    /// Naming mode.
+    pub naming: Naming,
+    /// Node labels added to per-node series.
+    pub node_labels: crate::readings::labels::LabelSelector,
+    /// Condition types to report; `None` for all.
+    pub conditions: Option<std::collections::BTreeSet<String>>,
+    /// Metric names to keep (full match).
+    pub allow: Option<regex::Regex>,
+    /// Metric names to drop (full match); wins over `allow`.
+    pub deny: Option<regex::Regex>,
+}
+
+impl ReadingSettings {
+    /// True when the metric `name` is to be computed at all.
+    pub fn enabled(&self, name: &str) -> bool {
+        let underscored = name.replace('.', "_");
+        let hit = |re: &regex::Regex| re.is_match(name) || re.is_match(&underscored);
+        self.allow.as_ref().is_none_or(hit) && !self.deny.as_ref().is_some_and(hit)
+    }
+
+    /// True when condition type `type_` is to be reported.
+    pub fn condition_enabled(&self, type_: &str) -> bool {
+        self.conditions.as_ref().is_none_or(|c| c.contains(type_))
+    }
 }
 
 /// What identifies this exporter instance in its telemetry.
@@ -360,6 +429,30 @@ impl RunArgs {
             .or_else(|| hostname::get().ok().and_then(|h| h.into_string().ok()))
             .unwrap_or_else(|| "unknown".to_string());
 
+        let full_match = |flag: &'static str, re: &Option<String>| {
+            re.as_ref()
+                .map(|r| {
+                    regex::Regex::new(&format!("^(?:{r})$")).map_err(|e| ConfigError::BadRegex {
+                        flag,
+                        reason: e.to_string(),
+                    })
+                })
+                .transpose()
+        };
+        let conditions: std::collections::BTreeSet<String> = self
+            .conditions
+            .iter()
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect();
+        let readings = ReadingSettings {
+            naming: self.metric_naming,
+            node_labels: crate::readings::labels::LabelSelector::new(&self.node_labels)?,
+            conditions: (!conditions.is_empty()).then_some(conditions),
+            allow: full_match("--metric-allowlist", &self.metric_allowlist)?,
+            deny: full_match("--metric-denylist", &self.metric_denylist)?,
+        };
+
         Ok(Settings {
             listen_address: self.listen_address,
             kube: KubeSource {
@@ -372,6 +465,7 @@ impl RunArgs {
             otlp_metrics,
             otlp_traces,
             export_interval,
+            readings,
             resource: ResourceSettings {
                 cluster_name: self.cluster_name.clone(),
                 instance_id,

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
             )
         }
         #[cfg(feature = "fake-apiserver")]
-        Some(Command::Demo(args)) => kube_node_status::fake::demo(args),
+        Some(Command::Demo(args)) => kube_node_status::fake::demo(*args),
         #[cfg(feature = "fake-apiserver")]
         Some(Command::FakeApiserver(args)) => kube_node_status::fake::serve_main(args),
         #[cfg(not(feature = "fake-apiserver"))]

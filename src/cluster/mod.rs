@@ -5,10 +5,12 @@
 
 mod api_observer;
 mod health;
+mod transitions;
 mod watch;
 
 pub use api_observer::ApiObserverLayer;
 pub use health::{ApiVerb, ErrorReason, EventKind, Health, WatchStats};
+pub use transitions::Transitions;
 pub use watch::{run as run_watcher, spawn as spawn_watcher, strip};
 
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use kube::runtime::reflector::{self, Store, store::Writer};
 pub struct View {
     store: Store<Node>,
     health: Arc<Health>,
+    transitions: Arc<Transitions>,
 }
 
 impl View {
@@ -33,6 +36,7 @@ impl View {
             View {
                 store,
                 health: Arc::new(Health::new()),
+                transitions: Arc::new(Transitions::default()),
             },
             writer,
         )
@@ -51,6 +55,16 @@ impl View {
     /// True when no Node is stored.
     pub fn is_empty(&self) -> bool {
         self.store.is_empty()
+    }
+
+    /// Condition status changes seen in watch events.
+    pub fn transitions(&self) -> &Arc<Transitions> {
+        &self.transitions
+    }
+
+    /// A read-only handle on the same store, for the watch loop.
+    pub(crate) fn store(&self) -> &Store<Node> {
+        &self.store
     }
 
     /// The health and counters of the watch that fills this view.

@@ -1,20 +1,24 @@
 //! The watch loop: one paginated LIST, then WATCH from its resourceVersion.
 
-use std::{sync::Arc, time::Instant};
+use std::time::Instant;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Node;
 use kube::{
     Api, Client,
     runtime::{
         WatchStreamExt,
-        reflector::store::Writer,
+        reflector::{ObjectRef, Store, store::Writer},
         watcher::{self, Event},
     },
 };
 use tracing::{Span, debug, info, info_span, warn};
 
-use super::health::{ErrorReason, EventKind, Health};
+use super::{
+    View,
+    health::{ErrorReason, EventKind},
+    transitions::Transitions,
+};
 
 /// Drops everything no reading needs before a Node is stored.
 ///
@@ -84,14 +88,20 @@ fn kind<K>(event: &Event<K>) -> EventKind {
 
 /// Runs the watcher until the stream ends (it does not on its own: errors are
 /// retried with `default_backoff`), storing into `writer` and reporting into `health`.
-pub async fn run(client: Client, writer: Writer<Node>, health: Arc<Health>) {
+pub async fn run(client: Client, writer: Writer<Node>, view: View) {
+    let health = view.health().clone();
     let api: Api<Node> = Api::all(client);
     // Defaults: paginated LIST (500 per page) at the most recent resourceVersion,
     // then WATCH from it with bookmarks. No periodic relist: only 410 Gone forces one.
     let config = watcher::Config::default();
+    let (store, transitions) = (view.store().clone(), view.transitions().clone());
     let stream = watcher::watcher(api, config)
         .default_backoff()
         .modify(strip)
+        .map_ok(move |event| {
+            count_transitions(&transitions, &store, &event);
+            event
+        })
         .reflect(writer);
     let mut stream = std::pin::pin!(stream);
     health.set_running(true);
@@ -146,8 +156,25 @@ pub async fn run(client: Client, writer: Writer<Node>, health: Arc<Health>) {
 
 /// Spawns [`run`] on the runtime. Each (re)list is its own root span: a span
 /// for the watcher's whole life would never end, and traces under it never close.
-pub fn spawn(client: Client, writer: Writer<Node>, health: Arc<Health>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(client, writer, health))
+pub fn spawn(client: Client, writer: Writer<Node>, view: View) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(client, writer, view))
+}
+
+/// Counts condition status changes. Runs before the reflector applies the
+/// event, so the store still holds the previous version of the node.
+fn count_transitions(transitions: &Transitions, store: &Store<Node>, event: &Event<Node>) {
+    match event {
+        Event::Apply(node) | Event::InitApply(node) => {
+            transitions.observe(store.get(&ObjectRef::from_obj(node)).as_deref(), node)
+        }
+        Event::Delete(node) => {
+            if let Some(name) = node.metadata.name.as_deref() {
+                transitions.forget(name);
+            }
+        }
+        Event::Init => transitions.list_started(),
+        Event::InitDone => transitions.list_done(),
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! module turns these readings into data points; the cluster module never
 //! looks at them.
 
+pub mod labels;
 pub mod quantity;
 
 use k8s_openapi::api::core::v1::Node;
@@ -158,39 +159,6 @@ impl ClusterSummary {
             0 => 0.0,
             total => (total - self.ready_true) as f64 / total as f64,
         }
-    }
-}
-
-/// How many attribute sets the per-node instruments need for this view.
-///
-/// Used to size the SDK's cardinality limit from the data rather than from a
-/// constant (a constant large enough for 50,000 nodes costs hundreds of MiB
-/// of pre-allocated maps on a small cluster).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SeriesDemand {
-    /// Points of `k8s.node.condition.status`: three per condition per node.
-    pub condition_points: usize,
-    /// Points of per-node instruments with one point per node.
-    pub node_points: usize,
-}
-
-impl SeriesDemand {
-    /// Measures the demand of a set of nodes.
-    pub fn of<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Self {
-        let mut d = SeriesDemand::default();
-        for node in nodes {
-            if node_name(node).is_none() {
-                continue;
-            }
-            d.node_points += 1;
-            d.condition_points += conditions(node).len() * ConditionStatus::ALL.len();
-        }
-        d
-    }
-
-    /// The largest demand of any one instrument.
-    pub fn max_per_instrument(&self) -> usize {
-        self.condition_points.max(self.node_points)
     }
 }
 
@@ -532,26 +500,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn series_demand_counts_three_points_per_condition() {
-        let nodes = [
-            node(
-                "a",
-                Some(&[("Ready", "True"), ("MemoryPressure", "False"), ("Ready", "True")]),
-            ),
-            node("b", None),
-            node("", Some(&[("Ready", "True")])),
-        ];
-        let d = SeriesDemand::of(&nodes);
-        assert_eq!(
-            d,
-            SeriesDemand {
-                condition_points: 6,
-                node_points: 2
-            }
-        );
-        assert_eq!(d.max_per_instrument(), 6);
-    }
     fn from_json(v: serde_json::Value) -> Node {
         serde_json::from_value(v).expect("a valid Node")
     }

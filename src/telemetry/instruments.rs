@@ -4,9 +4,10 @@
 //! are registered on. They read the in-memory view and never call the API.
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Instant,
 };
@@ -16,21 +17,17 @@ use tokio::sync::Notify;
 
 use crate::{
     cluster::{ApiVerb, ErrorReason, EventKind, View},
-    readings::{self, ClusterSummary, ConditionStatus},
+    config::{Naming, ReadingSettings},
+    readings::{ClusterSummary, ConditionStatus},
 };
 
-use super::otlp::ExportStats;
+use super::{
+    families::{self, Ctx, Family, Kind},
+    otlp::ExportStats,
+};
 
-/// Names of the instruments: a contract with users' dashboards.
+/// Names of the self-telemetry instruments (the same in every naming mode).
 pub mod names {
-    /// One-hot condition status per node and condition type.
-    pub const CONDITION_STATUS: &str = "k8s.node.condition.status";
-    /// 1 if the node's Ready condition is True.
-    pub const NODE_READY: &str = "k8s.node.ready";
-    /// Nodes by the status of their Ready condition.
-    pub const CLUSTER_NODES: &str = "k8s.cluster.nodes";
-    /// Fraction of nodes that are not Ready.
-    pub const NOT_READY: &str = "k8s.cluster.node.not_ready";
     /// Watch events by type.
     pub const WATCH_EVENTS: &str = "kube_node_status.watch.events";
     /// Relists after the first.
@@ -45,54 +42,51 @@ pub mod names {
     pub const VIEW_AGE: &str = "kube_node_status.view.age";
     /// Build information.
     pub const BUILD_INFO: &str = "kube_node_status.build.info";
-
-    /// Instruments with a point per node (or more): their cardinality limit follows the data.
-    pub const PER_NODE: [&str; 2] = [CONDITION_STATUS, NODE_READY];
 }
 
-/// Attribute keys.
-pub mod keys {
-    /// The node's name.
-    pub const NODE_NAME: &str = "k8s.node.name";
-    /// The condition type, verbatim.
-    pub const CONDITION_TYPE: &str = "k8s.node.condition.type";
-    /// `true`, `false` or `unknown`.
-    pub const CONDITION_STATUS: &str = "k8s.node.condition.status";
-}
-
-/// The cardinality limit a provider was built with, and a way to ask for more.
+/// The cardinality limits a provider was built with, and a way to ask for more.
 ///
-/// A callback that would exceed the limit emits nothing for its per-node
-/// instrument (instead of folding points into `otel.metric.overflow`) and
-/// asks for a rebuild with a larger limit.
+/// A callback that would exceed its instrument's limit emits nothing for it
+/// (instead of folding points into `otel.metric.overflow`) and asks for a
+/// rebuild with larger limits.
 #[derive(Clone, Debug)]
 pub struct Capacity {
-    limit: usize,
-    wanted: Arc<AtomicUsize>,
+    limits: Arc<HashMap<&'static str, usize>>,
+    resize: Arc<AtomicBool>,
     notify: Arc<Notify>,
 }
 
 impl Capacity {
-    /// A capacity of `limit` points per instrument reporting to `wanted`/`notify`.
-    pub fn new(limit: usize, wanted: Arc<AtomicUsize>, notify: Arc<Notify>) -> Self {
+    /// Per-instrument `limits`; overflows are reported through `resize` and `notify`.
+    pub fn new(
+        limits: Arc<HashMap<&'static str, usize>>,
+        resize: Arc<AtomicBool>,
+        notify: Arc<Notify>,
+    ) -> Self {
         Capacity {
-            limit,
-            wanted,
+            limits,
+            resize,
             notify,
         }
     }
 
-    /// True if `points` fit; otherwise records the demand and wakes the resizer.
-    fn admits(&self, points: usize) -> bool {
-        if points <= self.limit {
+    /// True if `points` of instrument `name` fit; otherwise wakes the resizer.
+    fn admits(&self, name: &str, points: usize) -> bool {
+        let limit = self
+            .limits
+            .get(name)
+            .copied()
+            .unwrap_or(super::MIN_CARDINALITY_LIMIT);
+        if points <= limit {
             return true;
         }
-        self.wanted.fetch_max(points, Ordering::AcqRel);
+        self.resize.store(true, Ordering::Release);
         self.notify.notify_one();
         tracing::debug!(
+            instrument = name,
             points,
-            limit = self.limit,
-            "per-node points deferred until the provider is resized"
+            limit,
+            "points deferred until the provider is resized"
         );
         false
     }
@@ -105,111 +99,104 @@ pub struct Sources {
     pub view: View,
     /// OTLP export counters.
     pub export: Arc<ExportStats>,
+    /// Naming, filters and label allowlist.
+    pub settings: Arc<ReadingSettings>,
 }
 
-/// Registers every instrument on `meter`.
+/// Registers every enabled instrument on `meter`.
 pub fn register(meter: &Meter, sources: &Sources, capacity: &Capacity) {
-    register_node_readings(meter, &sources.view, capacity);
-    register_cluster_readings(meter, &sources.view);
+    for family in families::node_families(sources.settings.naming) {
+        if sources.settings.enabled(family.name) {
+            register_family(meter, family, sources, capacity);
+        }
+    }
+    register_cluster_readings(meter, sources);
     register_self_telemetry(meter, sources);
 }
 
-fn register_node_readings(meter: &Meter, view: &View, capacity: &Capacity) {
-    let (v, cap) = (view.clone(), capacity.clone());
-    meter
-        .u64_observable_gauge(names::CONDITION_STATUS)
-        .with_unit("{node}")
-        .with_description(
-            "Status of each node condition, one-hot: for every condition present on a node, \
-             1 for its current status (true, false or unknown) and 0 for the other two",
-        )
-        .with_callback(move |obs| {
-            let nodes = v.nodes();
-            // Read each node once; the same readings size the demand and feed the points.
-            let per_node: Vec<(&str, Vec<readings::ConditionReading<'_>>)> = nodes
-                .iter()
-                .filter_map(|node| Some((readings::node_name(node)?, readings::conditions(node))))
-                .collect();
-            let points = per_node.iter().map(|(_, c)| c.len()).sum::<usize>() * ConditionStatus::ALL.len();
-            if !cap.admits(points) {
-                return;
-            }
-            for (name, conditions) in &per_node {
-                let name_kv = KeyValue::new(keys::NODE_NAME, name.to_string());
-                for c in conditions {
-                    let type_kv = KeyValue::new(keys::CONDITION_TYPE, c.type_.to_string());
-                    for s in ConditionStatus::ALL {
-                        obs.observe(
-                            u64::from(c.status == s),
-                            &[
-                                name_kv.clone(),
-                                type_kv.clone(),
-                                KeyValue::new(keys::CONDITION_STATUS, s.as_str()),
-                            ],
-                        );
-                    }
+fn register_family(meter: &Meter, family: Family, sources: &Sources, capacity: &Capacity) {
+    let (name, unit, help, kind) = (family.name, family.unit, family.help, family.kind);
+    let (view, settings, cap) = (sources.view.clone(), sources.settings.clone(), capacity.clone());
+    // All points are gathered before any is observed, so an instrument either
+    // reports the whole cluster or nothing; never a truncated set.
+    let collect = move || -> Option<Vec<(f64, Vec<KeyValue>)>> {
+        let nodes = view.nodes();
+        let ctx = Ctx {
+            settings: &settings,
+            transitions: view.transitions(),
+        };
+        let mut points = Vec::new();
+        for node in &nodes {
+            (family.points)(&ctx, node, &mut |v, attrs| points.push((v, attrs)));
+        }
+        cap.admits(family.name, points.len()).then_some(points)
+    };
+    match kind {
+        Kind::IntGauge => {
+            let b = meter.u64_observable_gauge(name).with_description(help);
+            let b = if unit.is_empty() { b } else { b.with_unit(unit) };
+            b.with_callback(move |obs| {
+                for (v, attrs) in collect().into_iter().flatten() {
+                    obs.observe(v as u64, &attrs);
                 }
-            }
-        })
-        .build();
-
-    let (v, cap) = (view.clone(), capacity.clone());
-    meter
-        .u64_observable_gauge(names::NODE_READY)
-        .with_unit("{node}")
-        .with_description(
-            "1 if the node's Ready condition is True, otherwise 0 (also when it has no Ready condition)",
-        )
-        .with_callback(move |obs| {
-            let nodes = v.nodes();
-            if !cap.admits(nodes.len()) {
-                return;
-            }
-            for node in &nodes {
-                let Some(name) = readings::node_name(node) else {
-                    continue;
-                };
-                obs.observe(
-                    u64::from(readings::is_ready(node)),
-                    &[KeyValue::new(keys::NODE_NAME, name.to_string())],
-                );
-            }
-        })
-        .build();
+            })
+            .build();
+        }
+        Kind::FloatGauge => {
+            let b = meter.f64_observable_gauge(name).with_description(help);
+            let b = if unit.is_empty() { b } else { b.with_unit(unit) };
+            b.with_callback(move |obs| {
+                for (v, attrs) in collect().into_iter().flatten() {
+                    obs.observe(v, &attrs);
+                }
+            })
+            .build();
+        }
+        Kind::Counter => {
+            let b = meter.u64_observable_counter(name).with_description(help);
+            let b = if unit.is_empty() { b } else { b.with_unit(unit) };
+            b.with_callback(move |obs| {
+                for (v, attrs) in collect().into_iter().flatten() {
+                    obs.observe(v as u64, &attrs);
+                }
+            })
+            .build();
+        }
+    }
 }
 
-fn register_cluster_readings(meter: &Meter, view: &View) {
+fn register_cluster_readings(meter: &Meter, sources: &Sources) {
+    let naming = sources.settings.naming;
+    let (nodes_name, not_ready_name) = families::cluster_names(naming);
+    let status_key = families::status_key(naming);
+    let otel = naming == Naming::Otel;
     // Before the first sync the view is empty, and zero nodes would read as an
     // empty (healthy) cluster: cluster-level readings are absent instead.
-    let v = view.clone();
-    meter
-        .u64_observable_gauge(names::CLUSTER_NODES)
-        .with_unit("{node}")
-        .with_description(
+    if sources.settings.enabled(nodes_name) {
+        let v = sources.view.clone();
+        let b = meter.u64_observable_gauge(nodes_name).with_description(
             "Number of nodes by the status of their Ready condition; a missing Ready counts as unknown",
-        )
-        .with_callback(move |obs| {
+        );
+        let b = if otel { b.with_unit("{node}") } else { b };
+        b.with_callback(move |obs| {
             if !v.health().is_synced() {
                 return;
             }
             let summary = ClusterSummary::of(v.nodes().iter().map(|n| &**n));
             for s in ConditionStatus::ALL {
-                obs.observe(
-                    summary.count(s),
-                    &[KeyValue::new(keys::CONDITION_STATUS, s.as_str())],
-                );
+                obs.observe(summary.count(s), &[KeyValue::new(status_key, s.as_str())]);
             }
         })
         .build();
-
-    let v = view.clone();
-    meter
-        .f64_observable_gauge(names::NOT_READY)
-        .with_unit("1")
-        .with_description(
+    }
+    if sources.settings.enabled(not_ready_name) {
+        let v = sources.view.clone();
+        let b = meter.f64_observable_gauge(not_ready_name).with_description(
             "Fraction of nodes, from 0 to 1, whose Ready condition is not True; 0 when there are no nodes",
-        )
-        .with_callback(move |obs| {
+        );
+        // The unit makes the Prometheus name end in _ratio; the kube-state-metrics name already does.
+        let b = if otel { b.with_unit("1") } else { b };
+        b.with_callback(move |obs| {
             if !v.health().is_synced() {
                 return;
             }
@@ -219,6 +206,7 @@ fn register_cluster_readings(meter: &Meter, view: &View) {
             );
         })
         .build();
+    }
 }
 
 fn register_self_telemetry(meter: &Meter, sources: &Sources) {

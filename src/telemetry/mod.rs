@@ -7,23 +7,28 @@
 //! each OTLP export. Separate providers make every collection see exactly
 //! the view at that moment.
 
+mod families;
 mod instruments;
 mod otlp;
 mod prometheus_text;
 mod resource;
 
-pub use instruments::{keys, names};
+pub use families::{Family, Kind, node_families};
+pub use instruments::names;
 pub use otlp::ExportStats;
 pub use prometheus_text::{CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE, MetricsHandle, RenderError};
 pub use resource::build as build_resource;
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc, RwLock,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
+
+use k8s_openapi::api::core::v1::Node;
 
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry_sdk::{
@@ -34,7 +39,7 @@ use opentelemetry_sdk::{
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::{cluster::View, config::Settings, readings::SeriesDemand};
+use crate::{cluster::View, config::Settings};
 use instruments::{Capacity, Sources};
 
 /// Why telemetry could not start.
@@ -58,9 +63,31 @@ pub fn cardinality_limit(points: usize) -> usize {
     (points + points / 4).max(MIN_CARDINALITY_LIMIT)
 }
 
-/// One generation of metric pipelines, all built with the same cardinality limit.
+/// Per-instrument point counts of the per-node families.
+type Demand = HashMap<&'static str, usize>;
+
+/// An instrument name and an upper bound of its points per node.
+type Sizing = (&'static str, fn(&Node) -> usize);
+
+/// Measures how many points each enabled per-node family needs for `nodes`.
+fn demand(sizing: &[Sizing], nodes: &[Arc<Node>]) -> Demand {
+    sizing
+        .iter()
+        .map(|(name, count)| (*name, nodes.iter().map(|n| count(n)).sum()))
+        .collect()
+}
+
+/// The limits that fit `demand`, each with headroom.
+fn limits_for(demand: &Demand) -> HashMap<&'static str, usize> {
+    demand
+        .iter()
+        .map(|(name, points)| (*name, cardinality_limit(*points)))
+        .collect()
+}
+
+/// One generation of metric pipelines, all built with the same per-instrument limits.
 struct Pipelines {
-    limit: usize,
+    limits: Arc<HashMap<&'static str, usize>>,
     prometheus: Option<(SdkMeterProvider, prometheus::Registry)>,
     otlp: Option<SdkMeterProvider>,
 }
@@ -73,14 +100,23 @@ impl Pipelines {
             }
         }
     }
+
+    /// True when some instrument needs more than its limit.
+    fn outgrown_by(&self, demand: &Demand) -> bool {
+        demand
+            .iter()
+            .any(|(name, points)| *points > self.limits.get(name).copied().unwrap_or(0))
+    }
 }
 
 struct Inner {
     settings: Settings,
     resource: Resource,
     sources: Sources,
+    /// (instrument name, points per node) of every enabled per-node family.
+    sizing: Vec<Sizing>,
     current: RwLock<Arc<Pipelines>>,
-    wanted: Arc<AtomicUsize>,
+    resize: Arc<AtomicBool>,
     notify: Arc<Notify>,
 }
 
@@ -91,22 +127,23 @@ pub struct Telemetry {
     inner: Arc<Inner>,
 }
 
-fn meter_provider(resource: &Resource, limit: usize) -> opentelemetry_sdk::metrics::MeterProviderBuilder {
+fn meter_provider(
+    resource: &Resource,
+    limits: Arc<HashMap<&'static str, usize>>,
+) -> opentelemetry_sdk::metrics::MeterProviderBuilder {
     SdkMeterProvider::builder()
         .with_resource(resource.clone())
         .with_view(move |i: &Instrument| {
-            if names::PER_NODE.contains(&i.name()) {
-                Stream::builder().with_cardinality_limit(limit).build().ok()
-            } else {
-                None
-            }
+            let limit = *limits.get(i.name())?;
+            Stream::builder().with_cardinality_limit(limit).build().ok()
         })
 }
 
 impl Inner {
     /// Builds a generation of pipelines. Must run inside the tokio runtime (the OTLP channel spawns on it).
-    fn build(&self, limit: usize) -> Result<Pipelines, TelemetryError> {
-        let capacity = Capacity::new(limit, self.wanted.clone(), self.notify.clone());
+    fn build(&self, limits: HashMap<&'static str, usize>) -> Result<Pipelines, TelemetryError> {
+        let limits = Arc::new(limits);
+        let capacity = Capacity::new(limits.clone(), self.resize.clone(), self.notify.clone());
         let prometheus = if self.settings.prometheus {
             let registry = prometheus::Registry::new();
             let reader = opentelemetry_prometheus::exporter()
@@ -114,7 +151,9 @@ impl Inner {
                 .scope_info_enabled(false)
                 .build()
                 .map_err(|e| TelemetryError::Prometheus(e.to_string()))?;
-            let provider = meter_provider(&self.resource, limit).with_reader(reader).build();
+            let provider = meter_provider(&self.resource, limits.clone())
+                .with_reader(reader)
+                .build();
             instruments::register(&provider.meter("kube-node-status"), &self.sources, &capacity);
             Some((provider, registry))
         } else {
@@ -126,40 +165,53 @@ impl Inner {
                 let reader = PeriodicReader::builder(exporter)
                     .with_interval(self.settings.export_interval)
                     .build();
-                let provider = meter_provider(&self.resource, limit).with_reader(reader).build();
+                let provider = meter_provider(&self.resource, limits.clone())
+                    .with_reader(reader)
+                    .build();
                 instruments::register(&provider.meter("kube-node-status"), &self.sources, &capacity);
                 Some(provider)
             }
             None => None,
         };
         Ok(Pipelines {
-            limit,
+            limits,
             prometheus,
             otlp,
         })
+    }
+
+    fn demand(&self) -> Demand {
+        demand(&self.sizing, &self.sources.view.nodes())
     }
 }
 
 impl Telemetry {
     /// Builds the metric pipelines for `view`. Call inside the tokio runtime.
     pub fn start(settings: &Settings, resource: Resource, view: View) -> Result<Telemetry, TelemetryError> {
-        let demand = SeriesDemand::of(view.nodes().iter().map(|n| &**n)).max_per_instrument();
+        let readings = Arc::new(settings.readings.clone());
+        let sizing = families::node_families(readings.naming)
+            .into_iter()
+            .filter(|f| readings.enabled(f.name))
+            .map(|f| (f.name, f.count))
+            .collect();
         let inner = Inner {
             settings: settings.clone(),
             resource,
             sources: Sources {
                 view,
                 export: Arc::new(ExportStats::default()),
+                settings: readings,
             },
+            sizing,
             current: RwLock::new(Arc::new(Pipelines {
-                limit: 0,
+                limits: Arc::default(),
                 prometheus: None,
                 otlp: None,
             })),
-            wanted: Arc::new(AtomicUsize::new(0)),
+            resize: Arc::new(AtomicBool::new(false)),
             notify: Arc::new(Notify::new()),
         };
-        let first = inner.build(cardinality_limit(demand))?;
+        let first = inner.build(limits_for(&inner.demand()))?;
         *inner.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(first);
         Ok(Telemetry {
             inner: Arc::new(inner),
@@ -174,9 +226,9 @@ impl Telemetry {
             .clone()
     }
 
-    /// The cardinality limit in force.
-    pub fn cardinality_limit(&self) -> usize {
-        self.current().limit
+    /// The cardinality limit in force for instrument `name`, if it is a per-node one.
+    pub fn cardinality_limit(&self, name: &str) -> Option<usize> {
+        self.current().limits.get(name).copied()
     }
 
     /// A handle that renders `/metrics`, if the Prometheus exporter is on.
@@ -187,8 +239,8 @@ impl Telemetry {
         })
     }
 
-    /// Keeps the cardinality limit sized to the cluster: rebuilds the pipelines
-    /// with a larger limit whenever the view outgrows it. Runs forever.
+    /// Keeps the cardinality limits sized to the cluster: rebuilds the pipelines
+    /// with larger limits whenever the view outgrows them. Runs forever.
     pub async fn resize_loop(self) {
         let health = self.inner.sources.view.health().clone();
         loop {
@@ -196,22 +248,15 @@ impl Telemetry {
                 _ = health.changed() => {}
                 _ = self.inner.notify.notified() => {}
             }
-            let nodes = self.inner.sources.view.nodes();
-            let demand = SeriesDemand::of(nodes.iter().map(|n| &**n)).max_per_instrument();
-            drop(nodes);
-            let needed = demand.max(self.inner.wanted.swap(0, Ordering::AcqRel));
+            self.inner.resize.store(false, Ordering::Release);
+            let demand = self.inner.demand();
             let old = self.current();
-            if needed > old.limit {
-                let limit = cardinality_limit(needed);
-                match self.inner.build(limit) {
+            if old.outgrown_by(&demand) {
+                let total: usize = demand.values().sum();
+                match self.inner.build(limits_for(&demand)) {
                     Ok(new) => {
                         *self.inner.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
-                        info!(
-                            from = old.limit,
-                            to = limit,
-                            points = needed,
-                            "resized metric pipelines for the cluster"
-                        );
+                        info!(points = total, "resized metric pipelines for the cluster");
                         // Shutting down flushes one last OTLP export: keep it off the async workers.
                         let _ = tokio::task::spawn_blocking(move || old.shutdown()).await;
                     }

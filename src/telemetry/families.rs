@@ -1,0 +1,596 @@
+//! The node metric families, in both naming modes.
+//!
+//! Like kube-state-metrics' family generators: each family has a name, a
+//! unit, a help text and a pure function from one Node to its points. A
+//! family that the metric filters drop is never registered, so it costs nothing.
+
+use opentelemetry::KeyValue;
+
+use crate::{
+    cluster::Transitions,
+    config::{Naming, ReadingSettings},
+    readings::{self, ConditionStatus, ResourceList, labels::sanitize},
+};
+use k8s_openapi::api::core::v1::Node;
+
+/// The instrument kind of a family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A gauge of whole numbers (0/1 flags, counts).
+    IntGauge,
+    /// A gauge of real numbers (timestamps, cores).
+    FloatGauge,
+    /// A monotonic counter.
+    Counter,
+}
+
+/// Receives one point: its value and its attributes (the node's come first).
+pub type Emit<'e> = dyn FnMut(f64, Vec<KeyValue>) + 'e;
+
+type PointsFn = Box<dyn Fn(&Ctx<'_>, &Node, &mut Emit<'_>) + Send + Sync>;
+
+/// One per-node metric family.
+pub struct Family {
+    /// The instrument name in the active naming mode.
+    pub name: &'static str,
+    /// Its unit (empty in kube-state-metrics mode, whose names carry none).
+    pub unit: &'static str,
+    /// Its description.
+    pub help: &'static str,
+    /// Gauge or counter.
+    pub kind: Kind,
+    /// The points of one node.
+    pub points: PointsFn,
+    /// An upper bound of the points of one node, cheap to compute: sizes the cardinality limit.
+    pub count: fn(&Node) -> usize,
+}
+
+/// What a family's points depend on besides the node.
+pub struct Ctx<'a> {
+    /// Naming, filters and label allowlist.
+    pub settings: &'a ReadingSettings,
+    /// Observed condition transitions.
+    pub transitions: &'a Transitions,
+}
+
+/// Attribute keys of one naming mode.
+struct Keys {
+    node: &'static str,
+    condition: &'static str,
+    status: &'static str,
+    taint: [&'static str; 3],
+    role: &'static str,
+    resource: &'static str,
+    label_prefix: &'static str,
+}
+
+const OTEL_KEYS: Keys = Keys {
+    node: "k8s.node.name",
+    condition: "k8s.node.condition.type",
+    status: "k8s.node.condition.status",
+    taint: [
+        "k8s.node.taint.key",
+        "k8s.node.taint.value",
+        "k8s.node.taint.effect",
+    ],
+    role: "k8s.node.role",
+    resource: "k8s.node.resource.name",
+    label_prefix: "k8s.node.label.",
+};
+
+const KSM_KEYS: Keys = Keys {
+    node: "node",
+    condition: "condition",
+    status: "status",
+    taint: ["key", "value", "effect"],
+    role: "role",
+    resource: "resource",
+    label_prefix: "label_",
+};
+
+fn keys(naming: Naming) -> &'static Keys {
+    match naming {
+        Naming::Otel => &OTEL_KEYS,
+        Naming::KubeStateMetrics => &KSM_KEYS,
+    }
+}
+
+impl Ctx<'_> {
+    /// The attributes every point of `node` starts with: its name, then the allowlisted labels.
+    fn node_attrs(&self, node: &Node) -> Option<Vec<KeyValue>> {
+        let name = readings::node_name(node)?;
+        let k = keys(self.settings.naming);
+        let labels = self.settings.node_labels.select(node);
+        let mut attrs = Vec::with_capacity(1 + labels.len() + 3);
+        attrs.push(KeyValue::new(k.node, name.to_string()));
+        for (key, value) in labels {
+            attrs.push(KeyValue::new(
+                format!("{}{key}", k.label_prefix),
+                value.to_string(),
+            ));
+        }
+        Some(attrs)
+    }
+
+    fn keys(&self) -> &'static Keys {
+        keys(self.settings.naming)
+    }
+}
+
+fn with(mut base: Vec<KeyValue>, extra: impl IntoIterator<Item = KeyValue>) -> Vec<KeyValue> {
+    base.extend(extra);
+    base
+}
+
+/// Conditions that pass `--conditions`.
+fn reported_conditions<'n>(ctx: &Ctx<'_>, node: &'n Node) -> Vec<readings::ConditionReading<'n>> {
+    readings::conditions(node)
+        .into_iter()
+        .filter(|c| ctx.settings.condition_enabled(c.type_))
+        .collect()
+}
+
+fn conditions_count(node: &Node) -> usize {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .map_or(0, Vec::len)
+}
+
+fn one(_: &Node) -> usize {
+    1
+}
+
+/// A family with one point per node whose value is `value(node)` (none when `None`).
+fn per_node(
+    name: &'static str,
+    unit: &'static str,
+    help: &'static str,
+    kind: Kind,
+    value: fn(&Node) -> Option<f64>,
+) -> Family {
+    Family {
+        name,
+        unit,
+        help,
+        kind,
+        points: Box::new(move |ctx, node, emit| {
+            if let (Some(v), Some(attrs)) = (value(node), ctx.node_attrs(node)) {
+                emit(v, attrs);
+            }
+        }),
+        count: one,
+    }
+}
+
+fn condition_status(naming: Naming) -> Family {
+    Family {
+        name: pick(naming, "k8s.node.condition.status", "kube_node_status_condition"),
+        unit: unit(naming, "{node}"),
+        help: "Status of each node condition, one-hot: for every condition present on a node, \
+               1 for its current status (true, false or unknown) and 0 for the other two",
+        kind: Kind::IntGauge,
+        points: Box::new(|ctx, node, emit| {
+            let Some(base) = ctx.node_attrs(node) else { return };
+            let k = ctx.keys();
+            for c in reported_conditions(ctx, node) {
+                for s in ConditionStatus::ALL {
+                    let attrs = with(
+                        base.clone(),
+                        [
+                            KeyValue::new(k.condition, c.type_.to_string()),
+                            KeyValue::new(k.status, s.as_str()),
+                        ],
+                    );
+                    emit(f64::from(u8::from(c.status == s)), attrs);
+                }
+            }
+        }),
+        count: |n| conditions_count(n) * ConditionStatus::ALL.len(),
+    }
+}
+
+fn condition_last_transition(naming: Naming) -> Family {
+    Family {
+        name: pick(
+            naming,
+            "k8s.node.condition.last_transition_time",
+            "kube_node_status_condition_last_transition_time",
+        ),
+        unit: unit(naming, "s"),
+        help: "When each node condition last changed status (lastTransitionTime), in Unix seconds",
+        kind: Kind::FloatGauge,
+        points: Box::new(|ctx, node, emit| {
+            let Some(base) = ctx.node_attrs(node) else { return };
+            for c in reported_conditions(ctx, node) {
+                if let Some(t) = c.last_transition {
+                    emit(
+                        t,
+                        with(
+                            base.clone(),
+                            [KeyValue::new(ctx.keys().condition, c.type_.to_string())],
+                        ),
+                    );
+                }
+            }
+        }),
+        count: conditions_count,
+    }
+}
+
+fn condition_transitions(naming: Naming) -> Family {
+    Family {
+        name: pick(
+            naming,
+            "k8s.node.condition.transitions",
+            "kube_node_status_condition_transitions",
+        ),
+        unit: unit(naming, "{transition}"),
+        help: "Status changes of each node condition seen in watch events since this exporter started, \
+               including flaps shorter than any scrape interval",
+        kind: Kind::Counter,
+        points: Box::new(|ctx, node, emit| {
+            let Some(base) = ctx.node_attrs(node) else { return };
+            let name = readings::node_name(node).unwrap_or_default();
+            for c in reported_conditions(ctx, node) {
+                let count = ctx.transitions.get(name, c.type_).unwrap_or(0);
+                emit(
+                    count as f64,
+                    with(
+                        base.clone(),
+                        [KeyValue::new(ctx.keys().condition, c.type_.to_string())],
+                    ),
+                );
+            }
+        }),
+        count: conditions_count,
+    }
+}
+
+fn taint(naming: Naming) -> Family {
+    Family {
+        name: pick(naming, "k8s.node.taint", "kube_node_spec_taint"),
+        unit: unit(naming, "{taint}"),
+        help: "1 for each taint of a node, with its key, value and effect",
+        kind: Kind::IntGauge,
+        points: Box::new(|ctx, node, emit| {
+            let Some(base) = ctx.node_attrs(node) else { return };
+            let [key, value, effect] = ctx.keys().taint;
+            for t in readings::taints(node) {
+                let attrs = with(
+                    base.clone(),
+                    [
+                        KeyValue::new(key, t.key.to_string()),
+                        KeyValue::new(value, t.value.to_string()),
+                        KeyValue::new(effect, t.effect.to_string()),
+                    ],
+                );
+                emit(1.0, attrs);
+            }
+        }),
+        count: |n| {
+            n.spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .map_or(0, Vec::len)
+        },
+    }
+}
+
+fn info(naming: Naming) -> Family {
+    Family {
+        name: pick(naming, "k8s.node.info", "kube_node_info"),
+        unit: "",
+        help: "Always 1; its attributes describe the node: kubelet and container runtime versions, \
+               kernel, OS image, architecture, provider ID and internal IP",
+        kind: Kind::IntGauge,
+        points: Box::new(move |ctx, node, emit| {
+            let Some(base) = ctx.node_attrs(node) else { return };
+            let i = readings::info(node);
+            let fields: Vec<(&'static str, &str)> = match naming {
+                Naming::Otel => vec![
+                    ("k8s.node.kubelet.version", i.kubelet_version),
+                    ("k8s.node.container_runtime.version", i.container_runtime_version),
+                    ("k8s.node.kernel.version", i.kernel_version),
+                    ("k8s.node.os.image", i.os_image),
+                    ("k8s.node.architecture", i.architecture),
+                    ("k8s.node.provider_id", i.provider_id),
+                    ("k8s.node.internal_ip", i.internal_ip),
+                ],
+                Naming::KubeStateMetrics => vec![
+                    ("kernel_version", i.kernel_version),
+                    ("os_image", i.os_image),
+                    ("container_runtime_version", i.container_runtime_version),
+                    ("kubelet_version", i.kubelet_version),
+                    ("kubeproxy_version", i.kube_proxy_version),
+                    ("provider_id", i.provider_id),
+                    ("pod_cidr", i.pod_cidr),
+                    ("system_uuid", i.system_uuid),
+                    ("internal_ip", i.internal_ip),
+                ],
+            };
+            emit(
+                1.0,
+                with(
+                    base,
+                    fields.into_iter().map(|(k, v)| KeyValue::new(k, v.to_string())),
+                ),
+            );
+        }),
+        count: one,
+    }
+}
+
+fn role(naming: Naming) -> Family {
+    Family {
+        name: pick(naming, "k8s.node.role", "kube_node_role"),
+        unit: unit(naming, "{role}"),
+        help: "1 for each role of a node, from its node-role.kubernetes.io/<role> labels",
+        kind: Kind::IntGauge,
+        points: Box::new(|ctx, node, emit| {
+            let Some(base) = ctx.node_attrs(node) else { return };
+            for r in readings::roles(node) {
+                emit(
+                    1.0,
+                    with(base.clone(), [KeyValue::new(ctx.keys().role, r.to_string())]),
+                );
+            }
+        }),
+        count: |n| n.metadata.labels.as_ref().map_or(0, |l| l.len()),
+    }
+}
+
+/// kube-state-metrics' `kube_node_labels`: the allowlisted labels, on one series per node.
+fn labels() -> Family {
+    Family {
+        name: "kube_node_labels",
+        unit: "",
+        help: "Always 1; its label_* attributes are the node labels selected by --node-labels",
+        kind: Kind::IntGauge,
+        points: Box::new(|ctx, node, emit| {
+            if let Some(attrs) = ctx.node_attrs(node) {
+                emit(1.0, attrs);
+            }
+        }),
+        count: one,
+    }
+}
+
+/// The four well-known resources in OTel mode, by name and unit.
+const NAMED_RESOURCES: [(&str, &str, &str, &str); 4] = [
+    ("cpu", "k8s.node.cpu", "{cpu}", "CPU cores"),
+    ("memory", "k8s.node.memory", "By", "memory in bytes"),
+    (
+        "ephemeral-storage",
+        "k8s.node.ephemeral_storage",
+        "By",
+        "ephemeral storage in bytes",
+    ),
+    ("pods", "k8s.node.pod", "{pod}", "pods"),
+];
+
+fn resource_count(list: ResourceList) -> fn(&Node) -> usize {
+    match list {
+        ResourceList::Allocatable => |n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.allocatable.as_ref())
+                .map_or(0, |m| m.len())
+        },
+        ResourceList::Capacity => |n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.capacity.as_ref())
+                .map_or(0, |m| m.len())
+        },
+    }
+}
+
+fn list_suffix(list: ResourceList) -> (&'static str, &'static str) {
+    match list {
+        ResourceList::Allocatable => ("allocatable", "allocatable to pods"),
+        ResourceList::Capacity => ("capacity", "capacity"),
+    }
+}
+
+/// OTel mode: one family per well-known resource and list.
+fn named_resource(list: ResourceList, index: usize) -> Family {
+    let (resource, prefix, unit, what) = NAMED_RESOURCES[index];
+    let (suffix, which) = list_suffix(list);
+    let name: &'static str = Box::leak(format!("{prefix}.{suffix}").into_boxed_str());
+    let help: &'static str = Box::leak(format!("The node's {which}: {what}").into_boxed_str());
+    Family {
+        name,
+        unit,
+        help,
+        kind: Kind::FloatGauge,
+        points: Box::new(move |ctx, node, emit| {
+            if let Some(r) = readings::resources(node, list)
+                .into_iter()
+                .find(|r| r.name == resource)
+                && let Some(attrs) = ctx.node_attrs(node)
+            {
+                emit(r.value, attrs);
+            }
+        }),
+        count: one,
+    }
+}
+
+/// OTel mode: every other resource (GPUs, hugepages, attachable volumes…), by name.
+fn extended_resources(list: ResourceList) -> Family {
+    let (suffix, which) = list_suffix(list);
+    Family {
+        name: Box::leak(format!("k8s.node.resource.{suffix}").into_boxed_str()),
+        unit: "",
+        help: Box::leak(
+            format!(
+                "The node's {which} of resources other than cpu, memory, ephemeral-storage and pods \
+                 (e.g. nvidia.com/gpu), in the resource's base unit"
+            )
+            .into_boxed_str(),
+        ),
+        kind: Kind::FloatGauge,
+        points: Box::new(move |ctx, node, emit| {
+            let Some(base) = ctx.node_attrs(node) else { return };
+            for r in readings::resources(node, list) {
+                if !NAMED_RESOURCES.iter().any(|(n, ..)| *n == r.name) {
+                    emit(
+                        r.value,
+                        with(
+                            base.clone(),
+                            [KeyValue::new(ctx.keys().resource, r.name.to_string())],
+                        ),
+                    );
+                }
+            }
+        }),
+        count: resource_count(list),
+    }
+}
+
+/// kube-state-metrics' unit label for a resource.
+fn ksm_unit(resource: &str) -> &'static str {
+    match resource {
+        "cpu" => "core",
+        "memory" | "ephemeral-storage" => "byte",
+        r if r.starts_with("hugepages-") => "byte",
+        _ => "integer",
+    }
+}
+
+/// kube-state-metrics mode: `kube_node_status_allocatable` / `_capacity` {resource, unit}.
+fn ksm_resources(list: ResourceList) -> Family {
+    let (suffix, which) = list_suffix(list);
+    Family {
+        name: match list {
+            ResourceList::Allocatable => "kube_node_status_allocatable",
+            ResourceList::Capacity => "kube_node_status_capacity",
+        },
+        unit: "",
+        help: Box::leak(
+            format!("The node's {which}, by resource, in the unit named by the unit label").into_boxed_str(),
+        ),
+        kind: Kind::FloatGauge,
+        points: Box::new(move |ctx, node, emit| {
+            let _ = suffix;
+            let Some(base) = ctx.node_attrs(node) else { return };
+            for r in readings::resources(node, list) {
+                let attrs = with(
+                    base.clone(),
+                    [
+                        KeyValue::new("resource", sanitize(r.name)),
+                        KeyValue::new("unit", ksm_unit(r.name)),
+                    ],
+                );
+                emit(r.value, attrs);
+            }
+        }),
+        count: resource_count(list),
+    }
+}
+
+fn pick(naming: Naming, otel: &'static str, ksm: &'static str) -> &'static str {
+    match naming {
+        Naming::Otel => otel,
+        Naming::KubeStateMetrics => ksm,
+    }
+}
+
+/// kube-state-metrics names carry no unit: the exporter must not append one.
+fn unit(naming: Naming, otel: &'static str) -> &'static str {
+    pick(naming, otel, "")
+}
+
+/// Every per-node family of a naming mode, before filtering.
+pub fn node_families(naming: Naming) -> Vec<Family> {
+    let mut out = vec![
+        condition_status(naming),
+        per_node(
+            pick(naming, "k8s.node.ready", "kube_node_status_ready"),
+            unit(naming, "{node}"),
+            "1 if the node's Ready condition is True, otherwise 0 (also when it has no Ready condition)",
+            Kind::IntGauge,
+            |n| Some(f64::from(u8::from(readings::is_ready(n)))),
+        ),
+        condition_last_transition(naming),
+        condition_transitions(naming),
+        per_node(
+            pick(naming, "k8s.node.unschedulable", "kube_node_spec_unschedulable"),
+            unit(naming, "{node}"),
+            "1 if the node is cordoned (spec.unschedulable), otherwise 0",
+            Kind::IntGauge,
+            |n| Some(f64::from(u8::from(readings::unschedulable(n)))),
+        ),
+        taint(naming),
+        info(naming),
+        role(naming),
+        per_node(
+            pick(naming, "k8s.node.created", "kube_node_created"),
+            unit(naming, "s"),
+            "When the node object was created, in Unix seconds",
+            Kind::FloatGauge,
+            readings::created,
+        ),
+        per_node(
+            pick(
+                naming,
+                "k8s.node.deletion_timestamp",
+                "kube_node_deletion_timestamp",
+            ),
+            unit(naming, "s"),
+            "When deletion of the node was requested, in Unix seconds; only while it is terminating",
+            Kind::FloatGauge,
+            readings::deletion_timestamp,
+        ),
+    ];
+    for list in [ResourceList::Allocatable, ResourceList::Capacity] {
+        match naming {
+            Naming::Otel => {
+                out.extend((0..NAMED_RESOURCES.len()).map(|i| named_resource(list, i)));
+                out.push(extended_resources(list));
+            }
+            Naming::KubeStateMetrics => out.push(ksm_resources(list)),
+        }
+    }
+    if naming == Naming::KubeStateMetrics {
+        out.push(labels());
+    }
+    out
+}
+
+/// Names of the cluster-level instruments in a naming mode: (nodes by Ready status, not-ready fraction).
+pub fn cluster_names(naming: Naming) -> (&'static str, &'static str) {
+    (
+        pick(naming, "k8s.cluster.nodes", "kube_node_cluster_nodes"),
+        pick(naming, "k8s.cluster.node.not_ready", "kube_node_cluster_not_ready_ratio"),
+    )
+}
+
+/// The attribute key of the Ready status on the cluster-level count.
+pub fn status_key(naming: Naming) -> &'static str {
+    keys(naming).status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_ksm_names_carry_no_unit() {
+        for naming in [Naming::Otel, Naming::KubeStateMetrics] {
+            let families = node_families(naming);
+            let mut names: Vec<&str> = families.iter().map(|f| f.name).collect();
+            names.extend([cluster_names(naming).0, cluster_names(naming).1]);
+            let unique: std::collections::BTreeSet<&str> = names.iter().copied().collect();
+            assert_eq!(unique.len(), names.len(), "{naming:?}: {names:?}");
+            if naming == Naming::KubeStateMetrics {
+                assert!(
+                    families
+                        .iter()
+                        .all(|f| f.unit.is_empty() && f.name.starts_with("kube_node_"))
+                );
+            }
+        }
+    }
+}
