@@ -1,23 +1,25 @@
-//! docs/metrics.md must match what is served: every metric and attribute on
-//! /metrics and in an OTLP export is documented, and everything documented is served.
+//! docs/metrics.md must match what is served, in both naming modes: every
+//! metric and attribute on /metrics and in an OTLP export is documented, and
+//! everything documented is served.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{Exporter, fake_api, otlp};
+use common::{Exporter, fixture_api, otlp};
 
-/// A documented metric: its OTel and Prometheus names and attribute keys.
+/// A documented metric: its instrument and Prometheus names and attribute keys.
 #[derive(Debug)]
 struct Documented {
-    otel: String,
+    instrument: String,
     prom: String,
+    /// Exact keys, and prefixes written as `k8s.node.label.*`.
     attrs: BTreeSet<String>,
 }
 
 fn backticked(cell: &str) -> Vec<String> {
-    // Drop parenthesised value lists: they are values, not attribute keys.
+    // Parenthesised lists are attribute values, not keys.
     let mut text = String::new();
     let mut depth = 0;
     for c in cell.chars() {
@@ -31,38 +33,83 @@ fn backticked(cell: &str) -> Vec<String> {
     text.split('`').skip(1).step_by(2).map(str::to_string).collect()
 }
 
-fn documented() -> (Vec<Documented>, BTreeSet<String>) {
+/// The documented metrics of one mode (`otel` or `kube-state-metrics`) plus the
+/// mode-independent ones, and the documented resource attributes.
+fn documented(mode: &str) -> (Vec<Documented>, BTreeSet<String>) {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
-    let mut metrics = Vec::new();
-    let mut resource = BTreeSet::new();
-    for line in doc.lines().filter(|l| l.starts_with("| `")) {
+    let (mut metrics, mut resource) = (Vec::new(), BTreeSet::new());
+    let mut section = String::new();
+    for line in doc.lines() {
+        if let Some(h) = line.strip_prefix("## ") {
+            section = h.to_string();
+            continue;
+        }
+        if !line.starts_with("| `") {
+            continue;
+        }
         let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
-        match cells.len() {
-            6 => metrics.push(Documented {
-                otel: backticked(cells[0]).remove(0),
+        let in_mode = section.contains(&format!("--metric-naming {mode}`")) || section.contains("both modes");
+        if cells.len() == 6 && in_mode {
+            metrics.push(Documented {
+                instrument: backticked(cells[0]).remove(0),
                 prom: backticked(cells[1]).remove(0),
                 attrs: backticked(cells[4]).into_iter().collect(),
-            }),
-            3 => {
-                resource.insert(backticked(cells[1]).remove(0));
-            }
-            n => panic!("unexpected table row with {n} cells: {line}"),
+            });
+        } else if cells.len() == 3 && section == "Resource" {
+            resource.insert(backticked(cells[1]).remove(0));
         }
     }
     (metrics, resource)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_md_matches_what_is_served() {
-    let (docs, resource) = documented();
-    assert!(docs.len() >= 11, "parsed {} documented metrics", docs.len());
-    let api = fake_api(3).await;
-    api.set_condition(&api.node_names()[0], "KernelDeadlock", "True");
+fn covers(documented: &BTreeSet<String>, key: &str, underscores: bool) -> bool {
+    documented.iter().any(|d| {
+        let d = if underscores {
+            d.replace('.', "_")
+        } else {
+            d.clone()
+        };
+        match d.strip_suffix('*') {
+            Some(prefix) => key.starts_with(prefix),
+            None => d == key,
+        }
+    })
+}
+
+fn exact(documented: &BTreeSet<String>, underscores: bool) -> BTreeSet<String> {
+    documented
+        .iter()
+        .filter(|d| !d.ends_with('*'))
+        .map(|d| {
+            if underscores {
+                d.replace('.', "_")
+            } else {
+                d.clone()
+            }
+        })
+        .collect()
+}
+
+async fn check_mode(mode: &str) {
+    let (docs, resource) = documented(mode);
+    assert!(
+        docs.len() >= 20,
+        "{mode}: parsed only {} documented metrics",
+        docs.len()
+    );
+    let api = fixture_api().await;
     let receiver = otlp::Receiver::start(None).await;
     let endpoint = format!("http://{}", receiver.addr);
     let exporter = Exporter::start_ready(
         &api.kubeconfig(),
-        &["--cluster-name", "docs"],
+        &[
+            "--cluster-name",
+            "docs",
+            "--metric-naming",
+            mode,
+            "--node-labels",
+            "topology.kubernetes.io/*",
+        ],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
@@ -82,53 +129,69 @@ async fn metrics_md_matches_what_is_served() {
     let target_info = served.remove("target_info").expect("target_info");
     assert!(
         target_info.is_subset(&resource),
-        "undocumented resource attributes: {:?}",
-        target_info.difference(&resource).collect::<Vec<_>>()
+        "undocumented resource attributes: {target_info:?}"
     );
     for (name, labels) in &served {
         let doc = docs
             .iter()
             .find(|d| &d.prom == name)
-            .unwrap_or_else(|| panic!("{name} is served but not documented"));
-        let want: BTreeSet<String> = doc.attrs.iter().map(|a| a.replace('.', "_")).collect();
-        assert_eq!(
-            labels, &want,
-            "{name}: served labels differ from the documented attributes"
+            .unwrap_or_else(|| panic!("{mode}: {name} is served but not documented"));
+        for label in labels {
+            assert!(
+                covers(&doc.attrs, label, true),
+                "{mode}: {name} serves undocumented label {label}"
+            );
+        }
+        assert!(
+            exact(&doc.attrs, true).is_subset(labels),
+            "{mode}: {name} lacks documented labels: {labels:?} vs {:?}",
+            doc.attrs
         );
     }
-    // docs → /metrics.
     for d in &docs {
         assert!(
             served.contains_key(&d.prom),
-            "{} is documented but not served",
+            "{mode}: {} is documented but not served",
             d.prom
         );
     }
 
-    // The OTLP names and attribute keys match the OpenTelemetry column.
+    // OTLP names and attribute keys match the instrument column.
     let after = receiver.exports();
     receiver.wait_exports(after + 2, Duration::from_secs(10)).await;
     let export = receiver.latest().unwrap();
     let mut exported = BTreeSet::new();
-    for rm in &export.resource_metrics {
-        for sm in &rm.scope_metrics {
-            for m in &sm.metrics {
-                exported.insert(m.name.clone());
-                let doc = docs
-                    .iter()
-                    .find(|d| d.otel == m.name)
-                    .unwrap_or_else(|| panic!("{} exported but not documented", m.name));
-                for (attrs, _) in otlp::points(&export, &m.name) {
-                    let keys: BTreeSet<String> = attrs.keys().cloned().collect();
-                    assert_eq!(
-                        keys, doc.attrs,
-                        "{}: exported attributes differ from the documented ones",
-                        m.name
-                    );
-                }
+    for m in export
+        .resource_metrics
+        .iter()
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+    {
+        exported.insert(m.name.clone());
+        let doc = docs
+            .iter()
+            .find(|d| d.instrument == m.name)
+            .unwrap_or_else(|| panic!("{mode}: {} exported but not documented", m.name));
+        for (attrs, _) in otlp::points(&export, &m.name) {
+            for key in attrs.keys() {
+                assert!(
+                    covers(&doc.attrs, key, false),
+                    "{mode}: {} exports undocumented attribute {key}",
+                    m.name
+                );
             }
         }
     }
-    let documented_otel: BTreeSet<String> = docs.iter().map(|d| d.otel.clone()).collect();
-    assert_eq!(exported, documented_otel);
+    let documented_instruments: BTreeSet<String> = docs.iter().map(|d| d.instrument.clone()).collect();
+    assert_eq!(exported, documented_instruments, "{mode}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_md_matches_what_is_served_in_otel_mode() {
+    check_mode("otel").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_md_matches_what_is_served_in_kube_state_metrics_mode() {
+    check_mode("kube-state-metrics").await;
 }

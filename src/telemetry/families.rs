@@ -563,7 +563,11 @@ pub fn node_families(naming: Naming) -> Vec<Family> {
 pub fn cluster_names(naming: Naming) -> (&'static str, &'static str) {
     (
         pick(naming, "k8s.cluster.nodes", "kube_node_cluster_nodes"),
-        pick(naming, "k8s.cluster.node.not_ready", "kube_node_cluster_not_ready_ratio"),
+        pick(
+            naming,
+            "k8s.cluster.node.not_ready",
+            "kube_node_cluster_not_ready_ratio",
+        ),
     )
 }
 

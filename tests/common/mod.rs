@@ -332,3 +332,48 @@ pub fn peer(name: &str) -> PathBuf {
     }
     panic!("{name} is not installed: run .ci/run (or see README) to install the test peers");
 }
+
+/// A fixed clock for fixtures, so golden outputs do not move.
+pub const FIXTURE_TIME: &str = "2026-11-20T08:00:00Z";
+
+/// Realistic fixture nodes covering every fact: cordoned with a role and a
+/// custom condition firing, tainted and NotReady, a GPU node with Unknown
+/// readiness, a terminating node with fields missing, and a bare node.
+pub fn fixture_nodes() -> Vec<serde_json::Value> {
+    use kube_node_status::fake::generated_node;
+    let mut n0 = generated_node(0, 1, FIXTURE_TIME);
+    n0["spec"]["unschedulable"] = serde_json::json!(true);
+    n0["metadata"]["labels"]["node-role.kubernetes.io/worker"] = serde_json::json!("");
+    set_condition(&mut n0, "KernelDeadlock", "True");
+    let mut n1 = generated_node(1, 1, FIXTURE_TIME);
+    set_condition(&mut n1, "Ready", "False");
+    let mut n2 = generated_node(2, 1, FIXTURE_TIME);
+    set_condition(&mut n2, "Ready", "Unknown");
+    n2["metadata"]["labels"]["node-role.kubernetes.io/gpu"] = serde_json::json!("true");
+    let mut n3 = generated_node(3, 1, FIXTURE_TIME);
+    n3["metadata"]["deletionTimestamp"] = serde_json::json!("2026-11-20T09:30:00Z");
+    for field in ["nodeInfo", "allocatable", "addresses"] {
+        n3["status"].as_object_mut().unwrap().remove(field);
+    }
+    let n4 = serde_json::json!({
+        "metadata": {"name": "bare-node", "creationTimestamp": FIXTURE_TIME, "labels": {"topology.kubernetes.io/zone": "z9"}}
+    });
+    vec![n0, n1, n2, n3, n4]
+}
+
+fn set_condition(node: &mut serde_json::Value, type_: &str, status: &str) {
+    for c in node["status"]["conditions"].as_array_mut().unwrap() {
+        if c["type"] == type_ {
+            c["status"] = serde_json::json!(status);
+        }
+    }
+}
+
+/// A fake API server serving exactly the fixture nodes.
+pub async fn fixture_api() -> FakeApiServer {
+    let api = fake_api(0).await;
+    for node in fixture_nodes() {
+        assert!(api.put_node(node));
+    }
+    api
+}
