@@ -432,9 +432,19 @@ impl RunArgs {
         let full_match = |flag: &'static str, re: &Option<String>| {
             re.as_ref()
                 .map(|r| {
-                    regex::Regex::new(&format!("^(?:{r})$")).map_err(|e| ConfigError::BadRegex {
-                        flag,
-                        reason: e.to_string(),
+                    regex::Regex::new(&format!("^(?:{r})$")).map_err(|e| {
+                        // The regex crate draws a caret under the error over several lines: keep the last.
+                        let text = e.to_string();
+                        let last = text
+                            .lines()
+                            .rev()
+                            .find(|l| !l.trim().is_empty())
+                            .unwrap_or("")
+                            .trim();
+                        ConfigError::BadRegex {
+                            flag,
+                            reason: last.trim_start_matches("error: ").to_string(),
+                        }
                     })
                 })
                 .transpose()

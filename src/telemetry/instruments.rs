@@ -210,78 +210,82 @@ fn register_cluster_readings(meter: &Meter, sources: &Sources) {
 }
 
 fn register_self_telemetry(meter: &Meter, sources: &Sources) {
-    let health = sources.view.health().clone();
-    meter
-        .u64_observable_counter(names::WATCH_EVENTS)
-        .with_unit("{event}")
-        .with_description("Node watcher events received, by type")
-        .with_callback(move |obs| {
-            for kind in EventKind::ALL {
-                obs.observe(
-                    health.stats().events(kind),
-                    &[KeyValue::new("type", kind.as_str())],
-                );
-            }
-        })
-        .build();
-
-    let health = sources.view.health().clone();
-    meter
-        .u64_observable_counter(names::WATCH_RESTARTS)
-        .with_unit("{restart}")
-        .with_description("Relists of all nodes after the first, e.g. forced by 410 Gone")
-        .with_callback(move |obs| obs.observe(health.stats().restarts(), &[]))
-        .build();
-
-    let health = sources.view.health().clone();
-    meter
-        .u64_observable_counter(names::WATCH_ERRORS)
-        .with_unit("{error}")
-        .with_description("Failed node list or watch steps, by reason")
-        .with_callback(move |obs| {
-            for reason in ErrorReason::ALL {
-                obs.observe(
-                    health.stats().errors(reason),
-                    &[KeyValue::new("reason", reason.as_str())],
-                );
-            }
-        })
-        .build();
-
-    let health = sources.view.health().clone();
-    meter
-        .u64_observable_counter(names::API_REQUESTS)
-        .with_unit("{request}")
-        .with_description("Node LIST pages and WATCH requests sent to the Kubernetes API")
-        .with_callback(move |obs| {
-            for verb in ApiVerb::ALL {
-                obs.observe(
-                    health.stats().requests(verb),
-                    &[KeyValue::new("verb", verb.as_str())],
-                );
-            }
-        })
-        .build();
-
-    let export = sources.export.clone();
-    meter
-        .u64_observable_counter(names::EXPORT_FAILURES)
-        .with_unit("{failure}")
-        .with_description("OTLP metric exports that failed")
-        .with_callback(move |obs| obs.observe(export.failures(), &[]))
-        .build();
-
-    let health = sources.view.health().clone();
-    meter
-        .f64_observable_gauge(names::VIEW_AGE)
-        .with_unit("s")
-        .with_description("Seconds since the node watch broke; 0 while it is connected and current")
-        .with_callback(move |obs| obs.observe(health.age(Instant::now()).as_secs_f64(), &[]))
-        .build();
-
-    meter
-        .u64_observable_gauge(names::BUILD_INFO)
-        .with_description("Always 1; its attributes describe the running build")
-        .with_callback(|obs| obs.observe(1, &[KeyValue::new("version", env!("CARGO_PKG_VERSION"))]))
-        .build();
+    let on = |name: &str| sources.settings.enabled(name);
+    let health = sources.view.health();
+    if on(names::WATCH_EVENTS) {
+        let h = health.clone();
+        meter
+            .u64_observable_counter(names::WATCH_EVENTS)
+            .with_unit("{event}")
+            .with_description("Node watcher events received, by type")
+            .with_callback(move |obs| {
+                for kind in EventKind::ALL {
+                    obs.observe(h.stats().events(kind), &[KeyValue::new("type", kind.as_str())]);
+                }
+            })
+            .build();
+    }
+    if on(names::WATCH_RESTARTS) {
+        let h = health.clone();
+        meter
+            .u64_observable_counter(names::WATCH_RESTARTS)
+            .with_unit("{restart}")
+            .with_description("Relists of all nodes after the first, e.g. forced by 410 Gone")
+            .with_callback(move |obs| obs.observe(h.stats().restarts(), &[]))
+            .build();
+    }
+    if on(names::WATCH_ERRORS) {
+        let h = health.clone();
+        meter
+            .u64_observable_counter(names::WATCH_ERRORS)
+            .with_unit("{error}")
+            .with_description("Failed node list or watch steps, by reason")
+            .with_callback(move |obs| {
+                for reason in ErrorReason::ALL {
+                    obs.observe(
+                        h.stats().errors(reason),
+                        &[KeyValue::new("reason", reason.as_str())],
+                    );
+                }
+            })
+            .build();
+    }
+    if on(names::API_REQUESTS) {
+        let h = health.clone();
+        meter
+            .u64_observable_counter(names::API_REQUESTS)
+            .with_unit("{request}")
+            .with_description("Node LIST pages and WATCH requests sent to the Kubernetes API")
+            .with_callback(move |obs| {
+                for verb in ApiVerb::ALL {
+                    obs.observe(h.stats().requests(verb), &[KeyValue::new("verb", verb.as_str())]);
+                }
+            })
+            .build();
+    }
+    if on(names::EXPORT_FAILURES) {
+        let export = sources.export.clone();
+        meter
+            .u64_observable_counter(names::EXPORT_FAILURES)
+            .with_unit("{failure}")
+            .with_description("OTLP metric exports that failed")
+            .with_callback(move |obs| obs.observe(export.failures(), &[]))
+            .build();
+    }
+    if on(names::VIEW_AGE) {
+        let h = health.clone();
+        meter
+            .f64_observable_gauge(names::VIEW_AGE)
+            .with_unit("s")
+            .with_description("Seconds since the node watch broke; 0 while it is connected and current")
+            .with_callback(move |obs| obs.observe(h.age(Instant::now()).as_secs_f64(), &[]))
+            .build();
+    }
+    if on(names::BUILD_INFO) {
+        meter
+            .u64_observable_gauge(names::BUILD_INFO)
+            .with_description("Always 1; its attributes describe the running build")
+            .with_callback(|obs| obs.observe(1, &[KeyValue::new("version", env!("CARGO_PKG_VERSION"))]))
+            .build();
+    }
 }

@@ -1,0 +1,224 @@
+//! The whole node picture: golden /metrics in both naming modes, label
+//! allowlisting, flaps, and the volume controls.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Exporter, fixture_api, parse, run_to_exit, value};
+
+const PROM_ONLY: (&str, &str) = ("OTEL_METRICS_EXPORTER", "prometheus");
+const LABELS: &str = "topology.kubernetes.io/zone,cloud.google.com/gke-nodepool";
+
+/// Self-telemetry counts requests and events, which vary from run to run.
+const VARIABLE: [&str; 5] = [
+    "kube_node_status_watch_",
+    "kube_node_status_api_",
+    "kube_node_status_otlp_",
+    "kube_node_status_view_",
+    "kube_node_status_build_",
+];
+
+fn stable(body: &str) -> String {
+    body.lines()
+        .filter(|l| !VARIABLE.iter().any(|v| l.contains(v)))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+async fn golden(mode: &str, file: &str) {
+    let api = fixture_api().await;
+    let exporter = Exporter::start_ready(
+        &api.kubeconfig(),
+        &[
+            "--metric-naming",
+            mode,
+            "--node-labels",
+            LABELS,
+            "--cluster-name",
+            "golden",
+        ],
+        &[PROM_ONLY, ("POD_NAME", "golden-0")],
+    )
+    .await;
+    let (_, body) = exporter.get("/metrics").await;
+    let got = stable(&body);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(file);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+    if got != want {
+        let diff: Vec<String> = want
+            .lines()
+            .filter(|l| !got.contains(*l))
+            .map(|l| format!("- {l}"))
+            .chain(
+                got.lines()
+                    .filter(|l| !want.contains(*l))
+                    .map(|l| format!("+ {l}")),
+            )
+            .take(40)
+            .collect();
+        panic!("{file} differs from /metrics:\n{}", diff.join("\n"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_metrics_in_otel_mode() {
+    golden("otel", "otel.prom").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_metrics_in_kube_state_metrics_mode() {
+    golden("kube-state-metrics", "kube-state-metrics.prom").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_and_pool_labels_are_on_every_per_node_series() {
+    let api = fixture_api().await;
+    for (mode, node_key, zone, pool) in [
+        (
+            "otel",
+            "k8s_node_name",
+            "k8s_node_label_topology_kubernetes_io_zone",
+            "k8s_node_label_cloud_google_com_gke_nodepool",
+        ),
+        (
+            "kube-state-metrics",
+            "node",
+            "label_topology_kubernetes_io_zone",
+            "label_cloud_google_com_gke_nodepool",
+        ),
+    ] {
+        let exporter = Exporter::start_ready(
+            &api.kubeconfig(),
+            &["--metric-naming", mode, "--node-labels", LABELS],
+            &[PROM_ONLY],
+        )
+        .await;
+        let samples = exporter.scrape().await;
+        let per_node: Vec<_> = samples
+            .iter()
+            .filter(|s| s.labels.contains_key(node_key))
+            .collect();
+        assert!(
+            per_node.len() > 100,
+            "{mode}: {} per-node samples",
+            per_node.len()
+        );
+        for s in per_node {
+            assert!(s.labels.contains_key(zone), "{mode}: {s:?} lacks the zone");
+            // The bare fixture node has a zone label but no pool label.
+            assert!(
+                s.labels.contains_key(pool) || s.labels[node_key] == "bare-node",
+                "{mode}: {s:?} lacks the pool"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flap_between_scrapes_counts_two_transitions() {
+    let api = fixture_api().await;
+    let node = api
+        .node_names()
+        .into_iter()
+        .find(|n| n.contains("default-pool"))
+        .unwrap();
+    let exporter = Exporter::start_ready(&api.kubeconfig(), &[], &[PROM_ONLY]).await;
+    let transitions = |s: &[common::Sample]| {
+        value(
+            s,
+            "k8s_node_condition_transitions_total",
+            &[("k8s_node_name", &node), ("k8s_node_condition_type", "Ready")],
+        )
+    };
+    assert_eq!(transitions(&exporter.scrape().await), Some(0.0));
+    // NotReady and back, with no scrape in between: the gauges cannot see it.
+    api.set_condition(&node, "Ready", "False");
+    api.set_condition(&node, "Ready", "True");
+    let samples = exporter
+        .wait_for("two transitions", Duration::from_secs(5), |s| {
+            transitions(s) == Some(2.0)
+        })
+        .await;
+    assert_eq!(
+        value(&samples, "k8s_node_ready", &[("k8s_node_name", &node)]),
+        Some(1.0)
+    );
+    let other = value(
+        &samples,
+        "k8s_node_condition_transitions_total",
+        &[
+            ("k8s_node_name", &node),
+            ("k8s_node_condition_type", "MemoryPressure"),
+        ],
+    );
+    assert_eq!(other, Some(0.0));
+    // A deleted node's counters go with it.
+    api.delete_node(&node);
+    exporter
+        .wait_for("counter gone", Duration::from_secs(5), |s| {
+            transitions(s).is_none()
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditions_and_metric_filters_drop_what_is_not_wanted() {
+    let api = fixture_api().await;
+    let exporter = Exporter::start_ready(
+        &api.kubeconfig(),
+        &[
+            "--conditions",
+            "Ready,KernelDeadlock",
+            "--metric-denylist",
+            r"k8s\.node\.(info|taint)",
+            "--metric-allowlist",
+            "k8s.*",
+        ],
+        &[PROM_ONLY],
+    )
+    .await;
+    let samples = exporter.scrape().await;
+    let types: std::collections::BTreeSet<&str> = samples
+        .iter()
+        .filter_map(|s| s.labels.get("k8s_node_condition_type").map(String::as_str))
+        .collect();
+    assert_eq!(types, ["KernelDeadlock", "Ready"].into_iter().collect());
+    let names: std::collections::BTreeSet<&str> = samples.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        !names.contains("k8s_node_info") && !names.contains("k8s_node_taint"),
+        "{names:?}"
+    );
+    assert!(names.contains("k8s_node_ready") && names.contains("k8s_cluster_nodes"));
+    assert!(
+        !names.iter().any(|n| n.starts_with("kube_node_status_")),
+        "the allowlist drops self-telemetry too: {names:?}"
+    );
+}
+
+#[test]
+fn bad_filters_and_colliding_labels_exit_2() {
+    for (args, mentions) in [
+        (&["--metric-allowlist", "k8s.(node"][..], "--metric-allowlist"),
+        (&["--metric-denylist", "[z"], "--metric-denylist"),
+        (&["--node-labels", "a.b,a_b"], "--node-labels"),
+        (&["--node-labels", "[z"], "--node-labels"),
+        (&["--metric-naming", "prometheus"], "--metric-naming"),
+    ] {
+        let (code, stderr) = run_to_exit(args, &[]);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.lines().filter(|l| !l.trim().is_empty()).count(),
+            1,
+            "{stderr}"
+        );
+        assert!(stderr.contains(mentions), "{args:?}: {stderr}");
+    }
+    let _ = parse("");
+}
