@@ -62,6 +62,52 @@ async fn wait_query(prom: std::net::SocketAddr, promql: &str, want: &[f64], time
     }
 }
 
+/// A Prometheus server scraping one target every second, with optional rules.
+struct Prometheus {
+    addr: std::net::SocketAddr,
+    _process: KillOnDrop,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: std::net::SocketAddr, rules: Option<&str>) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             scrape_configs:\n- job_name: kube-node-status\n  static_configs:\n  - targets: ['{target}']\n"
+        );
+        if let Some(rules) = rules {
+            let path = dir.path().join("rules.yml");
+            std::fs::write(&path, rules).unwrap();
+            let (ok, findings) = promtool(&["check", "rules", path.to_str().unwrap()], "");
+            assert!(ok, "promtool check rules:\n{findings}");
+            config.push_str(&format!("rule_files: ['{}']\n", path.display()));
+        }
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let process = KillOnDrop(
+            Command::new(peer("prometheus"))
+                .arg(format!("--config.file={}", config_path.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address={addr}"))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("prometheus starts"),
+        );
+        Prometheus {
+            addr,
+            _process: process,
+            _dir: dir,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_and_its_query_api_sees_the_readings() {
     let api = fake_api(5).await;
@@ -69,32 +115,8 @@ async fn prometheus_scrapes_and_its_query_api_sees_the_readings() {
     let exporter =
         Exporter::start_ready(&api.kubeconfig(), &[], &[("OTEL_METRICS_EXPORTER", "prometheus")]).await;
 
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-             scrape_configs:\n- job_name: kube-node-status\n  static_configs:\n  - targets: ['{}']\n",
-            exporter.addr
-        ),
-    )
-    .unwrap();
-    let prom_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-    let _prometheus = KillOnDrop(
-        Command::new(peer("prometheus"))
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={prom_addr}"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("prometheus starts"),
-    );
+    let prometheus = Prometheus::start(exporter.addr, None);
+    let prom_addr = prometheus.addr;
 
     let t = Duration::from_secs(30);
     wait_query(prom_addr, "up{job=\"kube-node-status\"}", &[1.0], t).await;
@@ -142,15 +164,15 @@ async fn prometheus_scrapes_and_its_query_api_sees_the_readings() {
     .await;
 }
 
-fn promtool_check(body: &str) -> (bool, String) {
+fn promtool(args: &[&str], stdin: &str) -> (bool, String) {
     let mut child = Command::new(peer("promtool"))
-        .args(["check", "metrics"])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool starts");
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     let findings = format!(
         "{}{}",
@@ -160,27 +182,40 @@ fn promtool_check(body: &str) -> (bool, String) {
     (out.status.success(), findings)
 }
 
+fn promtool_check(body: &str) -> (bool, String) {
+    promtool(&["check", "metrics"], body)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn promtool_check_metrics_has_no_findings() {
-    let api = fake_api(5).await;
-    let names = api.node_names();
-    api.set_condition(&names[2], "Ready", "Unknown");
-    api.set_condition(&names[3], "CustomHardwareFault", "True");
+async fn promtool_check_metrics_has_no_findings_in_both_modes() {
+    let api = common::fixture_api().await;
     // OTLP on (towards nothing), so the export-failure counter has a value too.
     let endpoint = format!("http://127.0.0.1:{}", free_port());
-    let exporter = Exporter::start_ready(
-        &api.kubeconfig(),
-        &["--cluster-name", "promtool"],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
-        ],
-    )
-    .await;
-    let (_, body) = exporter.get("/metrics").await;
-    assert!(body.contains("k8s_node_condition_status{"));
-    let (ok, findings) = promtool_check(&body);
-    assert!(ok && findings.trim().is_empty(), "promtool findings:\n{findings}");
+    for mode in ["otel", "kube-state-metrics"] {
+        let exporter = Exporter::start_ready(
+            &api.kubeconfig(),
+            &[
+                "--cluster-name",
+                "promtool",
+                "--metric-naming",
+                mode,
+                "--node-labels",
+                "topology.kubernetes.io/*",
+            ],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+            ],
+        )
+        .await;
+        let (_, body) = exporter.get("/metrics").await;
+        assert!(body.contains("_status_condition{") || body.contains("k8s_node_condition_status{"));
+        let (ok, findings) = promtool_check(&body);
+        assert!(
+            ok && findings.trim().is_empty(),
+            "{mode}: promtool findings:\n{findings}"
+        );
+    }
 
     // promtool itself is not a rubber stamp: it flags a counter without _total.
     let (_, findings) = promtool_check("# HELP bad_counter x\n# TYPE bad_counter counter\nbad_counter 1\n");
@@ -521,4 +556,113 @@ async fn third_party_emulator_kmock_with_five_realistic_nodes() {
     let (status, took) = exporter.terminate();
     assert_eq!(status.code(), Some(0));
     assert!(took < Duration::from_secs(10));
+}
+
+/// The instant-vector result of a query: (labels, value) per series.
+async fn query_series(prom: std::net::SocketAddr, promql: &str) -> Vec<(serde_json::Value, f64)> {
+    let (status, body) = http_get(prom, &format!("/api/v1/query?query={}", urlencode(promql)), &[])
+        .await
+        .unwrap_or((0, String::new()));
+    if status != 200 {
+        return Vec::new();
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["data"]["result"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(|s| Some((s["metric"].clone(), s["value"][1].as_str()?.parse().ok()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_state_metrics_alert_rule_fires_unchanged() {
+    let api = fake_api(4).await;
+    let names = api.node_names();
+    let exporter = Exporter::start_ready(
+        &api.kubeconfig(),
+        &["--metric-naming", "kube-state-metrics"],
+        &[("OTEL_METRICS_EXPORTER", "prometheus")],
+    )
+    .await;
+    // kube-prometheus' KubeNodeNotReady, as shipped (only the duration shortened for a test).
+    let rules = "groups:\n- name: kubernetes-system-kubelet\n  rules:\n  - alert: KubeNodeNotReady\n    \
+                 expr: kube_node_status_condition{job=\"kube-node-status\",condition=\"Ready\",status=\"true\"} == 0\n    \
+                 for: 2s\n    labels: {severity: warning}\n";
+    let prometheus = Prometheus::start(exporter.addr, Some(rules));
+    let t = Duration::from_secs(30);
+    wait_query(prometheus.addr, "sum(kube_node_cluster_nodes)", &[4.0], t).await;
+    wait_query(
+        prometheus.addr,
+        "count(ALERTS{alertname=\"KubeNodeNotReady\"}) or vector(0)",
+        &[0.0],
+        t,
+    )
+    .await;
+
+    api.set_condition(&names[2], "Ready", "False");
+    let start = Instant::now();
+    loop {
+        let firing = query_series(
+            prometheus.addr,
+            "ALERTS{alertname=\"KubeNodeNotReady\",alertstate=\"firing\"}",
+        )
+        .await;
+        if let Some((labels, _)) = firing.first() {
+            assert_eq!(firing.len(), 1, "{firing:?}");
+            assert_eq!(labels["node"], names[2].as_str());
+            break;
+        }
+        assert!(start.elapsed() < t, "KubeNodeNotReady never fired");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_for_n_seconds_in_otel_mode() {
+    let api = fake_api(4).await;
+    let names = api.node_names();
+    let exporter =
+        Exporter::start_ready(&api.kubeconfig(), &[], &[("OTEL_METRICS_EXPORTER", "prometheus")]).await;
+    let prometheus = Prometheus::start(exporter.addr, None);
+    let t = Duration::from_secs(30);
+    wait_query(prometheus.addr, "sum(k8s_cluster_nodes)", &[4.0], t).await;
+
+    // NotReady for more than 4 seconds, and not cordoned: the alert operators write.
+    let not_ready_for = "(time() - k8s_node_condition_last_transition_time_seconds{k8s_node_condition_type=\"Ready\"}) \
+                         and on (k8s_node_name) (k8s_node_ready == 0) \
+                         and on (k8s_node_name) (k8s_node_unschedulable == 0)";
+    let over_4s = format!("({not_ready_for}) > 4");
+    api.set_condition(&names[1], "Ready", "False");
+    let flipped = Instant::now();
+    // Visible as NotReady at once, but not yet for 4 seconds.
+    let start = Instant::now();
+    loop {
+        let now = query_series(prometheus.addr, not_ready_for).await;
+        if !now.is_empty() {
+            assert_eq!(now[0].0["k8s_node_name"], names[1].as_str());
+            assert!(now[0].1 < 4.5, "NotReady for {}s already", now[0].1);
+            break;
+        }
+        assert!(start.elapsed() < t, "the flip never reached Prometheus");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if flipped.elapsed() < Duration::from_secs(3) {
+        assert!(query_series(prometheus.addr, &over_4s).await.is_empty());
+    }
+    loop {
+        let over = query_series(prometheus.addr, &over_4s).await;
+        if let Some((labels, secs)) = over.first() {
+            assert_eq!(labels["k8s_node_name"], names[1].as_str());
+            assert!(
+                *secs >= 4.0 && *secs < flipped.elapsed().as_secs_f64() + 2.0,
+                "{secs}"
+            );
+            break;
+        }
+        assert!(flipped.elapsed() < t, "never NotReady for 4s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
