@@ -666,3 +666,125 @@ async fn not_ready_for_n_seconds_in_otel_mode() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_party_emulator_kmock_serves_the_whole_node_picture_in_both_modes() {
+    use common::value;
+    let fixtures = common::fixture_nodes();
+    let name = |i: usize| fixtures[i]["metadata"]["name"].as_str().unwrap().to_string();
+    let (cordoned, tainted, gpu, terminating) = (name(0), name(1), name(2), name(3));
+    let kmock = Kmock::start(&fixtures).await;
+    for (mode, node, cond) in [
+        ("otel", "k8s_node_name", "k8s_node_condition_type"),
+        ("kube-state-metrics", "node", "condition"),
+    ] {
+        let exporter = Exporter::start_ready(
+            &kmock.kubeconfig(),
+            &[
+                "--metric-naming",
+                mode,
+                "--node-labels",
+                "topology.kubernetes.io/zone",
+            ],
+            &[("OTEL_METRICS_EXPORTER", "prometheus")],
+        )
+        .await;
+        let s = exporter.scrape().await;
+        let otel = mode == "otel";
+        let pick = |o: &'static str, k: &'static str| if otel { o } else { k };
+        assert_eq!(
+            value(
+                &s,
+                pick("k8s_node_unschedulable", "kube_node_spec_unschedulable"),
+                &[(node, &cordoned)]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                &s,
+                pick("k8s_node_unschedulable", "kube_node_spec_unschedulable"),
+                &[(node, &tainted)]
+            ),
+            Some(0.0)
+        );
+        let taint_key = pick("k8s_node_taint_key", "key");
+        assert_eq!(
+            value(
+                &s,
+                pick("k8s_node_taint", "kube_node_spec_taint"),
+                &[(node, &tainted), (taint_key, "dedicated")]
+            ),
+            Some(1.0)
+        );
+        let gpus = if otel {
+            value(
+                &s,
+                "k8s_node_resource_capacity",
+                &[(node, &gpu), ("k8s_node_resource_name", "nvidia.com/gpu")],
+            )
+        } else {
+            value(
+                &s,
+                "kube_node_status_capacity",
+                &[(node, &gpu), ("resource", "nvidia_com_gpu"), ("unit", "integer")],
+            )
+        };
+        assert_eq!(gpus, Some(1.0), "{mode}");
+        let status = pick("k8s_node_condition_status", "status");
+        let condition = pick("k8s_node_condition_status", "kube_node_status_condition");
+        assert_eq!(
+            value(
+                &s,
+                condition,
+                &[(node, &cordoned), (cond, "KernelDeadlock"), (status, "true")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                &s,
+                condition,
+                &[(node, &gpu), (cond, "Ready"), (status, "unknown")]
+            ),
+            Some(1.0)
+        );
+        let deletion = pick(
+            "k8s_node_deletion_timestamp_seconds",
+            "kube_node_deletion_timestamp",
+        );
+        assert_eq!(
+            value(&s, deletion, &[(node, &terminating)]),
+            Some(1_795_167_000.0)
+        );
+        assert_eq!(
+            value(&s, deletion, &[(node, &gpu)]),
+            None,
+            "only terminating nodes have one"
+        );
+        let zone = pick(
+            "k8s_node_label_topology_kubernetes_io_zone",
+            "label_topology_kubernetes_io_zone",
+        );
+        assert!(
+            s.iter()
+                .filter(|x| x.labels.contains_key(node))
+                .all(|x| x.labels.contains_key(zone)),
+            "{mode}"
+        );
+
+        // A flap between two scrapes, through the emulator's API.
+        let transitions = pick(
+            "k8s_node_condition_transitions_total",
+            "kube_node_status_condition_transitions_total",
+        );
+        let before = value(&s, transitions, &[(node, &cordoned), (cond, "Ready")]).unwrap();
+        kmock.set_condition(&cordoned, "Ready", "False").await;
+        kmock.set_condition(&cordoned, "Ready", "True").await;
+        exporter
+            .wait_for("flap counted", Duration::from_secs(5), |s| {
+                value(s, transitions, &[(node, &cordoned), (cond, "Ready")]) == Some(before + 2.0)
+            })
+            .await;
+    }
+}

@@ -356,7 +356,10 @@ pub fn fixture_nodes() -> Vec<serde_json::Value> {
         n3["status"].as_object_mut().unwrap().remove(field);
     }
     let n4 = serde_json::json!({
-        "metadata": {"name": "bare-node", "creationTimestamp": FIXTURE_TIME, "labels": {"topology.kubernetes.io/zone": "z9"}}
+        "metadata": {
+            "name": "bare-node", "resourceVersion": "1", "creationTimestamp": FIXTURE_TIME,
+            "labels": {"topology.kubernetes.io/zone": "z9"}
+        }
     });
     vec![n0, n1, n2, n3, n4]
 }
