@@ -356,18 +356,54 @@ fn labels() -> Family {
     }
 }
 
-/// The four well-known resources in OTel mode, by name and unit.
-const NAMED_RESOURCES: [(&str, &str, &str, &str); 4] = [
-    ("cpu", "k8s.node.cpu", "{cpu}", "CPU cores"),
-    ("memory", "k8s.node.memory", "By", "memory in bytes"),
+/// The four well-known resources in OTel mode: the resource, its instrument
+/// names (allocatable, capacity), its unit, and their descriptions.
+const NAMED_RESOURCES: [(&str, [&str; 2], &str, [&str; 2]); 4] = [
+    (
+        "cpu",
+        ["k8s.node.cpu.allocatable", "k8s.node.cpu.capacity"],
+        "{cpu}",
+        [
+            "CPU cores of the node allocatable to pods",
+            "CPU cores of the node",
+        ],
+    ),
+    (
+        "memory",
+        ["k8s.node.memory.allocatable", "k8s.node.memory.capacity"],
+        "By",
+        [
+            "Memory of the node allocatable to pods, in bytes",
+            "Memory of the node, in bytes",
+        ],
+    ),
     (
         "ephemeral-storage",
-        "k8s.node.ephemeral_storage",
+        [
+            "k8s.node.ephemeral_storage.allocatable",
+            "k8s.node.ephemeral_storage.capacity",
+        ],
         "By",
-        "ephemeral storage in bytes",
+        [
+            "Ephemeral storage of the node allocatable to pods, in bytes",
+            "Ephemeral storage of the node, in bytes",
+        ],
     ),
-    ("pods", "k8s.node.pod", "{pod}", "pods"),
+    (
+        "pods",
+        ["k8s.node.pod.allocatable", "k8s.node.pod.capacity"],
+        "{pod}",
+        ["Pods the node accepts", "Pod capacity of the node"],
+    ),
 ];
+
+/// 0 for allocatable, 1 for capacity: the index into the name pairs.
+fn slot(list: ResourceList) -> usize {
+    match list {
+        ResourceList::Allocatable => 0,
+        ResourceList::Capacity => 1,
+    }
+}
 
 fn resource_count(list: ResourceList) -> fn(&Node) -> usize {
     match list {
@@ -386,23 +422,13 @@ fn resource_count(list: ResourceList) -> fn(&Node) -> usize {
     }
 }
 
-fn list_suffix(list: ResourceList) -> (&'static str, &'static str) {
-    match list {
-        ResourceList::Allocatable => ("allocatable", "allocatable to pods"),
-        ResourceList::Capacity => ("capacity", "capacity"),
-    }
-}
-
 /// OTel mode: one family per well-known resource and list.
 fn named_resource(list: ResourceList, index: usize) -> Family {
-    let (resource, prefix, unit, what) = NAMED_RESOURCES[index];
-    let (suffix, which) = list_suffix(list);
-    let name: &'static str = Box::leak(format!("{prefix}.{suffix}").into_boxed_str());
-    let help: &'static str = Box::leak(format!("The node's {which}: {what}").into_boxed_str());
+    let (resource, names, unit, helps) = NAMED_RESOURCES[index];
     Family {
-        name,
+        name: names[slot(list)],
         unit,
-        help,
+        help: helps[slot(list)],
         kind: Kind::FloatGauge,
         points: Box::new(move |ctx, node, emit| {
             if let Some(r) = readings::resources(node, list)
@@ -419,17 +445,15 @@ fn named_resource(list: ResourceList, index: usize) -> Family {
 
 /// OTel mode: every other resource (GPUs, hugepages, attachable volumes…), by name.
 fn extended_resources(list: ResourceList) -> Family {
-    let (suffix, which) = list_suffix(list);
     Family {
-        name: Box::leak(format!("k8s.node.resource.{suffix}").into_boxed_str()),
+        name: ["k8s.node.resource.allocatable", "k8s.node.resource.capacity"][slot(list)],
         unit: "",
-        help: Box::leak(
-            format!(
-                "The node's {which} of resources other than cpu, memory, ephemeral-storage and pods \
-                 (e.g. nvidia.com/gpu), in the resource's base unit"
-            )
-            .into_boxed_str(),
-        ),
+        help: [
+            "Resources of the node allocatable to pods other than cpu, memory, ephemeral-storage and pods \
+             (e.g. nvidia.com/gpu), in the resource's base unit",
+            "Capacity of the node's resources other than cpu, memory, ephemeral-storage and pods \
+             (e.g. nvidia.com/gpu), in the resource's base unit",
+        ][slot(list)],
         kind: Kind::FloatGauge,
         points: Box::new(move |ctx, node, emit| {
             let Some(base) = ctx.node_attrs(node) else { return };
@@ -461,19 +485,15 @@ fn ksm_unit(resource: &str) -> &'static str {
 
 /// kube-state-metrics mode: `kube_node_status_allocatable` / `_capacity` {resource, unit}.
 fn ksm_resources(list: ResourceList) -> Family {
-    let (suffix, which) = list_suffix(list);
     Family {
-        name: match list {
-            ResourceList::Allocatable => "kube_node_status_allocatable",
-            ResourceList::Capacity => "kube_node_status_capacity",
-        },
+        name: ["kube_node_status_allocatable", "kube_node_status_capacity"][slot(list)],
         unit: "",
-        help: Box::leak(
-            format!("The node's {which}, by resource, in the unit named by the unit label").into_boxed_str(),
-        ),
+        help: [
+            "Resources of the node allocatable to pods, by resource, in the unit named by the unit label",
+            "Capacity of the node, by resource, in the unit named by the unit label",
+        ][slot(list)],
         kind: Kind::FloatGauge,
         points: Box::new(move |ctx, node, emit| {
-            let _ = suffix;
             let Some(base) = ctx.node_attrs(node) else { return };
             for r in readings::resources(node, list) {
                 let attrs = with(
