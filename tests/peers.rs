@@ -33,21 +33,11 @@ fn urlencode(s: &str) -> String {
 
 /// Runs an instant query; the values of the result vector.
 async fn query(prom: std::net::SocketAddr, promql: &str) -> Vec<f64> {
-    let (status, body) = http_get(prom, &format!("/api/v1/query?query={}", urlencode(promql)), &[])
+    query_series(prom, promql)
         .await
-        .unwrap_or((0, String::new()));
-    if status != 200 {
-        return Vec::new();
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    v["data"]["result"]
-        .as_array()
-        .map(|r| {
-            r.iter()
-                .filter_map(|s| s["value"][1].as_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect()
 }
 
 async fn wait_query(prom: std::net::SocketAddr, promql: &str, want: &[f64], timeout: Duration) {
