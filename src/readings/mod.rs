@@ -291,6 +291,15 @@ pub fn resources(node: &Node, list: ResourceList) -> Vec<ResourceReading<'_>> {
         .collect()
 }
 
+/// One resource of one list, if present and parseable.
+pub fn resource(node: &Node, list: ResourceList, name: &str) -> Option<f64> {
+    let map = node.status.as_ref().and_then(|s| match list {
+        ResourceList::Allocatable => s.allocatable.as_ref(),
+        ResourceList::Capacity => s.capacity.as_ref(),
+    })?;
+    quantity::parse(&map.get(name)?.0).ok()
+}
+
 /// When the node object was created, in Unix seconds.
 pub fn created(node: &Node) -> Option<f64> {
     node.metadata
@@ -593,6 +602,13 @@ mod tests {
             vec![("cpu", 7.91), ("pods", 110.0)],
             "an unparseable quantity is left out"
         );
+        assert_eq!(resource(&n, ResourceList::Allocatable, "cpu"), Some(7.91));
+        assert_eq!(
+            resource(&n, ResourceList::Allocatable, "memory"),
+            None,
+            "unparseable"
+        );
+        assert_eq!(resource(&n, ResourceList::Capacity, "nvidia.com/gpu"), Some(1.0));
         assert_eq!(created(&n), Some(1_793_520_000.0));
         assert_eq!(deletion_timestamp(&n), Some(1_795_773_600.0));
         assert_eq!(roles(&n), vec!["control-plane", "worker"]);

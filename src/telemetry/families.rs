@@ -431,12 +431,10 @@ fn named_resource(list: ResourceList, index: usize) -> Family {
         help: helps[slot(list)],
         kind: Kind::FloatGauge,
         points: Box::new(move |ctx, node, emit| {
-            if let Some(r) = readings::resources(node, list)
-                .into_iter()
-                .find(|r| r.name == resource)
+            if let Some(value) = readings::resource(node, list, resource)
                 && let Some(attrs) = ctx.node_attrs(node)
             {
-                emit(r.value, attrs);
+                emit(value, attrs);
             }
         }),
         count: one,
