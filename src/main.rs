@@ -1,10 +1,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, error::ErrorKind};
-use kube_node_status::{
-    app,
-    config::{Cli, Command},
-};
+use kube_node_status::{app, config::Cli};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -34,9 +31,11 @@ fn main() -> ExitCode {
             )
         }
         #[cfg(feature = "fake-apiserver")]
-        Some(Command::Demo(args)) => kube_node_status::fake::demo(*args),
+        Some(kube_node_status::config::Command::Demo(args)) => kube_node_status::fake::demo(*args),
         #[cfg(feature = "fake-apiserver")]
-        Some(Command::FakeApiserver(args)) => kube_node_status::fake::serve_main(args),
+        Some(kube_node_status::config::Command::FakeApiserver(args)) => {
+            kube_node_status::fake::serve_main(args)
+        }
         #[cfg(not(feature = "fake-apiserver"))]
         Some(command) => match command {},
     }
