@@ -1,0 +1,48 @@
+# syntax=docker/dockerfile:1
+#
+# kube-node-status container image.
+#
+#   docker buildx build --platform linux/amd64,linux/arm64 \
+#     --build-arg VERSION="$(cargo pkgid | cut -d# -f2)" \
+#     --build-arg REVISION="$(git rev-parse HEAD)" \
+#     -t ghcr.io/OWNER/kube-node-status:VERSION --push .
+#
+# Each platform builds natively (under QEMU emulation for the foreign one), so
+# no cross toolchain is involved. The runtime is distroless: no shell, no
+# package manager, a numeric non-root user.
+
+# At least the crate's rust-version (Cargo.toml); tests/image.rs checks it.
+ARG RUST_VERSION=1.95.0
+
+FROM rust:${RUST_VERSION}-slim-bookworm AS builder
+WORKDIR /src
+
+# Dependencies first, in their own layer: rebuilt only when the manifests change.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src \
+    && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs \
+    && cargo build --release --locked --no-default-features \
+    && rm -rf src
+
+# Then the crate itself. The fake API server (a test and demo tool) is left out.
+COPY src ./src
+RUN touch src/main.rs src/lib.rs \
+    && cargo build --release --locked --no-default-features \
+    && cp target/release/kube-node-status /kube-node-status \
+    && /kube-node-status --version
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+
+ARG VERSION=dev
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="kube-node-status" \
+      org.opencontainers.image.description="Kubernetes node readiness as OpenTelemetry metrics, over OTLP and Prometheus /metrics" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}"
+
+COPY --from=builder /kube-node-status /usr/local/bin/kube-node-status
+USER 65532:65532
+EXPOSE 9464
+ENTRYPOINT ["/usr/local/bin/kube-node-status"]
