@@ -1,0 +1,51 @@
+{{/* Chart name, overridable. */}}
+{{- define "kns.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Release-scoped full name: every object, including cluster-scoped ones, is named from it so two releases never collide. */}}
+{{- define "kns.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "kns.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kns.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "kns.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "kns.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "kns.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "kns.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "kns.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The exporters in effect: OTLP is implied by the collector sidecar. */}}
+{{- define "kns.metricsExporter" -}}
+{{- if and .Values.collector.enabled (not (contains "otlp" .Values.metricsExporter)) }}
+{{- printf "%s,otlp" .Values.metricsExporter | trimPrefix "none," }}
+{{- else }}
+{{- .Values.metricsExporter }}
+{{- end }}
+{{- end }}

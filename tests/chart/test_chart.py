@@ -1,0 +1,238 @@
+"""The Helm chart, checked with the real Helm engine (helm-python-sdk), the
+Kubernetes JSON schemas (kubernetes-validate) and promtool.
+
+Run by scripts/test: .venv/bin/pytest tests/chart
+"""
+import copy
+import pathlib
+import subprocess
+
+import helm_python
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "kube-node-status"
+KUBE_VERSION = "1.31.0"
+
+VALUE_SETS = {
+    "defaults": {},
+    "everything": {
+        "clusterName": "prod",
+        "metricsExporter": "prometheus,otlp",
+        "nodeLabels": ["topology.kubernetes.io/zone", "cloud.google.com/gke-nodepool"],
+        "conditions": ["Ready", "MemoryPressure"],
+        "metricDenylist": "k8s\\.node\\.info",
+        "podMonitoring": {"enabled": True},
+        "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"},
+                           "relabelings": [{"action": "labeldrop", "regex": "pod"}]},
+        "podMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+        "podDisruptionBudget": {"enabled": True},
+        "networkPolicy": {"enabled": True, "ingressFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]},
+        "collector": {"enabled": True},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"operator": "Exists"}],
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                       "whenUnsatisfiable": "ScheduleAnyway",
+                                       "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "kube-node-status"}}}],
+        "priorityClassName": "system-cluster-critical",
+        "podAnnotations": {"a": "b"},
+        "podLabels": {"team": "platform"},
+        "extraArgs": ["--stale-after=90s"],
+        "extraEnv": [{"name": "RUST_LOG", "value": "info"}],
+    },
+    "gmp-only": {"podMonitoring": {"enabled": True}},
+    "prometheus-operator-only": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
+    "sidecar": {"collector": {"enabled": True, "config": "sidecar-telemetry-api.yaml"}},
+    "kube-state-metrics-naming": {"metricNaming": "kube-state-metrics", "prometheusRule": {"enabled": True}},
+}
+
+
+def render(values, name="kns", namespace="monitoring"):
+    """Every rendered object, as (template, object)."""
+    with helm_python.Chart.load(str(CHART)) as chart:
+        out = chart.render(copy.deepcopy(values), name=name, namespace=namespace, is_install=True)
+    objects = []
+    for template, text in sorted(out.items()):
+        if template.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                objects.append((template, doc))
+    return objects
+
+
+def kinds(objects):
+    return sorted(o["kind"] for _, o in objects)
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_lint_is_clean(values):
+    report = helm_python.lint(str(CHART), copy.deepcopy(values), strict=True, kube_version=f"v{KUBE_VERSION}")
+    findings = [m for m in report["messages"] if m["severity"] >= 2]
+    assert not report["errors"] and not findings, report
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_every_builtin_object_validates_against_the_kubernetes_schemas(values):
+    objects = render(values)
+    assert objects
+    for template, obj in objects:
+        if obj["apiVersion"].startswith(("monitoring.coreos.com/", "monitoring.googleapis.com/")):
+            continue  # custom resources: see test_custom_resources_are_well_formed
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+
+def test_custom_resources_are_well_formed():
+    objects = dict(((o["kind"]), o) for _, o in render(VALUE_SETS["everything"]))
+    pm = objects["PodMonitoring"]["spec"]
+    assert pm["endpoints"][0]["port"] == "metrics" and pm["selector"]["matchLabels"]
+    sm = objects["ServiceMonitor"]
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert sm["spec"]["endpoints"][0]["relabelings"] == [{"action": "labeldrop", "regex": "pod"}]
+    assert objects["PodMonitor"]["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+
+
+def test_defaults_render_only_the_core_objects():
+    assert kinds(render({})) == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Pod", "Service", "ServiceAccount"]
+
+
+def test_podmonitoring_and_servicemonitor_are_two_documents():
+    objects = render({"podMonitoring": {"enabled": True}, "serviceMonitor": {"enabled": True}})
+    ks = kinds(objects)
+    assert ks.count("PodMonitoring") == 1 and ks.count("ServiceMonitor") == 1
+
+
+def test_rbac_is_exactly_get_list_watch_on_nodes():
+    objects = render({})
+    roles = [o for _, o in objects if o["kind"] == "ClusterRole"]
+    assert len(roles) == 1
+    assert roles[0]["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}]
+    binding = next(o for _, o in objects if o["kind"] == "ClusterRoleBinding")
+    sa = next(o for _, o in objects if o["kind"] == "ServiceAccount")
+    assert binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "monitoring"}]
+    assert not any(o["kind"] in ("Role", "RoleBinding") for _, o in objects)
+
+
+def test_two_releases_have_disjoint_cluster_scoped_names():
+    cluster_scoped = ("ClusterRole", "ClusterRoleBinding")
+    a = {o["metadata"]["name"] for _, o in render({}, name="one") if o["kind"] in cluster_scoped}
+    b = {o["metadata"]["name"] for _, o in render({}, name="two") if o["kind"] in cluster_scoped}
+    assert a and b and not a & b
+
+
+@pytest.mark.parametrize("values", [VALUE_SETS["defaults"], VALUE_SETS["sidecar"]], ids=["defaults", "sidecar"])
+def test_default_install_meets_the_restricted_pod_security_profile(values):
+    pods = [o["spec"]["template"]["spec"] for _, o in render(values) if o["kind"] == "Deployment"]
+    pods += [o["spec"] for _, o in render(values) if o["kind"] == "Pod"]
+    for pod in pods:
+        psc = pod["securityContext"]
+        assert psc["runAsNonRoot"] is True and isinstance(psc["runAsUser"], int) and psc["runAsUser"] > 0
+        assert psc["seccompProfile"]["type"] == "RuntimeDefault"
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["readOnlyRootFilesystem"] is True
+            assert sc["capabilities"]["drop"] == ["ALL"]
+            assert sc["runAsNonRoot"] is True
+            assert c["resources"]["requests"] and c["resources"]["limits"]
+        assert not pod.get("hostNetwork") and not pod.get("hostPID")
+        for v in pod.get("volumes", []):
+            assert "hostPath" not in v
+
+
+def test_deployment_wires_probes_port_and_downward_api():
+    deploy = next(o for _, o in render({"clusterName": "prod"}) if o["kind"] == "Deployment")
+    c = deploy["spec"]["template"]["spec"]["containers"][0]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["ports"] == [{"name": "metrics", "containerPort": 9464, "protocol": "TCP"}]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert "k8s.namespace.name=$(POD_NAMESPACE)" in env["OTEL_RESOURCE_ATTRIBUTES"]["value"]
+    assert "--cluster-name=prod" in c["args"]
+    service = next(o for _, o in render({}) if o["kind"] == "Service")
+    assert service["spec"]["ports"][0]["name"] == "metrics" and service["spec"]["ports"][0]["port"] == 9464
+
+
+def test_sidecar_gets_its_config_and_the_exporter_sends_to_it():
+    objects = render(VALUE_SETS["sidecar"])
+    deploy = next(o for _, o in objects if o["kind"] == "Deployment")
+    containers = {c["name"]: c for c in deploy["spec"]["template"]["spec"]["containers"]}
+    assert set(containers) == {"kube-node-status", "otel-collector"}
+    env = {e["name"]: e.get("value") for e in containers["kube-node-status"]["env"]}
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://localhost:4317"
+    assert "--metrics-exporter=prometheus,otlp" in containers["kube-node-status"]["args"]
+    cm = next(o for _, o in objects if o["kind"] == "ConfigMap")
+    shipped = (ROOT / "otel-collector" / "sidecar-telemetry-api.yaml").read_text()
+    assert yaml.safe_load(cm["data"]["config.yaml"]) == yaml.safe_load(shipped)
+
+
+def test_unknown_values_are_rejected_by_the_schema():
+    for bad in [{"bogus": 1}, {"replicas": 2}, {"metricNaming": "prometheus"}, {"collector": {"config": "nope.yaml"}},
+                {"staleAfter": "soon"}, {"metricsExporter": "console"}]:
+        with pytest.raises(helm_python.HelmError):
+            render(bad)
+
+
+def test_every_value_is_in_the_schema():
+    schema = yaml.safe_load((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def walk(vals, sch, path):
+        props = sch.get("properties")
+        if not isinstance(vals, dict) or props is None:
+            return
+        for key, val in vals.items():
+            assert key in props, f"{path}{key} is not in values.schema.json"
+            assert props[key].get("description") or props[key].get("properties"), f"{path}{key} has no description"
+            walk(val, props[key], f"{path}{key}.")
+
+    walk(values, schema, "")
+
+
+def promtool(*args, stdin=""):
+    out = subprocess.run([str(ROOT / ".venv/bin/promtool") if (ROOT / ".venv/bin/promtool").exists() else "promtool", *args],
+                         input=stdin, capture_output=True, text=True)
+    return out.returncode, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("naming", ["otel", "kube-state-metrics"])
+def test_alert_rules_pass_promtool(naming, tmp_path):
+    objects = render({"prometheusRule": {"enabled": True}, "metricNaming": naming})
+    rule = next(o for _, o in objects if o["kind"] == "PrometheusRule")
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert alerts == {"NodeNotReady", "NodeReadinessFlapping", "KubeNodeStatusExporterDown", "KubeNodeStatusWatchErrors"}
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    code, output = promtool("check", "rules", str(path))
+    assert code == 0, output
+
+
+COLLECTOR_CONFIGS = sorted((ROOT / "otel-collector").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", COLLECTOR_CONFIGS, ids=[p.name for p in COLLECTOR_CONFIGS])
+def test_collector_config_pipelines_reference_defined_components(path):
+    text = path.read_text()
+    assert text.startswith("# Use when:"), "each config starts with a comment saying when to use it"
+    cfg = yaml.safe_load(text)
+    service = cfg["service"]
+    for ext in service.get("extensions", []):
+        assert ext in cfg.get("extensions", {}), f"extension {ext} is not defined"
+    assert service["pipelines"]
+    for name, pipeline in service["pipelines"].items():
+        for kind in ("receivers", "processors", "exporters"):
+            for component in pipeline.get(kind, []):
+                assert component in cfg.get(kind, {}), f"{name}: {kind[:-1]} {component} is not defined"
+        assert pipeline["receivers"] and pipeline["exporters"]
+
+
+def test_the_chart_ships_the_same_collector_configs():
+    shipped = {p.name: p.read_text() for p in COLLECTOR_CONFIGS}
+    in_chart = {p.name: p.read_text() for p in sorted((CHART / "files").glob("*.yaml"))}
+    assert in_chart == shipped, "run: cp otel-collector/*.yaml helm/kube-node-status/files/"
