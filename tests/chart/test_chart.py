@@ -236,3 +236,21 @@ def test_the_chart_ships_the_same_collector_configs():
     shipped = {p.name: p.read_text() for p in COLLECTOR_CONFIGS}
     in_chart = {p.name: p.read_text() for p in sorted((CHART / "files").glob("*.yaml"))}
     assert in_chart == shipped, "run: cp otel-collector/*.yaml helm/kube-node-status/files/"
+
+
+def test_packaging_script_yields_an_archive_and_an_index_helm_accepts(tmp_path):
+    out = tmp_path / "charts"
+    run = subprocess.run([str(ROOT / "scripts" / "package-chart"), str(out), "https://charts.example.org"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    archive = out / f"kube-node-status-{chart['version']}.tgz"
+    assert archive.exists()
+    with helm_python.Chart.load(str(archive)) as loaded:
+        assert loaded.name == "kube-node-status"
+        assert loaded.render({}, name="from-archive", namespace="x")
+    index = yaml.safe_load((out / "index.yaml").read_text())
+    entry = index["entries"]["kube-node-status"][0]
+    assert entry["version"] == chart["version"]
+    assert entry["urls"] == [f"https://charts.example.org/kube-node-status-{chart['version']}.tgz"]
+    assert entry["digest"]
