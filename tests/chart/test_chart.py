@@ -4,7 +4,9 @@ Kubernetes JSON schemas (kubernetes-validate) and promtool.
 Run by scripts/test: .venv/bin/pytest tests/chart
 """
 import copy
+import json
 import pathlib
+import re
 import subprocess
 
 import helm_python
@@ -32,6 +34,7 @@ VALUE_SETS = {
         "podDisruptionBudget": {"enabled": True},
         "networkPolicy": {"enabled": True, "ingressFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]},
         "collector": {"enabled": True},
+        "grafanaDashboard": {"enabled": True},
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "tolerations": [{"operator": "Exists"}],
         "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
@@ -254,3 +257,58 @@ def test_packaging_script_yields_an_archive_and_an_index_helm_accepts(tmp_path):
     assert entry["version"] == chart["version"]
     assert entry["urls"] == [f"https://charts.example.org/kube-node-status-{chart['version']}.tgz"]
     assert entry["digest"]
+
+
+DASHBOARD = CHART / "dashboards" / "kube-node-status.json"
+PROMQL_WORDS = {
+    "sum", "min", "max", "avg", "count", "by", "without", "on", "ignoring", "group_left", "group_right",
+    "and", "or", "unless", "time", "rate", "increase", "irate", "delta", "absent", "bool", "offset",
+    "topk", "bottomk", "sort", "sort_desc", "vector", "scalar", "clamp_min", "clamp_max", "label_replace",
+}
+
+
+def metric_names(expr):
+    """The metric names an expression reads: identifiers outside label matchers,
+    grouping clauses, ranges and strings, that are not PromQL words."""
+    expr = re.sub(r'"[^"]*"', "", expr)
+    expr = re.sub(r"\{[^}]*\}", "", expr)
+    expr = re.sub(r"\[[^\]]*\]", "", expr)
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    return {w for w in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr) if w not in PROMQL_WORDS}
+
+
+def documented_prometheus_names():
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    names = set()
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 6:
+            names.add(cells[1].strip("`"))
+    return names
+
+
+def test_dashboard_queries_use_only_documented_metrics():
+    dashboard = json.loads(DASHBOARD.read_text())
+    documented = documented_prometheus_names()
+    assert "k8s_node_ready" in documented and len(documented) > 30
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 10
+    used = set()
+    for expr in exprs:
+        names = metric_names(expr)
+        assert names, expr
+        assert names <= documented, f"{expr}: undocumented {names - documented}"
+        used |= names
+    # The panels the dashboard promises: readiness, how long NotReady, flaps, cordons, taints, exporter health.
+    for needed in ["k8s_node_ready", "k8s_node_condition_last_transition_time_seconds", "k8s_node_condition_transitions_total",
+                   "k8s_node_unschedulable", "k8s_node_taint", "kube_node_status_view_age_seconds",
+                   "kube_node_status_watch_errors_total", "kube_node_status_otlp_export_failures_total"]:
+        assert needed in used, needed
+    assert metric_names('sum by (a) (rate(x_total{y="z"}[5m])) and on (b) k8s_node_ready') == {"x_total", "k8s_node_ready"}
+
+
+def test_dashboard_configmap_is_labelled_for_the_grafana_sidecar():
+    objects = render({"grafanaDashboard": {"enabled": True}})
+    cm = next(o for _, o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard"))
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(cm["data"]["kube-node-status.json"]) == json.loads(DASHBOARD.read_text())
