@@ -312,3 +312,23 @@ def test_dashboard_configmap_is_labelled_for_the_grafana_sidecar():
     cm = next(o for _, o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard"))
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["kube-node-status.json"]) == json.loads(DASHBOARD.read_text())
+
+
+def validate_custom_resources(objects):
+    run = subprocess.run(["node", str(ROOT / "tests" / "chart" / "validate_crs.cjs")], cwd=ROOT,
+                         input=json.dumps(objects), capture_output=True, text=True)
+    return run.returncode, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_prometheus_operator_resources_validate_against_the_published_crd_schemas(values):
+    crs = [o for _, o in render(values) if o["apiVersion"].startswith("monitoring.coreos.com/")]
+    code, output = validate_custom_resources(crs)
+    assert code == 0, output
+
+
+def test_the_crd_validation_can_fail():
+    sm = next(o for _, o in render(VALUE_SETS["everything"]) if o["kind"] == "ServiceMonitor")
+    sm["spec"]["endpoints"][0]["interval"] = "often"
+    code, output = validate_custom_resources([sm])
+    assert code == 1 and "ServiceMonitor" in output
