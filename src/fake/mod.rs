@@ -107,9 +107,8 @@ pub fn demo(mut args: DemoArgs) -> ExitCode {
             "demo: fake Kubernetes API server started; try: curl http://{}/metrics",
             if listen.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], listen.port())) } else { listen }
         );
-        // The server and its churn live as long as the process.
-        std::mem::forget(server.spawn_churn(cluster.flips_per_second));
-        std::mem::forget(server);
+        // The churn task holds the server: both live as long as the process.
+        let _detached = server.spawn_churn(cluster.flips_per_second);
         Ok(config)
     })
 }

@@ -384,12 +384,14 @@ impl FakeApiServer {
     }
 
     /// Flips Ready on random nodes, `per_second` times a second on average,
-    /// until the returned task is aborted.
+    /// until the returned task is aborted. The task keeps the server alive.
     pub fn spawn_churn(self: &Arc<Self>, per_second: f64) -> tokio::task::JoinHandle<()> {
         let server = self.clone();
+        // The task holds a reference to the server until it is aborted, even without churn.
         tokio::spawn(async move {
             if per_second <= 0.0 {
-                return;
+                let _hold = server;
+                return std::future::pending::<()>().await;
             }
             let period = Duration::from_secs_f64(1.0 / per_second);
             let mut tick = tokio::time::interval(period);
