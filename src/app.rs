@@ -18,8 +18,9 @@ use crate::{
     telemetry::Telemetry,
 };
 
-/// The whole shutdown must fit in Kubernetes' default 30 s grace period, and we promise 10 s.
-const SHUTDOWN_BUDGET: Duration = Duration::from_secs(8);
+/// The whole shutdown must fit in Kubernetes' default 30 s grace period, and we
+/// promise 10 s: up to 2 s draining HTTP, this for the final flush, 1 s for the runtime.
+const SHUTDOWN_BUDGET: Duration = Duration::from_secs(6);
 
 /// Resolves the Kubernetes client configuration with `kube::Client::try_default`
 /// semantics, plus `--kubeconfig` and `--context`.
@@ -125,6 +126,10 @@ pub async fn run(
     tracer_provider: Option<SdkTracerProvider>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // Bind first: a taken port fails fast, before any provider would flush on drop.
+    let listener = tokio::net::TcpListener::bind(settings.listen_address)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen_address))?;
     let (view, writer) = View::new();
     let telemetry = Telemetry::start(&settings, resource, view.clone())?;
     let client: Client = ClientBuilder::try_from(kube_config)
@@ -132,9 +137,6 @@ pub async fn run(
         .with_layer(&ApiObserverLayer::new(view.health().clone()))
         .build();
 
-    let listener = tokio::net::TcpListener::bind(settings.listen_address)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen_address))?;
     let bound = listener.local_addr().context("reading the bound address")?;
     info!(
         address = %bound,
