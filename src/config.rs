@@ -176,6 +176,12 @@ pub struct RunArgs {
     #[arg(long, env = "KNS_METRIC_DENYLIST")]
     pub metric_denylist: Option<String>,
 
+    /// Send each OTLP metrics collection as requests of at most this many data points
+    /// (e.g. 200 for Google's Telemetry API), 4 at a time, retrying retryable failures within the interval.
+    /// [default: one request per collection]
+    #[arg(long, env = "KNS_OTLP_MAX_POINTS_PER_REQUEST", value_parser = clap::value_parser!(u64).range(1..))]
+    pub otlp_max_points_per_request: Option<u64>,
+
     /// How often to export over OTLP (e.g. 30s). [default: OTEL_METRIC_EXPORT_INTERVAL in ms, else 60s]
     #[arg(long, env = "KNS_METRIC_EXPORT_INTERVAL", value_parser = humantime::parse_duration)]
     pub metric_export_interval: Option<Duration>,
@@ -198,6 +204,8 @@ pub struct OtlpSettings {
     pub endpoint: Option<String>,
     /// A PEM bundle of extra CAs to trust (OTEL_EXPORTER_OTLP_CERTIFICATE).
     pub ca_pem: Option<Vec<u8>>,
+    /// Split each metrics export into requests of at most this many data points.
+    pub max_points_per_request: Option<usize>,
 }
 
 /// Everything the exporter needs, resolved and validated.
@@ -406,6 +414,7 @@ impl RunArgs {
             Some(OtlpSettings {
                 endpoint: self.otlp_endpoint.clone(),
                 ca_pem: read_ca(env, "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE")?,
+                max_points_per_request: self.otlp_max_points_per_request.map(|n| n as usize),
             })
         } else {
             None
@@ -414,6 +423,7 @@ impl RunArgs {
             Some(OtlpSettings {
                 endpoint: self.otlp_endpoint.clone(),
                 ca_pem: read_ca(env, "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")?,
+                max_points_per_request: None,
             })
         } else {
             None

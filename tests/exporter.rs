@@ -769,6 +769,12 @@ fn help_documents_every_flag_with_its_environment_variable() {
         ("--traces-exporter", "KNS_TRACES_EXPORTER"),
         ("--otlp-endpoint", "KNS_OTLP_ENDPOINT"),
         ("--metric-export-interval", "KNS_METRIC_EXPORT_INTERVAL"),
+        ("--metric-naming", "KNS_METRIC_NAMING"),
+        ("--node-labels", "KNS_NODE_LABELS"),
+        ("--conditions", "KNS_CONDITIONS"),
+        ("--metric-allowlist", "KNS_METRIC_ALLOWLIST"),
+        ("--metric-denylist", "KNS_METRIC_DENYLIST"),
+        ("--otlp-max-points-per-request", "KNS_OTLP_MAX_POINTS_PER_REQUEST"),
     ] {
         assert!(
             help.contains(flag) && help.contains(&format!("env: {env}")),
@@ -821,4 +827,88 @@ async fn context_flag_selects_the_kubeconfig_context() {
     let _exporter = Exporter::start_ready(&kubeconfig, &["--context", "fake"], &[PROM_ONLY]).await;
     let (code, stderr) = run_to_exit(&["--context", "missing"], &[]);
     assert_eq!(code, Some(2), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_collections_are_split_into_small_requests_and_failed_parts_retried() {
+    let api = fake_api(10).await;
+    let receiver = otlp::Receiver::start(None).await;
+    receiver
+        .received
+        .fail_next
+        .store(2, std::sync::atomic::Ordering::Release);
+    let endpoint = format!("http://{}", receiver.addr);
+    let exporter = Exporter::start_ready(
+        &api.kubeconfig(),
+        &["--otlp-max-points-per-request", "50"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
+        ],
+    )
+    .await;
+    let samples = exporter.scrape().await;
+    let on_metrics = samples
+        .iter()
+        .filter(|s| s.name == "k8s_node_condition_status")
+        .count();
+    assert!(on_metrics > 150, "{on_metrics} condition points");
+    // Wait for several collections after sync, each in several requests.
+    receiver.wait_exports(15, Duration::from_secs(20)).await;
+    let requests: Vec<_> = receiver
+        .received
+        .metrics
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, r)| r.clone())
+        .collect();
+    for req in &requests {
+        let n = otlp::request_points(req);
+        assert!(n <= 50, "a request carried {n} points");
+        assert!(!otlp::resource(req).is_empty(), "every part carries the resource");
+    }
+    let latest = otlp::latest_collection(&requests, "k8s.node.condition.status");
+    assert_eq!(
+        latest.len(),
+        on_metrics,
+        "the latest collection arrived complete across its parts"
+    );
+    let exported: BTreeSet<(String, String, String, String)> = latest
+        .iter()
+        .map(|(a, v)| {
+            (
+                a["k8s.node.name"].clone(),
+                a["k8s.node.condition.type"].clone(),
+                a["k8s.node.condition.status"].clone(),
+                v.to_string(),
+            )
+        })
+        .collect();
+    let scraped: BTreeSet<(String, String, String, String)> = samples
+        .iter()
+        .filter(|s| s.name == "k8s_node_condition_status")
+        .map(|s| {
+            (
+                s.labels["k8s_node_name"].clone(),
+                s.labels["k8s_node_condition_type"].clone(),
+                s.labels["k8s_node_condition_status"].clone(),
+                s.value.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(exported, scraped);
+    assert_eq!(
+        receiver
+            .received
+            .refused
+            .load(std::sync::atomic::Ordering::Acquire),
+        2
+    );
+    let samples = exporter.scrape().await;
+    assert_eq!(
+        value(&samples, "kube_node_status_otlp_export_failures_total", &[]),
+        Some(0.0),
+        "the refused parts were retried within the interval"
+    );
 }

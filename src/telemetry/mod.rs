@@ -7,6 +7,8 @@
 //! each OTLP export. Separate providers make every collection see exactly
 //! the view at that moment.
 
+mod chunked;
+mod chunks;
 mod families;
 mod instruments;
 mod otlp;
@@ -161,7 +163,11 @@ impl Inner {
         };
         let otlp = match &self.settings.otlp_metrics {
             Some(otlp_settings) => {
-                let exporter = otlp::metric_exporter(otlp_settings, self.sources.export.clone())?;
+                let exporter = otlp::metric_exporter(
+                    otlp_settings,
+                    self.sources.export.clone(),
+                    self.settings.export_interval,
+                )?;
                 let reader = PeriodicReader::builder(exporter)
                     .with_interval(self.settings.export_interval)
                     .build();
@@ -280,7 +286,11 @@ impl Telemetry {
 /// compression) without connecting: the channel is lazy and dropped unused.
 pub fn check(settings: &Settings) -> Result<(), TelemetryError> {
     if let Some(otlp_settings) = &settings.otlp_metrics {
-        drop(otlp::metric_exporter(otlp_settings, Arc::default())?);
+        drop(otlp::metric_exporter(
+            otlp_settings,
+            Arc::default(),
+            settings.export_interval,
+        )?);
     }
     Ok(())
 }

@@ -19,6 +19,7 @@ use opentelemetry_sdk::{
 use tonic::transport::{Certificate, ClientTlsConfig};
 use tracing::{Instrument, info, info_span, warn};
 
+use super::chunked::ChunkedMetricExporter;
 use crate::config::{ConfigError, OtlpSettings};
 
 /// Counts OTLP failures and remembers whether we are in a failure streak, so
@@ -50,7 +51,7 @@ impl ExportStats {
 /// TLS for `https://` endpoints: webpki roots (tonic's default store is
 /// empty) plus any CA from `OTEL_EXPORTER_OTLP_CERTIFICATE`. Ignored by tonic
 /// for `http://` endpoints.
-fn tls_config(settings: &OtlpSettings) -> ClientTlsConfig {
+pub(super) fn tls_config(settings: &OtlpSettings) -> ClientTlsConfig {
     let tls = ClientTlsConfig::new().with_webpki_roots();
     match &settings.ca_pem {
         Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
@@ -64,7 +65,13 @@ fn tls_config(settings: &OtlpSettings) -> ClientTlsConfig {
 pub fn metric_exporter(
     settings: &OtlpSettings,
     stats: Arc<ExportStats>,
+    interval: Duration,
 ) -> Result<ReportingMetricExporter, ConfigError> {
+    if let Some(max_points) = settings.max_points_per_request {
+        let env = |k: &str| std::env::var(k).ok();
+        let inner = Sink::Chunked(ChunkedMetricExporter::new(settings, max_points, interval, &env)?);
+        return Ok(ReportingMetricExporter { inner, stats });
+    }
     let mut builder = MetricExporter::builder()
         .with_tonic()
         .with_tls_config(tls_config(settings))
@@ -73,7 +80,16 @@ pub fn metric_exporter(
         builder = builder.with_endpoint(endpoint.clone());
     }
     let inner = builder.build().map_err(|e| ConfigError::Otlp(e.to_string()))?;
-    Ok(ReportingMetricExporter { inner, stats })
+    Ok(ReportingMetricExporter {
+        inner: Sink::Sdk(Box::new(inner)),
+        stats,
+    })
+}
+
+/// Where metric exports go: the SDK's exporter, or ours that splits requests.
+enum Sink {
+    Sdk(Box<MetricExporter>),
+    Chunked(ChunkedMetricExporter),
 }
 
 /// Builds the OTLP span exporter for our own traces.
@@ -93,7 +109,7 @@ pub fn span_exporter(settings: &OtlpSettings) -> Result<ReportingSpanExporter, C
 
 /// The OTLP metric exporter, counting failures and logging once per streak.
 pub struct ReportingMetricExporter {
-    inner: MetricExporter,
+    inner: Sink,
     stats: Arc<ExportStats>,
 }
 
@@ -113,7 +129,10 @@ impl PushMetricExporter for ReportingMetricExporter {
             let _fresh = opentelemetry::Context::new().attach();
             info_span!("otlp.export", metrics = count, outcome = tracing::field::Empty)
         };
-        let result = self.inner.export(metrics).instrument(span.clone()).await;
+        let result = match &self.inner {
+            Sink::Sdk(e) => e.export(metrics).instrument(span.clone()).await,
+            Sink::Chunked(e) => e.export(metrics).instrument(span.clone()).await,
+        };
         match result {
             Ok(()) => {
                 span.record("outcome", "ok");
@@ -134,15 +153,24 @@ impl PushMetricExporter for ReportingMetricExporter {
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
+        match &self.inner {
+            Sink::Sdk(e) => e.force_flush(),
+            Sink::Chunked(e) => e.force_flush(),
+        }
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
+        match &self.inner {
+            Sink::Sdk(e) => e.shutdown_with_timeout(timeout),
+            Sink::Chunked(e) => e.shutdown_with_timeout(timeout),
+        }
     }
 
     fn temporality(&self) -> Temporality {
-        self.inner.temporality()
+        match &self.inner {
+            Sink::Sdk(e) => e.temporality(),
+            Sink::Chunked(e) => e.temporality(),
+        }
     }
 }
 

@@ -33,6 +33,10 @@ pub struct Received {
     pub spans: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
     /// The gRPC metadata (headers) of each metric export, in order.
     pub headers: Arc<Mutex<Vec<BTreeMap<String, String>>>>,
+    /// How many of the next metric exports to refuse with UNAVAILABLE (and a RetryInfo).
+    pub fail_next: Arc<std::sync::atomic::AtomicUsize>,
+    /// How many were refused.
+    pub refused: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[tonic::async_trait]
@@ -41,6 +45,19 @@ impl MetricsService for Received {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        use std::sync::atomic::Ordering;
+        if self
+            .fail_next
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            self.refused.fetch_add(1, Ordering::AcqRel);
+            return Err(<Status as tonic_types::StatusExt>::with_error_details(
+                tonic::Code::Unavailable,
+                "try again shortly",
+                tonic_types::ErrorDetails::with_retry_info(Some(Duration::from_millis(50))),
+            ));
+        }
         let headers = request
             .metadata()
             .iter()
@@ -211,4 +228,62 @@ pub fn resource(req: &ExportMetricsServiceRequest) -> BTreeMap<String, String> {
                 .map(|kv| (kv.key.clone(), any_value(&kv.value)))
         })
         .collect()
+}
+
+/// Points of the most recent collection of metric `name` across `requests`
+/// (the points sharing the latest timestamp), with their attributes.
+pub fn latest_collection(
+    requests: &[ExportMetricsServiceRequest],
+    name: &str,
+) -> Vec<(BTreeMap<String, String>, f64)> {
+    let mut all = Vec::new();
+    for req in requests {
+        for m in req
+            .resource_metrics
+            .iter()
+            .flat_map(|rm| &rm.scope_metrics)
+            .flat_map(|sm| &sm.metrics)
+        {
+            if m.name != name {
+                continue;
+            }
+            let dps = match &m.data {
+                Some(metric::Data::Gauge(g)) => &g.data_points,
+                Some(metric::Data::Sum(s)) => &s.data_points,
+                _ => continue,
+            };
+            for dp in dps {
+                let attrs = dp
+                    .attributes
+                    .iter()
+                    .map(|kv| (kv.key.clone(), any_value(&kv.value)))
+                    .collect();
+                let value = match dp.value {
+                    Some(number_data_point::Value::AsDouble(d)) => d,
+                    Some(number_data_point::Value::AsInt(i)) => i as f64,
+                    None => f64::NAN,
+                };
+                all.push((dp.time_unix_nano, attrs, value));
+            }
+        }
+    }
+    let latest = all.iter().map(|(t, ..)| *t).max().unwrap_or(0);
+    all.into_iter()
+        .filter(|(t, ..)| *t == latest)
+        .map(|(_, a, v)| (a, v))
+        .collect()
+}
+
+/// Data points in one request.
+pub fn request_points(req: &ExportMetricsServiceRequest) -> usize {
+    req.resource_metrics
+        .iter()
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .map(|m| match &m.data {
+            Some(metric::Data::Gauge(g)) => g.data_points.len(),
+            Some(metric::Data::Sum(s)) => s.data_points.len(),
+            _ => 0,
+        })
+        .sum()
 }

@@ -1,0 +1,294 @@
+//! Splitting one OTLP metrics export into requests of at most N data points.
+//!
+//! Some receivers cap a request (Google's Telemetry API takes at most 200
+//! points), and the SDK's exporter sends a whole collection at once. Splitting
+//! keeps every metric's descriptor and resource with each part of its points.
+
+use opentelemetry_proto::tonic::{
+    collector::metrics::v1::ExportMetricsServiceRequest,
+    metrics::v1::{Metric, ResourceMetrics, ScopeMetrics, metric::Data},
+};
+
+/// Data points in a metric.
+pub fn points(metric: &Metric) -> usize {
+    match &metric.data {
+        Some(Data::Gauge(g)) => g.data_points.len(),
+        Some(Data::Sum(s)) => s.data_points.len(),
+        Some(Data::Histogram(h)) => h.data_points.len(),
+        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+        Some(Data::Summary(s)) => s.data_points.len(),
+        None => 0,
+    }
+}
+
+/// Data points in a whole request.
+pub fn request_points(req: &ExportMetricsServiceRequest) -> usize {
+    req.resource_metrics
+        .iter()
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .map(points)
+        .sum()
+}
+
+/// The metric with only its data points in `range`.
+fn slice(metric: &Metric, range: std::ops::Range<usize>) -> Metric {
+    let mut part = Metric {
+        data: None,
+        ..metric.clone()
+    };
+    part.data = metric.data.as_ref().map(|data| match data {
+        Data::Gauge(g) => {
+            let mut g = g.clone();
+            g.data_points = g.data_points[range.clone()].to_vec();
+            Data::Gauge(g)
+        }
+        Data::Sum(s) => {
+            let mut s = s.clone();
+            s.data_points = s.data_points[range.clone()].to_vec();
+            Data::Sum(s)
+        }
+        Data::Histogram(h) => {
+            let mut h = h.clone();
+            h.data_points = h.data_points[range.clone()].to_vec();
+            Data::Histogram(h)
+        }
+        Data::ExponentialHistogram(h) => {
+            let mut h = h.clone();
+            h.data_points = h.data_points[range.clone()].to_vec();
+            Data::ExponentialHistogram(h)
+        }
+        Data::Summary(s) => {
+            let mut s = s.clone();
+            s.data_points = s.data_points[range.clone()].to_vec();
+            Data::Summary(s)
+        }
+    });
+    part
+}
+
+/// Builds requests while keeping each one at most `max` points.
+struct Packer {
+    max: usize,
+    done: Vec<ExportMetricsServiceRequest>,
+    current: ExportMetricsServiceRequest,
+    used: usize,
+}
+
+impl Packer {
+    fn flush(&mut self) {
+        if self.used > 0 {
+            self.done.push(std::mem::take(&mut self.current));
+            self.used = 0;
+        }
+    }
+
+    /// Appends `metric` under `rm`/`sm`, opening a new resource or scope entry when needed.
+    fn push(&mut self, rm: &ResourceMetrics, sm: &ScopeMetrics, metric: Metric, n: usize) {
+        let same_rm = self
+            .current
+            .resource_metrics
+            .last()
+            .is_some_and(|last| last.resource == rm.resource && last.schema_url == rm.schema_url);
+        if !same_rm {
+            self.current.resource_metrics.push(ResourceMetrics {
+                scope_metrics: Vec::new(),
+                ..rm.clone()
+            });
+        }
+        let Some(target_rm) = self.current.resource_metrics.last_mut() else {
+            return;
+        };
+        let same_sm = target_rm
+            .scope_metrics
+            .last()
+            .is_some_and(|last| last.scope == sm.scope && last.schema_url == sm.schema_url);
+        if !same_sm {
+            target_rm.scope_metrics.push(ScopeMetrics {
+                metrics: Vec::new(),
+                ..sm.clone()
+            });
+        }
+        if let Some(target_sm) = target_rm.scope_metrics.last_mut() {
+            target_sm.metrics.push(metric);
+        }
+        self.used += n;
+    }
+}
+
+/// Splits `req` into requests of at most `max` data points each (`max` ≥ 1).
+/// Metrics without points are kept whole (they cost no point).
+pub fn split(req: &ExportMetricsServiceRequest, max: usize) -> Vec<ExportMetricsServiceRequest> {
+    let max = max.max(1);
+    let mut p = Packer {
+        max,
+        done: Vec::new(),
+        current: ExportMetricsServiceRequest::default(),
+        used: 0,
+    };
+    for rm in &req.resource_metrics {
+        for sm in &rm.scope_metrics {
+            for metric in &sm.metrics {
+                let total = points(metric);
+                if total == 0 {
+                    p.push(rm, sm, metric.clone(), 0);
+                    continue;
+                }
+                let mut start = 0;
+                while start < total {
+                    if p.used == p.max {
+                        p.flush();
+                    }
+                    let take = (p.max - p.used).min(total - start);
+                    p.push(rm, sm, slice(metric, start..start + take), take);
+                    start += take;
+                }
+            }
+        }
+    }
+    p.flush();
+    if p.done.is_empty() && !p.current.resource_metrics.is_empty() {
+        p.done.push(p.current);
+    }
+    p.done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::{
+        common::v1::{InstrumentationScope, KeyValue},
+        metrics::v1::{Gauge, NumberDataPoint, Sum},
+        resource::v1::Resource,
+    };
+
+    fn gauge(name: &str, n: usize) -> Metric {
+        Metric {
+            name: name.into(),
+            description: format!("{name} help"),
+            unit: "1".into(),
+            data: Some(Data::Gauge(Gauge {
+                data_points: (0..n)
+                    .map(|i| NumberDataPoint {
+                        attributes: vec![KeyValue {
+                            key: "i".into(),
+                            ..Default::default()
+                        }],
+                        time_unix_nano: i as u64,
+                        ..Default::default()
+                    })
+                    .collect(),
+            })),
+            metadata: vec![],
+        }
+    }
+
+    fn request(metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: vec![KeyValue {
+                        key: "service.name".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(InstrumentationScope {
+                        name: "kube-node-status".into(),
+                        ..Default::default()
+                    }),
+                    metrics,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        }
+    }
+
+    /// (metric name, first point's time) of every point, in order: identifies each point.
+    fn flatten(reqs: &[ExportMetricsServiceRequest]) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for req in reqs {
+            for rm in &req.resource_metrics {
+                assert!(rm.resource.is_some(), "every part keeps the resource");
+                for sm in &rm.scope_metrics {
+                    assert_eq!(
+                        sm.scope.as_ref().map(|s| s.name.as_str()),
+                        Some("kube-node-status")
+                    );
+                    for m in &sm.metrics {
+                        assert_eq!(m.description, format!("{} help", m.name), "descriptor kept");
+                        if let Some(Data::Gauge(g)) = &m.data {
+                            out.extend(g.data_points.iter().map(|p| (m.name.clone(), p.time_unix_nano)));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn parts_are_at_most_max_points_and_lose_nothing() {
+        for (sizes, max) in [
+            (vec![450usize, 3, 0, 200, 1], 200usize),
+            (vec![10, 10, 10], 200),
+            (vec![199, 2], 200),
+            (vec![1000], 7),
+            (vec![5], 1),
+        ] {
+            let req = request(
+                sizes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| gauge(&format!("m{i}"), *n))
+                    .collect(),
+            );
+            let parts = split(&req, max);
+            for part in &parts {
+                let n = request_points(part);
+                assert!(n <= max, "{sizes:?}/{max}: a part has {n} points");
+            }
+            let total: usize = sizes.iter().sum();
+            assert_eq!(
+                parts.len(),
+                total.div_ceil(max).max(1),
+                "{sizes:?}/{max}: parts are packed full"
+            );
+            assert_eq!(
+                flatten(&parts),
+                flatten(std::slice::from_ref(&req)),
+                "{sizes:?}/{max}"
+            );
+        }
+    }
+
+    #[test]
+    fn sums_keep_their_temporality() {
+        let sum = Metric {
+            name: "c".into(),
+            description: "c help".into(),
+            data: Some(Data::Sum(Sum {
+                data_points: vec![NumberDataPoint::default(); 5],
+                aggregation_temporality: 2,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        };
+        let parts = split(&request(vec![sum]), 2);
+        assert_eq!(parts.len(), 3);
+        for part in parts {
+            let m = &part.resource_metrics[0].scope_metrics[0].metrics[0];
+            assert!(
+                matches!(&m.data, Some(Data::Sum(s)) if s.is_monotonic && s.aggregation_temporality == 2)
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_collection_is_one_empty_request_or_none() {
+        assert!(split(&ExportMetricsServiceRequest::default(), 200).is_empty());
+        assert_eq!(split(&request(vec![gauge("empty", 0)]), 200).len(), 1);
+    }
+}
