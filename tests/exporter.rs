@@ -65,6 +65,41 @@ fn assert_one_hot(samples: &[Sample]) -> usize {
     groups.len()
 }
 
+/// (node, condition type, status, value) of every condition point in an OTLP export.
+type ConditionPoint = (String, String, String, String);
+
+fn conditions_from_otlp(points: &[(BTreeMap<String, String>, f64)]) -> BTreeSet<ConditionPoint> {
+    points
+        .iter()
+        .map(|(a, v)| {
+            let key = |k: &str| a[k].clone();
+            (
+                key("k8s.node.name"),
+                key("k8s.node.condition.type"),
+                key("k8s.node.condition.status"),
+                v.to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The same, from a scrape.
+fn conditions_from_scrape(samples: &[Sample]) -> BTreeSet<ConditionPoint> {
+    samples
+        .iter()
+        .filter(|s| s.name == "k8s_node_condition_status")
+        .map(|s| {
+            let key = |k: &str| s.labels[k].clone();
+            (
+                key("k8s_node_name"),
+                key("k8s_node_condition_type"),
+                key("k8s_node_condition_status"),
+                s.value.to_string(),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initial_sync_reads_every_condition_one_hot() {
     let api = fake_api(5).await;
@@ -462,30 +497,8 @@ async fn otlp_export_matches_metrics_with_resource_and_own_spans() {
     let export = receiver.latest().unwrap();
     let samples = exporter.scrape().await;
 
-    let from_otlp: BTreeSet<(String, String, String, String)> =
-        otlp::points(&export, "k8s.node.condition.status")
-            .into_iter()
-            .map(|(a, v)| {
-                (
-                    a["k8s.node.name"].clone(),
-                    a["k8s.node.condition.type"].clone(),
-                    a["k8s.node.condition.status"].clone(),
-                    v.to_string(),
-                )
-            })
-            .collect();
-    let from_scrape: BTreeSet<(String, String, String, String)> = samples
-        .iter()
-        .filter(|s| s.name == "k8s_node_condition_status")
-        .map(|s| {
-            (
-                s.labels["k8s_node_name"].clone(),
-                s.labels["k8s_node_condition_type"].clone(),
-                s.labels["k8s_node_condition_status"].clone(),
-                s.value.to_string(),
-            )
-        })
-        .collect();
+    let from_otlp = conditions_from_otlp(&otlp::points(&export, "k8s.node.condition.status"));
+    let from_scrape = conditions_from_scrape(&samples);
     assert!(!from_otlp.is_empty());
     assert_eq!(from_otlp, from_scrape, "the OTLP export and /metrics disagree");
 
@@ -874,29 +887,8 @@ async fn otlp_collections_are_split_into_small_requests_and_failed_parts_retried
         on_metrics,
         "the latest collection arrived complete across its parts"
     );
-    let exported: BTreeSet<(String, String, String, String)> = latest
-        .iter()
-        .map(|(a, v)| {
-            (
-                a["k8s.node.name"].clone(),
-                a["k8s.node.condition.type"].clone(),
-                a["k8s.node.condition.status"].clone(),
-                v.to_string(),
-            )
-        })
-        .collect();
-    let scraped: BTreeSet<(String, String, String, String)> = samples
-        .iter()
-        .filter(|s| s.name == "k8s_node_condition_status")
-        .map(|s| {
-            (
-                s.labels["k8s_node_name"].clone(),
-                s.labels["k8s_node_condition_type"].clone(),
-                s.labels["k8s_node_condition_status"].clone(),
-                s.value.to_string(),
-            )
-        })
-        .collect();
+    let exported = conditions_from_otlp(&latest);
+    let scraped = conditions_from_scrape(&samples);
     assert_eq!(exported, scraped);
     assert_eq!(
         receiver

@@ -187,34 +187,47 @@ pub fn any_value(v: &Option<AnyValue>) -> String {
     }
 }
 
-/// Every point of metric `name` in `req`: (attributes, value).
-pub fn points(req: &ExportMetricsServiceRequest, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+/// Every number point of metric `name` in `requests`: (time, attributes, value).
+fn number_points(
+    requests: &[ExportMetricsServiceRequest],
+    name: &str,
+) -> Vec<(u64, BTreeMap<String, String>, f64)> {
     let mut out = Vec::new();
-    for rm in &req.resource_metrics {
-        for sm in &rm.scope_metrics {
-            for m in sm.metrics.iter().filter(|m| m.name == name) {
-                let dps = match &m.data {
-                    Some(metric::Data::Gauge(g)) => &g.data_points,
-                    Some(metric::Data::Sum(s)) => &s.data_points,
-                    _ => continue,
-                };
-                for dp in dps {
-                    let attrs = dp
-                        .attributes
-                        .iter()
-                        .map(|kv| (kv.key.clone(), any_value(&kv.value)))
-                        .collect();
-                    let value = match dp.value {
-                        Some(number_data_point::Value::AsDouble(d)) => d,
-                        Some(number_data_point::Value::AsInt(i)) => i as f64,
-                        None => f64::NAN,
-                    };
-                    out.push((attrs, value));
-                }
-            }
+    for m in requests
+        .iter()
+        .flat_map(|r| &r.resource_metrics)
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .filter(|m| m.name == name)
+    {
+        let dps = match &m.data {
+            Some(metric::Data::Gauge(g)) => &g.data_points,
+            Some(metric::Data::Sum(s)) => &s.data_points,
+            _ => continue,
+        };
+        for dp in dps {
+            let attrs = dp
+                .attributes
+                .iter()
+                .map(|kv| (kv.key.clone(), any_value(&kv.value)))
+                .collect();
+            let value = match dp.value {
+                Some(number_data_point::Value::AsDouble(d)) => d,
+                Some(number_data_point::Value::AsInt(i)) => i as f64,
+                None => f64::NAN,
+            };
+            out.push((dp.time_unix_nano, attrs, value));
         }
     }
     out
+}
+
+/// Every point of metric `name` in `req`: (attributes, value).
+pub fn points(req: &ExportMetricsServiceRequest, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    number_points(std::slice::from_ref(req), name)
+        .into_iter()
+        .map(|(_, a, v)| (a, v))
+        .collect()
 }
 
 /// The resource attributes of `req`.
@@ -236,37 +249,7 @@ pub fn latest_collection(
     requests: &[ExportMetricsServiceRequest],
     name: &str,
 ) -> Vec<(BTreeMap<String, String>, f64)> {
-    let mut all = Vec::new();
-    for req in requests {
-        for m in req
-            .resource_metrics
-            .iter()
-            .flat_map(|rm| &rm.scope_metrics)
-            .flat_map(|sm| &sm.metrics)
-        {
-            if m.name != name {
-                continue;
-            }
-            let dps = match &m.data {
-                Some(metric::Data::Gauge(g)) => &g.data_points,
-                Some(metric::Data::Sum(s)) => &s.data_points,
-                _ => continue,
-            };
-            for dp in dps {
-                let attrs = dp
-                    .attributes
-                    .iter()
-                    .map(|kv| (kv.key.clone(), any_value(&kv.value)))
-                    .collect();
-                let value = match dp.value {
-                    Some(number_data_point::Value::AsDouble(d)) => d,
-                    Some(number_data_point::Value::AsInt(i)) => i as f64,
-                    None => f64::NAN,
-                };
-                all.push((dp.time_unix_nano, attrs, value));
-            }
-        }
-    }
+    let all = number_points(requests, name);
     let latest = all.iter().map(|(t, ..)| *t).max().unwrap_or(0);
     all.into_iter()
         .filter(|(t, ..)| *t == latest)
