@@ -10,61 +10,9 @@ use common::{Exporter, fixture_api, parse, run_to_exit, value};
 const PROM_ONLY: (&str, &str) = ("OTEL_METRICS_EXPORTER", "prometheus");
 const LABELS: &str = "topology.kubernetes.io/zone,cloud.google.com/gke-nodepool";
 
-/// Self-telemetry counts requests and events, which vary from run to run.
-const VARIABLE: [&str; 5] = [
-    "kube_node_status_watch_",
-    "kube_node_status_api_",
-    "kube_node_status_otlp_",
-    "kube_node_status_view_",
-    "kube_node_status_build_",
-];
-
-fn stable(body: &str) -> String {
-    body.lines()
-        .filter(|l| !VARIABLE.iter().any(|v| l.contains(v)))
-        .map(|l| format!("{l}\n"))
-        .collect()
-}
-
 async fn golden(mode: &str, file: &str) {
     let api = fixture_api().await;
-    let exporter = Exporter::start_ready(
-        &api.kubeconfig(),
-        &[
-            "--metric-naming",
-            mode,
-            "--node-labels",
-            LABELS,
-            "--cluster-name",
-            "golden",
-        ],
-        &[PROM_ONLY, ("POD_NAME", "golden-0")],
-    )
-    .await;
-    let (_, body) = exporter.get("/metrics").await;
-    let got = stable(&body);
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(file);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &got).unwrap();
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
-    if got != want {
-        let diff: Vec<String> = want
-            .lines()
-            .filter(|l| !got.contains(*l))
-            .map(|l| format!("- {l}"))
-            .chain(
-                got.lines()
-                    .filter(|l| !want.contains(*l))
-                    .map(|l| format!("+ {l}")),
-            )
-            .take(40)
-            .collect();
-        panic!("{file} differs from /metrics:\n{}", diff.join("\n"));
-    }
+    common::assert_golden(&api.kubeconfig(), mode, file).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -778,3 +778,17 @@ async fn third_party_emulator_kmock_serves_the_whole_node_picture_in_both_modes(
             .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_party_emulator_kmock_gives_the_golden_output_in_both_modes() {
+    // The same fixture nodes served by kmock instead of our fake API server must
+    // read exactly the same: every fact, in both naming modes.
+    let kmock = Kmock::start(&common::fixture_nodes()).await;
+    common::assert_golden(&kmock.kubeconfig(), "otel", "otel.prom").await;
+    common::assert_golden(
+        &kmock.kubeconfig(),
+        "kube-state-metrics",
+        "kube-state-metrics.prom",
+    )
+    .await;
+}

@@ -380,3 +380,62 @@ pub async fn fixture_api() -> FakeApiServer {
     }
     api
 }
+
+/// The node labels the golden outputs are rendered with.
+pub const GOLDEN_LABELS: &str = "topology.kubernetes.io/zone,cloud.google.com/gke-nodepool";
+
+/// Self-telemetry counts requests and events, which vary from run to run.
+const VARIABLE: [&str; 5] = [
+    "kube_node_status_watch_",
+    "kube_node_status_api_",
+    "kube_node_status_otlp_",
+    "kube_node_status_view_",
+    "kube_node_status_build_",
+];
+
+/// Starts the exporter against `kubeconfig` (serving the fixture nodes) in
+/// naming `mode` and checks /metrics against `tests/golden/<file>`, all but the
+/// self-telemetry. `UPDATE_GOLDEN=1` rewrites the file instead.
+pub async fn assert_golden(kubeconfig: &str, mode: &str, file: &str) {
+    let exporter = Exporter::start_ready(
+        kubeconfig,
+        &[
+            "--metric-naming",
+            mode,
+            "--node-labels",
+            GOLDEN_LABELS,
+            "--cluster-name",
+            "golden",
+        ],
+        &[("OTEL_METRICS_EXPORTER", "prometheus"), ("POD_NAME", "golden-0")],
+    )
+    .await;
+    let (_, body) = exporter.get("/metrics").await;
+    let got: String = body
+        .lines()
+        .filter(|l| !VARIABLE.iter().any(|v| l.contains(v)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(file);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+    if got != want {
+        let diff: Vec<String> = want
+            .lines()
+            .filter(|l| !got.contains(*l))
+            .map(|l| format!("- {l}"))
+            .chain(
+                got.lines()
+                    .filter(|l| !want.contains(*l))
+                    .map(|l| format!("+ {l}")),
+            )
+            .take(40)
+            .collect();
+        panic!("{file} differs from /metrics:\n{}", diff.join("\n"));
+    }
+}
