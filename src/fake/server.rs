@@ -80,14 +80,14 @@ struct Store {
     rv: u64,
     nodes: BTreeMap<String, Value>,
     /// Serialized watch events (with their resourceVersion), oldest first.
-    history: VecDeque<(u64, Arc<str>)>,
+    history: VecDeque<(u64, Bytes)>,
     /// Events at or below this resourceVersion are gone: resuming from before it is 410.
     compacted: u64,
 }
 
 struct Shared {
     store: Mutex<Store>,
-    events: broadcast::Sender<(u64, Arc<str>)>,
+    events: broadcast::Sender<(u64, Bytes)>,
     /// Bumped to end every open watch.
     watch_generation: watch::Sender<u64>,
     forbidden: AtomicBool,
@@ -160,7 +160,8 @@ impl Shared {
         store.rv += 1;
         let rv = store.rv;
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let line: Arc<str> = format!("{}\n", json!({"type": kind, "object": &object})).into();
+        // Serialized once; every watcher shares the same bytes.
+        let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": &object})));
         match kind {
             "DELETED" => {
                 if let Some(name) = object["metadata"]["name"].as_str() {
@@ -636,7 +637,7 @@ fn watch_nodes(shared: Arc<Shared>, p: ListParams) -> Response {
             drop(store);
             Box::pin(futures::stream::once(async move { Ok(Bytes::from(line)) }))
         } else {
-            let replay: Vec<Arc<str>> = store
+            let replay: Vec<Bytes> = store
                 .history
                 .iter()
                 .filter(|(rv, _)| *rv > from)
@@ -672,15 +673,15 @@ fn watch_nodes(shared: Arc<Shared>, p: ListParams) -> Response {
 fn watch_stream(
     shared: Arc<Shared>,
     from: u64,
-    replay: Vec<Arc<str>>,
-    mut rx: broadcast::Receiver<(u64, Arc<str>)>,
+    replay: Vec<Bytes>,
+    mut rx: broadcast::Receiver<(u64, Bytes)>,
     timeout: Duration,
     bookmarks: bool,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
     async_stream(move |tx| async move {
         let mut last = from;
         for line in replay {
-            if tx.send(Bytes::from(line.as_bytes().to_vec())).await.is_err() {
+            if tx.send(line).await.is_err() {
                 return;
             }
         }
@@ -709,7 +710,7 @@ fn watch_stream(
                     };
                     for (rv, l) in pending {
                         last = rv;
-                        if tx.send(Bytes::from(l.as_bytes().to_vec())).await.is_err() {
+                        if tx.send(l).await.is_err() {
                             return;
                         }
                     }
@@ -719,7 +720,7 @@ fn watch_stream(
                 msg = rx.recv() => match msg {
                     Ok((rv, l)) if rv > last => {
                         last = rv;
-                        Bytes::from(l.as_bytes().to_vec())
+                        l
                     }
                     Ok(_) => continue,
                     // A watcher too slow for the event rate is closed, as the real API does.

@@ -6,7 +6,10 @@
 
 use opentelemetry_proto::tonic::{
     collector::metrics::v1::ExportMetricsServiceRequest,
-    metrics::v1::{Metric, ResourceMetrics, ScopeMetrics, metric::Data},
+    metrics::v1::{
+        ExponentialHistogram, Gauge, Histogram, Metric, ResourceMetrics, ScopeMetrics, Sum, Summary,
+        metric::Data,
+    },
 };
 
 /// Data points in a metric.
@@ -31,40 +34,37 @@ pub fn request_points(req: &ExportMetricsServiceRequest) -> usize {
         .sum()
 }
 
-/// The metric with only its data points in `range`.
+/// The metric with only its data points in `range`. Copies just those points:
+/// cloning the whole metric for every part would make splitting quadratic.
 fn slice(metric: &Metric, range: std::ops::Range<usize>) -> Metric {
-    let mut part = Metric {
-        data: None,
-        ..metric.clone()
-    };
-    part.data = metric.data.as_ref().map(|data| match data {
-        Data::Gauge(g) => {
-            let mut g = g.clone();
-            g.data_points = g.data_points[range.clone()].to_vec();
-            Data::Gauge(g)
-        }
-        Data::Sum(s) => {
-            let mut s = s.clone();
-            s.data_points = s.data_points[range.clone()].to_vec();
-            Data::Sum(s)
-        }
-        Data::Histogram(h) => {
-            let mut h = h.clone();
-            h.data_points = h.data_points[range.clone()].to_vec();
-            Data::Histogram(h)
-        }
-        Data::ExponentialHistogram(h) => {
-            let mut h = h.clone();
-            h.data_points = h.data_points[range.clone()].to_vec();
-            Data::ExponentialHistogram(h)
-        }
-        Data::Summary(s) => {
-            let mut s = s.clone();
-            s.data_points = s.data_points[range.clone()].to_vec();
-            Data::Summary(s)
-        }
+    let data = metric.data.as_ref().map(|data| match data {
+        Data::Gauge(g) => Data::Gauge(Gauge {
+            data_points: g.data_points[range].to_vec(),
+        }),
+        Data::Sum(s) => Data::Sum(Sum {
+            data_points: s.data_points[range].to_vec(),
+            aggregation_temporality: s.aggregation_temporality,
+            is_monotonic: s.is_monotonic,
+        }),
+        Data::Histogram(h) => Data::Histogram(Histogram {
+            data_points: h.data_points[range].to_vec(),
+            aggregation_temporality: h.aggregation_temporality,
+        }),
+        Data::ExponentialHistogram(h) => Data::ExponentialHistogram(ExponentialHistogram {
+            data_points: h.data_points[range].to_vec(),
+            aggregation_temporality: h.aggregation_temporality,
+        }),
+        Data::Summary(s) => Data::Summary(Summary {
+            data_points: s.data_points[range].to_vec(),
+        }),
     });
-    part
+    Metric {
+        name: metric.name.clone(),
+        description: metric.description.clone(),
+        unit: metric.unit.clone(),
+        metadata: metric.metadata.clone(),
+        data,
+    }
 }
 
 /// Builds requests while keeping each one at most `max` points.
