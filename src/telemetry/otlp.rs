@@ -92,6 +92,36 @@ enum Sink {
     Chunked(ChunkedMetricExporter),
 }
 
+impl PushMetricExporter for Sink {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        match self {
+            Sink::Sdk(e) => e.export(metrics).await,
+            Sink::Chunked(e) => e.export(metrics).await,
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        match self {
+            Sink::Sdk(e) => e.force_flush(),
+            Sink::Chunked(e) => e.force_flush(),
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        match self {
+            Sink::Sdk(e) => e.shutdown_with_timeout(timeout),
+            Sink::Chunked(e) => e.shutdown_with_timeout(timeout),
+        }
+    }
+
+    fn temporality(&self) -> Temporality {
+        match self {
+            Sink::Sdk(e) => e.temporality(),
+            Sink::Chunked(e) => e.temporality(),
+        }
+    }
+}
+
 /// Builds the OTLP span exporter for our own traces.
 pub fn span_exporter(settings: &OtlpSettings) -> Result<ReportingSpanExporter, ConfigError> {
     let mut builder = SpanExporter::builder()
@@ -103,7 +133,7 @@ pub fn span_exporter(settings: &OtlpSettings) -> Result<ReportingSpanExporter, C
     let inner = builder.build().map_err(|e| ConfigError::Otlp(e.to_string()))?;
     Ok(ReportingSpanExporter {
         inner,
-        failing: AtomicBool::new(false),
+        stats: ExportStats::default(),
     })
 }
 
@@ -129,10 +159,7 @@ impl PushMetricExporter for ReportingMetricExporter {
             let _fresh = opentelemetry::Context::new().attach();
             info_span!("otlp.export", metrics = count, outcome = tracing::field::Empty)
         };
-        let result = match &self.inner {
-            Sink::Sdk(e) => e.export(metrics).instrument(span.clone()).await,
-            Sink::Chunked(e) => e.export(metrics).instrument(span.clone()).await,
-        };
+        let result = self.inner.export(metrics).instrument(span.clone()).await;
         match result {
             Ok(()) => {
                 span.record("outcome", "ok");
@@ -153,24 +180,15 @@ impl PushMetricExporter for ReportingMetricExporter {
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        match &self.inner {
-            Sink::Sdk(e) => e.force_flush(),
-            Sink::Chunked(e) => e.force_flush(),
-        }
+        self.inner.force_flush()
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        match &self.inner {
-            Sink::Sdk(e) => e.shutdown_with_timeout(timeout),
-            Sink::Chunked(e) => e.shutdown_with_timeout(timeout),
-        }
+        self.inner.shutdown_with_timeout(timeout)
     }
 
     fn temporality(&self) -> Temporality {
-        match &self.inner {
-            Sink::Sdk(e) => e.temporality(),
-            Sink::Chunked(e) => e.temporality(),
-        }
+        self.inner.temporality()
     }
 }
 
@@ -178,17 +196,17 @@ impl PushMetricExporter for ReportingMetricExporter {
 #[derive(Debug)]
 pub struct ReportingSpanExporter {
     inner: SpanExporter,
-    failing: AtomicBool,
+    stats: ExportStats,
 }
 
 impl SdkSpanExporter for ReportingSpanExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         match self.inner.export(batch).await {
             Ok(()) => {
-                self.failing.store(false, Ordering::Release);
+                self.stats.on_success();
             }
             Err(err) => {
-                if !self.failing.swap(true, Ordering::AcqRel) {
+                if self.stats.on_failure() {
                     warn!(error = %err, "OTLP trace export failed; next log line when it recovers");
                 }
             }
