@@ -47,16 +47,6 @@ impl View {
         self.store.state()
     }
 
-    /// The number of stored Nodes.
-    pub fn len(&self) -> usize {
-        self.store.len()
-    }
-
-    /// True when no Node is stored.
-    pub fn is_empty(&self) -> bool {
-        self.store.is_empty()
-    }
-
     /// Condition status changes seen in watch events.
     pub fn transitions(&self) -> &Arc<Transitions> {
         &self.transitions

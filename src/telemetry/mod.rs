@@ -15,7 +15,6 @@ mod otlp;
 mod prometheus_text;
 mod resource;
 
-pub use families::{Family, Kind, node_families};
 pub use instruments::names;
 pub use otlp::ExportStats;
 pub use prometheus_text::{CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE, MetricsHandle, RenderError};
@@ -230,11 +229,6 @@ impl Telemetry {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-    }
-
-    /// The cardinality limit in force for instrument `name`, if it is a per-node one.
-    pub fn cardinality_limit(&self, name: &str) -> Option<usize> {
-        self.current().limits.get(name).copied()
     }
 
     /// A handle that renders `/metrics`, if the Prometheus exporter is on.
