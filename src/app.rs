@@ -67,13 +67,29 @@ where
         Err(e) => return fail(&anyhow::Error::new(e).context("starting the async runtime")),
     };
     let outcome = runtime.block_on(async {
-        let resource = crate::telemetry::build_resource(&settings.resource, &|k| std::env::var(k).ok());
-        let tracer_provider = crate::telemetry::tracer_provider(&settings, resource.clone())?;
+        let env = |k: &str| std::env::var(k).ok();
+        let (resource, warnings) = crate::telemetry::resolve_resource(&settings.resource, &env).await?;
+        let google = crate::telemetry::google_auth(&settings)?;
+        let tracer_provider = crate::telemetry::tracer_provider(&settings, resource.clone(), google.clone())?;
         crate::logging::init(settings.log_format, tracer_provider.as_ref()).map_err(ConfigError::Logging)?;
+        for w in warnings {
+            warn!("{w}");
+        }
+        if let Some(auth) = &google {
+            log_google_mode(auth, &resource);
+        }
         // Every configuration error is reported before anything connects.
         crate::telemetry::check(&settings)?;
         let config = kube_config().await?;
-        run(settings, resource, config, tracer_provider, shutdown_signal()).await
+        run(
+            settings,
+            resource,
+            config,
+            tracer_provider,
+            google,
+            shutdown_signal(),
+        )
+        .await
     });
     // Do not wait for stray blocking tasks (a hung export) beyond the shutdown budget.
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -81,6 +97,28 @@ where
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
+}
+
+/// Says where Google mode's credentials and resource come from.
+fn log_google_mode(auth: &crate::telemetry::GoogleAuth, resource: &opentelemetry_sdk::Resource) {
+    let get = |k: &'static str| {
+        resource
+            .get(&opentelemetry::Key::from_static_str(k))
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    };
+    let location = [get("cloud.availability_zone"), get("cloud.region")]
+        .into_iter()
+        .find(|l| !l.is_empty())
+        .unwrap_or_default();
+    info!(
+        credentials = auth.source(),
+        project = get("gcp.project_id"),
+        location,
+        cluster = get("k8s.cluster.name"),
+        namespace = get("k8s.namespace.name"),
+        "exporting to Google's Telemetry API"
+    );
 }
 
 /// One line on stderr, exit code 2 for configuration errors and 1 otherwise.
@@ -124,6 +162,7 @@ pub async fn run(
     resource: opentelemetry_sdk::Resource,
     kube_config: kube::Config,
     tracer_provider: Option<SdkTracerProvider>,
+    google: Option<std::sync::Arc<crate::telemetry::GoogleAuth>>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     // Bind first: a taken port fails fast, before any provider would flush on drop.
@@ -131,7 +170,7 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen_address))?;
     let (view, writer) = View::new();
-    let telemetry = Telemetry::start(&settings, resource, view.clone())?;
+    let telemetry = Telemetry::start(&settings, resource, view.clone(), google)?;
     let client: Client = ClientBuilder::try_from(kube_config)
         .map_err(|e| ConfigError::Kube(format!("building the Kubernetes client: {e}")))?
         .with_layer(&ApiObserverLayer::new(view.health().clone()))

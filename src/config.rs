@@ -53,6 +53,9 @@ pub enum ConfigError {
     /// The OTLP exporter rejected its configuration (endpoint, headers, compression…).
     #[error("OTLP exporter: {0}")]
     Otlp(String),
+    /// `--otlp-auth google` cannot work as configured (credentials, project, location).
+    #[error("--otlp-auth google: {0}")]
+    Google(String),
 }
 
 /// Reports Kubernetes node readiness as OpenTelemetry metrics, over OTLP and on a Prometheus `/metrics` endpoint.
@@ -113,6 +116,21 @@ pub enum LogFormat {
     Text,
 }
 
+/// How OTLP requests authenticate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OtlpAuth {
+    /// Only what `OTEL_EXPORTER_OTLP_HEADERS` adds.
+    #[default]
+    None,
+    /// Google Application Default Credentials, for Google's Telemetry API.
+    Google,
+}
+
+/// Google's Telemetry API, the default endpoint of `--otlp-auth google`.
+pub const GOOGLE_TELEMETRY_ENDPOINT: &str = "https://telemetry.googleapis.com:443";
+/// The Telemetry API refuses requests with more data points than this.
+pub const GOOGLE_MAX_POINTS_PER_REQUEST: usize = 200;
+
 /// The exporter's flags.
 #[derive(Clone, Debug, Args)]
 pub struct RunArgs {
@@ -129,8 +147,20 @@ pub struct RunArgs {
     pub context: Option<String>,
 
     /// Cluster name, exported as the `k8s.cluster.name` resource attribute.
+    /// [default: with --otlp-auth google, the GKE metadata server's cluster-name]
     #[arg(long, env = "KNS_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
+
+    /// Cluster location, a region (us-central1) or zone (us-central1-a), exported as
+    /// `cloud.region` or `cloud.availability_zone`.
+    /// [default: with --otlp-auth google, the GKE metadata server's cluster-location]
+    #[arg(long, env = "KNS_CLUSTER_LOCATION")]
+    pub cluster_location: Option<String>,
+
+    /// Google Cloud project the metrics belong to, exported as `gcp.project_id`.
+    /// [default: with --otlp-auth google, the credentials' or the metadata server's project]
+    #[arg(long, env = "KNS_GCP_PROJECT_ID")]
+    pub gcp_project_id: Option<String>,
 
     /// /readyz turns 503 once the node watch has been failing for longer than this (e.g. 90s, 2m).
     #[arg(long, env = "KNS_STALE_AFTER", default_value = "2m", value_parser = humantime::parse_duration)]
@@ -182,6 +212,12 @@ pub struct RunArgs {
     #[arg(long, env = "KNS_OTLP_MAX_POINTS_PER_REQUEST", value_parser = clap::value_parser!(u64).range(1..))]
     pub otlp_max_points_per_request: Option<u64>,
 
+    /// OTLP authentication: `none`, or `google` for Google's Telemetry API with Application
+    /// Default Credentials (endpoint https://telemetry.googleapis.com:443 unless set,
+    /// 200 points per request, own traces off unless asked for).
+    #[arg(long, env = "KNS_OTLP_AUTH", value_enum, default_value_t = OtlpAuth::None)]
+    pub otlp_auth: OtlpAuth,
+
     /// How often to export over OTLP (e.g. 30s). [default: OTEL_METRIC_EXPORT_INTERVAL in ms, else 60s]
     #[arg(long, env = "KNS_METRIC_EXPORT_INTERVAL", value_parser = humantime::parse_duration)]
     pub metric_export_interval: Option<Duration>,
@@ -206,6 +242,8 @@ pub struct OtlpSettings {
     pub ca_pem: Option<Vec<u8>>,
     /// Split each metrics export into requests of at most this many data points.
     pub max_points_per_request: Option<usize>,
+    /// How requests authenticate.
+    pub auth: OtlpAuth,
 }
 
 /// Everything the exporter needs, resolved and validated.
@@ -263,10 +301,16 @@ impl ReadingSettings {
 }
 
 /// What identifies this exporter instance in its telemetry.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResourceSettings {
     /// `k8s.cluster.name`, if given.
     pub cluster_name: Option<String>,
+    /// `cloud.region` or `cloud.availability_zone`, if given.
+    pub cluster_location: Option<String>,
+    /// `gcp.project_id`, if given.
+    pub gcp_project_id: Option<String>,
+    /// Detect and require what Google's Telemetry API needs (`--otlp-auth google`).
+    pub google: bool,
     /// `service.instance.id`: the pod name where known, else the hostname.
     pub instance_id: String,
 }
@@ -274,6 +318,10 @@ pub struct ResourceSettings {
 const METRICS_EXPORTERS: &str = "`otlp`, `prometheus` or `none`";
 const TRACES_EXPORTERS: &str = "`otlp` or `none`";
 const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_secs(60);
+
+fn non_empty(v: &Option<String>) -> Option<String> {
+    v.as_ref().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
 
 /// The enabled exporters of a comma list; `None` when no exporter is enabled.
 fn parse_exporters<'a>(
@@ -387,8 +435,34 @@ impl RunArgs {
                 Some(v) => {
                     !parse_exporters("OTEL_TRACES_EXPORTER", &v, &["otlp"], TRACES_EXPORTERS)?.is_empty()
                 }
-                None => otlp_metrics_on,
+                // Our own spans are for debugging the exporter; sending them to Cloud
+                // Trace needs another role, so Google mode asks for them explicitly.
+                None => otlp_metrics_on && self.otlp_auth != OtlpAuth::Google,
             },
+        };
+        let google = self.otlp_auth == OtlpAuth::Google;
+        if google && !otlp_metrics_on && !traces_on {
+            return Err(ConfigError::Google(
+                "no OTLP exporter is on; add otlp to --metrics-exporter or OTEL_METRICS_EXPORTER".into(),
+            ));
+        }
+        let max_points_per_request = match (google, self.otlp_max_points_per_request) {
+            (true, None) => Some(GOOGLE_MAX_POINTS_PER_REQUEST),
+            (true, Some(n)) if n as usize > GOOGLE_MAX_POINTS_PER_REQUEST => {
+                return Err(ConfigError::Google(format!(
+                    "--otlp-max-points-per-request {n}: the Telemetry API takes at most \
+                     {GOOGLE_MAX_POINTS_PER_REQUEST} points per request"
+                )));
+            }
+            (_, n) => n.map(|n| n as usize),
+        };
+        // An explicit endpoint (flag or standard variable) wins over Google's default.
+        let endpoint_for = |signal_var: &str| {
+            self.otlp_endpoint.clone().or_else(|| {
+                let set = |k: &str| env(k).is_some_and(|v| !v.trim().is_empty());
+                (google && !set(signal_var) && !set("OTEL_EXPORTER_OTLP_ENDPOINT"))
+                    .then(|| GOOGLE_TELEMETRY_ENDPOINT.to_string())
+            })
         };
 
         let export_interval = match self.metric_export_interval {
@@ -412,18 +486,20 @@ impl RunArgs {
         }
         let otlp_metrics = if otlp_metrics_on {
             Some(OtlpSettings {
-                endpoint: self.otlp_endpoint.clone(),
+                endpoint: endpoint_for("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"),
                 ca_pem: read_ca(env, "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE")?,
-                max_points_per_request: self.otlp_max_points_per_request.map(|n| n as usize),
+                max_points_per_request,
+                auth: self.otlp_auth,
             })
         } else {
             None
         };
         let otlp_traces = if traces_on {
             Some(OtlpSettings {
-                endpoint: self.otlp_endpoint.clone(),
+                endpoint: endpoint_for("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
                 ca_pem: read_ca(env, "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")?,
                 max_points_per_request: None,
+                auth: self.otlp_auth,
             })
         } else {
             None
@@ -487,7 +563,10 @@ impl RunArgs {
             export_interval,
             readings,
             resource: ResourceSettings {
-                cluster_name: self.cluster_name.clone(),
+                cluster_name: non_empty(&self.cluster_name),
+                cluster_location: non_empty(&self.cluster_location),
+                gcp_project_id: non_empty(&self.gcp_project_id),
+                google,
                 instance_id,
             },
         })

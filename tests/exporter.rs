@@ -631,23 +631,10 @@ async fn unreachable_collector_is_logged_once_and_never_delays_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_collector_with_a_private_ca() {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "kns test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&server_key, &issuer)
-        .unwrap();
-    let receiver = otlp::Receiver::start(Some((server.pem(), server_key.serialize_pem()))).await;
+    let tls = otlp::TestCa::new();
+    let receiver = otlp::Receiver::start(Some(tls.server_pair())).await;
     let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let ca_file = tls.write_ca(dir.path());
 
     let api = fake_api(2).await;
     let endpoint = format!("https://localhost:{}", receiver.addr.port());

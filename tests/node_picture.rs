@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use common::{Exporter, fixture_api, parse, run_to_exit, value};
 
@@ -169,4 +169,25 @@ fn bad_filters_and_colliding_labels_exit_2() {
         assert!(stderr.contains(mentions), "{args:?}: {stderr}");
     }
     let _ = parse("");
+}
+
+/// Google's Telemetry API keeps these names for the `prometheus_target`
+/// monitored resource; a point attribute with one of them would be rejected
+/// or overwritten. The goldens hold every per-node family in both namings.
+#[test]
+fn no_point_attribute_takes_a_name_the_telemetry_api_reserves() {
+    for file in ["tests/golden/otel.prom", "tests/golden/kube-state-metrics.prom"] {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+        let samples = parse(&text);
+        assert!(samples.len() > 50, "{file}");
+        for s in samples.iter().filter(|s| s.name != "target_info") {
+            for key in s.labels.keys() {
+                assert!(
+                    !common::otlp::RESERVED_ATTRIBUTES.contains(&key.as_str()),
+                    "{file}: {} has a label {key:?}",
+                    s.name
+                );
+            }
+        }
+    }
 }

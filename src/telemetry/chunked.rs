@@ -6,7 +6,13 @@
 //! Telemetry API takes 200 points) refuse larger requests, and the SDK's
 //! exporter cannot split one.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use futures::StreamExt;
 use opentelemetry_proto::tonic::collector::metrics::v1::{
@@ -20,12 +26,16 @@ use tonic::{
     Code, Status,
     codec::CompressionEncoding,
     metadata::{MetadataKey, MetadataMap, MetadataValue},
+    service::interceptor::InterceptedService,
     transport::{Channel, Endpoint},
 };
 use tonic_types::StatusExt;
 use tracing::debug;
 
-use super::chunks;
+use super::{
+    ExportStats, chunks,
+    google::{GoogleAuth, RequestHeaders, permission_hint},
+};
 use crate::config::{ConfigError, OtlpSettings};
 
 /// How many requests of one collection are in flight at once.
@@ -83,8 +93,9 @@ fn headers(value: Option<String>) -> Result<MetadataMap, ConfigError> {
 }
 
 struct Inner {
-    client: MetricsServiceClient<Channel>,
-    headers: MetadataMap,
+    client: MetricsServiceClient<InterceptedService<Channel, RequestHeaders>>,
+    google: Option<Arc<GoogleAuth>>,
+    stats: Arc<ExportStats>,
     timeout: Duration,
     max_points: usize,
     budget: Duration,
@@ -107,11 +118,14 @@ impl std::fmt::Debug for ChunkedMetricExporter {
 impl ChunkedMetricExporter {
     /// Builds it from the OTLP settings and the standard variables (through `env`).
     /// `budget` bounds the time spent on one collection, retries included: the export interval.
+    /// With `google`, every request carries its current access token.
     pub fn new(
         settings: &OtlpSettings,
         max_points: usize,
         budget: Duration,
         env: &dyn Fn(&str) -> Option<String>,
+        google: Option<Arc<GoogleAuth>>,
+        stats: Arc<ExportStats>,
     ) -> Result<Self, ConfigError> {
         let endpoint = settings
             .endpoint
@@ -128,7 +142,10 @@ impl ChunkedMetricExporter {
             .map_err(|e| ConfigError::Otlp(format!("TLS for {endpoint:?}: {e}")))?
             .timeout(timeout)
             .connect_lazy();
-        let mut client = MetricsServiceClient::new(channel).max_decoding_message_size(4 << 20);
+        let fixed = headers(env_var(env, "OTEL_EXPORTER_OTLP_HEADERS"))?;
+        let mut client =
+            MetricsServiceClient::with_interceptor(channel, RequestHeaders::new(fixed, google.clone()))
+                .max_decoding_message_size(4 << 20);
         if env_var(env, "OTEL_EXPORTER_OTLP_COMPRESSION")
             .is_some_and(|c| c.trim().eq_ignore_ascii_case("gzip"))
         {
@@ -137,7 +154,8 @@ impl ChunkedMetricExporter {
         Ok(ChunkedMetricExporter {
             inner: Arc::new(Inner {
                 client,
-                headers: headers(env_var(env, "OTEL_EXPORTER_OTLP_HEADERS"))?,
+                google,
+                stats,
                 timeout,
                 max_points: max_points.max(1),
                 budget,
@@ -161,20 +179,34 @@ fn retryable(status: &Status) -> bool {
     }
 }
 
+/// Why a collection did not get through.
+enum Failure {
+    /// No credentials to send with: nothing was sent.
+    NoToken(String),
+    /// The receiver refused (the first cause, for several requests).
+    Refused(Status),
+}
+
+/// A refusal that every other request of the collection would get too.
+fn denied(status: &Status) -> bool {
+    matches!(status.code(), Code::PermissionDenied | Code::Unauthenticated)
+}
+
 impl Inner {
     async fn send(
         &self,
         part: ExportMetricsServiceRequest,
         deadline: tokio::time::Instant,
+        refused: &AtomicBool,
     ) -> Result<(), Status> {
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let mut request = tonic::Request::new(part.clone());
-            for kv in self.headers.iter() {
-                if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
-                    request.metadata_mut().insert(k.clone(), v.clone());
-                }
+            // After one access refusal the rest of the collection would only
+            // repeat it: a misconfigured project costs one request per interval.
+            if refused.load(Ordering::Acquire) {
+                return Err(Status::cancelled("skipped after an access refusal"));
             }
+            let mut request = tonic::Request::new(part.clone());
             request.set_timeout(self.timeout);
             let status = match self.client.clone().export(request).await {
                 Ok(_) => return Ok(()),
@@ -184,6 +216,9 @@ impl Inner {
                 .get_details_retry_info()
                 .and_then(|r| r.retry_delay)
                 .unwrap_or(backoff);
+            if denied(&status) {
+                refused.store(true, Ordering::Release);
+            }
             if !retryable(&status) || tokio::time::Instant::now() + wait >= deadline {
                 return Err(status);
             }
@@ -193,18 +228,30 @@ impl Inner {
         }
     }
 
-    async fn send_all(self: Arc<Self>, parts: Vec<ExportMetricsServiceRequest>) -> Result<usize, Status> {
+    async fn send_all(self: Arc<Self>, parts: Vec<ExportMetricsServiceRequest>) -> Result<usize, Failure> {
         let deadline = tokio::time::Instant::now() + self.budget;
+        if let Some(google) = &self.google {
+            // Waits for a new token if the cached one has expired.
+            match tokio::time::timeout_at(deadline, google.refresh()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => return Err(Failure::NoToken(why)),
+                Err(_) => return Err(Failure::NoToken(google.no_token())),
+            }
+        }
         let count = parts.len();
+        let refused = AtomicBool::new(false);
         let results: Vec<Result<(), Status>> = futures::stream::iter(parts)
-            .map(|part| self.send(part, deadline))
+            .map(|part| self.send(part, deadline, &refused))
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
-        results
-            .into_iter()
-            .collect::<Result<Vec<()>, Status>>()
-            .map(|_| count)
+        let mut errors: Vec<Status> = results.into_iter().filter_map(Result::err).collect();
+        // Report the cause, not the requests skipped because of it.
+        errors.sort_by_key(|s| !denied(s));
+        match errors.into_iter().next() {
+            None => Ok(count),
+            Some(status) => Err(Failure::Refused(status)),
+        }
     }
 }
 
@@ -222,11 +269,32 @@ impl PushMetricExporter for ChunkedMetricExporter {
                 );
                 Ok(())
             }
-            Ok(Err(status)) => Err(OTelSdkError::InternalFailure(format!(
-                "OTLP export failed with gRPC code {:?}: {}",
-                status.code(),
-                status.message()
-            ))),
+            Ok(Err(Failure::NoToken(why))) => {
+                self.inner.stats.on_denied();
+                Err(OTelSdkError::InternalFailure(format!(
+                    "OTLP export not sent: {why}"
+                )))
+            }
+            Ok(Err(Failure::Refused(status))) => {
+                let mut text = format!(
+                    "OTLP export failed with gRPC code {:?}: {}",
+                    status.code(),
+                    status.message()
+                );
+                if denied(&status) {
+                    self.inner.stats.on_denied();
+                    if self.inner.google.is_some() {
+                        let project = metrics
+                            .resource()
+                            .get(&opentelemetry::Key::from_static_str("gcp.project_id"))
+                            .map(|v| v.to_string());
+                        if let Some(hint) = permission_hint(status.code(), project.as_deref()) {
+                            text = format!("{text}; {hint}");
+                        }
+                    }
+                }
+                Err(OTelSdkError::InternalFailure(text))
+            }
             Err(e) => Err(OTelSdkError::InternalFailure(format!("OTLP export task: {e}"))),
         }
     }

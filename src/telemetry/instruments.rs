@@ -38,6 +38,8 @@ pub mod names {
     pub const API_REQUESTS: &str = "kube_node_status.api.requests";
     /// OTLP export failures.
     pub const EXPORT_FAILURES: &str = "kube_node_status.otlp.export.failures";
+    /// OTLP exports refused for credentials or permissions.
+    pub const EXPORT_DENIED: &str = "kube_node_status.otlp.export.denied";
     /// Staleness of the view.
     pub const VIEW_AGE: &str = "kube_node_status.view.age";
     /// Build information.
@@ -270,6 +272,18 @@ fn register_self_telemetry(meter: &Meter, sources: &Sources) {
             .with_unit("{failure}")
             .with_description("OTLP metric exports that failed")
             .with_callback(move |obs| obs.observe(export.failures(), &[]))
+            .build();
+    }
+    if on(names::EXPORT_DENIED) {
+        let export = sources.export.clone();
+        meter
+            .u64_observable_counter(names::EXPORT_DENIED)
+            .with_unit("{failure}")
+            .with_description(
+                "OTLP metric exports refused for access: UNAUTHENTICATED, PERMISSION_DENIED or no token \
+                 (also counted as failures)",
+            )
+            .with_callback(move |obs| obs.observe(export.denied(), &[]))
             .build();
     }
     if on(names::VIEW_AGE) {

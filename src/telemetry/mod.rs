@@ -10,15 +10,17 @@
 mod chunked;
 mod chunks;
 mod families;
+mod google;
 mod instruments;
 mod otlp;
 mod prometheus_text;
 mod resource;
 
+pub use google::GoogleAuth;
 pub use instruments::names;
 pub use otlp::ExportStats;
 pub use prometheus_text::{CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE, MetricsHandle, RenderError};
-pub use resource::build as build_resource;
+pub use resource::{build as build_resource, resolve as resolve_resource};
 
 use std::{
     collections::HashMap,
@@ -112,6 +114,7 @@ impl Pipelines {
 
 struct Inner {
     settings: Settings,
+    google: Option<Arc<GoogleAuth>>,
     resource: Resource,
     sources: Sources,
     /// (instrument name, points per node) of every enabled per-node family.
@@ -166,6 +169,7 @@ impl Inner {
                     otlp_settings,
                     self.sources.export.clone(),
                     self.settings.export_interval,
+                    self.google.clone(),
                 )?;
                 let reader = PeriodicReader::builder(exporter)
                     .with_interval(self.settings.export_interval)
@@ -192,7 +196,13 @@ impl Inner {
 
 impl Telemetry {
     /// Builds the metric pipelines for `view`. Call inside the tokio runtime.
-    pub fn start(settings: &Settings, resource: Resource, view: View) -> Result<Telemetry, TelemetryError> {
+    /// `google` authenticates OTLP requests in Google mode.
+    pub fn start(
+        settings: &Settings,
+        resource: Resource,
+        view: View,
+        google: Option<Arc<GoogleAuth>>,
+    ) -> Result<Telemetry, TelemetryError> {
         let readings = Arc::new(settings.readings.clone());
         let sizing = families::node_families(readings.naming)
             .into_iter()
@@ -201,6 +211,7 @@ impl Telemetry {
             .collect();
         let inner = Inner {
             settings: settings.clone(),
+            google,
             resource,
             sources: Sources {
                 view,
@@ -284,20 +295,37 @@ pub fn check(settings: &Settings) -> Result<(), TelemetryError> {
             otlp_settings,
             Arc::default(),
             settings.export_interval,
+            None,
         )?);
     }
     Ok(())
+}
+
+/// Application Default Credentials when an OTLP signal uses `--otlp-auth google`,
+/// with a task keeping their token fresh. Call inside the tokio runtime.
+pub fn google_auth(settings: &Settings) -> Result<Option<Arc<GoogleAuth>>, TelemetryError> {
+    let google = [&settings.otlp_metrics, &settings.otlp_traces]
+        .into_iter()
+        .flatten()
+        .any(|o| o.auth == crate::config::OtlpAuth::Google);
+    if !google {
+        return Ok(None);
+    }
+    let auth = GoogleAuth::from_adc()?;
+    tokio::spawn(auth.clone().refresh_loop());
+    Ok(Some(auth))
 }
 
 /// Builds the tracer provider for our own spans, if OTLP traces are on.
 pub fn tracer_provider(
     settings: &Settings,
     resource: Resource,
+    google: Option<Arc<GoogleAuth>>,
 ) -> Result<Option<SdkTracerProvider>, TelemetryError> {
     let Some(otlp_settings) = &settings.otlp_traces else {
         return Ok(None);
     };
-    let exporter = otlp::span_exporter(otlp_settings)?;
+    let exporter = otlp::span_exporter(otlp_settings, google)?;
     Ok(Some(
         SdkTracerProvider::builder()
             .with_resource(resource)

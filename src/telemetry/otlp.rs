@@ -19,7 +19,10 @@ use opentelemetry_sdk::{
 use tonic::transport::{Certificate, ClientTlsConfig};
 use tracing::{Instrument, info, info_span, warn};
 
-use super::chunked::ChunkedMetricExporter;
+use super::{
+    chunked::ChunkedMetricExporter,
+    google::{GoogleAuth, RequestHeaders},
+};
 use crate::config::{ConfigError, OtlpSettings};
 
 /// Counts OTLP failures and remembers whether we are in a failure streak, so
@@ -27,6 +30,7 @@ use crate::config::{ConfigError, OtlpSettings};
 #[derive(Debug, Default)]
 pub struct ExportStats {
     failures: AtomicU64,
+    denied: AtomicU64,
     failing: AtomicBool,
 }
 
@@ -34,6 +38,16 @@ impl ExportStats {
     /// Metric exports that failed since start.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Metric exports refused for access (UNAUTHENTICATED, PERMISSION_DENIED, no token).
+    pub fn denied(&self) -> u64 {
+        self.denied.load(Ordering::Relaxed)
+    }
+
+    /// Records an access refusal (counted as a failure too, by the caller).
+    pub(super) fn on_denied(&self) {
+        self.denied.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records a failure; true if it starts a streak (and so deserves a log line).
@@ -66,11 +80,23 @@ pub fn metric_exporter(
     settings: &OtlpSettings,
     stats: Arc<ExportStats>,
     interval: Duration,
+    google: Option<Arc<GoogleAuth>>,
 ) -> Result<ReportingMetricExporter, ConfigError> {
     if let Some(max_points) = settings.max_points_per_request {
         let env = |k: &str| std::env::var(k).ok();
-        let inner = Sink::Chunked(ChunkedMetricExporter::new(settings, max_points, interval, &env)?);
+        let inner = Sink::Chunked(ChunkedMetricExporter::new(
+            settings,
+            max_points,
+            interval,
+            &env,
+            google,
+            stats.clone(),
+        )?);
         return Ok(ReportingMetricExporter { inner, stats });
+    }
+    if google.is_some() {
+        // Configuration always sets a request size in Google mode; the SDK's exporter cannot split.
+        return Err(ConfigError::Google("needs --otlp-max-points-per-request".into()));
     }
     let mut builder = MetricExporter::builder()
         .with_tonic()
@@ -123,10 +149,17 @@ impl PushMetricExporter for Sink {
 }
 
 /// Builds the OTLP span exporter for our own traces.
-pub fn span_exporter(settings: &OtlpSettings) -> Result<ReportingSpanExporter, ConfigError> {
+pub fn span_exporter(
+    settings: &OtlpSettings,
+    google: Option<Arc<GoogleAuth>>,
+) -> Result<ReportingSpanExporter, ConfigError> {
     let mut builder = SpanExporter::builder()
         .with_tonic()
         .with_tls_config(tls_config(settings));
+    if google.is_some() {
+        // OTEL_EXPORTER_OTLP_HEADERS still reach the request through the SDK's own metadata.
+        builder = builder.with_interceptor(RequestHeaders::new(tonic::metadata::MetadataMap::new(), google));
+    }
     if let Some(endpoint) = &settings.endpoint {
         builder = builder.with_endpoint(endpoint.clone());
     }

@@ -25,7 +25,28 @@ pub fn build(settings: &ResourceSettings, env: &dyn Fn(&str) -> Option<String>) 
     if let Some(cluster) = &settings.cluster_name {
         builder = builder.with_attribute(KeyValue::new("k8s.cluster.name", cluster.clone()));
     }
+    if let Some(location) = &settings.cluster_location {
+        builder = builder.with_attribute(super::google::location_attribute(location));
+    }
+    if let Some(project) = &settings.gcp_project_id {
+        builder = builder.with_attribute(KeyValue::new("gcp.project_id", project.clone()));
+    }
     builder.build()
+}
+
+/// [`build`], completed in Google mode with what the Telemetry API needs
+/// (detected from the credentials and the metadata server), with warnings
+/// to log. Fails if the project or the location stays unknown.
+pub async fn resolve(
+    settings: &ResourceSettings,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Resource, Vec<String>), crate::config::ConfigError> {
+    let base = build(settings, env);
+    if settings.google {
+        super::google::complete_resource(base, env).await
+    } else {
+        Ok((base, Vec::new()))
+    }
 }
 
 #[cfg(test)]
@@ -41,7 +62,10 @@ mod tests {
     fn defaults_and_flags() {
         let s = ResourceSettings {
             cluster_name: Some("prod".into()),
+            cluster_location: Some("us-central1".into()),
+            gcp_project_id: Some("proj".into()),
             instance_id: "pod-1".into(),
+            ..ResourceSettings::default()
         };
         let r = build(&s, &|_| None);
         assert_eq!(get(&r, "service.name").as_deref(), Some("kube-node-status"));
@@ -51,10 +75,12 @@ mod tests {
         );
         assert_eq!(get(&r, "service.instance.id").as_deref(), Some("pod-1"));
         assert_eq!(get(&r, "k8s.cluster.name").as_deref(), Some("prod"));
+        assert_eq!(get(&r, "cloud.region").as_deref(), Some("us-central1"));
+        assert_eq!(get(&r, "gcp.project_id").as_deref(), Some("proj"));
         let r = build(
             &ResourceSettings {
-                cluster_name: None,
                 instance_id: "x".into(),
+                ..ResourceSettings::default()
             },
             &|_| None,
         );
@@ -64,8 +90,8 @@ mod tests {
     #[test]
     fn otel_service_name_overrides_the_default() {
         let s = ResourceSettings {
-            cluster_name: None,
             instance_id: "pod-1".into(),
+            ..ResourceSettings::default()
         };
         let r = build(&s, &|k| (k == "OTEL_SERVICE_NAME").then(|| "nodes".to_string()));
         assert_eq!(get(&r, "service.name").as_deref(), Some("nodes"));

@@ -50,6 +50,9 @@ VALUE_SETS = {
     "prometheus-operator-only": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
     "sidecar": {"collector": {"enabled": True, "config": "sidecar-telemetry-api.yaml"}},
     "kube-state-metrics-naming": {"metricNaming": "kube-state-metrics", "prometheusRule": {"enabled": True}},
+    "google-telemetry-api": {"metricsExporter": "prometheus,otlp", "otlp": {"auth": "google"},
+                             "serviceAccount": {"annotations": {
+                                 "iam.gke.io/gcp-service-account": "kube-node-status@my-project.iam.gserviceaccount.com"}}},
 }
 
 
@@ -173,6 +176,22 @@ def test_sidecar_gets_its_config_and_the_exporter_sends_to_it():
     cm = next(o for _, o in objects if o["kind"] == "ConfigMap")
     shipped = (ROOT / "otel-collector" / "sidecar-telemetry-api.yaml").read_text()
     assert yaml.safe_load(cm["data"]["config.yaml"]) == yaml.safe_load(shipped)
+
+
+def test_google_mode_passes_its_flags_and_refuses_what_cannot_work():
+    values = dict(VALUE_SETS["google-telemetry-api"], clusterLocation="us-central1", gcpProjectId="my-project")
+    deploy = next(o for _, o in render(values) if o["kind"] == "Deployment")
+    c = deploy["spec"]["template"]["spec"]["containers"][0]
+    for flag in ["--otlp-auth=google", "--cluster-location=us-central1", "--gcp-project-id=my-project",
+                 "--metrics-exporter=prometheus,otlp"]:
+        assert flag in c["args"], c["args"]
+    env = {e["name"] for e in c["env"]}
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env, "Google mode picks its own endpoint"
+    for bad in [{"otlp": {"auth": "google"}},
+                {"metricsExporter": "prometheus,otlp", "otlp": {"auth": "google"}, "collector": {"enabled": True}},
+                {"otlp": {"auth": "basic"}}, {"gcpProjectId": "Not A Project"}]:
+        with pytest.raises(helm_python.HelmError):
+            render(bad)
 
 
 def test_unknown_values_are_rejected_by_the_schema():

@@ -2,6 +2,7 @@
 //! server, an in-test OTLP receiver, and a small exposition parser.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod gcp;
 pub mod otlp;
 
 use std::{
@@ -178,9 +179,14 @@ impl Exporter {
             "OTEL_TRACES_EXPORTER",
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "OTEL_RESOURCE_ATTRIBUTES",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "GOOGLE_CLOUD_QUOTA_PROJECT",
+            "GCE_METADATA_HOST",
         ] {
             cmd.env_remove(var);
         }
+        // No gcloud credentials of whoever runs the tests.
+        cmd.env("HOME", dir.path());
         cmd.env("KUBECONFIG", &kc)
             .env(
                 "RUST_LOG",

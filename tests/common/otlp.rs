@@ -26,9 +26,74 @@ use tonic::{
     transport::{Identity, Server, ServerTlsConfig},
 };
 
+/// A private CA and a `localhost` server certificate it signed.
+pub struct TestCa {
+    ca_pem: String,
+    server_pem: String,
+    server_key_pem: String,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "kns test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let server_key = rcgen::KeyPair::generate().unwrap();
+        let server = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&server_key, &issuer)
+            .unwrap();
+        TestCa {
+            ca_pem: ca.pem(),
+            server_pem: server.pem(),
+            server_key_pem: server_key.serialize_pem(),
+        }
+    }
+
+    /// (certificate PEM, key PEM) for [`Receiver::start`].
+    pub fn server_pair(&self) -> (String, String) {
+        (self.server_pem.clone(), self.server_key_pem.clone())
+    }
+
+    /// Writes the CA certificate to `dir/ca.pem` and returns its path.
+    pub fn write_ca(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, &self.ca_pem).unwrap();
+        path
+    }
+}
+
+/// Judges a request's metadata: `Err` refuses it.
+pub type AuthCheck = Arc<dyn Fn(&tonic::metadata::MetadataMap) -> Result<(), Status> + Send + Sync>;
+
+/// Point attribute names the Telemetry API reserves for the monitored resource.
+pub const RESERVED_ATTRIBUTES: [&str; 6] = [
+    "namespace",
+    "job",
+    "instance",
+    "cluster",
+    "location",
+    "project_id",
+];
+
 /// What the receiver got, with arrival times.
 #[derive(Clone, Default)]
 pub struct Received {
+    /// When set, every metric export must pass it (else UNAUTHENTICATED or what it returns).
+    pub auth: Arc<std::sync::OnceLock<AuthCheck>>,
+    /// When non-zero, requests with more points are refused with INVALID_ARGUMENT.
+    pub max_points: Arc<std::sync::atomic::AtomicUsize>,
+    /// Refuse every metric export with PERMISSION_DENIED.
+    pub deny: Arc<std::sync::atomic::AtomicBool>,
+    /// Why requests were refused (other than `fail_next` and `deny`).
+    pub rejected: Arc<Mutex<Vec<String>>>,
+    /// Requests refused because of `deny`.
+    pub denied: Arc<std::sync::atomic::AtomicUsize>,
     pub metrics: Arc<Mutex<Vec<(Instant, ExportMetricsServiceRequest)>>>,
     pub spans: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
     /// The gRPC metadata (headers) of each metric export, in order.
@@ -58,6 +123,24 @@ impl MetricsService for Received {
                 tonic_types::ErrorDetails::with_retry_info(Some(Duration::from_millis(50))),
             ));
         }
+        if self.deny.load(Ordering::Acquire) {
+            self.denied.fetch_add(1, Ordering::AcqRel);
+            return Err(Status::permission_denied(
+                "Permission monitoring.timeSeries.create denied (or the resource may not exist).",
+            ));
+        }
+        let reject = |why: String, status: Status| {
+            self.rejected.lock().unwrap().push(why);
+            Err(status)
+        };
+        if let Some(check) = self.auth.get()
+            && let Err(status) = check(request.metadata())
+        {
+            return reject(format!("auth: {}", status.message()), status);
+        }
+        if let Err(why) = check_request(request.get_ref(), self.max_points.load(Ordering::Acquire)) {
+            return reject(why.clone(), Status::invalid_argument(why));
+        }
         let headers = request
             .metadata()
             .iter()
@@ -75,6 +158,55 @@ impl MetricsService for Received {
             .push((Instant::now(), request.into_inner()));
         Ok(Response::new(ExportMetricsServiceResponse::default()))
     }
+}
+
+/// What Google's Telemetry API checks that we can check here: a non-empty
+/// `service.instance.id`, at most `max_points` points (0: any), and no point
+/// attribute named like a monitored-resource label.
+pub fn check_request(req: &ExportMetricsServiceRequest, max_points: usize) -> Result<(), String> {
+    if max_points > 0 && request_points(req) > max_points {
+        return Err(format!(
+            "{} points in one request, more than {max_points}",
+            request_points(req)
+        ));
+    }
+    if req.resource_metrics.len() > 200 {
+        return Err(format!(
+            "{} ResourceMetrics in one request",
+            req.resource_metrics.len()
+        ));
+    }
+    for rm in &req.resource_metrics {
+        let instance = rm
+            .resource
+            .iter()
+            .flat_map(|r| &r.attributes)
+            .find(|kv| kv.key == "service.instance.id")
+            .map(|kv| any_value(&kv.value))
+            .unwrap_or_default();
+        if instance.is_empty() {
+            return Err("no service.instance.id in the resource".into());
+        }
+        for m in rm.scope_metrics.iter().flat_map(|sm| &sm.metrics) {
+            let attrs: Vec<&str> = match &m.data {
+                Some(metric::Data::Gauge(g)) => g
+                    .data_points
+                    .iter()
+                    .flat_map(|p| p.attributes.iter().map(|kv| kv.key.as_str()))
+                    .collect(),
+                Some(metric::Data::Sum(s)) => s
+                    .data_points
+                    .iter()
+                    .flat_map(|p| p.attributes.iter().map(|kv| kv.key.as_str()))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if let Some(bad) = attrs.iter().find(|a| RESERVED_ATTRIBUTES.contains(a)) {
+                return Err(format!("{}: point attribute {bad:?} is reserved", m.name));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
