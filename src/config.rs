@@ -176,7 +176,7 @@ pub struct RunArgs {
     pub metrics_exporter: Option<String>,
 
     /// Trace exporter for the exporter's own spans: `otlp` or `none`.
-    /// [default: OTEL_TRACES_EXPORTER, else otlp when OTLP metrics are on]
+    /// [default: OTEL_TRACES_EXPORTER, else otlp when OTLP metrics are on, except with --otlp-auth google]
     #[arg(long, env = "KNS_TRACES_EXPORTER")]
     pub traces_exporter: Option<String>,
 
@@ -742,5 +742,70 @@ mod tests {
         assert_eq!(s.resource.instance_id, "kns-abc");
         let s = args(&[]).resolve(&env_of(&[])).unwrap();
         assert!(!s.resource.instance_id.is_empty());
+    }
+
+    #[test]
+    fn google_mode_defaults_and_overrides() {
+        let google = |extra: &[&str], env: &[(&str, &str)]| {
+            let mut a = vec!["--otlp-auth", "google"];
+            a.extend_from_slice(extra);
+            args(&a).resolve(&env_of(env))
+        };
+        let s = google(&[], &[]).unwrap();
+        let m = s.otlp_metrics.as_ref().unwrap();
+        assert_eq!(m.endpoint.as_deref(), Some(GOOGLE_TELEMETRY_ENDPOINT));
+        assert_eq!(m.max_points_per_request, Some(GOOGLE_MAX_POINTS_PER_REQUEST));
+        assert_eq!(m.auth, OtlpAuth::Google);
+        assert!(s.otlp_traces.is_none(), "own traces are opt-in in Google mode");
+        assert!(s.resource.google);
+
+        // A standard variable or the flag wins over Google's endpoint.
+        let s = google(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://proxy:443")]).unwrap();
+        assert_eq!(s.otlp_metrics.unwrap().endpoint, None, "left to the variable");
+        let s = google(&["--otlp-endpoint", "https://x:443"], &[]).unwrap();
+        assert_eq!(s.otlp_metrics.unwrap().endpoint.as_deref(), Some("https://x:443"));
+
+        let s = google(
+            &[
+                "--otlp-max-points-per-request",
+                "150",
+                "--traces-exporter",
+                "otlp",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.otlp_metrics.unwrap().max_points_per_request, Some(150));
+        assert_eq!(s.otlp_traces.unwrap().auth, OtlpAuth::Google);
+
+        assert!(matches!(
+            google(&["--otlp-max-points-per-request", "201"], &[]),
+            Err(ConfigError::Google(_))
+        ));
+        assert!(matches!(
+            google(&["--metrics-exporter", "prometheus"], &[]),
+            Err(ConfigError::Google(_))
+        ));
+
+        let s = google(
+            &[
+                "--gcp-project-id",
+                " p ",
+                "--cluster-location",
+                "",
+                "--cluster-name",
+                "c",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.resource.gcp_project_id.as_deref(), Some("p"));
+        assert_eq!(s.resource.cluster_location, None);
+        assert_eq!(s.resource.cluster_name.as_deref(), Some("c"));
+
+        // Without Google mode nothing changes.
+        let s = args(&[]).resolve(&env_of(&[])).unwrap();
+        assert_eq!(s.otlp_metrics.unwrap().endpoint, None);
+        assert!(s.otlp_traces.is_some());
     }
 }

@@ -213,7 +213,15 @@ async fn on_gke_a_5000_node_cluster_arrives_complete_with_fresh_tokens_and_the_r
     ]);
     let exporter = Exporter::start(
         &api.kubeconfig(),
-        &["--otlp-auth", "google", "--metrics-exporter", "otlp,prometheus"],
+        &[
+            "--otlp-auth",
+            "google",
+            "--metrics-exporter",
+            "otlp,prometheus",
+            // Label keys hold `/` and `-`, which the API refuses in attribute keys.
+            "--node-labels",
+            "topology.kubernetes.io/zone,cloud.google.com/gke-nodepool",
+        ],
         &refs(&env),
     );
     exporter
@@ -660,6 +668,10 @@ async fn the_stand_in_receiver_refuses_what_the_telemetry_api_refuses() {
         (request("", 1, "k8s.node.name"), "service.instance.id"),
         (request("pod-1", 201, "k8s.node.name"), "201 points"),
         (request("pod-1", 1, "cluster"), "reserved"),
+        (
+            request("pod-1", 1, "k8s.node.label.topology.kubernetes.io/zone"),
+            "invalid attribute key",
+        ),
     ] {
         let status = client.export(bad).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);

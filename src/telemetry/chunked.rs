@@ -206,6 +206,11 @@ impl Inner {
             if refused.load(Ordering::Acquire) {
                 return Err(Status::cancelled("skipped after an access refusal"));
             }
+            if let Some(google) = &self.google {
+                // A large collection can outlive a token: take the newest before each
+                // request (a cheap cache check; the interceptor reports a failure).
+                let _ = google.refresh().await;
+            }
             let mut request = tonic::Request::new(part.clone());
             request.set_timeout(self.timeout);
             let status = match self.client.clone().export(request).await {

@@ -65,7 +65,8 @@ pub async fn http_request(
     }
     stream.write_all(req.as_bytes()).await?;
     let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw)).await??;
+    // Generous: an unoptimized build renders thousands of nodes slowly on 2 cores.
+    tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut raw)).await??;
     let text = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head

@@ -204,6 +204,15 @@ pub fn check_request(req: &ExportMetricsServiceRequest, max_points: usize) -> Re
             if let Some(bad) = attrs.iter().find(|a| RESERVED_ATTRIBUTES.contains(a)) {
                 return Err(format!("{}: point attribute {bad:?} is reserved", m.name));
             }
+            // The Telemetry API's documented name rules.
+            let metric_name = regex::Regex::new(r"^[a-zA-Z][a-zA-Z0-9_:./-]*$").unwrap();
+            let attribute_key = regex::Regex::new(r"^[a-zA-Z_][a-zA-Z0-9_.]*$").unwrap();
+            if !metric_name.is_match(&m.name) {
+                return Err(format!("invalid metric name {:?}", m.name));
+            }
+            if let Some(bad) = attrs.iter().find(|a| !attribute_key.is_match(a)) {
+                return Err(format!("{}: invalid attribute key {bad:?}", m.name));
+            }
         }
     }
     Ok(())
