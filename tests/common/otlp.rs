@@ -176,6 +176,9 @@ pub fn check_request(req: &ExportMetricsServiceRequest, max_points: usize) -> Re
             req.resource_metrics.len()
         ));
     }
+    // The Telemetry API's documented name rules.
+    let metric_name = regex::Regex::new(r"^[a-zA-Z][a-zA-Z0-9_:./-]*$").unwrap();
+    let attribute_key = regex::Regex::new(r"^[a-zA-Z_][a-zA-Z0-9_.]*$").unwrap();
     for rm in &req.resource_metrics {
         let instance = rm
             .resource
@@ -204,9 +207,6 @@ pub fn check_request(req: &ExportMetricsServiceRequest, max_points: usize) -> Re
             if let Some(bad) = attrs.iter().find(|a| RESERVED_ATTRIBUTES.contains(a)) {
                 return Err(format!("{}: point attribute {bad:?} is reserved", m.name));
             }
-            // The Telemetry API's documented name rules.
-            let metric_name = regex::Regex::new(r"^[a-zA-Z][a-zA-Z0-9_:./-]*$").unwrap();
-            let attribute_key = regex::Regex::new(r"^[a-zA-Z_][a-zA-Z0-9_.]*$").unwrap();
             if !metric_name.is_match(&m.name) {
                 return Err(format!("invalid metric name {:?}", m.name));
             }
