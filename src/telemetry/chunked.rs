@@ -262,6 +262,7 @@ impl Inner {
 
 impl PushMetricExporter for ChunkedMetricExporter {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        let started = std::time::Instant::now();
         let request = ExportMetricsServiceRequest::from(metrics);
         let parts = chunks::split(&request, self.inner.max_points);
         // The SDK drives exports on its own thread; timers and the channel need the runtime.
@@ -270,6 +271,7 @@ impl PushMetricExporter for ChunkedMetricExporter {
                 debug!(
                     requests,
                     points = chunks::request_points(&request),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
                     "OTLP export sent in parts"
                 );
                 Ok(())

@@ -1,0 +1,355 @@
+#!/usr/bin/env python3
+"""Scale benchmark: the release binary against the project's fake API server.
+
+For each cluster size it starts `kube-node-status fake-apiserver` with that many
+generated ~15 KB nodes, an OTLP receiver (rotel, exporting to a blackhole) and
+the exporter, then measures what docs/benchmarks.md reports: time to /readyz,
+RSS, CPU at idle and under churn, /metrics latency and size, OTLP export time,
+flip-to-scrape freshness, and API traffic against the poll-every-5-s design.
+Every figure is the median over --repeats runs. Writes bench/results.json and,
+with matplotlib, docs/benchmark.png.
+
+    scripts/bench                       # 1,000, 10,000 and 50,000 nodes
+    scripts/bench --sizes 2000 --repeats 1
+"""
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = ROOT / "target" / "release" / "kube-node-status"
+ROTEL = ROOT / ".venv" / "bin" / "rotel-agent"
+GO_TOOL_PERIOD_S = 5  # the Go tool listed every node every 5 s
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url, timeout=120, headers=None):
+    req = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status, r.read()
+
+
+def wait_for(pred, timeout, what):
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            if pred():
+                return time.monotonic() - start
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+
+
+def proc_status(pid):
+    """(VmRSS, VmHWM) in MiB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        fields[k] = v.strip()
+    mib = lambda k: int(fields[k].split()[0]) / 1024
+    return mib("VmRSS"), mib("VmHWM")
+
+
+def cpu_seconds(pid):
+    parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(parts[11]) + int(parts[12])) / ticks  # utime + stime
+
+
+def percentile(values, p):
+    values = sorted(values)
+    if not values:
+        return None
+    k = (len(values) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+class Run:
+    """One exporter against one fake cluster."""
+
+    def __init__(self, nodes, workdir, interval_s):
+        self.nodes = nodes
+        self.dir = Path(tempfile.mkdtemp(dir=workdir))
+        self.api_port, self.http_port, self.otlp_port = free_port(), free_port(), free_port()
+        self.api = f"http://127.0.0.1:{self.api_port}"
+        self.metrics = f"http://127.0.0.1:{self.http_port}"
+        self.procs = []
+        self.interval_s = interval_s
+
+    def spawn(self, args, log, env=None):
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(self.dir / log, "w"),
+                             env={**os.environ, **(env or {})})
+        self.procs.append(p)
+        return p
+
+    def start(self):
+        self.spawn([str(BIN), "fake-apiserver", "--nodes", str(self.nodes), "--flips-per-second", "0",
+                    "--listen", f"127.0.0.1:{self.api_port}"], "api.log")
+        wait_for(lambda: get(f"{self.api}/fake/stats", 5)[0] == 200, 600, "the fake API server")
+        self.spawn([str(ROTEL), "start", "--exporter", "blackhole", "--otlp-grpc-endpoint",
+                    f"127.0.0.1:{self.otlp_port}", "--otlp-http-endpoint", f"127.0.0.1:{free_port()}"],
+                   "rotel.log")
+        kubeconfig = self.dir / "kubeconfig"
+        kubeconfig.write_text(
+            "apiVersion: v1\nkind: Config\n"
+            f"clusters: [{{name: f, cluster: {{server: '{self.api}'}}}}]\n"
+            "users: [{name: u, user: {}}]\n"
+            "contexts: [{name: f, context: {cluster: f, user: u}}]\ncurrent-context: f\n")
+        # The harness's own LIST, before the traffic baseline.
+        self.names = self.node_names(200)
+        self.stats_before = json.loads(get(f"{self.api}/fake/stats")[1])
+        self.started = time.monotonic()
+        self.exporter = self.spawn(
+            [str(BIN), "--kubeconfig", str(kubeconfig), "--listen-address", f"127.0.0.1:{self.http_port}",
+             "--metrics-exporter", "prometheus,otlp", "--traces-exporter", "none",
+             # rotel takes 4 MiB messages; chunking also times the export.
+             "--otlp-max-points-per-request", "2000",
+             "--metric-export-interval", f"{self.interval_s}s", "--log-format", "text"],
+            "exporter.log",
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{self.otlp_port}",
+             "RUST_LOG": "info,kube_runtime::watcher=error,opentelemetry_sdk=warn,"
+                         "kube_node_status::telemetry::chunked=debug"})
+        self.ready_s = wait_for(lambda: get(f"{self.metrics}/readyz", 5)[0] == 200, 600, "/readyz")
+        self.pid = self.exporter.pid
+
+    def stop(self):
+        for p in reversed(self.procs):
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    def scrape(self):
+        t = time.monotonic()
+        status, body = get(f"{self.metrics}/metrics")
+        assert status == 200
+        return time.monotonic() - t, body
+
+    def node_names(self, n):
+        _, body = get(f"{self.api}/api/v1/nodes?limit={n}")
+        return [i["metadata"]["name"] for i in json.loads(body)["items"]]
+
+    def set_ready(self, node, status):
+        req = urllib.request.Request(f"{self.api}/fake/nodes/{node}/conditions/Ready?status={status}",
+                                     method="POST")
+        urllib.request.urlopen(req, timeout=30).read()
+
+    def export_times_ms(self):
+        out = []
+        for line in (self.dir / "exporter.log").read_text().splitlines():
+            if "OTLP export sent in parts" in line and "elapsed_ms=" in line:
+                out.append(int(line.split("elapsed_ms=")[1].split()[0]))
+        return out
+
+
+def ready_value(body, node):
+    needle = f'k8s_node_name="{node}"'.encode()
+    for line in body.splitlines():
+        if line.startswith(b"k8s_node_ready{") and needle in line:
+            return float(line.rsplit(b" ", 1)[1])
+    return None
+
+
+def measure(nodes, args, workdir):
+    run = Run(nodes, workdir, args.otlp_interval)
+    run.start()
+    try:
+        result = {"ready_s": run.ready_s}
+        # Let the first collections and any resize settle.
+        time.sleep(args.settle)
+        scrapes = args.scrapes if nodes <= 10_000 else max(3, args.scrapes // 4)
+        latencies, sizes, gz = [], [], []
+        rss_samples = []
+        for _ in range(scrapes):
+            took, body = run.scrape()
+            latencies.append(took)
+            sizes.append(len(body))
+            rss_samples.append(proc_status(run.pid)[0])
+        gz.append(len(gzip.compress(body, 6)))
+        result.update(
+            metrics_p50_ms=1000 * percentile(latencies, 50),
+            metrics_p99_ms=1000 * percentile(latencies, 99),
+            metrics_bytes=median(sizes),
+            metrics_gzip_bytes=median(gz),
+            served_gzip=False,
+        )
+
+        # Idle: the scrape interval and the OTLP interval of the targets.
+        cpu0, t0 = cpu_seconds(run.pid), time.monotonic()
+        deadline = t0 + args.idle_window
+        while time.monotonic() < deadline:
+            run.scrape()
+            rss_samples.append(proc_status(run.pid)[0])
+            time.sleep(max(0, min(args.scrape_interval, deadline - time.monotonic())))
+        result["idle_cpu_s_per_min"] = 60 * (cpu_seconds(run.pid) - cpu0) / (time.monotonic() - t0)
+        result["steady_rss_mib"] = median(rss_samples)
+
+        # Freshness: flip Ready, scrape until it shows; alternate False/True.
+        names = run.names[: args.flips]
+        fresh = []
+        for node in names:
+            # Not Ready, then Ready again: each flip timed to the first scrape that shows it.
+            for status, want in (("False", 0.0), ("True", 1.0)):
+                t = time.monotonic()
+                run.set_ready(node, status)
+                while ready_value(run.scrape()[1], node) != want:
+                    pass
+                fresh.append(time.monotonic() - t)
+        result["freshness_p50_ms"] = 1000 * percentile(fresh, 50)
+        result["freshness_p99_ms"] = 1000 * percentile(fresh, 99)
+
+        # Churn: condition flips at the given rate, scraping at the scrape interval.
+        stop = threading.Event()
+        churn_nodes = run.names
+
+        def churn():
+            i = 0
+            while not stop.is_set():
+                run.set_ready(churn_nodes[i % len(churn_nodes)], "False" if (i // len(churn_nodes)) % 2 == 0 else "True")
+                i += 1
+                stop.wait(1 / args.churn)
+
+        th = threading.Thread(target=churn, daemon=True)
+        cpu0, t0 = cpu_seconds(run.pid), time.monotonic()
+        th.start()
+        deadline = t0 + args.churn_window
+        while time.monotonic() < deadline:
+            run.scrape()
+            time.sleep(max(0, min(args.scrape_interval, deadline - time.monotonic())))
+        stop.set()
+        th.join()
+        result["churn_cpu_s_per_min"] = 60 * (cpu_seconds(run.pid) - cpu0) / (time.monotonic() - t0)
+
+        rss, hwm = proc_status(run.pid)
+        result["peak_rss_mib"] = hwm
+        exports = run.export_times_ms()
+        result["otlp_exports"] = len(exports)
+        result["otlp_export_ms"] = median(exports)
+
+        stats = json.loads(get(f"{run.api}/fake/stats")[1])
+        elapsed_min = (time.monotonic() - run.started) / 60
+        ours = stats["bytes"] - run.stats_before["bytes"]
+        result.update(
+            api_lists=stats["lists"] - run.stats_before["lists"],
+            api_full_lists=stats["full_lists"] - run.stats_before["full_lists"],
+            api_watches=stats["watches"] - run.stats_before["watches"],
+            api_bytes=ours,
+            run_minutes=elapsed_min,
+        )
+        # The Go tool: one full LIST every 5 s, each the size of our initial list.
+        list_bytes = first_list_bytes(run)
+        go_bytes = list_bytes * (60 / GO_TOOL_PERIOD_S) * elapsed_min
+        result["go_tool_api_bytes"] = go_bytes
+        result["api_bytes_ratio_go_over_ours"] = go_bytes / max(ours, 1)
+        return result
+    finally:
+        run.stop()
+
+
+def first_list_bytes(run):
+    """Bytes of one full, unpaginated LIST (what the Go tool fetched every 5 s)."""
+    before = json.loads(get(f"{run.api}/fake/stats")[1])["bytes"]
+    get(f"{run.api}/api/v1/nodes")
+    return json.loads(get(f"{run.api}/fake/stats")[1])["bytes"] - before
+
+
+def plot(results, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot", file=sys.stderr)
+        return
+    sizes = sorted(int(n) for n in results)
+    fig, ax1 = plt.subplots(figsize=(7, 4))
+    ax1.plot(sizes, [results[str(n)]["steady_rss_mib"] for n in sizes], "o-", color="tab:blue", label="steady RSS")
+    ax1.plot(sizes, [results[str(n)]["peak_rss_mib"] for n in sizes], "o--", color="tab:cyan", label="peak RSS")
+    ax1.set_xscale("log")
+    ax1.set_xlabel("nodes")
+    ax1.set_ylabel("RSS (MiB)", color="tab:blue")
+    ax2 = ax1.twinx()
+    ax2.plot(sizes, [results[str(n)]["metrics_p99_ms"] for n in sizes], "s-", color="tab:red", label="/metrics p99")
+    ax2.set_ylabel("/metrics p99 (ms)", color="tab:red")
+    lines = ax1.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    labels = ax1.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
+    ax1.legend(lines, labels, loc="upper left")
+    ax1.set_title("kube-node-status: memory and scrape latency by cluster size")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="1000,10000,50000")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--scrapes", type=int, default=20, help="scrapes timed per run (fewer above 10,000 nodes)")
+    p.add_argument("--flips", type=int, default=5, help="nodes flipped (twice each) for freshness")
+    p.add_argument("--churn", type=float, default=5.0, help="condition flips per second under churn")
+    p.add_argument("--scrape-interval", type=float, default=15.0)
+    p.add_argument("--otlp-interval", type=int, default=60)
+    p.add_argument("--idle-window", type=float, default=60.0)
+    p.add_argument("--churn-window", type=float, default=60.0)
+    p.add_argument("--settle", type=float, default=5.0)
+    p.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
+    p.add_argument("--plot", default=str(ROOT / "docs" / "benchmark.png"))
+    args = p.parse_args()
+    for tool in (BIN, ROTEL):
+        if not tool.exists():
+            sys.exit(f"{tool} is missing: run scripts/bench (it builds and installs what is needed)")
+
+    results = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for n in [int(s) for s in args.sizes.split(",")]:
+            repeats = args.repeats if n <= 10_000 else 1
+            runs = []
+            for r in range(repeats):
+                print(f"== {n} nodes, run {r + 1}/{repeats}", file=sys.stderr, flush=True)
+                runs.append(measure(n, args, workdir))
+                print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+            results[str(n)] = {k: median([run[k] for run in runs]) if not isinstance(runs[0][k], bool)
+                               else runs[0][k] for k in runs[0]}
+            results[str(n)]["runs"] = repeats
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    doc = {
+        "machine": {"cpus": os.cpu_count(), "cpu": cpu,
+                    "memory_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1),
+                    "kernel": platform.release()},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "plot")},
+        "date": time.strftime("%Y-%m-%d"),
+        "results": results,
+    }
+    Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+    plot(results, args.plot)
+    print(json.dumps(doc, indent=2))
+
+
+if __name__ == "__main__":
+    main()
