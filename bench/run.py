@@ -279,6 +279,43 @@ def first_list_bytes(run):
     return json.loads(get(f"{run.api}/fake/stats")[1])["bytes"] - before
 
 
+ROWS = [
+    ("time to /readyz", "ready_s", "{:.2f} s"),
+    ("steady RSS", "steady_rss_mib", "{:.0f} MiB"),
+    ("peak RSS", "peak_rss_mib", "{:.0f} MiB"),
+    ("CPU, idle (15 s scrapes, 60 s OTLP)", "idle_cpu_s_per_min", "{:.2f} s/min"),
+    ("CPU, under churn", "churn_cpu_s_per_min", "{:.2f} s/min"),
+    ("/metrics p50", "metrics_p50_ms", "{:.0f} ms"),
+    ("/metrics p99", "metrics_p99_ms", "{:.0f} ms"),
+    ("/metrics body", "metrics_bytes", "{:,.0f} B"),
+    ("/metrics body, gzip (computed; not served yet)", "metrics_gzip_bytes", "{:,.0f} B"),
+    ("OTLP export (convert, split, send)", "otlp_export_ms", "{:.0f} ms"),
+    ("freshness p50 (flip → scrape shows it)", "freshness_p50_ms", "{:.0f} ms"),
+    ("freshness p99", "freshness_p99_ms", "{:.0f} ms"),
+    ("LIST requests (pages) / full LISTs", ("api_lists", "api_full_lists"), "{:.0f} / {:.0f}"),
+    ("WATCH requests", "api_watches", "{:.0f}"),
+    ("API bytes received", "api_bytes", "{:,.0f} B"),
+    ("Go tool's API bytes, same time (LIST every 5 s)", "go_tool_api_bytes", "{:,.0f} B"),
+    ("Go tool / ours", "api_bytes_ratio_go_over_ours", "{:.0f}×"),
+]
+
+
+def markdown(results):
+    """The report's table: a column per size."""
+    sizes = sorted(results, key=int)
+    out = ["| | " + " | ".join(f"{int(n):,} nodes" for n in sizes) + " |",
+           "|---|" + "---|" * len(sizes)]
+    for label, key, fmt in ROWS:
+        cells = []
+        for n in sizes:
+            r = results[n]
+            vals = [r.get(k) for k in key] if isinstance(key, tuple) else [r.get(key)]
+            cells.append("–" if None in vals else fmt.format(*vals))
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    out.append("| runs (medians over) | " + " | ".join(str(results[n]["runs"]) for n in sizes) + " |")
+    return "\n".join(out) + "\n"
+
+
 def plot(results, path):
     try:
         import matplotlib
@@ -348,7 +385,7 @@ def main():
     }
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
     plot(results, args.plot)
-    print(json.dumps(doc, indent=2))
+    print(markdown(results))
 
 
 if __name__ == "__main__":

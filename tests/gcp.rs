@@ -187,6 +187,24 @@ fn tls_env(receiver: &otlp::Receiver, ca_file: &std::path::Path) -> Vec<(String,
     ]
 }
 
+/// Outside GCP (no metadata server answers), with a credentials file, exporting every 500 ms.
+fn off_gcp_env(
+    receiver: &otlp::Receiver,
+    ca_file: &std::path::Path,
+    credentials: &std::path::Path,
+) -> Vec<(String, String)> {
+    let mut env = tls_env(receiver, ca_file);
+    env.extend([
+        (
+            "GOOGLE_APPLICATION_CREDENTIALS".to_string(),
+            credentials.display().to_string(),
+        ),
+        ("GCE_METADATA_HOST".into(), format!("127.0.0.1:{}", free_port())),
+        ("OTEL_METRIC_EXPORT_INTERVAL".into(), "500".into()),
+    ]);
+    env
+}
+
 fn refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
@@ -382,16 +400,7 @@ async fn a_service_account_key_file_signs_tokens_the_receiver_can_verify() {
     .await;
     let ca_file = ca.write_ca(dir.path());
     let api = fake_api(20).await;
-    let mut env = tls_env(&receiver, &ca_file);
-    env.extend([
-        (
-            "GOOGLE_APPLICATION_CREDENTIALS".to_string(),
-            key_file.display().to_string(),
-        ),
-        // Outside GCP: no metadata server answers.
-        ("GCE_METADATA_HOST".into(), format!("127.0.0.1:{}", free_port())),
-        ("OTEL_METRIC_EXPORT_INTERVAL".into(), "500".into()),
-    ]);
+    let env = off_gcp_env(&receiver, &ca_file, &key_file);
     let exporter = Exporter::start_ready(
         &api.kubeconfig(),
         &[
@@ -459,15 +468,7 @@ async fn gcloud_user_credentials_use_the_token_endpoint_and_bill_the_quota_proje
     )
     .unwrap();
     let api = fake_api(5).await;
-    let mut env = tls_env(&receiver, &ca_file);
-    env.extend([
-        (
-            "GOOGLE_APPLICATION_CREDENTIALS".to_string(),
-            adc.display().to_string(),
-        ),
-        ("GCE_METADATA_HOST".into(), format!("127.0.0.1:{}", free_port())),
-        ("OTEL_METRIC_EXPORT_INTERVAL".into(), "500".into()),
-    ]);
+    let env = off_gcp_env(&receiver, &ca_file, &adc);
     let exporter = Exporter::start_ready(
         &api.kubeconfig(),
         &[
@@ -601,6 +602,34 @@ async fn outside_gcp_the_user_is_told_how_to_configure_it() {
         lines[0].contains("gcloud auth application-default login"),
         "{}",
         lines[0]
+    );
+}
+
+#[test]
+fn an_unusable_credentials_file_is_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("key.json");
+    std::fs::write(&bad, r#"{"type": "service_account"}"#).unwrap();
+    let (code, stderr) = run_to_exit(
+        &[
+            "--otlp-auth",
+            "google",
+            "--gcp-project-id",
+            "p",
+            "--cluster-location",
+            "us-central1",
+            "--cluster-name",
+            "c",
+            "--kubeconfig",
+            "/dev/null",
+        ],
+        &[("GOOGLE_APPLICATION_CREDENTIALS", bad.to_str().unwrap())],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot use service_account credentials from"),
+        "{stderr}"
     );
 }
 
