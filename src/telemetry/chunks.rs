@@ -298,7 +298,7 @@ mod tests {
 
     #[test]
     fn splitting_a_large_collection_is_linear() {
-        // A 5,000-node collection is ~370,000 points in ~1,850 parts. Copying
+        // A 5,000-node collection is ~240,000 points in ~1,200 parts. Copying
         // the whole collection per part (the bug this guards) takes minutes;
         // a linear split takes well under a second even unoptimized.
         let req = request((0..20).map(|i| gauge(&format!("m{i}"), 20_000)).collect());
