@@ -46,6 +46,12 @@ async fn wait_accepted(receiver: &otlp::Receiver, exporter: &Exporter, n: usize)
     }
 }
 
+/// Fails with what the receiver refused, and the logs, if it refused anything.
+fn assert_none_refused(receiver: &otlp::Receiver, exporter: &Exporter) {
+    let rejected = receiver.received.rejected.lock().unwrap().clone();
+    assert!(rejected.is_empty(), "refused: {rejected:?}\n{}", exporter.logs());
+}
+
 /// Requests so far, in arrival order.
 fn requests(receiver: &otlp::Receiver) -> Vec<ExportMetricsServiceRequest> {
     receiver
@@ -415,8 +421,7 @@ async fn a_service_account_key_file_signs_tokens_the_receiver_can_verify() {
     )
     .await;
     wait_accepted(&receiver, &exporter, 4).await;
-    let rejected = receiver.received.rejected.lock().unwrap().clone();
-    assert!(rejected.is_empty(), "refused: {rejected:?}\n{}", exporter.logs());
+    assert_none_refused(&receiver, &exporter);
     let resource = otlp::resource(&receiver.latest().unwrap());
     // The project of the key file; the region from the flag.
     assert_eq!(
@@ -485,8 +490,7 @@ async fn gcloud_user_credentials_use_the_token_endpoint_and_bill_the_quota_proje
     )
     .await;
     wait_accepted(&receiver, &exporter, 3).await;
-    let rejected = receiver.received.rejected.lock().unwrap().clone();
-    assert!(rejected.is_empty(), "refused: {rejected:?}\n{}", exporter.logs());
+    assert_none_refused(&receiver, &exporter);
     assert!(google.state.token_requests.load(Ordering::Acquire) >= 1);
     let resource = otlp::resource(&receiver.latest().unwrap());
     // The flag wins over the credentials' quota project.
