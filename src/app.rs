@@ -185,7 +185,7 @@ pub async fn run(
     );
 
     let watcher = cluster::spawn_watcher(client, writer, view.clone());
-    let resizer = tokio::spawn(telemetry.clone().resize_loop());
+    let loops = tokio::spawn(telemetry.clone().run());
     let state = HttpState {
         metrics: telemetry.metrics_handle(),
         health: view.health().clone(),
@@ -208,7 +208,7 @@ pub async fn run(
     }
 
     watcher.abort();
-    resizer.abort();
+    loops.abort();
     let _ = stop_http.send(());
     if tokio::time::timeout(Duration::from_secs(2), server)
         .await
@@ -216,14 +216,18 @@ pub async fn run(
     {
         warn!("HTTP connections still open after 2s; closing them");
     }
-    let flush = tokio::task::spawn_blocking(move || {
-        telemetry.shutdown();
-        if let Some(tp) = tracer_provider
-            && let Err(e) = tp.shutdown()
-        {
-            warn!(error = %e, "tracer provider shutdown");
-        }
-    });
+    let flush = async move {
+        telemetry.shutdown().await;
+        // The tracer provider's shutdown blocks until its last batch is sent.
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(tp) = tracer_provider
+                && let Err(e) = tp.shutdown()
+            {
+                warn!(error = %e, "tracer provider shutdown");
+            }
+        })
+        .await;
+    };
     if tokio::time::timeout(SHUTDOWN_BUDGET, flush).await.is_err() {
         warn!("telemetry flush did not finish in {SHUTDOWN_BUDGET:?}; exiting anyway");
     }

@@ -107,6 +107,18 @@ pub enum Naming {
     KubeStateMetrics,
 }
 
+/// How `/metrics` is produced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum PrometheusEncoder {
+    /// The node series rendered once per change of the view and served
+    /// compressed; the exporter's own series rendered at each scrape.
+    #[default]
+    Streaming,
+    /// opentelemetry-prometheus, gathering everything at every scrape: the
+    /// reference the streaming writer is tested against. Slow for large clusters.
+    Reference,
+}
+
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -185,6 +197,12 @@ pub struct RunArgs {
     #[arg(long, env = "KNS_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
+    /// How /metrics is produced: `streaming` (rendered when nodes change, gzip
+    /// when the scraper accepts it) or `reference` (opentelemetry-prometheus at
+    /// every scrape; the same lines, far slower for large clusters).
+    #[arg(long, env = "KNS_PROMETHEUS_ENCODER", value_enum, default_value_t = PrometheusEncoder::Streaming)]
+    pub prometheus_encoder: PrometheusEncoder,
+
     /// Metric and attribute naming: `otel` or `kube-state-metrics` (both outputs).
     #[arg(long, env = "KNS_METRIC_NAMING", value_enum, default_value_t = Naming::Otel)]
     pub metric_naming: Naming,
@@ -259,6 +277,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Serve /metrics.
     pub prometheus: bool,
+    /// How /metrics is produced.
+    pub prometheus_encoder: PrometheusEncoder,
     /// Export metrics over OTLP.
     pub otlp_metrics: Option<OtlpSettings>,
     /// Export own spans over OTLP.
@@ -558,6 +578,7 @@ impl RunArgs {
             stale_after: self.stale_after,
             log_format: self.log_format.unwrap_or(LogFormat::Json),
             prometheus: metrics.contains(&"prometheus"),
+            prometheus_encoder: self.prometheus_encoder,
             otlp_metrics,
             otlp_traces,
             export_interval,

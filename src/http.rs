@@ -7,8 +7,9 @@ use std::{
 
 use axum::{
     Router,
+    body::Body,
     extract::State,
-    http::{StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -40,7 +41,26 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-async fn metrics(State(state): State<HttpState>) -> Response {
+/// True if the request's Accept-Encoding takes gzip (with a non-zero q).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let coding = parts.next().unwrap_or_default();
+            let q_zero = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !q_zero
+        })
+}
+
+async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let Some(handle) = state.metrics else {
         return (
             StatusCode::NOT_FOUND,
@@ -48,9 +68,23 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         )
             .into_response();
     };
-    // Gathering runs every metric callback synchronously: keep it off the async workers.
-    match tokio::task::spawn_blocking(move || handle.render()).await {
-        Ok(Ok(body)) => ([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], body).into_response(),
+    let gzip = accepts_gzip(&headers);
+    handle.caught_up().await;
+    // Rendering runs metric callbacks synchronously: keep it off the async workers.
+    match tokio::task::spawn_blocking(move || handle.render(gzip)).await {
+        Ok(Ok(exposition)) => {
+            let mut response = Response::new(Body::from_stream(exposition.body));
+            let h = response.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE));
+            h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+            if exposition.gzip {
+                h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+            if let Some(len) = exposition.content_length {
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+            response
+        }
         Ok(Err(e)) => {
             warn!(error = %e, "rendering /metrics");
             (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
@@ -84,4 +118,27 @@ async fn readyz(State(state): State<HttpState>) -> Response {
         )
     };
     (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_is_taken_when_the_scraper_offers_it() {
+        for (value, want) in [
+            ("gzip", true),
+            ("gzip, deflate", true),
+            ("identity;q=0.5, GZIP;q=0.8", true),
+            ("*", true),
+            ("gzip;q=0", false),
+            ("deflate, br", false),
+            ("", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(value).unwrap());
+            assert_eq!(accepts_gzip(&h), want, "{value:?}");
+        }
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
 }

@@ -191,3 +191,38 @@ fn no_point_attribute_takes_a_name_the_telemetry_api_reserves() {
         }
     }
 }
+
+/// The streaming encoder's /metrics holds the same lines as
+/// opentelemetry-prometheus's: names, labels, HELP/TYPE, `target_info` and
+/// the self-telemetry (whose values vary between two processes), in both
+/// namings, line order aside.
+#[tokio::test]
+async fn the_streaming_encoder_writes_what_opentelemetry_prometheus_writes() {
+    let api = fixture_api().await;
+    let normalized = |body: String| -> Vec<String> {
+        let mut lines: Vec<String> = body
+            .lines()
+            .map(|l| match l.starts_with("kube_node_status_") && !l.starts_with("kube_node_status_build") {
+                // name{labels} value: keep all but the value
+                true => l.rsplit_once(' ').map_or(l, |(series, _)| series).to_string(),
+                false => l.to_string(),
+            })
+            .collect();
+        lines.sort_unstable();
+        lines
+    };
+    for mode in ["otel", "kube-state-metrics"] {
+        let streaming = common::golden_body(&api.kubeconfig(), mode, "streaming", &[]).await;
+        let reference = common::golden_body(&api.kubeconfig(), mode, "reference", &[]).await;
+        assert!(streaming.contains("target_info{"), "{streaming}");
+        assert!(streaming.contains("# TYPE kube_node_status_watch_events_total counter"));
+        let (s, r) = (normalized(streaming), normalized(reference));
+        let only_streaming: Vec<&String> = s.iter().filter(|l| !r.contains(l)).collect();
+        let only_reference: Vec<&String> = r.iter().filter(|l| !s.contains(l)).collect();
+        assert!(
+            only_streaming.is_empty() && only_reference.is_empty(),
+            "{mode}: only in streaming: {only_streaming:#?}\nonly in reference: {only_reference:#?}"
+        );
+        assert_eq!(s, r, "{mode}: the same lines, but not as often");
+    }
+}

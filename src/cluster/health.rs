@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 /// Kinds of watcher events, counted separately.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,7 +148,9 @@ pub struct Health {
     broken_since: AtomicU64,
     /// Bumped on every change to the stored Nodes.
     generation: AtomicU64,
-    changed: Notify,
+    /// Carries the generation to every loop that follows changes (a `Notify`
+    /// would wake only one of them).
+    changed: watch::Sender<u64>,
     stats: WatchStats,
 }
 
@@ -167,7 +169,7 @@ impl Health {
             running: AtomicBool::new(false),
             broken_since: AtomicU64::new(0),
             generation: AtomicU64::new(0),
-            changed: Notify::new(),
+            changed: watch::Sender::new(0),
             stats: WatchStats::default(),
         }
     }
@@ -206,9 +208,10 @@ impl Health {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Waits until the stored Nodes change (or were changed since the last wait).
-    pub async fn changed(&self) {
-        self.changed.notified().await
+    /// Follows changes to the stored Nodes: the receiver's `changed()`
+    /// resolves after each change (or burst of changes) since it last looked.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     pub(crate) fn set_running(&self, running: bool) {
@@ -229,8 +232,8 @@ impl Health {
         }
         // InitApply only fills the reflector's buffer; the store changes on InitDone.
         if kind != EventKind::InitApply {
-            self.generation.fetch_add(1, Ordering::AcqRel);
-            self.changed.notify_one();
+            let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+            self.changed.send_replace(generation);
         }
         self.mark_current()
     }

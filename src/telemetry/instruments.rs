@@ -105,40 +105,82 @@ pub struct Sources {
     pub settings: Arc<ReadingSettings>,
 }
 
-/// Registers every enabled instrument on `meter`.
-pub fn register(meter: &Meter, sources: &Sources, capacity: &Capacity) {
-    for family in families::node_families(sources.settings.naming) {
-        if sources.settings.enabled(family.name) {
-            register_family(meter, family, sources, capacity);
+/// Which instruments a long-lived provider carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Group {
+    /// Everything: the reference Prometheus pipeline, collected whole at every scrape.
+    All,
+    /// Counters and self-telemetry: the OTLP pipeline, whose counters need a
+    /// stable start time (gauges are collected from short-lived providers).
+    CountersAndSelf,
+    /// Self-telemetry only: `/metrics`, whose node section is rendered apart.
+    SelfOnly,
+}
+
+/// Registers the instruments of `group` on `meter`.
+pub fn register(meter: &Meter, group: Group, sources: &Sources, capacity: &Capacity) {
+    if group != Group::SelfOnly {
+        for family in families::node_families(sources.settings.naming) {
+            let wanted = group == Group::All || family.kind == Kind::Counter;
+            if wanted && sources.settings.enabled(family.name) {
+                register_family(meter, family, sources, capacity);
+            }
         }
     }
-    register_cluster_readings(meter, sources);
+    if group == Group::All {
+        register_cluster_readings(meter, sources);
+    }
     register_self_telemetry(meter, sources);
+}
+
+/// Every point of `family` over the current view.
+pub fn family_points(family: &Family, sources: &Sources) -> Vec<(f64, Vec<KeyValue>)> {
+    let ctx = Ctx {
+        settings: &sources.settings,
+        transitions: sources.view.transitions(),
+    };
+    let mut points = Vec::new();
+    for node in &sources.view.nodes() {
+        (family.points)(&ctx, node, &mut |v, attrs| points.push((v, attrs)));
+    }
+    points
+}
+
+/// Registers `family`'s instrument with a callback that observes `points`
+/// once: for a provider that lives for one collection.
+pub fn register_observed(meter: &Meter, family: &Family, points: Vec<(f64, Vec<KeyValue>)>) {
+    let points = std::sync::Mutex::new(Some(points));
+    build(meter, family.name, family.unit, family.help, family.kind, move || {
+        points.lock().unwrap_or_else(|e| e.into_inner()).take()
+    });
 }
 
 fn register_family(meter: &Meter, family: Family, sources: &Sources, capacity: &Capacity) {
     let (name, unit, help, kind) = (family.name, family.unit, family.help, family.kind);
-    let (view, settings, cap) = (sources.view.clone(), sources.settings.clone(), capacity.clone());
+    let (sources, cap) = (sources.clone(), capacity.clone());
     // All points are gathered before any is observed, so an instrument either
     // reports the whole cluster or nothing; never a truncated set.
-    let collect = move || -> Option<Vec<(f64, Vec<KeyValue>)>> {
-        let nodes = view.nodes();
-        let ctx = Ctx {
-            settings: &settings,
-            transitions: view.transitions(),
-        };
-        let mut points = Vec::new();
-        for node in &nodes {
-            (family.points)(&ctx, node, &mut |v, attrs| points.push((v, attrs)));
-        }
+    build(meter, name, unit, help, kind, move || {
+        let points = family_points(&family, &sources);
         cap.admits(family.name, points.len()).then_some(points)
-    };
+    });
+}
+
+/// Builds an observable instrument of `kind` whose callback observes what `points` returns.
+fn build(
+    meter: &Meter,
+    name: &'static str,
+    unit: &'static str,
+    help: &'static str,
+    kind: Kind,
+    points: impl Fn() -> Option<Vec<(f64, Vec<KeyValue>)>> + Send + Sync + 'static,
+) {
     match kind {
         Kind::IntGauge => {
             let b = meter.u64_observable_gauge(name).with_description(help);
             let b = if unit.is_empty() { b } else { b.with_unit(unit) };
             b.with_callback(move |obs| {
-                for (v, attrs) in collect().into_iter().flatten() {
+                for (v, attrs) in points().into_iter().flatten() {
                     obs.observe(v as u64, &attrs);
                 }
             })
@@ -148,7 +190,7 @@ fn register_family(meter: &Meter, family: Family, sources: &Sources, capacity: &
             let b = meter.f64_observable_gauge(name).with_description(help);
             let b = if unit.is_empty() { b } else { b.with_unit(unit) };
             b.with_callback(move |obs| {
-                for (v, attrs) in collect().into_iter().flatten() {
+                for (v, attrs) in points().into_iter().flatten() {
                     obs.observe(v, &attrs);
                 }
             })
@@ -158,7 +200,7 @@ fn register_family(meter: &Meter, family: Family, sources: &Sources, capacity: &
             let b = meter.u64_observable_counter(name).with_description(help);
             let b = if unit.is_empty() { b } else { b.with_unit(unit) };
             b.with_callback(move |obs| {
-                for (v, attrs) in collect().into_iter().flatten() {
+                for (v, attrs) in points().into_iter().flatten() {
                     obs.observe(v as u64, &attrs);
                 }
             })
@@ -167,7 +209,8 @@ fn register_family(meter: &Meter, family: Family, sources: &Sources, capacity: &
     }
 }
 
-fn register_cluster_readings(meter: &Meter, sources: &Sources) {
+/// Registers the cluster-wide readings (node counts by Ready status, not-ready ratio).
+pub fn register_cluster_readings(meter: &Meter, sources: &Sources) {
     let naming = sources.settings.naming;
     let (nodes_name, not_ready_name) = families::cluster_names(naming);
     let status_key = families::status_key(naming);

@@ -9,17 +9,21 @@
 
 mod chunked;
 mod chunks;
+mod collect;
+mod exposition;
 mod families;
 mod google;
 mod instruments;
 mod otlp;
 mod prometheus_text;
 mod resource;
+mod scrape;
 
 pub use google::GoogleAuth;
 pub use instruments::names;
 pub use otlp::ExportStats;
 pub use prometheus_text::{CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE, MetricsHandle, RenderError};
+pub use scrape::Exposition;
 pub use resource::{build as build_resource, resolve as resolve_resource};
 
 use std::{
@@ -28,22 +32,29 @@ use std::{
         Arc, RwLock,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use k8s_openapi::api::core::v1::Node;
 
 use opentelemetry::metrics::MeterProvider as _;
+use futures::StreamExt as _;
 use opentelemetry_sdk::{
     Resource,
-    metrics::{Instrument, PeriodicReader, SdkMeterProvider, Stream},
+    metrics::{Instrument, SdkMeterProvider, Stream},
     trace::SdkTracerProvider,
 };
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::{cluster::View, config::Settings};
-use instruments::{Capacity, Sources};
+use crate::{
+    cluster::View,
+    config::{PrometheusEncoder, Settings},
+};
+use collect::{SharedReader, Take};
+use families::{Family, Kind};
+use instruments::{Capacity, Group, Sources};
+use scrape::Section;
 
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -88,16 +99,29 @@ fn limits_for(demand: &Demand) -> HashMap<&'static str, usize> {
         .collect()
 }
 
-/// One generation of metric pipelines, all built with the same per-instrument limits.
+/// The long-lived providers of one generation, all built with the same
+/// per-instrument limits. Per-node gauges are not on them: see [`collect`].
 struct Pipelines {
     limits: Arc<HashMap<&'static str, usize>>,
-    prometheus: Option<(SdkMeterProvider, prometheus::Registry)>,
-    otlp: Option<SdkMeterProvider>,
+    text: Option<Text>,
+    /// Counters (whose start time must hold across exports) and self-telemetry.
+    otlp: Option<(SdkMeterProvider, SharedReader)>,
+}
+
+/// The long-lived provider behind `/metrics`.
+enum Text {
+    /// Self-telemetry only; the node section is rendered apart.
+    Streaming(SdkMeterProvider, SharedReader),
+    /// Everything, gathered by opentelemetry-prometheus at every scrape.
+    Reference(SdkMeterProvider, prometheus::Registry),
 }
 
 impl Pipelines {
     fn shutdown(&self) {
-        for provider in self.prometheus.iter().map(|(p, _)| p).chain(self.otlp.iter()) {
+        let text = self.text.iter().map(|t| match t {
+            Text::Streaming(p, _) | Text::Reference(p, _) => p,
+        });
+        for provider in text.chain(self.otlp.iter().map(|(p, _)| p)) {
             if let Err(e) = provider.shutdown() {
                 warn!(error = %e, "meter provider shutdown");
             }
@@ -114,18 +138,24 @@ impl Pipelines {
 
 struct Inner {
     settings: Settings,
-    google: Option<Arc<GoogleAuth>>,
     resource: Resource,
     sources: Sources,
-    /// (instrument name, points per node) of every enabled per-node family.
+    /// The enabled per-node families, for the short-lived collections.
+    families: Vec<Family>,
+    /// (instrument name, points per node) of the per-node families on long-lived providers.
     sizing: Vec<Sizing>,
     current: RwLock<Arc<Pipelines>>,
+    /// The last rendered node section of `/metrics`.
+    section: RwLock<Arc<Section>>,
+    /// The view generation the last rendered section shows.
+    rendered: tokio::sync::watch::Sender<u64>,
+    otlp: Option<otlp::MetricsExporter>,
     resize: Arc<AtomicBool>,
     notify: Arc<Notify>,
 }
 
 /// All telemetry of the process: metric pipelines (resized as the cluster
-/// grows) and the tracer provider for our own spans.
+/// grows), the `/metrics` renderer, the OTLP export loop.
 #[derive(Clone)]
 pub struct Telemetry {
     inner: Arc<Inner>,
@@ -144,53 +174,150 @@ fn meter_provider(
 }
 
 impl Inner {
-    /// Builds a generation of pipelines. Must run inside the tokio runtime (the OTLP channel spawns on it).
+    /// Builds a generation of long-lived providers.
     fn build(&self, limits: HashMap<&'static str, usize>) -> Result<Pipelines, TelemetryError> {
         let limits = Arc::new(limits);
         let capacity = Capacity::new(limits.clone(), self.resize.clone(), self.notify.clone());
-        let prometheus = if self.settings.prometheus {
-            let registry = prometheus::Registry::new();
-            let reader = opentelemetry_prometheus::exporter()
-                .with_registry(registry.clone())
-                .scope_info_enabled(false)
-                .build()
-                .map_err(|e| TelemetryError::Prometheus(e.to_string()))?;
-            let provider = meter_provider(&self.resource, limits.clone())
-                .with_reader(reader)
-                .build();
-            instruments::register(&provider.meter("kube-node-status"), &self.sources, &capacity);
-            Some((provider, registry))
-        } else {
-            None
-        };
-        let otlp = match &self.settings.otlp_metrics {
-            Some(otlp_settings) => {
-                let exporter = otlp::metric_exporter(
-                    otlp_settings,
-                    self.sources.export.clone(),
-                    self.settings.export_interval,
-                    self.google.clone(),
-                )?;
-                let reader = PeriodicReader::builder(exporter)
-                    .with_interval(self.settings.export_interval)
+        let meter = |p: &SdkMeterProvider| p.meter(collect::METER);
+        let text = match (self.settings.prometheus, self.settings.prometheus_encoder) {
+            (false, _) => None,
+            (true, PrometheusEncoder::Streaming) => {
+                let reader = SharedReader::new();
+                let provider = meter_provider(&self.resource, limits.clone())
+                    .with_reader(reader.clone())
                     .build();
+                instruments::register(&meter(&provider), Group::SelfOnly, &self.sources, &capacity);
+                Some(Text::Streaming(provider, reader))
+            }
+            (true, PrometheusEncoder::Reference) => {
+                let registry = prometheus::Registry::new();
+                let reader = opentelemetry_prometheus::exporter()
+                    .with_registry(registry.clone())
+                    .scope_info_enabled(false)
+                    .build()
+                    .map_err(|e| TelemetryError::Prometheus(e.to_string()))?;
                 let provider = meter_provider(&self.resource, limits.clone())
                     .with_reader(reader)
                     .build();
-                instruments::register(&provider.meter("kube-node-status"), &self.sources, &capacity);
-                Some(provider)
+                instruments::register(&meter(&provider), Group::All, &self.sources, &capacity);
+                Some(Text::Reference(provider, registry))
             }
-            None => None,
         };
-        Ok(Pipelines {
-            limits,
-            prometheus,
-            otlp,
-        })
+        let otlp = self.otlp.as_ref().map(|_| {
+            let reader = SharedReader::new();
+            let provider = meter_provider(&self.resource, limits.clone())
+                .with_reader(reader.clone())
+                .build();
+            instruments::register(&meter(&provider), Group::CountersAndSelf, &self.sources, &capacity);
+            (provider, reader)
+        });
+        Ok(Pipelines { limits, text, otlp })
     }
 
     fn demand(&self) -> Demand {
         demand(&self.sizing, &self.sources.view.nodes())
+    }
+
+    fn current(&self) -> Arc<Pipelines> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Renders the node section of `/metrics` from the view as it is now. Blocking.
+    fn render_section(&self) {
+        let started = Instant::now();
+        let generation = self.sources.view.health().generation();
+        let rendered = Section::render(|out| {
+            let mut failed = None;
+            let points = collect::node_families(
+                &self.families,
+                Take::All,
+                &self.sources,
+                &self.resource,
+                |rm| {
+                    if failed.is_none()
+                        && let Err(e) = exposition::write_metrics(&rm, &mut *out)
+                    {
+                        failed = Some(e);
+                    }
+                },
+            );
+            failed.map_or(Ok(points), Err)
+        });
+        match rendered {
+            Ok(section) => {
+                debug!(
+                    points = section.points,
+                    bytes = section.plain_len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "rendered the node section of /metrics"
+                );
+                *self.section.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(section);
+            }
+            Err(e) => warn!(error = %e, "rendering /metrics; serving the previous rendering"),
+        }
+        self.rendered.send_replace(generation);
+    }
+
+    /// Waits (a bounded time) until the node section shows the view as it
+    /// is now, so that a scrape right after a change (or right after the
+    /// first sync) does not get the rendering from before it.
+    async fn catch_up(&self) {
+        if self.settings.prometheus_encoder != PrometheusEncoder::Streaming {
+            return;
+        }
+        let want = self.sources.view.health().generation();
+        let mut rendered = self.rendered.subscribe();
+        let _ = tokio::time::timeout(CATCH_UP, rendered.wait_for(|g| *g >= want)).await;
+    }
+
+    /// The live part of `/metrics`: `target_info` and self-telemetry. Blocking.
+    fn live(&self, reader: &SharedReader) -> Result<Vec<u8>, RenderError> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        exposition::write_target_info(&self.resource, &mut out)?;
+        let rm = reader.collect().map_err(|e| RenderError::Collect(e.to_string()))?;
+        exposition::write_metrics(&rm, &mut out)?;
+        Ok(out)
+    }
+
+    /// One `/metrics` response. Blocking.
+    fn scrape(&self, gzip: bool) -> Result<Exposition, RenderError> {
+        match &self.current().text {
+            None => Err(RenderError::NoRegistry),
+            Some(Text::Streaming(_, reader)) => {
+                let section = self.section.read().unwrap_or_else(|e| e.into_inner()).clone();
+                Ok(scrape::respond(section, self.live(reader)?, gzip)?)
+            }
+            Some(Text::Reference(_, registry)) => prometheus_text::render(registry).map(|body| Exposition {
+                content_length: Some(body.len() as u64),
+                body: futures::stream::once(async move { Ok(bytes::Bytes::from(body)) }).boxed(),
+                gzip: false,
+            }),
+        }
+    }
+
+    /// One OTLP export cycle: the per-node gauges from short-lived providers,
+    /// then the long-lived one, each sent as it is collected.
+    async fn export_cycle(self: &Arc<Self>, exporter: &otlp::MetricsExporter) {
+        let Some((_, reader)) = self.current().otlp.as_ref().map(|(p, r)| (p.clone(), r.clone())) else {
+            return;
+        };
+        // One collection in flight while the previous one is sent: memory
+        // stays at about two families, and the collecting stays off the async workers.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let inner = self.clone();
+        let producer = tokio::task::spawn_blocking(move || {
+            collect::node_families(&inner.families, Take::Gauges, &inner.sources, &inner.resource, |rm| {
+                let _ = tx.blocking_send(rm);
+            });
+            match reader.collect() {
+                Ok(rm) => {
+                    let _ = tx.blocking_send(rm);
+                }
+                Err(e) => warn!(error = %e, "collecting counters and self-telemetry for OTLP"),
+            }
+        });
+        exporter.export_cycle(rx).await;
+        let _ = producer.await;
     }
 }
 
@@ -204,26 +331,41 @@ impl Telemetry {
         google: Option<Arc<GoogleAuth>>,
     ) -> Result<Telemetry, TelemetryError> {
         let readings = Arc::new(settings.readings.clone());
-        let sizing = families::node_families(readings.naming)
+        let families: Vec<Family> = families::node_families(readings.naming)
             .into_iter()
             .filter(|f| readings.enabled(f.name))
+            .collect();
+        // Only per-node counters stay on long-lived providers (OTLP's, or all of them
+        // behind the reference encoder), so only they need limits sized to the cluster.
+        let reference = settings.prometheus && settings.prometheus_encoder == PrometheusEncoder::Reference;
+        let sizing = families
+            .iter()
+            .filter(|f| reference || f.kind == Kind::Counter)
             .map(|f| (f.name, f.count))
             .collect();
+        let export = Arc::new(ExportStats::default());
+        let otlp = match &settings.otlp_metrics {
+            Some(o) => Some(otlp::metric_exporter(o, export.clone(), settings.export_interval, google)?),
+            None => None,
+        };
         let inner = Inner {
             settings: settings.clone(),
-            google,
             resource,
             sources: Sources {
                 view,
-                export: Arc::new(ExportStats::default()),
+                export,
                 settings: readings,
             },
+            families,
             sizing,
             current: RwLock::new(Arc::new(Pipelines {
                 limits: Arc::default(),
-                prometheus: None,
+                text: None,
                 otlp: None,
             })),
+            section: RwLock::new(Arc::new(Section::empty())),
+            rendered: tokio::sync::watch::Sender::new(0),
+            otlp,
             resize: Arc::new(AtomicBool::new(false)),
             notify: Arc::new(Notify::new()),
         };
@@ -234,41 +376,81 @@ impl Telemetry {
         })
     }
 
-    fn current(&self) -> Arc<Pipelines> {
-        self.inner
-            .current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
     /// A handle that renders `/metrics`, if the Prometheus exporter is on.
     pub fn metrics_handle(&self) -> Option<MetricsHandle> {
         self.inner.settings.prometheus.then(|| {
-            let t = self.clone();
-            MetricsHandle::new(move || t.current().prometheus.as_ref().map(|(_, r)| r.clone()))
+            let (inner, waiter) = (self.inner.clone(), self.inner.clone());
+            MetricsHandle::new(
+                move |gzip| inner.scrape(gzip),
+                move || {
+                    let waiter = waiter.clone();
+                    Box::pin(async move { waiter.catch_up().await })
+                },
+            )
         })
+    }
+
+    /// Runs the telemetry's loops until the process stops: the resizer, the
+    /// `/metrics` renderer and the OTLP exporter.
+    pub async fn run(self) {
+        let streaming = self.inner.settings.prometheus
+            && self.inner.settings.prometheus_encoder == PrometheusEncoder::Streaming;
+        tokio::join!(
+            self.clone().resize_loop(),
+            async {
+                if streaming {
+                    self.clone().render_loop().await
+                }
+            },
+            self.clone().export_loop(),
+        );
+    }
+
+    /// Re-renders the node section of `/metrics` after every change of the view.
+    async fn render_loop(self) {
+        let mut changes = self.inner.sources.view.health().subscribe();
+        loop {
+            changes.borrow_and_update();
+            let inner = self.inner.clone();
+            let _ = tokio::task::spawn_blocking(move || inner.render_section()).await;
+            if changes.changed().await.is_err() {
+                return;
+            }
+            // Let a burst of events (a relist, a zone failing) land before rendering.
+            tokio::time::sleep(RENDER_DEBOUNCE).await;
+        }
+    }
+
+    /// Exports over OTLP every interval, until [`Telemetry::shutdown`].
+    async fn export_loop(self) {
+        let Some(exporter) = &self.inner.otlp else { return };
+        let interval = self.inner.settings.export_interval;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.inner.export_cycle(exporter).await;
+        }
     }
 
     /// Keeps the cardinality limits sized to the cluster: rebuilds the pipelines
     /// with larger limits whenever the view outgrows them. Runs forever.
-    pub async fn resize_loop(self) {
-        let health = self.inner.sources.view.health().clone();
+    async fn resize_loop(self) {
+        let mut changes = self.inner.sources.view.health().subscribe();
         loop {
             tokio::select! {
-                _ = health.changed() => {}
+                r = changes.changed() => if r.is_err() { return },
                 _ = self.inner.notify.notified() => {}
             }
             self.inner.resize.store(false, Ordering::Release);
             let demand = self.inner.demand();
-            let old = self.current();
+            let old = self.inner.current();
             if old.outgrown_by(&demand) {
                 let total: usize = demand.values().sum();
                 match self.inner.build(limits_for(&demand)) {
                     Ok(new) => {
                         *self.inner.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
                         info!(points = total, "resized metric pipelines for the cluster");
-                        // Shutting down flushes one last OTLP export: keep it off the async workers.
                         let _ = tokio::task::spawn_blocking(move || old.shutdown()).await;
                     }
                     Err(e) => {
@@ -281,11 +463,23 @@ impl Telemetry {
         }
     }
 
-    /// Shuts every meter provider down, flushing OTLP once. Blocking.
-    pub fn shutdown(&self) {
-        self.current().shutdown();
+    /// Exports over OTLP one last time, then shuts every provider and exporter down.
+    pub async fn shutdown(&self) {
+        if let Some(exporter) = &self.inner.otlp {
+            self.inner.export_cycle(exporter).await;
+            exporter.shutdown();
+        }
+        let current = self.inner.current();
+        let _ = tokio::task::spawn_blocking(move || current.shutdown()).await;
     }
 }
+
+/// The longest a scrape waits for the renderer to show a change; past it,
+/// the previous rendering is served.
+const CATCH_UP: Duration = Duration::from_secs(2);
+
+/// How long the renderer waits after a change for more to arrive.
+const RENDER_DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Checks the OTLP metric exporter's configuration (endpoint, headers,
 /// compression) without connecting: the channel is lazy and dropped unused.

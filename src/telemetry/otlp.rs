@@ -17,7 +17,7 @@ use opentelemetry_sdk::{
     trace::{SpanData, SpanExporter as SdkSpanExporter},
 };
 use tonic::transport::{Certificate, ClientTlsConfig};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{
     chunked::ChunkedMetricExporter,
@@ -81,7 +81,7 @@ pub fn metric_exporter(
     stats: Arc<ExportStats>,
     interval: Duration,
     google: Option<Arc<GoogleAuth>>,
-) -> Result<ReportingMetricExporter, ConfigError> {
+) -> Result<MetricsExporter, ConfigError> {
     if let Some(max_points) = settings.max_points_per_request {
         let env = |k: &str| std::env::var(k).ok();
         let inner = Sink::Chunked(ChunkedMetricExporter::new(
@@ -92,7 +92,7 @@ pub fn metric_exporter(
             google,
             stats.clone(),
         )?);
-        return Ok(ReportingMetricExporter { inner, stats });
+        return Ok(MetricsExporter { inner, stats });
     }
     if google.is_some() {
         // Configuration always sets a request size in Google mode; the SDK's exporter cannot split.
@@ -106,7 +106,7 @@ pub fn metric_exporter(
         builder = builder.with_endpoint(endpoint.clone());
     }
     let inner = builder.build().map_err(|e| ConfigError::Otlp(e.to_string()))?;
-    Ok(ReportingMetricExporter {
+    Ok(MetricsExporter {
         inner: Sink::Sdk(Box::new(inner)),
         stats,
     })
@@ -170,58 +170,74 @@ pub fn span_exporter(
     })
 }
 
-/// The OTLP metric exporter, counting failures and logging once per streak.
-pub struct ReportingMetricExporter {
+/// The OTLP metric exporter: sends the collections of one export cycle,
+/// counting failures and logging once per streak.
+pub struct MetricsExporter {
     inner: Sink,
     stats: Arc<ExportStats>,
 }
 
-impl fmt::Debug for ReportingMetricExporter {
+impl fmt::Debug for MetricsExporter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReportingMetricExporter").finish_non_exhaustive()
+        f.debug_struct("MetricsExporter").finish_non_exhaustive()
     }
 }
 
-impl PushMetricExporter for ReportingMetricExporter {
-    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
-        let count: usize = metrics.scope_metrics().map(|s| s.metrics().count()).sum();
-        // The SDK runs exports in a telemetry-suppressed context so that an
-        // exporter's own calls are not recorded; the export cycle itself is
-        // ours to trace, so its span starts from a fresh context.
+impl MetricsExporter {
+    /// Sends every collection `rx` yields, in order. A failed export ends the
+    /// cycle: the rest would meet the same collector or the same refusal,
+    /// and the next interval tries again. Failures count once per cycle.
+    pub async fn export_cycle(&self, mut rx: tokio::sync::mpsc::Receiver<ResourceMetrics>) {
+        // Export cycles are root spans of their own, not children of whatever ran before.
         let span = {
             let _fresh = opentelemetry::Context::new().attach();
-            info_span!("otlp.export", metrics = count, outcome = tracing::field::Empty)
+            info_span!(
+                "otlp.export",
+                metrics = tracing::field::Empty,
+                points = tracing::field::Empty,
+                outcome = tracing::field::Empty
+            )
         };
-        let result = self.inner.export(metrics).instrument(span.clone()).await;
-        match result {
-            Ok(()) => {
+        let started = std::time::Instant::now();
+        let (mut metrics, mut points, mut error) = (0usize, 0usize, None);
+        while let Some(rm) = rx.recv().await {
+            metrics += rm.scope_metrics().map(|s| s.metrics().count()).sum::<usize>();
+            points += super::collect::point_count(&rm);
+            if let Err(e) = self.inner.export(&rm).instrument(span.clone()).await {
+                error = Some(e);
+                break;
+            }
+        }
+        drop(rx);
+        span.record("metrics", metrics);
+        span.record("points", points);
+        match error {
+            None => {
                 span.record("outcome", "ok");
                 if self.stats.on_success() {
                     info!("OTLP metric export recovered");
                 }
+                debug!(
+                    metrics,
+                    points,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "OTLP collection exported"
+                );
             }
-            Err(err) => {
+            Some(err) => {
                 span.record("outcome", "error");
                 if self.stats.on_failure() {
                     warn!(error = %err, "OTLP metric export failed; retrying every interval, next log line when it recovers");
                 }
             }
         }
-        // The failure is counted and logged here; returning it would make the
-        // SDK log it again on every interval.
-        Ok(())
     }
 
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn temporality(&self) -> Temporality {
-        self.inner.temporality()
+    /// Shuts the exporter down.
+    pub fn shutdown(&self) {
+        if let Err(e) = self.inner.shutdown_with_timeout(Duration::from_secs(5)) {
+            debug!(error = %e, "OTLP metric exporter shutdown");
+        }
     }
 }
 

@@ -401,9 +401,21 @@ const VARIABLE: [&str; 5] = [
 ];
 
 /// Starts the exporter against `kubeconfig` (serving the fixture nodes) in
-/// naming `mode` and checks /metrics against `tests/golden/<file>`, all but the
-/// self-telemetry. `UPDATE_GOLDEN=1` rewrites the file instead.
+/// naming `mode` with both Prometheus encoders, and checks each one's
+/// /metrics against `tests/golden/<file>`, all but the self-telemetry, line
+/// order aside (the file is sorted). `UPDATE_GOLDEN=1` rewrites the file instead.
 pub async fn assert_golden(kubeconfig: &str, mode: &str, file: &str) {
+    for encoder in ["streaming", "reference"] {
+        assert_golden_with(kubeconfig, mode, file, encoder).await;
+    }
+}
+
+/// /metrics of the exporter in naming `mode` with Prometheus `encoder`, as
+/// served when nodes have been rendered (the streaming encoder renders a
+/// moment after the first sync).
+pub async fn golden_body(kubeconfig: &str, mode: &str, encoder: &str, extra_env: &[(&str, &str)]) -> String {
+    let mut env = vec![("OTEL_METRICS_EXPORTER", "prometheus"), ("POD_NAME", "golden-0")];
+    env.extend_from_slice(extra_env);
     let exporter = Exporter::start_ready(
         kubeconfig,
         &[
@@ -413,16 +425,29 @@ pub async fn assert_golden(kubeconfig: &str, mode: &str, file: &str) {
             GOLDEN_LABELS,
             "--cluster-name",
             "golden",
+            "--prometheus-encoder",
+            encoder,
         ],
-        &[("OTEL_METRICS_EXPORTER", "prometheus"), ("POD_NAME", "golden-0")],
+        &env,
     )
     .await;
-    let (_, body) = exporter.get("/metrics").await;
-    let got: String = body
+    let samples = exporter
+        .wait_for("the nodes on /metrics", Duration::from_secs(10), |s| {
+            s.iter().any(|s| s.name == "k8s_node_info" || s.name == "kube_node_info")
+        })
+        .await;
+    drop(samples);
+    exporter.get("/metrics").await.1
+}
+
+async fn assert_golden_with(kubeconfig: &str, mode: &str, file: &str, encoder: &str) {
+    let body = golden_body(kubeconfig, mode, encoder, &[]).await;
+    let mut lines: Vec<&str> = body
         .lines()
         .filter(|l| !VARIABLE.iter().any(|v| l.contains(v)))
-        .map(|l| format!("{l}\n"))
         .collect();
+    lines.sort_unstable();
+    let got: String = lines.iter().map(|l| format!("{l}\n")).collect();
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
         .join(file);
@@ -443,6 +468,6 @@ pub async fn assert_golden(kubeconfig: &str, mode: &str, file: &str) {
             )
             .take(40)
             .collect();
-        panic!("{file} differs from /metrics:\n{}", diff.join("\n"));
+        panic!("{file} differs from /metrics ({encoder} encoder):\n{}", diff.join("\n"));
     }
 }

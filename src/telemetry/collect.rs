@@ -1,0 +1,165 @@
+//! Collections from short-lived meter providers.
+//!
+//! The SDK keeps every attribute set an observable gauge has reported in
+//! its aggregation map until a collection passes without it, in a map
+//! preallocated to the cardinality limit. For 10,000 nodes that is about
+//! half a million sets and well over 100 MiB per provider, held forever,
+//! although the view already holds everything they say. So the per-node
+//! families are collected one at a time from a provider built for that
+//! collection, with a limit that is exactly the points at hand, and dropped
+//! straight after: the SDK's state lives for milliseconds, memory is
+//! bounded by the largest family, and the limit can never overflow.
+
+use std::sync::{Arc, Weak};
+
+use opentelemetry::metrics::{Meter, MeterProvider as _};
+use opentelemetry_sdk::{
+    Resource,
+    error::OTelSdkResult,
+    metrics::{
+        InstrumentKind, ManualReader, MeterProviderBuilder, Pipeline, SdkMeterProvider, Stream,
+        Temporality, data::ResourceMetrics, reader::MetricReader,
+    },
+};
+
+use super::{
+    families::{Family, Kind},
+    instruments::{self, Sources},
+};
+
+/// The meter (instrumentation scope) name of every instrument.
+pub const METER: &str = "kube-node-status";
+
+/// A manual reader we can still reach after the provider has taken it.
+#[derive(Clone, Debug)]
+pub struct SharedReader(Arc<ManualReader>);
+
+impl SharedReader {
+    /// A cumulative manual reader.
+    pub fn new() -> Self {
+        SharedReader(Arc::new(
+            ManualReader::builder()
+                .with_temporality(Temporality::Cumulative)
+                .build(),
+        ))
+    }
+
+    /// Runs every callback of the provider this reader is registered with.
+    pub fn collect(&self) -> Result<ResourceMetrics, opentelemetry_sdk::error::OTelSdkError> {
+        let mut rm = ResourceMetrics::default();
+        self.0.collect(&mut rm)?;
+        Ok(rm)
+    }
+}
+
+impl MetricReader for SharedReader {
+    fn register_pipeline(&self, pipeline: Weak<Pipeline>) {
+        self.0.register_pipeline(pipeline)
+    }
+
+    fn collect(&self, rm: &mut ResourceMetrics) -> OTelSdkResult {
+        self.0.collect(rm)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: std::time::Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self, kind: InstrumentKind) -> Temporality {
+        self.0.temporality(kind)
+    }
+}
+
+/// A provider builder with `resource` and one limit for every instrument.
+fn provider(resource: &Resource, limit: usize) -> MeterProviderBuilder {
+    SdkMeterProvider::builder()
+        .with_resource(resource.clone())
+        .with_view(move |_: &opentelemetry_sdk::metrics::Instrument| {
+            Stream::builder().with_cardinality_limit(limit).build().ok()
+        })
+}
+
+/// Registers instruments with `register` on a provider that lives for one
+/// collection, collects it and drops it.
+fn once(resource: &Resource, limit: usize, register: impl FnOnce(&Meter)) -> Option<ResourceMetrics> {
+    let reader = SharedReader::new();
+    let provider = provider(resource, limit).with_reader(reader.clone()).build();
+    register(&provider.meter(METER));
+    let rm = reader.collect();
+    // A manual reader has nothing to flush; shutting down only unregisters.
+    let _ = provider.shutdown();
+    match rm {
+        Ok(rm) => Some(rm),
+        Err(e) => {
+            tracing::warn!(error = %e, "metric collection failed");
+            None
+        }
+    }
+}
+
+/// Which per-node families a collection takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Take {
+    /// Every family, counters included (for `/metrics`, which has no start times).
+    All,
+    /// Gauges only (for OTLP, whose counters live on a long-lived provider).
+    Gauges,
+}
+
+/// Collects the enabled per-node families, one short-lived provider each,
+/// then the cluster-wide readings, handing each collection to `sink` and
+/// dropping it before the next. Returns the number of points collected.
+pub fn node_families(
+    families: &[Family],
+    take: Take,
+    sources: &Sources,
+    resource: &Resource,
+    mut sink: impl FnMut(ResourceMetrics),
+) -> usize {
+    let mut total = 0;
+    for family in families {
+        if take == Take::Gauges && family.kind == Kind::Counter {
+            continue;
+        }
+        let points = instruments::family_points(family, sources);
+        if points.is_empty() {
+            continue;
+        }
+        // One more than the points: the SDK counts the limit including its overflow set.
+        let limit = points.len() + 1;
+        if let Some(rm) = once(resource, limit, |m| instruments::register_observed(m, family, points)) {
+            total += point_count(&rm);
+            sink(rm);
+        }
+    }
+    if let Some(rm) = once(resource, 16, |m| instruments::register_cluster_readings(m, sources)) {
+        total += point_count(&rm);
+        sink(rm);
+    }
+    total
+}
+
+/// The data points in a collection.
+pub fn point_count(rm: &ResourceMetrics) -> usize {
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    fn count<T>(d: &MetricData<T>) -> usize {
+        match d {
+            MetricData::Gauge(g) => g.data_points().count(),
+            MetricData::Sum(s) => s.data_points().count(),
+            MetricData::Histogram(h) => h.data_points().count(),
+            MetricData::ExponentialHistogram(h) => h.data_points().count(),
+        }
+    }
+    rm.scope_metrics()
+        .flat_map(|s| s.metrics())
+        .map(|m| match m.data() {
+            AggregatedMetrics::F64(d) => count(d),
+            AggregatedMetrics::U64(d) => count(d),
+            AggregatedMetrics::I64(d) => count(d),
+        })
+        .sum()
+}
