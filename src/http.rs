@@ -75,7 +75,10 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
         Ok(Ok(exposition)) => {
             let mut response = Response::new(Body::from_stream(exposition.body));
             let h = response.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE),
+            );
             h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
             if exposition.gzip {
                 h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));

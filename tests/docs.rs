@@ -157,9 +157,28 @@ async fn check_mode(mode: &str) {
     }
 
     // OTLP names and attribute keys match the instrument column.
-    let after = receiver.exports();
-    receiver.wait_exports(after + 2, Duration::from_secs(10)).await;
-    let export = receiver.latest().unwrap();
+    // A cycle sends each family in a request of its own: wait for a whole one.
+    let documented_instruments: BTreeSet<String> = docs.iter().map(|d| d.instrument.clone()).collect();
+    let names = |req: &opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest| -> BTreeSet<String> {
+        req.resource_metrics
+            .iter()
+            .flat_map(|rm| &rm.scope_metrics)
+            .flat_map(|sm| &sm.metrics)
+            .map(|m| m.name.clone())
+            .collect()
+    };
+    let started = std::time::Instant::now();
+    let export = loop {
+        if let Some(export) = receiver.latest()
+            && names(&export).is_superset(&documented_instruments)
+        {
+            break export;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            break receiver.latest().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let mut exported = BTreeSet::new();
     for m in export
         .resource_metrics
@@ -182,7 +201,6 @@ async fn check_mode(mode: &str) {
             }
         }
     }
-    let documented_instruments: BTreeSet<String> = docs.iter().map(|d| d.instrument.clone()).collect();
     assert_eq!(exported, documented_instruments, "{mode}");
 }
 

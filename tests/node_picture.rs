@@ -202,11 +202,13 @@ async fn the_streaming_encoder_writes_what_opentelemetry_prometheus_writes() {
     let normalized = |body: String| -> Vec<String> {
         let mut lines: Vec<String> = body
             .lines()
-            .map(|l| match l.starts_with("kube_node_status_") && !l.starts_with("kube_node_status_build") {
-                // name{labels} value: keep all but the value
-                true => l.rsplit_once(' ').map_or(l, |(series, _)| series).to_string(),
-                false => l.to_string(),
-            })
+            .map(
+                |l| match l.starts_with("kube_node_status_") && !l.starts_with("kube_node_status_build") {
+                    // name{labels} value: keep all but the value
+                    true => l.rsplit_once(' ').map_or(l, |(series, _)| series).to_string(),
+                    false => l.to_string(),
+                },
+            )
             .collect();
         lines.sort_unstable();
         lines

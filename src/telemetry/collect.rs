@@ -17,8 +17,8 @@ use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
     metrics::{
-        InstrumentKind, ManualReader, MeterProviderBuilder, Pipeline, SdkMeterProvider, Stream,
-        Temporality, data::ResourceMetrics, reader::MetricReader,
+        InstrumentKind, ManualReader, MeterProviderBuilder, Pipeline, SdkMeterProvider, Stream, Temporality,
+        data::ResourceMetrics, reader::MetricReader,
     },
 };
 
@@ -131,12 +131,16 @@ pub fn node_families(
         }
         // One more than the points: the SDK counts the limit including its overflow set.
         let limit = points.len() + 1;
-        if let Some(rm) = once(resource, limit, |m| instruments::register_observed(m, family, points)) {
+        if let Some(rm) = once(resource, limit, |m| {
+            instruments::register_observed(m, family, points)
+        }) {
             total += point_count(&rm);
             sink(rm);
         }
     }
-    if let Some(rm) = once(resource, 16, |m| instruments::register_cluster_readings(m, sources)) {
+    if let Some(rm) = once(resource, 16, |m| {
+        instruments::register_cluster_readings(m, sources)
+    }) {
         total += point_count(&rm);
         sink(rm);
     }

@@ -223,7 +223,13 @@ fn sanitize_label(s: &str) -> Cow<'_, str> {
     }
     Cow::Owned(
         s.chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == ':' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == ':' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect(),
     )
 }
@@ -242,7 +248,8 @@ impl Labels {
         if let Some(i) = self.names.iter().position(|(k, _)| k == key) {
             return i;
         }
-        self.names.push((key.to_string(), sanitize_label(key).into_owned()));
+        self.names
+            .push((key.to_string(), sanitize_label(key).into_owned()));
         self.names.len() - 1
     }
 
@@ -344,9 +351,21 @@ mod tests {
         for (name, unit, want) in [
             ("k8s.node.condition.status", "{node}", "k8s_node_condition_status"),
             ("k8s.node.cpu.allocatable", "{cpu}", "k8s_node_cpu_allocatable"),
-            ("kube_node_status.view.age", "s", "kube_node_status_view_age_seconds"),
-            ("k8s.cluster.nodes.not_ready", "1", "k8s_cluster_nodes_not_ready_ratio"),
-            ("k8s.node.memory.allocatable", "By", "k8s_node_memory_allocatable_bytes"),
+            (
+                "kube_node_status.view.age",
+                "s",
+                "kube_node_status_view_age_seconds",
+            ),
+            (
+                "k8s.cluster.nodes.not_ready",
+                "1",
+                "k8s_cluster_nodes_not_ready_ratio",
+            ),
+            (
+                "k8s.node.memory.allocatable",
+                "By",
+                "k8s_node_memory_allocatable_bytes",
+            ),
             ("rate", "By/s", "rate_bytes_per_second"),
             ("rate", "1/s", "rate_per_second"),
             ("rate", "{x}/s", "rate_per_second"),
@@ -362,7 +381,18 @@ mod tests {
     #[test]
     fn numbers_print_like_display() {
         let mut b = NumberBuf::default();
-        for v in [0.0, -0.0, 1.0, -3.0, 0.5, 1_700_000_000.0, 1e21, 2.5e-7, 9_007_199_254_740_993.0, f64::NAN] {
+        for v in [
+            0.0,
+            -0.0,
+            1.0,
+            -3.0,
+            0.5,
+            1_700_000_000.0,
+            1e21,
+            2.5e-7,
+            9_007_199_254_740_993.0,
+            f64::NAN,
+        ] {
             assert_eq!(std::str::from_utf8(b.format(v)).unwrap(), v.to_string(), "{v}");
         }
     }

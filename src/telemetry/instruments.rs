@@ -150,9 +150,14 @@ pub fn family_points(family: &Family, sources: &Sources) -> Vec<(f64, Vec<KeyVal
 /// once: for a provider that lives for one collection.
 pub fn register_observed(meter: &Meter, family: &Family, points: Vec<(f64, Vec<KeyValue>)>) {
     let points = std::sync::Mutex::new(Some(points));
-    build(meter, family.name, family.unit, family.help, family.kind, move || {
-        points.lock().unwrap_or_else(|e| e.into_inner()).take()
-    });
+    build(
+        meter,
+        family.name,
+        family.unit,
+        family.help,
+        family.kind,
+        move || points.lock().unwrap_or_else(|e| e.into_inner()).take(),
+    );
 }
 
 fn register_family(meter: &Meter, family: Family, sources: &Sources, capacity: &Capacity) {

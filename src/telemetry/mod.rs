@@ -23,8 +23,8 @@ pub use google::GoogleAuth;
 pub use instruments::names;
 pub use otlp::ExportStats;
 pub use prometheus_text::{CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE, MetricsHandle, RenderError};
-pub use scrape::Exposition;
 pub use resource::{build as build_resource, resolve as resolve_resource};
+pub use scrape::Exposition;
 
 use std::{
     collections::HashMap,
@@ -37,8 +37,8 @@ use std::{
 
 use k8s_openapi::api::core::v1::Node;
 
-use opentelemetry::metrics::MeterProvider as _;
 use futures::StreamExt as _;
+use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry_sdk::{
     Resource,
     metrics::{Instrument, SdkMeterProvider, Stream},
@@ -208,7 +208,12 @@ impl Inner {
             let provider = meter_provider(&self.resource, limits.clone())
                 .with_reader(reader.clone())
                 .build();
-            instruments::register(&meter(&provider), Group::CountersAndSelf, &self.sources, &capacity);
+            instruments::register(
+                &meter(&provider),
+                Group::CountersAndSelf,
+                &self.sources,
+                &capacity,
+            );
             (provider, reader)
         });
         Ok(Pipelines { limits, text, otlp })
@@ -228,19 +233,14 @@ impl Inner {
         let generation = self.sources.view.health().generation();
         let rendered = Section::render(|out| {
             let mut failed = None;
-            let points = collect::node_families(
-                &self.families,
-                Take::All,
-                &self.sources,
-                &self.resource,
-                |rm| {
+            let points =
+                collect::node_families(&self.families, Take::All, &self.sources, &self.resource, |rm| {
                     if failed.is_none()
                         && let Err(e) = exposition::write_metrics(&rm, &mut *out)
                     {
                         failed = Some(e);
                     }
-                },
-            );
+                });
             failed.map_or(Ok(points), Err)
         });
         match rendered {
@@ -274,7 +274,9 @@ impl Inner {
     fn live(&self, reader: &SharedReader) -> Result<Vec<u8>, RenderError> {
         let mut out = Vec::with_capacity(8 * 1024);
         exposition::write_target_info(&self.resource, &mut out)?;
-        let rm = reader.collect().map_err(|e| RenderError::Collect(e.to_string()))?;
+        let rm = reader
+            .collect()
+            .map_err(|e| RenderError::Collect(e.to_string()))?;
         exposition::write_metrics(&rm, &mut out)?;
         Ok(out)
     }
@@ -306,9 +308,15 @@ impl Inner {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let inner = self.clone();
         let producer = tokio::task::spawn_blocking(move || {
-            collect::node_families(&inner.families, Take::Gauges, &inner.sources, &inner.resource, |rm| {
-                let _ = tx.blocking_send(rm);
-            });
+            collect::node_families(
+                &inner.families,
+                Take::Gauges,
+                &inner.sources,
+                &inner.resource,
+                |rm| {
+                    let _ = tx.blocking_send(rm);
+                },
+            );
             match reader.collect() {
                 Ok(rm) => {
                     let _ = tx.blocking_send(rm);
@@ -345,7 +353,12 @@ impl Telemetry {
             .collect();
         let export = Arc::new(ExportStats::default());
         let otlp = match &settings.otlp_metrics {
-            Some(o) => Some(otlp::metric_exporter(o, export.clone(), settings.export_interval, google)?),
+            Some(o) => Some(otlp::metric_exporter(
+                o,
+                export.clone(),
+                settings.export_interval,
+                google,
+            )?),
             None => None,
         };
         let inner = Inner {

@@ -53,7 +53,11 @@ impl Section {
         let mut crc_writer = out.into_inner().map_err(|e| e.into_error())?;
         // A sync flush ends the stream on a byte boundary without a final block.
         crc_writer.flush()?;
-        let CrcWriter { inner: mut encoder, crc, len } = crc_writer;
+        let CrcWriter {
+            inner: mut encoder,
+            crc,
+            len,
+        } = crc_writer;
         let deflate = std::mem::take(encoder.get_mut());
         // Dropping the encoder finishes its stream into the emptied buffer, which we discard.
         drop(encoder);
@@ -212,7 +216,9 @@ mod tests {
 
     #[tokio::test]
     async fn gzip_is_one_valid_member_of_both_sections() {
-        let big: String = (0..50_000).map(|i| format!("node_metric{{node=\"n{i}\"}} {i}\n")).collect();
+        let big: String = (0..50_000)
+            .map(|i| format!("node_metric{{node=\"n{i}\"}} {i}\n"))
+            .collect();
         let s = section(&big);
         assert_eq!(s.plain_len() as usize, big.len());
         let e = respond(s, b"live 1\n".to_vec(), true).unwrap();
@@ -221,9 +227,16 @@ mod tests {
         assert_eq!(gz.len() as u64, declared);
         // flate2's single-member decoder: trailing bytes or a bad CRC would fail.
         let mut plain = String::new();
-        flate2::read::GzDecoder::new(&gz[..]).read_to_string(&mut plain).unwrap();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_string(&mut plain)
+            .unwrap();
         assert_eq!(plain, format!("{big}live 1\n"));
-        assert!(gz.len() < big.len() / 4, "compressed {} of {}", gz.len(), big.len());
+        assert!(
+            gz.len() < big.len() / 4,
+            "compressed {} of {}",
+            gz.len(),
+            big.len()
+        );
     }
 
     #[tokio::test]
@@ -231,7 +244,10 @@ mod tests {
         let big: String = (0..100_000).map(|i| format!("m{{n=\"{i}\"}} 1\n")).collect();
         let e = respond(section(&big), b"live 2\n".to_vec(), false).unwrap();
         assert!(!e.gzip && e.content_length.is_none());
-        assert_eq!(String::from_utf8(body(e).await).unwrap(), format!("{big}live 2\n"));
+        assert_eq!(
+            String::from_utf8(body(e).await).unwrap(),
+            format!("{big}live 2\n")
+        );
     }
 
     #[tokio::test]
@@ -241,7 +257,9 @@ mod tests {
             let raw = body(e).await;
             let text = if gzip {
                 let mut s = String::new();
-                flate2::read::GzDecoder::new(&raw[..]).read_to_string(&mut s).unwrap();
+                flate2::read::GzDecoder::new(&raw[..])
+                    .read_to_string(&mut s)
+                    .unwrap();
                 s
             } else {
                 String::from_utf8(raw).unwrap()

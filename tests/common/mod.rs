@@ -433,7 +433,8 @@ pub async fn golden_body(kubeconfig: &str, mode: &str, encoder: &str, extra_env:
     .await;
     let samples = exporter
         .wait_for("the nodes on /metrics", Duration::from_secs(10), |s| {
-            s.iter().any(|s| s.name == "k8s_node_info" || s.name == "kube_node_info")
+            s.iter()
+                .any(|s| s.name == "k8s_node_info" || s.name == "kube_node_info")
         })
         .await;
     drop(samples);
@@ -468,6 +469,9 @@ async fn assert_golden_with(kubeconfig: &str, mode: &str, file: &str, encoder: &
             )
             .take(40)
             .collect();
-        panic!("{file} differs from /metrics ({encoder} encoder):\n{}", diff.join("\n"));
+        panic!(
+            "{file} differs from /metrics ({encoder} encoder):\n{}",
+            diff.join("\n")
+        );
     }
 }

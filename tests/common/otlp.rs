@@ -272,14 +272,33 @@ impl Receiver {
         self.received.metrics.lock().unwrap().len()
     }
 
-    /// The latest metric export request, if any.
+    /// The newest data of every metric, as one request: an export cycle
+    /// sends each family in a request of its own, so the newest request
+    /// alone holds only the last of them. Each metric comes whole from the
+    /// newest request that has it; the resource is the newest request's.
     pub fn latest(&self) -> Option<ExportMetricsServiceRequest> {
-        self.received
-            .metrics
-            .lock()
-            .unwrap()
-            .last()
-            .map(|(_, r)| r.clone())
+        let received = self.received.metrics.lock().unwrap();
+        let (_, newest) = received.last()?;
+        let mut seen = std::collections::BTreeSet::new();
+        let mut metrics = Vec::new();
+        for (_, req) in received.iter().rev() {
+            for m in req
+                .resource_metrics
+                .iter()
+                .flat_map(|rm| &rm.scope_metrics)
+                .flat_map(|sm| &sm.metrics)
+            {
+                if seen.insert(m.name.clone()) {
+                    metrics.push(m.clone());
+                }
+            }
+        }
+        let mut merged = newest.clone();
+        merged.resource_metrics.truncate(1);
+        let rm = merged.resource_metrics.first_mut()?;
+        rm.scope_metrics.truncate(1);
+        rm.scope_metrics.first_mut()?.metrics = metrics;
+        Some(merged)
     }
 
     /// Export requests that arrived after `since`.
@@ -292,6 +311,37 @@ impl Receiver {
             .filter(|(t, _)| *t > since)
             .map(|(_, r)| r.clone())
             .collect()
+    }
+
+    /// Complete export cycles so far: a cycle ends with the request that
+    /// carries the exporter's own telemetry (`kube_node_status.build.info`).
+    pub fn cycles(&self) -> usize {
+        self.received
+            .metrics
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, r)| {
+                r.resource_metrics
+                    .iter()
+                    .flat_map(|rm| &rm.scope_metrics)
+                    .flat_map(|sm| &sm.metrics)
+                    .any(|m| m.name == "kube_node_status.build.info")
+            })
+            .count()
+    }
+
+    /// Waits until at least `n` complete export cycles arrived.
+    pub async fn wait_cycles(&self, n: usize, timeout: Duration) {
+        let start = Instant::now();
+        while self.cycles() < n {
+            assert!(
+                start.elapsed() < timeout,
+                "only {} OTLP export cycles after {timeout:?}",
+                self.cycles()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until at least `n` exports arrived.
