@@ -1,6 +1,6 @@
 //! Wiring: builds the client, view, telemetry and server, runs them, shuts them down.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use kube::{
@@ -184,7 +184,9 @@ pub async fn run(
         "serving /metrics, /healthz and /readyz"
     );
 
-    let watcher = cluster::spawn_watcher(client, writer, view.clone());
+    let selector = settings.readings.node_labels.clone();
+    let keep_label: cluster::KeepLabel = Arc::new(move |k| crate::readings::reads_label(k, &selector));
+    let watcher = cluster::spawn_watcher(client, writer, view.clone(), keep_label);
     let loops = tokio::spawn(telemetry.clone().run());
     let state = HttpState {
         metrics: telemetry.metrics_handle(),

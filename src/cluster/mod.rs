@@ -11,7 +11,7 @@ mod watch;
 pub use api_observer::ApiObserverLayer;
 pub use health::{ApiVerb, ErrorReason, EventKind, Health, WatchStats};
 pub use transitions::Transitions;
-pub use watch::{spawn as spawn_watcher, strip};
+pub use watch::{KeepLabel, spawn as spawn_watcher, strip};
 
 use std::sync::Arc;
 

@@ -1,6 +1,6 @@
 //! The watch loop: one paginated LIST, then WATCH from its resourceVersion.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Node;
@@ -20,16 +20,27 @@ use super::{
     transitions::Transitions,
 };
 
-/// Drops everything no reading needs before a Node is stored.
+/// Which node labels to keep: the view does not know what readings need,
+/// so whoever wires it up says.
+pub type KeepLabel = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Drops everything no reading needs before a Node is stored, keeping the
+/// labels `keep_label` accepts.
 ///
-/// A real Node is about 15 KB, mostly container images and managedFields;
-/// stripped, it is a few hundred bytes, which is what keeps 10,000 nodes small.
-pub fn strip(node: &mut Node) {
+/// A real Node is about 15 KB, mostly container images and managedFields,
+/// and GKE sets some twenty labels; stripped, it is about a kilobyte, which
+/// is what keeps 10,000 nodes small.
+pub fn strip(node: &mut Node, keep_label: &dyn Fn(&str) -> bool) {
     let meta = &mut node.metadata;
     meta.managed_fields = None;
     meta.annotations = None;
     meta.owner_references = None;
     meta.finalizers = None;
+    meta.generate_name = None;
+    meta.uid = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|k, _| keep_label(k));
+    }
     if let Some(spec) = node.spec.as_mut() {
         spec.config_source = None;
         spec.external_id = None;
@@ -44,6 +55,10 @@ pub fn strip(node: &mut Node) {
         status.features = None;
         status.runtime_handlers = None;
         status.declared_features = None;
+        // Only the internal IP is read (info); hostnames and DNS names are not.
+        if let Some(addresses) = status.addresses.as_mut() {
+            addresses.retain(|a| a.type_ == "InternalIP");
+        }
         for c in status.conditions.iter_mut().flatten() {
             // Heartbeats change every few seconds and messages are free text: neither is read.
             c.last_heartbeat_time = None;
@@ -88,7 +103,7 @@ fn kind<K>(event: &Event<K>) -> EventKind {
 
 /// Runs the watcher until the stream ends (it does not on its own: errors are
 /// retried with `default_backoff`), storing into `writer` and reporting into `health`.
-pub async fn run(client: Client, writer: Writer<Node>, view: View) {
+pub async fn run(client: Client, writer: Writer<Node>, view: View, keep_label: KeepLabel) {
     let health = view.health().clone();
     let api: Api<Node> = Api::all(client);
     // Defaults: paginated LIST (500 per page) at the most recent resourceVersion,
@@ -97,7 +112,7 @@ pub async fn run(client: Client, writer: Writer<Node>, view: View) {
     let (store, transitions) = (view.store().clone(), view.transitions().clone());
     let stream = watcher::watcher(api, config)
         .default_backoff()
-        .modify(strip)
+        .modify(move |node| strip(node, &*keep_label))
         .map_ok(move |event| {
             count_transitions(&transitions, &store, &event);
             event
@@ -156,8 +171,13 @@ pub async fn run(client: Client, writer: Writer<Node>, view: View) {
 
 /// Spawns [`run`] on the runtime. Each (re)list is its own root span: a span
 /// for the watcher's whole life would never end, and traces under it never close.
-pub fn spawn(client: Client, writer: Writer<Node>, view: View) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(client, writer, view))
+pub fn spawn(
+    client: Client,
+    writer: Writer<Node>,
+    view: View,
+    keep_label: KeepLabel,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(client, writer, view, keep_label))
 }
 
 /// Counts condition status changes. Runs before the reflector applies the
@@ -188,7 +208,13 @@ mod tests {
         let mut node = Node {
             metadata: ObjectMeta {
                 name: Some("a".into()),
-                labels: Some([("zone".to_string(), "z1".to_string())].into()),
+                labels: Some(
+                    [
+                        ("zone".to_string(), "z1".to_string()),
+                        ("beta.kubernetes.io/os".to_string(), "linux".to_string()),
+                    ]
+                    .into(),
+                ),
                 annotations: Some([("big".to_string(), "x".repeat(10_000))].into()),
                 ..Default::default()
             },
@@ -207,9 +233,12 @@ mod tests {
                 ..Default::default()
             }),
         };
-        strip(&mut node);
+        strip(&mut node, &|k| k == "zone");
         assert_eq!(node.metadata.name.as_deref(), Some("a"));
-        assert!(node.metadata.labels.is_some());
+        assert_eq!(
+            node.metadata.labels,
+            Some([("zone".to_string(), "z1".to_string())].into())
+        );
         assert!(node.metadata.annotations.is_none());
         let status = node.status.as_ref().unwrap();
         assert!(status.images.is_none());

@@ -80,7 +80,8 @@ impl LabelSelector {
         self.exact.is_empty() && self.globs.is_none()
     }
 
-    fn matches(&self, key: &str) -> bool {
+    /// True if label `key` is selected.
+    pub fn matches(&self, key: &str) -> bool {
         self.exact.iter().any(|e| e == key) || self.globs.as_ref().is_some_and(|g| g.is_match(key))
     }
 

@@ -319,6 +319,11 @@ pub fn deletion_timestamp(node: &Node) -> Option<f64> {
 /// The label prefix Kubernetes uses for node roles.
 pub const ROLE_LABEL_PREFIX: &str = "node-role.kubernetes.io/";
 
+/// True if some reading reads label `key`: a role label, or one `selector` selects.
+pub fn reads_label(key: &str, selector: &labels::LabelSelector) -> bool {
+    key.starts_with(ROLE_LABEL_PREFIX) || key == "kubernetes.io/role" || selector.matches(key)
+}
+
 /// The node's roles, from `node-role.kubernetes.io/<role>` labels (and the
 /// legacy `kubernetes.io/role` label's value), sorted and unique.
 pub fn roles(node: &Node) -> Vec<&str> {

@@ -264,13 +264,14 @@ impl PushMetricExporter for ChunkedMetricExporter {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
         let started = std::time::Instant::now();
         let request = ExportMetricsServiceRequest::from(metrics);
-        let parts = chunks::split(&request, self.inner.max_points);
+        let points = chunks::request_points(&request);
+        let parts = chunks::split(request, self.inner.max_points);
         // The SDK drives exports on its own thread; timers and the channel need the runtime.
         match self.runtime.spawn(self.inner.clone().send_all(parts)).await {
             Ok(Ok(requests)) => {
                 debug!(
                     requests,
-                    points = chunks::request_points(&request),
+                    points,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "OTLP export sent in parts"
                 );

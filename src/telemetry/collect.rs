@@ -85,7 +85,7 @@ fn provider(resource: &Resource, limit: usize) -> MeterProviderBuilder {
 
 /// Registers instruments with `register` on a provider that lives for one
 /// collection, collects it and drops it.
-fn once(resource: &Resource, limit: usize, register: impl FnOnce(&Meter)) -> Option<ResourceMetrics> {
+pub fn once(resource: &Resource, limit: usize, register: impl FnOnce(&Meter)) -> Option<ResourceMetrics> {
     let reader = SharedReader::new();
     let provider = provider(resource, limit).with_reader(reader.clone()).build();
     register(&provider.meter(METER));
@@ -101,28 +101,21 @@ fn once(resource: &Resource, limit: usize, register: impl FnOnce(&Meter)) -> Opt
     }
 }
 
-/// Which per-node families a collection takes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Take {
-    /// Every family, counters included (for `/metrics`, which has no start times).
-    All,
-    /// Gauges only (for OTLP, whose counters live on a long-lived provider).
-    Gauges,
-}
-
-/// Collects the enabled per-node families, one short-lived provider each,
-/// then the cluster-wide readings, handing each collection to `sink` and
-/// dropping it before the next. Returns the number of points collected.
-pub fn node_families(
+/// Collects the enabled per-node gauge families, one short-lived provider
+/// each, then the cluster-wide readings, handing each collection to `sink`
+/// and dropping it before the next. Counters are not taken: their start
+/// time must hold from one export to the next, so they live on a long-lived
+/// provider (where the SDK drains them at every collection, keeping nothing).
+/// Returns the number of points collected.
+pub fn gauge_families(
     families: &[Family],
-    take: Take,
     sources: &Sources,
     resource: &Resource,
     mut sink: impl FnMut(ResourceMetrics),
 ) -> usize {
     let mut total = 0;
     for family in families {
-        if take == Take::Gauges && family.kind == Kind::Counter {
+        if family.kind == Kind::Counter {
             continue;
         }
         let points = instruments::family_points(family, sources);
@@ -166,4 +159,31 @@ pub fn point_count(rm: &ResourceMetrics) -> usize {
             AggregatedMetrics::I64(d) => count(d),
         })
         .sum()
+}
+
+/// Caps glibc's malloc arenas at two. glibc gives each thread that contends
+/// for the heap an arena of its own, up to eight per core, and memory freed
+/// in one stays there: the watch, the renderer and the exporter all run on
+/// different threads, so the cluster's memory ends up spread, and held,
+/// across many arenas. Call once, at start, before other threads exist.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a glibc tunable; it takes no pointers.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Hands the memory freed by a large collection back to the system.
+///
+/// A collection allocates and frees hundreds of thousands of small
+/// attribute sets. glibc keeps freed memory in its arenas, so without this
+/// the resident size stays at the collection's peak for good, though the
+/// process needs a fraction of it between collections.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own arenas; it takes no pointers of ours.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

@@ -33,26 +33,62 @@ pub fn write_target_info<W: Write + ?Sized>(resource: &Resource, out: &mut W) ->
     out.write_all(b" 1\n")
 }
 
-/// Writes every metric of `rm` that has points. Histograms are not written:
-/// this exporter creates none.
+/// Writes every metric of `rm` that has points, each with its HELP and
+/// TYPE. Histograms are not written: this exporter creates none.
 pub fn write_metrics<W: Write + ?Sized>(rm: &ResourceMetrics, out: &mut W) -> io::Result<()> {
+    write_all(rm, true, out)
+}
+
+/// Writes the samples of every metric of `rm`, without HELP and TYPE: for
+/// a metric whose samples are written in several parts under one header
+/// (see [`write_header`]).
+pub fn write_samples<W: Write + ?Sized>(rm: &ResourceMetrics, out: &mut W) -> io::Result<()> {
+    write_all(rm, false, out)
+}
+
+fn write_all<W: Write + ?Sized>(rm: &ResourceMetrics, headers: bool, out: &mut W) -> io::Result<()> {
     let mut labels = Labels::default();
     for scope in rm.scope_metrics() {
         for metric in scope.metrics() {
             match metric.data() {
-                AggregatedMetrics::F64(d) => write_data(metric, d, |v| v, &mut labels, out)?,
-                AggregatedMetrics::U64(d) => write_data(metric, d, |v| v as f64, &mut labels, out)?,
-                AggregatedMetrics::I64(d) => write_data(metric, d, |v| v as f64, &mut labels, out)?,
+                AggregatedMetrics::F64(d) => write_data(metric, d, |v| v, headers, &mut labels, out)?,
+                AggregatedMetrics::U64(d) => write_data(metric, d, |v| v as f64, headers, &mut labels, out)?,
+                AggregatedMetrics::I64(d) => write_data(metric, d, |v| v as f64, headers, &mut labels, out)?,
             }
         }
     }
     Ok(())
 }
 
+/// The Prometheus name of an instrument: unit suffix, and `_total` for counters.
+pub fn prometheus_name(name: &str, unit: &str, counter: bool) -> String {
+    let mut name = metric_name(name, unit).into_owned();
+    if counter {
+        name.push_str("_total");
+    }
+    name
+}
+
+/// Writes the HELP (unless `description` is empty) and TYPE lines of a metric.
+pub fn write_header<W: Write + ?Sized>(
+    out: &mut W,
+    name: &str,
+    description: &str,
+    counter: bool,
+) -> io::Result<()> {
+    if !description.is_empty() {
+        write!(out, "# HELP {name} ")?;
+        write_escaped(out, description, false)?;
+        out.write_all(b"\n")?;
+    }
+    writeln!(out, "# TYPE {name} {}", if counter { "counter" } else { "gauge" })
+}
+
 fn write_data<T: Copy, W: Write + ?Sized>(
     metric: &Metric,
     data: &MetricData<T>,
     as_f64: impl Fn(T) -> f64,
+    header: bool,
     labels: &mut Labels,
     out: &mut W,
 ) -> io::Result<()> {
@@ -65,16 +101,10 @@ fn write_data<T: Copy, W: Write + ?Sized>(
     if empty {
         return Ok(());
     }
-    let mut name = metric_name(metric.name(), metric.unit()).into_owned();
-    if counter {
-        name.push_str("_total");
+    let name = prometheus_name(metric.name(), metric.unit(), counter);
+    if header {
+        write_header(out, &name, metric.description(), counter)?;
     }
-    if !metric.description().is_empty() {
-        write!(out, "# HELP {name} ")?;
-        write_escaped(out, metric.description(), false)?;
-        out.write_all(b"\n")?;
-    }
-    writeln!(out, "# TYPE {name} {}", if counter { "counter" } else { "gauge" })?;
     let mut number = NumberBuf::default();
     let mut attrs: Vec<&KeyValue> = Vec::new();
     match data {

@@ -4,7 +4,9 @@
 //! unit, a help text and a pure function from one Node to its points. A
 //! family that the metric filters drop is never registered, so it costs nothing.
 
-use opentelemetry::KeyValue;
+use std::sync::Arc;
+
+use opentelemetry::{Key, KeyValue, Value};
 
 use crate::{
     cluster::Transitions,
@@ -102,11 +104,13 @@ impl Ctx<'_> {
         let k = keys(self.settings.naming);
         let labels = self.settings.node_labels.select(node);
         let mut attrs = Vec::with_capacity(1 + labels.len() + 3);
-        attrs.push(KeyValue::new(k.node, name.to_string()));
+        // Reference-counted: every point of the node clones these, and a
+        // clone of an `Arc<str>` is a count, not an allocation.
+        attrs.push(KeyValue::new(k.node, Arc::<str>::from(name)));
         for (key, value) in labels {
             attrs.push(KeyValue::new(
-                format!("{}{key}", k.label_prefix),
-                value.to_string(),
+                Key::from(Arc::<str>::from(format!("{}{key}", k.label_prefix))),
+                Arc::<str>::from(value),
             ));
         }
         Some(attrs)
@@ -114,6 +118,37 @@ impl Ctx<'_> {
 
     fn keys(&self) -> &'static Keys {
         keys(self.settings.naming)
+    }
+}
+
+/// An attribute value for text that repeats across nodes (condition types,
+/// statuses, taint effects): the well-known ones are static, others shared.
+fn shared(text: &str) -> Value {
+    const KNOWN: [&str; 20] = [
+        "Ready",
+        "MemoryPressure",
+        "DiskPressure",
+        "PIDPressure",
+        "NetworkUnavailable",
+        "KernelDeadlock",
+        "ReadonlyFilesystem",
+        "FrequentUnregisterNetDevice",
+        "FrequentKubeletRestart",
+        "FrequentDockerRestart",
+        "FrequentContainerdRestart",
+        "CorruptDockerOverlay2",
+        "NoSchedule",
+        "PreferNoSchedule",
+        "NoExecute",
+        "control-plane",
+        "master",
+        "worker",
+        "cpu",
+        "memory",
+    ];
+    match KNOWN.iter().find(|k| **k == text) {
+        Some(k) => Value::from(*k),
+        None => Value::from(Arc::<str>::from(text)),
     }
 }
 
@@ -178,7 +213,7 @@ fn condition_status(naming: Naming) -> Family {
                     let attrs = with(
                         base.clone(),
                         [
-                            KeyValue::new(k.condition, c.type_.to_string()),
+                            KeyValue::new(k.condition, shared(c.type_)),
                             KeyValue::new(k.status, s.as_str()),
                         ],
                     );
@@ -208,7 +243,7 @@ fn condition_last_transition(naming: Naming) -> Family {
                         t,
                         with(
                             base.clone(),
-                            [KeyValue::new(ctx.keys().condition, c.type_.to_string())],
+                            [KeyValue::new(ctx.keys().condition, shared(c.type_))],
                         ),
                     );
                 }
@@ -238,7 +273,7 @@ fn condition_transitions(naming: Naming) -> Family {
                     count as f64,
                     with(
                         base.clone(),
-                        [KeyValue::new(ctx.keys().condition, c.type_.to_string())],
+                        [KeyValue::new(ctx.keys().condition, shared(c.type_))],
                     ),
                 );
             }
@@ -262,7 +297,7 @@ fn taint(naming: Naming) -> Family {
                     [
                         KeyValue::new(key, t.key.to_string()),
                         KeyValue::new(value, t.value.to_string()),
-                        KeyValue::new(effect, t.effect.to_string()),
+                        KeyValue::new(effect, shared(t.effect)),
                     ],
                 );
                 emit(1.0, attrs);
@@ -332,7 +367,7 @@ fn role(naming: Naming) -> Family {
             for r in readings::roles(node) {
                 emit(
                     1.0,
-                    with(base.clone(), [KeyValue::new(ctx.keys().role, r.to_string())]),
+                    with(base.clone(), [KeyValue::new(ctx.keys().role, shared(r))]),
                 );
             }
         }),
@@ -459,10 +494,7 @@ fn extended_resources(list: ResourceList) -> Family {
                 if !NAMED_RESOURCES.iter().any(|(n, ..)| *n == r.name) {
                     emit(
                         r.value,
-                        with(
-                            base.clone(),
-                            [KeyValue::new(ctx.keys().resource, r.name.to_string())],
-                        ),
+                        with(base.clone(), [KeyValue::new(ctx.keys().resource, shared(r.name))]),
                     );
                 }
             }

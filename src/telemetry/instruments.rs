@@ -12,6 +12,7 @@ use std::{
     time::Instant,
 };
 
+use k8s_openapi::api::core::v1::Node;
 use opentelemetry::{KeyValue, metrics::Meter};
 use tokio::sync::Notify;
 
@@ -135,12 +136,17 @@ pub fn register(meter: &Meter, group: Group, sources: &Sources, capacity: &Capac
 
 /// Every point of `family` over the current view.
 pub fn family_points(family: &Family, sources: &Sources) -> Vec<(f64, Vec<KeyValue>)> {
+    points_of(family, sources, &sources.view.nodes())
+}
+
+/// The points of `family` for `nodes`.
+pub fn points_of(family: &Family, sources: &Sources, nodes: &[Arc<Node>]) -> Vec<(f64, Vec<KeyValue>)> {
     let ctx = Ctx {
         settings: &sources.settings,
         transitions: sources.view.transitions(),
     };
     let mut points = Vec::new();
-    for node in &sources.view.nodes() {
+    for node in nodes {
         (family.points)(&ctx, node, &mut |v, attrs| points.push((v, attrs)));
     }
     points

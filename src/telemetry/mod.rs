@@ -18,7 +18,9 @@ mod otlp;
 mod prometheus_text;
 mod resource;
 mod scrape;
+mod sections;
 
+pub use collect::limit_malloc_arenas;
 pub use google::GoogleAuth;
 pub use instruments::names;
 pub use otlp::ExportStats;
@@ -51,10 +53,11 @@ use crate::{
     cluster::View,
     config::{PrometheusEncoder, Settings},
 };
-use collect::{SharedReader, Take};
+use collect::SharedReader;
 use families::{Family, Kind};
 use instruments::{Capacity, Group, Sources};
 use scrape::Section;
+use sections::Sections;
 
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +68,9 @@ pub enum TelemetryError {
     /// The Prometheus exporter could not be built.
     #[error("Prometheus exporter: {0}")]
     Prometheus(String),
+    /// The `/metrics` renderer could not be set up.
+    #[error(transparent)]
+    Render(#[from] RenderError),
 }
 
 /// The SDK's own default; we never go below it.
@@ -145,6 +151,8 @@ struct Inner {
     /// (instrument name, points per node) of the per-node families on long-lived providers.
     sizing: Vec<Sizing>,
     current: RwLock<Arc<Pipelines>>,
+    /// The node section of `/metrics`, segment by segment.
+    sections: std::sync::Mutex<Sections>,
     /// The last rendered node section of `/metrics`.
     section: RwLock<Arc<Section>>,
     /// The view generation the last rendered section shows.
@@ -227,26 +235,18 @@ impl Inner {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Renders the node section of `/metrics` from the view as it is now. Blocking.
+    /// Brings the node section of `/metrics` up to date with the view:
+    /// renders again the shards whose nodes changed. Blocking.
     fn render_section(&self) {
         let started = Instant::now();
         let generation = self.sources.view.health().generation();
-        let rendered = Section::render(|out| {
-            let mut failed = None;
-            let points =
-                collect::node_families(&self.families, Take::All, &self.sources, &self.resource, |rm| {
-                    if failed.is_none()
-                        && let Err(e) = exposition::write_metrics(&rm, &mut *out)
-                    {
-                        failed = Some(e);
-                    }
-                });
-            failed.map_or(Ok(points), Err)
-        });
-        match rendered {
-            Ok(section) => {
+        let mut sections = self.sections.lock().unwrap_or_else(|e| e.into_inner());
+        match sections.refresh(&self.families, &self.sources, &self.resource) {
+            Ok((section, done)) => {
                 debug!(
-                    points = section.points,
+                    shards = done.shards,
+                    points = done.points,
+                    total_points = section.points,
                     bytes = section.plain_len(),
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "rendered the node section of /metrics"
@@ -255,7 +255,9 @@ impl Inner {
             }
             Err(e) => warn!(error = %e, "rendering /metrics; serving the previous rendering"),
         }
+        drop(sections);
         self.rendered.send_replace(generation);
+        collect::release_free_memory();
     }
 
     /// Waits (a bounded time) until the node section shows the view as it
@@ -308,15 +310,9 @@ impl Inner {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let inner = self.clone();
         let producer = tokio::task::spawn_blocking(move || {
-            collect::node_families(
-                &inner.families,
-                Take::Gauges,
-                &inner.sources,
-                &inner.resource,
-                |rm| {
-                    let _ = tx.blocking_send(rm);
-                },
-            );
+            collect::gauge_families(&inner.families, &inner.sources, &inner.resource, |rm| {
+                let _ = tx.blocking_send(rm);
+            });
             match reader.collect() {
                 Ok(rm) => {
                     let _ = tx.blocking_send(rm);
@@ -326,6 +322,7 @@ impl Inner {
         });
         exporter.export_cycle(rx).await;
         let _ = producer.await;
+        let _ = tokio::task::spawn_blocking(collect::release_free_memory).await;
     }
 }
 
@@ -361,6 +358,7 @@ impl Telemetry {
             )?),
             None => None,
         };
+        let sections = Sections::new(&families).map_err(RenderError::from)?;
         let inner = Inner {
             settings: settings.clone(),
             resource,
@@ -376,6 +374,7 @@ impl Telemetry {
                 text: None,
                 otlp: None,
             })),
+            sections: std::sync::Mutex::new(sections),
             section: RwLock::new(Arc::new(Section::empty())),
             rendered: tokio::sync::watch::Sender::new(0),
             otlp,
@@ -417,6 +416,37 @@ impl Telemetry {
             },
             self.clone().export_loop(),
         );
+    }
+
+    /// Brings the node section of `/metrics` up to date now, as the render
+    /// loop does after every change; `full` renders every shard, not only
+    /// the changed ones. Blocking: for benchmarks and tools.
+    pub fn render_now(&self, full: bool) {
+        if full {
+            self.inner
+                .sections
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .invalidate();
+        }
+        self.inner.render_section();
+    }
+
+    /// Collects the per-node gauges as an OTLP export cycle does, without
+    /// sending them, and returns how many points there were. Blocking: for
+    /// benchmarks and tools.
+    pub fn collect_gauges_now(&self) -> usize {
+        let inner = &self.inner;
+        collect::gauge_families(&inner.families, &inner.sources, &inner.resource, drop)
+    }
+
+    /// Bytes of plain text in the rendered node section of `/metrics`.
+    pub fn section_len(&self) -> u64 {
+        self.inner
+            .section
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .plain_len()
     }
 
     /// Re-renders the node section of `/metrics` after every change of the view.

@@ -1,15 +1,17 @@
-//! The `/metrics` body: a node section rendered when the view changes and
-//! kept compressed, and a small live section (`target_info` and the
-//! exporter's own telemetry) rendered at every scrape.
+//! The `/metrics` body: a node section kept compressed and re-rendered in
+//! parts when the view changes, and a small live section (`target_info`
+//! and the exporter's own telemetry) rendered at every scrape.
 //!
 //! The node section is the whole cost of a scrape, and it only changes when
-//! a watch event changes the view, so a scrape must not pay for it: it is
-//! rendered once per change, off the async workers, straight into a raw
-//! deflate stream ended by a sync flush. A gzip response is then a header,
-//! that cached stream, the live section compressed to its end, and a
-//! trailer whose CRC-32 combines the two: one valid gzip member, whatever
-//! the client. A scraper that does not take gzip gets the text inflated
-//! as it streams out, so no scrape ever holds the whole plain body.
+//! a watch event changes the view, so a scrape must not pay for it. Each
+//! part ([`Segment`]) is rendered straight into a raw deflate stream of its
+//! own, ended by a sync flush: byte-aligned, no final block, no reference
+//! outside itself, so segments concatenate into one valid deflate stream
+//! and one can be replaced without touching the others. A gzip response is
+//! a header, the segments, the live section compressed to its end, and a
+//! trailer whose CRC-32 combines them all: one valid gzip member, whatever
+//! the client. A scraper that does not take gzip gets the text inflated as
+//! it streams out, so no scrape ever holds the whole plain body.
 
 use std::{
     io::{self, BufWriter, Read, Write},
@@ -21,8 +23,8 @@ use crc32fast::Hasher as Crc;
 use flate2::{Compression, read::DeflateDecoder, write::DeflateEncoder};
 use futures::stream::{self, BoxStream, StreamExt};
 
-/// A rendered node section.
-pub struct Section {
+/// A rendered part of the node section.
+pub struct Segment {
     /// Raw deflate, sync-flushed, not final: other deflate data may follow it.
     deflate: Bytes,
     /// CRC-32 and length of the plain text.
@@ -33,10 +35,10 @@ pub struct Section {
     pub points: usize,
 }
 
-impl Section {
-    /// An empty section (before the first render).
-    pub fn empty() -> Section {
-        Section {
+impl Segment {
+    /// An empty segment.
+    pub fn empty() -> Segment {
+        Segment {
             deflate: Bytes::new(),
             crc: Crc::new(),
             len: 0,
@@ -44,8 +46,9 @@ impl Section {
         }
     }
 
-    /// Renders a section: `write` writes the plain text into the writer it is given.
-    pub fn render(write: impl FnOnce(&mut dyn Write) -> io::Result<usize>) -> io::Result<Section> {
+    /// Renders a segment: `write` writes the plain text into the writer it
+    /// is given and returns how many points it wrote.
+    pub fn render(write: impl FnOnce(&mut dyn Write) -> io::Result<usize>) -> io::Result<Segment> {
         // Level 1: a tenth of the CPU of the default level for about 1.4× the bytes.
         let encoder = DeflateEncoder::new(Vec::with_capacity(1 << 20), Compression::fast());
         let mut out = BufWriter::with_capacity(1 << 16, CrcWriter::new(encoder));
@@ -61,12 +64,45 @@ impl Section {
         let deflate = std::mem::take(encoder.get_mut());
         // Dropping the encoder finishes its stream into the emptied buffer, which we discard.
         drop(encoder);
-        Ok(Section {
+        Ok(Segment {
             deflate: Bytes::from(deflate),
             crc,
             len,
             points,
         })
+    }
+}
+
+/// The node section: segments in order, with their combined CRC-32 and length.
+pub struct Section {
+    chunks: Vec<Bytes>,
+    crc: Crc,
+    len: u64,
+    /// Points it holds.
+    pub points: usize,
+}
+
+impl Section {
+    /// An empty section (before the first render).
+    pub fn empty() -> Section {
+        Section::assemble(std::iter::empty())
+    }
+
+    /// Puts `segments` one after the other.
+    pub fn assemble<'a>(segments: impl Iterator<Item = &'a Segment>) -> Section {
+        let mut section = Section {
+            chunks: Vec::new(),
+            crc: Crc::new(),
+            len: 0,
+            points: 0,
+        };
+        for s in segments.filter(|s| s.len > 0) {
+            section.chunks.push(s.deflate.clone());
+            section.crc.combine(&s.crc);
+            section.len += s.len;
+            section.points += s.points;
+        }
+        section
     }
 
     /// Bytes of plain text.
@@ -106,12 +142,10 @@ pub fn respond(section: Arc<Section>, live: Vec<u8>, gzip: bool) -> io::Result<E
         let mut trailer = Vec::with_capacity(8);
         trailer.extend_from_slice(&crc.finalize().to_le_bytes());
         trailer.extend_from_slice(&isize.to_le_bytes());
-        let chunks = [
-            Bytes::from_static(&GZIP_HEADER),
-            section.deflate.clone(),
-            Bytes::from(tail),
-            Bytes::from(trailer),
-        ];
+        let chunks: Vec<Bytes> = std::iter::once(Bytes::from_static(&GZIP_HEADER))
+            .chain(section.chunks.iter().cloned())
+            .chain([Bytes::from(tail), Bytes::from(trailer)])
+            .collect();
         let len = chunks.iter().map(|c| c.len() as u64).sum();
         return Ok(Exposition {
             body: stream::iter(chunks.into_iter().map(Ok)).boxed(),
@@ -122,7 +156,15 @@ pub fn respond(section: Arc<Section>, live: Vec<u8>, gzip: bool) -> io::Result<E
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(2);
     // Inflating is CPU work: a blocking thread feeds the response as the client reads.
     tokio::task::spawn_blocking(move || {
-        let input = section.deflate.as_ref().chain(&FINAL_BLOCK[..]);
+        let input = Chunks {
+            chunks: section
+                .chunks
+                .iter()
+                .map(|c| &c[..])
+                .chain([&FINAL_BLOCK[..]])
+                .collect(),
+            at: 0,
+        };
         let mut decoder = DeflateDecoder::new(input);
         loop {
             let mut chunk = vec![0u8; PLAIN_CHUNK];
@@ -148,6 +190,28 @@ pub fn respond(section: Arc<Section>, live: Vec<u8>, gzip: bool) -> io::Result<E
         content_length: None,
         gzip: false,
     })
+}
+
+/// Reads a list of byte slices as one stream.
+struct Chunks<'a> {
+    chunks: std::collections::VecDeque<&'a [u8]>,
+    at: usize,
+}
+
+impl Read for Chunks<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while let Some(front) = self.chunks.front() {
+            if self.at < front.len() {
+                let n = buf.len().min(front.len() - self.at);
+                buf[..n].copy_from_slice(&front[self.at..self.at + n]);
+                self.at += n;
+                return Ok(n);
+            }
+            self.chunks.pop_front();
+            self.at = 0;
+        }
+        Ok(0)
+    }
 }
 
 /// Reads until `buf` is full or the input ends.
@@ -203,15 +267,20 @@ mod tests {
         chunks.into_iter().flat_map(|c| c.unwrap().to_vec()).collect()
     }
 
-    fn section(text: &str) -> Arc<Section> {
+    fn segment(text: &str) -> Segment {
         let text = text.to_string();
-        Arc::new(
-            Section::render(move |w| {
-                w.write_all(text.as_bytes())?;
-                Ok(1)
-            })
-            .unwrap(),
-        )
+        Segment::render(move |w| {
+            w.write_all(text.as_bytes())?;
+            Ok(1)
+        })
+        .unwrap()
+    }
+
+    fn section(text: &str) -> Arc<Section> {
+        // Three segments, one of them empty: they must read as the one text.
+        let (a, b) = text.split_at(text.len() / 3);
+        let parts = [segment(a), Segment::empty(), segment(b)];
+        Arc::new(Section::assemble(parts.iter()))
     }
 
     #[tokio::test]

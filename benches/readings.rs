@@ -1,0 +1,82 @@
+//! Micro-benchmarks: the readings of one node, and at 10,000 nodes a full
+//! render of `/metrics`, the incremental render after one Ready flip, and
+//! the collection of one OTLP export cycle. `cargo bench`; see docs/benchmarks.md.
+
+use std::hint::black_box;
+
+use clap::Parser;
+use criterion::{Criterion, criterion_group, criterion_main};
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::watcher::Event;
+use kube_node_status::{
+    cluster::{View, strip},
+    config::Cli,
+    fake::generated_node,
+    readings,
+    telemetry::{Telemetry, build_resource},
+};
+
+const NOW: &str = "2026-11-27T00:00:00Z";
+
+fn node(i: usize, rv: u64) -> Node {
+    let mut node: Node = serde_json::from_value(generated_node(i, rv, NOW)).expect("a generated node parses");
+    strip(&mut node, &|k| k.starts_with("node-role.kubernetes.io/"));
+    node
+}
+
+fn readings_of_one_node(c: &mut Criterion) {
+    let n = node(3, 1);
+    c.bench_function(
+        "readings/one node (conditions, info, taints, roles, resources)",
+        |b| {
+            b.iter(|| {
+                let n = black_box(&n);
+                black_box(readings::conditions(n));
+                black_box(readings::info(n));
+                black_box(readings::taints(n).len());
+                black_box(readings::roles(n).len());
+                black_box(readings::resources(n, readings::ResourceList::Allocatable).len());
+                black_box(readings::resources(n, readings::ResourceList::Capacity).len());
+                black_box(readings::ClusterSummary::of(std::iter::once(n)));
+            })
+        },
+    );
+}
+
+fn at_10k_nodes(c: &mut Criterion) {
+    const NODES: usize = 10_000;
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let _guard = runtime.enter();
+    let cli =
+        Cli::try_parse_from(["kube-node-status", "--metrics-exporter", "prometheus,otlp"]).expect("flags");
+    let settings = cli.run.resolve(&|_| None).expect("settings");
+    let (view, mut writer) = View::new();
+    writer.apply_watcher_event(&Event::Init);
+    for i in 0..NODES {
+        writer.apply_watcher_event(&Event::InitApply(node(i, 1)));
+    }
+    writer.apply_watcher_event(&Event::InitDone);
+    let resource = build_resource(&settings.resource, &|_| None);
+    let telemetry = Telemetry::start(&settings, resource, view, None).expect("telemetry");
+
+    let mut group = c.benchmark_group("10,000 nodes");
+    group.sample_size(10);
+    group.bench_function("full /metrics render (every shard)", |b| {
+        b.iter(|| telemetry.render_now(true))
+    });
+    let mut rv = 2;
+    group.bench_function("/metrics render after one node changed", |b| {
+        b.iter(|| {
+            rv += 1;
+            writer.apply_watcher_event(&Event::Apply(node(42, rv)));
+            telemetry.render_now(false)
+        })
+    });
+    group.bench_function("OTLP cycle collection (per-node gauges)", |b| {
+        b.iter(|| black_box(telemetry.collect_gauges_now()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, readings_of_one_node, at_10k_nodes);
+criterion_main!(benches);
