@@ -5,9 +5,15 @@
 //! seconds at 10,000 nodes. So nodes are split by a hash of their name
 //! into [`SHARDS`] shards, each family's samples are rendered per shard
 //! into a segment of their own (see [`super::scrape`]), and a shard is
-//! rendered again only when the names and resourceVersions of its nodes
-//! changed. The text is the same as rendering everything at once: one
-//! HELP/TYPE per family, then that family's samples shard after shard.
+//! rendered again only when its nodes changed. The text is the same as
+//! rendering everything at once: one HELP/TYPE per family, then that
+//! family's samples shard after shard.
+//!
+//! "Changed" is object identity: the reflector stores every applied event
+//! as a new `Arc<Node>`, so a shard is unchanged exactly when it holds the
+//! same `Arc`s as at its last render. Keeping those `Arc`s until the next
+//! render means no address can be reused in between. (A resourceVersion
+//! would not do: some API emulators do not bump it.)
 
 use std::{
     hash::{DefaultHasher, Hash, Hasher},
@@ -44,8 +50,8 @@ pub struct Sections {
     headers: Vec<Segment>,
     /// Per family, per shard.
     samples: Vec<Vec<Segment>>,
-    /// Per shard: a fingerprint of its nodes' names and resourceVersions; `None` before the first render.
-    fingerprints: Vec<Option<u64>>,
+    /// Per shard: the nodes it was last rendered from, by address; `None` before the first render.
+    rendered_from: Vec<Option<Vec<Arc<Node>>>>,
     /// The cluster-wide readings, rendered every time (a handful of points).
     cluster: Segment,
 }
@@ -56,12 +62,9 @@ fn shard_of(name: &str) -> usize {
     (h.finish() % SHARDS as u64) as usize
 }
 
-/// An order-independent fingerprint contribution of one node.
-fn node_print(node: &Node) -> u64 {
-    let mut h = DefaultHasher::new();
-    node.metadata.name.hash(&mut h);
-    node.metadata.resource_version.hash(&mut h);
-    h.finish()
+/// True if both hold the same objects (both sorted by address).
+fn same_objects(a: &[Arc<Node>], b: &[Arc<Node>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
 }
 
 impl Sections {
@@ -84,14 +87,14 @@ impl Sections {
                 .iter()
                 .map(|_| (0..SHARDS).map(|_| Segment::empty()).collect())
                 .collect(),
-            fingerprints: vec![None; SHARDS],
+            rendered_from: vec![None; SHARDS],
             cluster: Segment::empty(),
         })
     }
 
     /// Forgets what was rendered: the next refresh renders every shard.
     pub fn invalidate(&mut self) {
-        self.fingerprints.fill(None);
+        self.rendered_from.fill(None);
     }
 
     /// Renders the shards whose nodes changed since the last refresh (all
@@ -104,22 +107,23 @@ impl Sections {
         resource: &Resource,
     ) -> io::Result<(Section, Refresh)> {
         let mut shards: Vec<Vec<Arc<Node>>> = vec![Vec::new(); SHARDS];
-        let mut prints = vec![0u64; SHARDS];
         for node in sources.view.nodes() {
-            let shard = shard_of(node.metadata.name.as_deref().unwrap_or_default());
-            prints[shard] = prints[shard].wrapping_add(node_print(&node));
-            shards[shard].push(node);
+            shards[shard_of(node.metadata.name.as_deref().unwrap_or_default())].push(node);
         }
         let mut done = Refresh::default();
-        for (shard, nodes) in shards.iter().enumerate() {
-            if self.fingerprints[shard] == Some(prints[shard]) {
+        for (shard, mut nodes) in shards.into_iter().enumerate() {
+            nodes.sort_unstable_by_key(|n| Arc::as_ptr(n));
+            if self.rendered_from[shard]
+                .as_deref()
+                .is_some_and(|before| same_objects(before, &nodes))
+            {
                 continue;
             }
             for (f, family) in families.iter().enumerate() {
-                self.samples[f][shard] = render_samples(family, sources, resource, nodes)?;
+                self.samples[f][shard] = render_samples(family, sources, resource, &nodes)?;
                 done.points += self.samples[f][shard].points;
             }
-            self.fingerprints[shard] = Some(prints[shard]);
+            self.rendered_from[shard] = Some(nodes);
             done.shards += 1;
         }
         self.cluster = Segment::render(|out| {
