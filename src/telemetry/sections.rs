@@ -112,7 +112,7 @@ impl Sections {
         }
         let mut done = Refresh::default();
         for (shard, mut nodes) in shards.into_iter().enumerate() {
-            nodes.sort_unstable_by_key(|n| Arc::as_ptr(n));
+            nodes.sort_unstable_by_key(Arc::as_ptr);
             if self.rendered_from[shard]
                 .as_deref()
                 .is_some_and(|before| same_objects(before, &nodes))
