@@ -126,8 +126,6 @@ class Run:
         self.exporter = self.spawn(
             [str(BIN), "--kubeconfig", str(kubeconfig), "--listen-address", f"127.0.0.1:{self.http_port}",
              "--metrics-exporter", "prometheus,otlp", "--traces-exporter", "none",
-             # rotel takes 4 MiB messages; chunking also times the export.
-             "--otlp-max-points-per-request", "2000",
              "--metric-export-interval", f"{self.interval_s}s", "--log-format", "text"],
             "exporter.log",
             {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{self.otlp_port}",

@@ -142,6 +142,12 @@ pub enum OtlpAuth {
 pub const GOOGLE_TELEMETRY_ENDPOINT: &str = "https://telemetry.googleapis.com:443";
 /// The Telemetry API refuses requests with more data points than this.
 pub const GOOGLE_MAX_POINTS_PER_REQUEST: usize = 200;
+/// Data points per OTLP request unless told otherwise. A gRPC receiver
+/// takes 4 MiB messages by default (the OpenTelemetry Collector's
+/// `max_recv_msg_size_mib`, rotel); a point is ~100–400 bytes, so 5,000
+/// stays well under it, where one metric of a 10,000-node cluster (150,000
+/// condition points) would be ~15 MB.
+pub const DEFAULT_MAX_POINTS_PER_REQUEST: usize = 5_000;
 
 /// The exporter's flags.
 #[derive(Clone, Debug, Args)]
@@ -226,7 +232,7 @@ pub struct RunArgs {
 
     /// Send each OTLP metrics collection as requests of at most this many data points
     /// (e.g. 200 for Google's Telemetry API), 4 at a time, retrying retryable failures within the interval.
-    /// [default: one request per collection]
+    /// [default: 5000, which keeps requests under the 4 MiB a gRPC receiver takes by default; 200 in Google mode]
     #[arg(long, env = "KNS_OTLP_MAX_POINTS_PER_REQUEST", value_parser = clap::value_parser!(u64).range(1..))]
     pub otlp_max_points_per_request: Option<u64>,
 
@@ -474,7 +480,8 @@ impl RunArgs {
                      {GOOGLE_MAX_POINTS_PER_REQUEST} points per request"
                 )));
             }
-            (_, n) => n.map(|n| n as usize),
+            (true, Some(n)) => Some(n as usize),
+            (false, n) => Some(n.map_or(DEFAULT_MAX_POINTS_PER_REQUEST, |n| n as usize)),
         };
         // An explicit endpoint (flag or standard variable) wins over Google's default.
         let endpoint_for = |signal_var: &str| {

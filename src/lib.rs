@@ -11,5 +11,6 @@ pub mod config;
 pub mod fake;
 pub mod http;
 pub mod logging;
+pub mod memory;
 pub mod readings;
 pub mod telemetry;

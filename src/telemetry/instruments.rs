@@ -324,7 +324,9 @@ fn register_self_telemetry(meter: &Meter, sources: &Sources) {
         meter
             .u64_observable_counter(names::EXPORT_FAILURES)
             .with_unit("{failure}")
-            .with_description("OTLP metric exports that failed")
+            .with_description(
+                "OTLP export cycles that failed (a cycle sends every metric; it ends at its first failed request)",
+            )
             .with_callback(move |obs| obs.observe(export.failures(), &[]))
             .build();
     }

@@ -20,7 +20,6 @@ mod resource;
 mod scrape;
 mod sections;
 
-pub use collect::limit_malloc_arenas;
 pub use google::GoogleAuth;
 pub use instruments::names;
 pub use otlp::ExportStats;
@@ -257,7 +256,7 @@ impl Inner {
         }
         drop(sections);
         self.rendered.send_replace(generation);
-        collect::release_free_memory();
+        crate::memory::release_free_memory();
     }
 
     /// Waits (a bounded time) until the node section shows the view as it
@@ -322,7 +321,7 @@ impl Inner {
         });
         exporter.export_cycle(rx).await;
         let _ = producer.await;
-        let _ = tokio::task::spawn_blocking(collect::release_free_memory).await;
+        let _ = tokio::task::spawn_blocking(crate::memory::release_free_memory).await;
     }
 }
 

@@ -9,11 +9,11 @@ use std::{
     time::Duration,
 };
 
-use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig, WithTonicConfig};
+use opentelemetry_otlp::{SpanExporter, WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
-    metrics::{Temporality, data::ResourceMetrics, exporter::PushMetricExporter},
+    metrics::{data::ResourceMetrics, exporter::PushMetricExporter},
     trace::{SpanData, SpanExporter as SdkSpanExporter},
 };
 use tonic::transport::{Certificate, ClientTlsConfig};
@@ -75,6 +75,10 @@ pub(super) fn tls_config(settings: &OtlpSettings) -> ClientTlsConfig {
 
 /// Builds the OTLP metric exporter, wrapped to count and log failures.
 ///
+/// Always ours (`telemetry::chunked`), never the SDK's: requests must stay
+/// under a receiver's message limit however large the cluster, which needs
+/// splitting, and the same path then serves every endpoint.
+///
 /// Must run inside a tokio runtime: the channel's workers are spawned on it.
 pub fn metric_exporter(
     settings: &OtlpSettings,
@@ -82,70 +86,12 @@ pub fn metric_exporter(
     interval: Duration,
     google: Option<Arc<GoogleAuth>>,
 ) -> Result<MetricsExporter, ConfigError> {
-    if let Some(max_points) = settings.max_points_per_request {
-        let env = |k: &str| std::env::var(k).ok();
-        let inner = Sink::Chunked(ChunkedMetricExporter::new(
-            settings,
-            max_points,
-            interval,
-            &env,
-            google,
-            stats.clone(),
-        )?);
-        return Ok(MetricsExporter { inner, stats });
-    }
-    if google.is_some() {
-        // Configuration always sets a request size in Google mode; the SDK's exporter cannot split.
-        return Err(ConfigError::Google("needs --otlp-max-points-per-request".into()));
-    }
-    let mut builder = MetricExporter::builder()
-        .with_tonic()
-        .with_tls_config(tls_config(settings))
-        .with_temporality(Temporality::Cumulative);
-    if let Some(endpoint) = &settings.endpoint {
-        builder = builder.with_endpoint(endpoint.clone());
-    }
-    let inner = builder.build().map_err(|e| ConfigError::Otlp(e.to_string()))?;
-    Ok(MetricsExporter {
-        inner: Sink::Sdk(Box::new(inner)),
-        stats,
-    })
-}
-
-/// Where metric exports go: the SDK's exporter, or ours that splits requests.
-enum Sink {
-    Sdk(Box<MetricExporter>),
-    Chunked(ChunkedMetricExporter),
-}
-
-impl PushMetricExporter for Sink {
-    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
-        match self {
-            Sink::Sdk(e) => e.export(metrics).await,
-            Sink::Chunked(e) => e.export(metrics).await,
-        }
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        match self {
-            Sink::Sdk(e) => e.force_flush(),
-            Sink::Chunked(e) => e.force_flush(),
-        }
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        match self {
-            Sink::Sdk(e) => e.shutdown_with_timeout(timeout),
-            Sink::Chunked(e) => e.shutdown_with_timeout(timeout),
-        }
-    }
-
-    fn temporality(&self) -> Temporality {
-        match self {
-            Sink::Sdk(e) => e.temporality(),
-            Sink::Chunked(e) => e.temporality(),
-        }
-    }
+    let env = |k: &str| std::env::var(k).ok();
+    let max_points = settings
+        .max_points_per_request
+        .unwrap_or(crate::config::DEFAULT_MAX_POINTS_PER_REQUEST);
+    let inner = ChunkedMetricExporter::new(settings, max_points, interval, &env, google, stats.clone())?;
+    Ok(MetricsExporter { inner, stats })
 }
 
 /// Builds the OTLP span exporter for our own traces.
@@ -173,7 +119,7 @@ pub fn span_exporter(
 /// The OTLP metric exporter: sends the collections of one export cycle,
 /// counting failures and logging once per streak.
 pub struct MetricsExporter {
-    inner: Sink,
+    inner: ChunkedMetricExporter,
     stats: Arc<ExportStats>,
 }
 
