@@ -333,28 +333,25 @@ impl Receiver {
 
     /// Waits until at least `n` complete export cycles arrived.
     pub async fn wait_cycles(&self, n: usize, timeout: Duration) {
-        let start = Instant::now();
-        while self.cycles() < n {
-            assert!(
-                start.elapsed() < timeout,
-                "only {} OTLP export cycles after {timeout:?}",
-                self.cycles()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_count(|| self.cycles(), n, "OTLP export cycles", timeout).await
     }
 
     /// Waits until at least `n` exports arrived.
     pub async fn wait_exports(&self, n: usize, timeout: Duration) {
-        let start = Instant::now();
-        while self.exports() < n {
-            assert!(
-                start.elapsed() < timeout,
-                "only {} OTLP exports after {timeout:?}",
-                self.exports()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_count(|| self.exports(), n, "OTLP exports", timeout).await
+    }
+}
+
+/// Waits until `count()` reaches `n`, failing after `timeout`.
+async fn wait_count(count: impl Fn() -> usize, n: usize, what: &str, timeout: Duration) {
+    let start = Instant::now();
+    while count() < n {
+        assert!(
+            start.elapsed() < timeout,
+            "only {} {what} after {timeout:?}",
+            count()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
