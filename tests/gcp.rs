@@ -211,6 +211,15 @@ fn off_gcp_env(
     env
 }
 
+/// The Telemetry API stand-in, accepting only tokens `google` issued and that have not expired.
+async fn telemetry_api_checking_tokens(google: &FakeGoogle) -> (otlp::Receiver, otlp::TestCa) {
+    let g = google.state.clone();
+    telemetry_api(Arc::new(move |md| {
+        g.check(bearer(md)).map_err(tonic::Status::unauthenticated)
+    }))
+    .await
+}
+
 fn refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
@@ -219,11 +228,7 @@ fn refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
 async fn on_gke_a_5000_node_cluster_arrives_complete_with_fresh_tokens_and_the_resource_it_needs() {
     // Tokens live 12 s; google-cloud-auth renews short-lived tokens 10 s after issue.
     let google = FakeGoogle::start(Duration::from_secs(12)).await;
-    let g = google.state.clone();
-    let (receiver, ca) = telemetry_api(Arc::new(move |md| {
-        g.check(bearer(md)).map_err(tonic::Status::unauthenticated)
-    }))
-    .await;
+    let (receiver, ca) = telemetry_api_checking_tokens(&google).await;
     receiver.received.fail_next.store(1, Ordering::Release);
     let dir = tempfile::tempdir().unwrap();
     let ca_file = ca.write_ca(dir.path());
@@ -507,11 +512,7 @@ async fn gcloud_user_credentials_use_the_token_endpoint_and_bill_the_quota_proje
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permission_denied_is_one_actionable_line_counted_without_a_hot_loop() {
     let google = FakeGoogle::start(Duration::from_secs(3600)).await;
-    let g = google.state.clone();
-    let (receiver, ca) = telemetry_api(Arc::new(move |md| {
-        g.check(bearer(md)).map_err(tonic::Status::unauthenticated)
-    }))
-    .await;
+    let (receiver, ca) = telemetry_api_checking_tokens(&google).await;
     receiver.received.deny.store(true, Ordering::Release);
     let dir = tempfile::tempdir().unwrap();
     let ca_file = ca.write_ca(dir.path());

@@ -12,6 +12,7 @@
 
 use std::sync::{Arc, Weak};
 
+use k8s_openapi::api::core::v1::Node;
 use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry_sdk::{
     Resource,
@@ -85,7 +86,7 @@ fn provider(resource: &Resource, limit: usize) -> MeterProviderBuilder {
 
 /// Registers instruments with `register` on a provider that lives for one
 /// collection, collects it and drops it.
-pub fn once(resource: &Resource, limit: usize, register: impl FnOnce(&Meter)) -> Option<ResourceMetrics> {
+fn once(resource: &Resource, limit: usize, register: impl FnOnce(&Meter)) -> Option<ResourceMetrics> {
     let reader = SharedReader::new();
     let provider = provider(resource, limit).with_reader(reader.clone()).build();
     register(&provider.meter(METER));
@@ -113,31 +114,44 @@ pub fn gauge_families(
     resource: &Resource,
     mut sink: impl FnMut(ResourceMetrics),
 ) -> usize {
+    let nodes = sources.view.nodes();
+    let collections = families
+        .iter()
+        .filter(|f| f.kind != Kind::Counter)
+        .filter_map(|f| family(f, sources, resource, &nodes))
+        .chain(cluster(sources, resource));
     let mut total = 0;
-    for family in families {
-        if family.kind == Kind::Counter {
-            continue;
-        }
-        let points = instruments::family_points(family, sources);
-        if points.is_empty() {
-            continue;
-        }
-        // One more than the points: the SDK counts the limit including its overflow set.
-        let limit = points.len() + 1;
-        if let Some(rm) = once(resource, limit, |m| {
-            instruments::register_observed(m, family, points)
-        }) {
-            total += point_count(&rm);
-            sink(rm);
-        }
-    }
-    if let Some(rm) = once(resource, 16, |m| {
-        instruments::register_cluster_readings(m, sources)
-    }) {
+    for rm in collections {
         total += point_count(&rm);
         sink(rm);
     }
     total
+}
+
+/// The points of `family` for `nodes`, collected from a provider that lives
+/// for this collection; `None` when there are none.
+pub fn family(
+    family: &Family,
+    sources: &Sources,
+    resource: &Resource,
+    nodes: &[Arc<Node>],
+) -> Option<ResourceMetrics> {
+    let points = instruments::points_of(family, sources, nodes);
+    if points.is_empty() {
+        return None;
+    }
+    // One more than the points: the SDK counts its overflow set against the limit.
+    let limit = points.len() + 1;
+    once(resource, limit, |m| {
+        instruments::register_observed(m, family, points)
+    })
+}
+
+/// The cluster-wide readings, collected from a provider that lives for this collection.
+pub fn cluster(sources: &Sources, resource: &Resource) -> Option<ResourceMetrics> {
+    once(resource, 16, |m| {
+        instruments::register_cluster_readings(m, sources)
+    })
 }
 
 /// The data points in a collection.

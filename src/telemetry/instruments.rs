@@ -135,7 +135,7 @@ pub fn register(meter: &Meter, group: Group, sources: &Sources, capacity: &Capac
 }
 
 /// Every point of `family` over the current view.
-pub fn family_points(family: &Family, sources: &Sources) -> Vec<(f64, Vec<KeyValue>)> {
+fn family_points(family: &Family, sources: &Sources) -> Vec<(f64, Vec<KeyValue>)> {
     points_of(family, sources, &sources.view.nodes())
 }
 

@@ -22,12 +22,12 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::Node;
-use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::{Resource, metrics::data::ResourceMetrics};
 
 use super::{
     collect, exposition,
     families::{Family, Kind},
-    instruments::{self, Sources},
+    instruments::Sources,
     scrape::{Section, Segment},
 };
 
@@ -126,17 +126,8 @@ impl Sections {
             self.rendered_from[shard] = Some(nodes);
             done.shards += 1;
         }
-        self.cluster = Segment::render(|out| {
-            let rm = collect::once(resource, 16, |m| {
-                instruments::register_cluster_readings(m, sources)
-            });
-            match rm {
-                Some(rm) => {
-                    exposition::write_metrics(&rm, out)?;
-                    Ok(collect::point_count(&rm))
-                }
-                None => Ok(0),
-            }
+        self.cluster = render(collect::cluster(sources, resource), |rm, out| {
+            exposition::write_metrics(rm, out)
         })?;
         Ok((self.assemble(), done))
     }
@@ -161,20 +152,21 @@ fn render_samples(
     resource: &Resource,
     nodes: &[Arc<Node>],
 ) -> io::Result<Segment> {
-    let points = instruments::points_of(family, sources, nodes);
-    if points.is_empty() {
+    render(collect::family(family, sources, resource, nodes), |rm, out| {
+        exposition::write_samples(rm, out)
+    })
+}
+
+/// A segment of what `write` makes of `rm` (empty without a collection).
+fn render(
+    rm: Option<ResourceMetrics>,
+    write: impl FnOnce(&ResourceMetrics, &mut dyn io::Write) -> io::Result<()>,
+) -> io::Result<Segment> {
+    let Some(rm) = rm else {
         return Ok(Segment::empty());
-    }
-    // One more than the points: the SDK counts its overflow set against the limit.
-    let limit = points.len() + 1;
-    let rm = collect::once(resource, limit, |m| {
-        instruments::register_observed(m, family, points)
-    });
-    Segment::render(|out| match rm {
-        Some(rm) => {
-            exposition::write_samples(&rm, out)?;
-            Ok(collect::point_count(&rm))
-        }
-        None => Ok(0),
+    };
+    Segment::render(|out| {
+        write(&rm, out)?;
+        Ok(collect::point_count(&rm))
     })
 }
