@@ -1,6 +1,6 @@
 //! Micro-benchmarks: the readings of one node, and at 10,000 nodes a full
 //! render of `/metrics`, the incremental render after one Ready flip, and
-//! the collection of one OTLP export cycle. `cargo bench`; see docs/benchmarks.md.
+//! the requests of one OTLP export cycle (the first, and one at idle). `cargo bench`; see docs/benchmarks.md.
 
 use std::hint::black_box;
 
@@ -72,8 +72,11 @@ fn at_10k_nodes(c: &mut Criterion) {
             telemetry.render_now(false)
         })
     });
-    group.bench_function("OTLP cycle collection (per-node gauges)", |b| {
-        b.iter(|| black_box(telemetry.collect_gauges_now()))
+    group.bench_function("OTLP cycle, every shard collected and encoded (the first)", |b| {
+        b.iter(|| black_box(telemetry.otlp_requests_now(true)))
+    });
+    group.bench_function("OTLP cycle at idle (requests written from the cache)", |b| {
+        b.iter(|| black_box(telemetry.otlp_requests_now(false)))
     });
     group.finish();
 }

@@ -24,7 +24,7 @@ use opentelemetry_sdk::{
 };
 
 use super::{
-    families::{Family, Kind},
+    families::Family,
     instruments::{self, Sources},
 };
 
@@ -102,30 +102,25 @@ fn once(resource: &Resource, limit: usize, register: impl FnOnce(&Meter)) -> Opt
     }
 }
 
-/// Collects the enabled per-node gauge families, one short-lived provider
-/// each, then the cluster-wide readings, handing each collection to `sink`
-/// and dropping it before the next. Counters are not taken: their start
-/// time must hold from one export to the next, so they live on a long-lived
-/// provider (where the SDK drains them at every collection, keeping nothing).
-/// Returns the number of points collected.
-pub fn gauge_families(
+/// Collects the enabled per-node families, one short-lived provider each,
+/// then the cluster-wide readings, handing each collection to `sink`: the
+/// SDK's own path for an OTLP export, kept as the reference the encoded
+/// cache is tested against.
+#[cfg(test)]
+pub fn node_families(
     families: &[Family],
     sources: &Sources,
     resource: &Resource,
     mut sink: impl FnMut(ResourceMetrics),
-) -> usize {
+) {
     let nodes = sources.view.nodes();
     let collections = families
         .iter()
-        .filter(|f| f.kind != Kind::Counter)
         .filter_map(|f| family(f, sources, resource, &nodes))
         .chain(cluster(sources, resource));
-    let mut total = 0;
     for rm in collections {
-        total += point_count(&rm);
         sink(rm);
     }
-    total
 }
 
 /// The points of `family` for `nodes`, collected from a provider that lives

@@ -111,24 +111,19 @@ pub struct Sources {
 pub enum Group {
     /// Everything: the reference Prometheus pipeline, collected whole at every scrape.
     All,
-    /// Counters and self-telemetry: the OTLP pipeline, whose counters need a
-    /// stable start time (gauges are collected from short-lived providers).
-    CountersAndSelf,
-    /// Self-telemetry only: `/metrics`, whose node section is rendered apart.
+    /// Self-telemetry only: `/metrics` and OTLP, whose per-node families
+    /// are collected apart, from short-lived providers.
     SelfOnly,
 }
 
 /// Registers the instruments of `group` on `meter`.
 pub fn register(meter: &Meter, group: Group, sources: &Sources, capacity: &Capacity) {
-    if group != Group::SelfOnly {
+    if group == Group::All {
         for family in families::node_families(sources.settings.naming) {
-            let wanted = group == Group::All || family.kind == Kind::Counter;
-            if wanted && sources.settings.enabled(family.name) {
+            if sources.settings.enabled(family.name) {
                 register_family(meter, family, sources, capacity);
             }
         }
-    }
-    if group == Group::All {
         register_cluster_readings(meter, sources);
     }
     register_self_telemetry(meter, sources);

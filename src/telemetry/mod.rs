@@ -7,9 +7,10 @@
 //! each OTLP export. Separate providers make every collection see exactly
 //! the view at that moment.
 
-mod chunked;
 mod chunks;
+mod client;
 mod collect;
+mod encoded;
 mod exposition;
 mod families;
 mod google;
@@ -19,6 +20,8 @@ mod prometheus_text;
 mod resource;
 mod scrape;
 mod sections;
+mod shards;
+mod wire;
 
 pub use google::GoogleAuth;
 pub use instruments::names;
@@ -50,10 +53,11 @@ use tracing::{debug, info, warn};
 
 use crate::{
     cluster::View,
-    config::{PrometheusEncoder, Settings},
+    config::{self, PrometheusEncoder, Settings},
 };
 use collect::SharedReader;
-use families::{Family, Kind};
+use encoded::Encoded;
+use families::Family;
 use instruments::{Capacity, Group, Sources};
 use scrape::Section;
 use sections::Sections;
@@ -109,7 +113,7 @@ fn limits_for(demand: &Demand) -> HashMap<&'static str, usize> {
 struct Pipelines {
     limits: Arc<HashMap<&'static str, usize>>,
     text: Option<Text>,
-    /// Counters (whose start time must hold across exports) and self-telemetry.
+    /// OTLP's self-telemetry.
     otlp: Option<(SdkMeterProvider, SharedReader)>,
 }
 
@@ -157,6 +161,14 @@ struct Inner {
     /// The view generation the last rendered section shows.
     rendered: tokio::sync::watch::Sender<u64>,
     otlp: Option<otlp::MetricsExporter>,
+    /// The per-node gauges, encoded for OTLP between exports.
+    encoded: std::sync::Mutex<Encoded>,
+    /// The resource and scope of every OTLP request, encoded.
+    origin: wire::Origin,
+    /// The Google Cloud project the resource names, for permission hints.
+    project: Option<String>,
+    /// When counting started (Unix nanoseconds): the start time of cumulative sums.
+    started: u64,
     resize: Arc<AtomicBool>,
     notify: Arc<Notify>,
 }
@@ -215,12 +227,7 @@ impl Inner {
             let provider = meter_provider(&self.resource, limits.clone())
                 .with_reader(reader.clone())
                 .build();
-            instruments::register(
-                &meter(&provider),
-                Group::CountersAndSelf,
-                &self.sources,
-                &capacity,
-            );
+            instruments::register(&meter(&provider), Group::SelfOnly, &self.sources, &capacity);
             (provider, reader)
         });
         Ok(Pipelines { limits, text, otlp })
@@ -298,30 +305,69 @@ impl Inner {
         }
     }
 
-    /// One OTLP export cycle: the per-node gauges from short-lived providers,
-    /// then the long-lived one, each sent as it is collected.
+    /// One OTLP export cycle: the per-node families from their encoded cache
+    /// (collecting again only the shards whose nodes changed), then the
+    /// cluster-wide readings and self-telemetry, each request sent as soon
+    /// as it is written.
     async fn export_cycle(self: &Arc<Self>, exporter: &otlp::MetricsExporter) {
-        let Some((_, reader)) = self.current().otlp.as_ref().map(|(p, r)| (p.clone(), r.clone())) else {
+        let Some(reader) = self.current().otlp.as_ref().map(|(_, r)| r.clone()) else {
             return;
         };
-        // One collection in flight while the previous one is sent: memory
-        // stays at about two families, and the collecting stays off the async workers.
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        // A few requests wait while others are sent: memory stays at a handful
+        // of requests, and the writing stays off the async workers.
+        let (tx, rx) = tokio::sync::mpsc::channel(client::CONCURRENCY);
         let inner = self.clone();
+        let max = exporter.max_points();
         let producer = tokio::task::spawn_blocking(move || {
-            collect::gauge_families(&inner.families, &inner.sources, &inner.resource, |rm| {
-                let _ = tx.blocking_send(rm);
-            });
-            match reader.collect() {
-                Ok(rm) => {
-                    let _ = tx.blocking_send(rm);
-                }
-                Err(e) => warn!(error = %e, "collecting counters and self-telemetry for OTLP"),
-            }
+            inner.write_requests(&reader, max, |part| tx.blocking_send(part).is_ok());
         });
-        exporter.export_cycle(rx).await;
+        exporter.export_cycle(rx, self.project.as_deref()).await;
         let _ = producer.await;
         let _ = tokio::task::spawn_blocking(crate::memory::release_free_memory).await;
+    }
+
+    /// Writes the requests of one export cycle, at most `max` points each,
+    /// handing each to `sink` until it refuses one. Blocking.
+    fn write_requests(&self, own: &SharedReader, max: usize, mut sink: impl FnMut(wire::Part) -> bool) {
+        let now = unix_nanos(std::time::SystemTime::now());
+        let started = Instant::now();
+        let mut encoded = self.encoded.lock().unwrap_or_else(|e| e.into_inner());
+        match encoded.refresh(&self.families, &self.sources, &self.resource) {
+            Ok(done) => debug!(
+                shards = done.shards,
+                points = done.points,
+                cached_points = encoded.points(),
+                cached_bytes = encoded.stored_bytes(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "encoded the changed shards for OTLP"
+            ),
+            Err(e) => warn!(error = %e, "encoding for OTLP; sending the previous encoding"),
+        }
+        let mut writer = wire::Writer::new(&self.origin, max, now, self.started, &mut sink);
+        let open = match encoded.write(&mut writer) {
+            Ok(open) => open && writer.finish(),
+            Err(e) => {
+                warn!(error = %e, "reading the OTLP cache");
+                writer.finish()
+            }
+        };
+        drop(encoded);
+        if !open {
+            return;
+        }
+        let rest = collect::cluster(&self.sources, &self.resource).into_iter().chain(
+            own.collect()
+                .map_err(|e| warn!(error = %e, "collecting self-telemetry for OTLP")),
+        );
+        for rm in rest {
+            let request =
+                opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest::from(&rm);
+            for part in chunks::split(request, max) {
+                if !sink(wire::Part::encode(&part)) {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -339,14 +385,14 @@ impl Telemetry {
             .into_iter()
             .filter(|f| readings.enabled(f.name))
             .collect();
-        // Only per-node counters stay on long-lived providers (OTLP's, or all of them
-        // behind the reference encoder), so only they need limits sized to the cluster.
+        // Per-node families stay on a long-lived provider only behind the
+        // reference encoder, so only it needs limits sized to the cluster.
         let reference = settings.prometheus && settings.prometheus_encoder == PrometheusEncoder::Reference;
-        let sizing = families
-            .iter()
-            .filter(|f| reference || f.kind == Kind::Counter)
-            .map(|f| (f.name, f.count))
-            .collect();
+        let sizing = if reference {
+            families.iter().map(|f| (f.name, f.count)).collect()
+        } else {
+            Vec::new()
+        };
         let export = Arc::new(ExportStats::default());
         let otlp = match &settings.otlp_metrics {
             Some(o) => Some(otlp::metric_exporter(
@@ -358,6 +404,11 @@ impl Telemetry {
             None => None,
         };
         let sections = Sections::new(&families).map_err(RenderError::from)?;
+        let encoded = Encoded::new(&families);
+        let origin = wire::Origin::of(&resource, collect::METER);
+        let project = resource
+            .get(&opentelemetry::Key::from_static_str("gcp.project_id"))
+            .map(|v| v.to_string());
         let inner = Inner {
             settings: settings.clone(),
             resource,
@@ -377,6 +428,10 @@ impl Telemetry {
             section: RwLock::new(Arc::new(Section::empty())),
             rendered: tokio::sync::watch::Sender::new(0),
             otlp,
+            encoded: std::sync::Mutex::new(encoded),
+            origin,
+            project,
+            started: unix_nanos(std::time::SystemTime::now()),
             resize: Arc::new(AtomicBool::new(false)),
             notify: Arc::new(Notify::new()),
         };
@@ -431,12 +486,25 @@ impl Telemetry {
         self.inner.render_section();
     }
 
-    /// Collects the per-node gauges as an OTLP export cycle does, without
-    /// sending them, and returns how many points there were. Blocking: for
-    /// benchmarks and tools.
-    pub fn collect_gauges_now(&self) -> usize {
+    /// Writes the requests of an OTLP export cycle without sending them,
+    /// and returns how many points and bytes they hold; `full` collects every
+    /// shard again, not only the changed ones. Blocking: for benchmarks and tools.
+    pub fn otlp_requests_now(&self, full: bool) -> (usize, usize) {
         let inner = &self.inner;
-        collect::gauge_families(&inner.families, &inner.sources, &inner.resource, drop)
+        if full {
+            let mut encoded = inner.encoded.lock().unwrap_or_else(|e| e.into_inner());
+            *encoded = Encoded::new(&inner.families);
+        }
+        let Some(reader) = inner.current().otlp.as_ref().map(|(_, r)| r.clone()) else {
+            return (0, 0);
+        };
+        let (mut points, mut bytes) = (0, 0);
+        inner.write_requests(&reader, config::DEFAULT_MAX_POINTS_PER_REQUEST, |part| {
+            points += part.points;
+            bytes += part.bytes.len();
+            true
+        });
+        (points, bytes)
     }
 
     /// Bytes of plain text in the rendered node section of `/metrics`.
@@ -509,11 +577,15 @@ impl Telemetry {
     pub async fn shutdown(&self) {
         if let Some(exporter) = &self.inner.otlp {
             self.inner.export_cycle(exporter).await;
-            exporter.shutdown();
         }
         let current = self.inner.current();
         let _ = tokio::task::spawn_blocking(move || current.shutdown()).await;
     }
+}
+
+fn unix_nanos(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// The longest a scrape waits for the renderer to show a change; past it,
@@ -573,6 +645,191 @@ pub fn tracer_provider(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser as _;
+    use kube::runtime::{reflector::store::Writer, watcher::Event};
+    use opentelemetry_proto::tonic::{
+        collector::metrics::v1::ExportMetricsServiceRequest,
+        metrics::v1::{NumberDataPoint, metric::Data},
+    };
+    use prost::Message as _;
+
+    const NOW: &str = "2026-11-27T00:00:00Z";
+
+    fn node(i: usize, rv: u64, ready: &str) -> Node {
+        let mut json = crate::fake::generated_node(i, rv, NOW);
+        if let Some(conditions) = json["status"]["conditions"].as_array_mut() {
+            for c in conditions.iter_mut().filter(|c| c["type"] == "Ready") {
+                c["status"] = ready.into();
+            }
+        }
+        let mut node: Node = serde_json::from_value(json).expect("a generated node parses");
+        crate::cluster::strip(&mut node, &|k| k.starts_with("node-role.kubernetes.io/"));
+        node
+    }
+
+    fn telemetry(nodes: usize) -> (Telemetry, Writer<Node>) {
+        let cli = crate::config::Cli::try_parse_from(["kube-node-status", "--metrics-exporter", "otlp"])
+            .expect("flags");
+        let settings = cli.run.resolve(&|_| None).expect("settings");
+        let (view, mut writer) = View::new();
+        writer.apply_watcher_event(&Event::Init);
+        for i in 0..nodes {
+            writer.apply_watcher_event(&Event::InitApply(node(i, 1, "True")));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        let resource = build_resource(&settings.resource, &|_| None);
+        let telemetry = Telemetry::start(&settings, resource, view, None).expect("telemetry");
+        (telemetry, writer)
+    }
+
+    fn is_node_family(families: &[Family], name: &str) -> bool {
+        families.iter().any(|f| f.name == name)
+    }
+
+    fn points(m: &opentelemetry_proto::tonic::metrics::v1::Metric) -> &[NumberDataPoint] {
+        match &m.data {
+            Some(Data::Gauge(g)) => &g.data_points,
+            Some(Data::Sum(s)) => &s.data_points,
+            _ => panic!("{} is neither a gauge nor a sum", m.name),
+        }
+    }
+
+    /// Every data point of the per-node families, one line each, timestamps
+    /// left out, sorted: what a receiver would store, whatever the split.
+    fn node_points(requests: &[ExportMetricsServiceRequest], families: &[Family]) -> Vec<String> {
+        let mut lines = Vec::new();
+        for rm in requests {
+            for sm in &rm
+                .resource_metrics
+                .iter()
+                .flat_map(|r| &r.scope_metrics)
+                .collect::<Vec<_>>()
+            {
+                for m in sm.metrics.iter().filter(|m| is_node_family(families, &m.name)) {
+                    let shape = match &m.data {
+                        Some(Data::Sum(s)) => format!("sum {} {}", s.aggregation_temporality, s.is_monotonic),
+                        _ => "gauge".to_string(),
+                    };
+                    for p in points(m) {
+                        let mut p = p.clone();
+                        p.start_time_unix_nano = 0;
+                        p.time_unix_nano = 0;
+                        p.attributes.sort_by(|a, b| a.key.cmp(&b.key));
+                        let origin = rm.resource_metrics.iter().map(|r| (&r.resource, &r.schema_url));
+                        lines.push(format!(
+                            "{:?} {:?} {} {} {} {shape} {p:?}",
+                            origin.collect::<Vec<_>>(),
+                            sm.scope,
+                            m.name,
+                            m.description,
+                            m.unit
+                        ));
+                    }
+                }
+            }
+        }
+        lines.sort();
+        lines
+    }
+
+    /// What the SDK's own path sends: each family collected and converted by opentelemetry-proto.
+    fn reference(t: &Telemetry) -> Vec<String> {
+        let inner = &t.inner;
+        let mut requests = Vec::new();
+        collect::node_families(&inner.families, &inner.sources, &inner.resource, |rm| {
+            requests.push(ExportMetricsServiceRequest::from(&rm))
+        });
+        node_points(&requests, &inner.families)
+    }
+
+    /// What the cache sends, decoded, with every point checked to carry the cycle's time.
+    fn cached(t: &Telemetry, max: usize) -> (Vec<String>, Vec<wire::Part>) {
+        let inner = &t.inner;
+        let Some((_, reader)) = inner.current().otlp.clone() else {
+            panic!("OTLP is on")
+        };
+        let mut parts = Vec::new();
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_nanos() as u64;
+        inner.write_requests(&reader, max, |p| {
+            parts.push(p);
+            true
+        });
+        let requests: Vec<ExportMetricsServiceRequest> = parts
+            .iter()
+            .map(|p| ExportMetricsServiceRequest::decode(p.bytes.clone()).expect("valid protobuf"))
+            .collect();
+        for m in requests
+            .iter()
+            .flat_map(|r| &r.resource_metrics)
+            .flat_map(|r| &r.scope_metrics)
+            .flat_map(|s| &s.metrics)
+            .filter(|m| is_node_family(&inner.families, &m.name))
+        {
+            for p in points(m) {
+                assert!(
+                    p.time_unix_nano >= before,
+                    "{}: stamped with this cycle's time",
+                    m.name
+                );
+                let start = match m.data {
+                    Some(Data::Sum(_)) => inner.started,
+                    _ => p.time_unix_nano,
+                };
+                assert_eq!(p.start_time_unix_nano, start, "{}", m.name);
+            }
+        }
+        for (p, r) in parts.iter().zip(&requests) {
+            assert!(
+                p.points <= max,
+                "{} points in a request of at most {max}",
+                p.points
+            );
+            assert_eq!(p.points, chunks::request_points(r));
+        }
+        (node_points(&requests, &inner.families), parts)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn otlp_requests_from_the_cache_equal_opentelemetry_protos_conversion() {
+        let (t, mut writer) = telemetry(300);
+        let want = reference(&t);
+        assert!(want.len() > 300 * 10, "every family has points: {}", want.len());
+        let (got, parts) = cached(&t, 997);
+        assert_eq!(got, want);
+        assert!(
+            parts.len() > want.len() / 997,
+            "split into requests of at most 997 points"
+        );
+
+        // An idle cycle re-encodes nothing and sends the same points.
+        let refresh = |t: &Telemetry| {
+            let mut e = t.inner.encoded.lock().expect("not poisoned");
+            e.refresh(&t.inner.families, &t.inner.sources, &t.inner.resource)
+                .expect("encodes")
+        };
+        assert_eq!(refresh(&t).shards, 0);
+        assert_eq!(cached(&t, 5_000).0, want);
+
+        // A flip and a deletion re-encode only their shards, and show.
+        writer.apply_watcher_event(&Event::Apply(node(7, 2, "False")));
+        writer.apply_watcher_event(&Event::Delete(node(8, 2, "True")));
+        let want = reference(&t);
+        let (got, _) = cached(&t, 5_000);
+        assert_eq!(got, want);
+        assert!(
+            got.iter()
+                .any(|l| l.contains(&crate::fake::node_name(7)) && l.contains("\"false\""))
+        );
+        assert!(
+            !got.iter()
+                .any(|l| l.contains(&format!("{:?}", crate::fake::node_name(8))))
+        );
+        writer.apply_watcher_event(&Event::Apply(node(9, 2, "False")));
+        assert_eq!(refresh(&t).shards, 1, "one node changed: one shard");
+    }
 
     #[test]
     fn cardinality_limit_follows_the_data() {

@@ -13,15 +13,15 @@ use opentelemetry_otlp::{SpanExporter, WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
-    metrics::{data::ResourceMetrics, exporter::PushMetricExporter},
     trace::{SpanData, SpanExporter as SdkSpanExporter},
 };
 use tonic::transport::{Certificate, ClientTlsConfig};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{
-    chunked::ChunkedMetricExporter,
+    client::MetricsClient,
     google::{GoogleAuth, RequestHeaders},
+    wire::Part,
 };
 use crate::config::{ConfigError, OtlpSettings};
 
@@ -75,9 +75,9 @@ pub(super) fn tls_config(settings: &OtlpSettings) -> ClientTlsConfig {
 
 /// Builds the OTLP metric exporter, wrapped to count and log failures.
 ///
-/// Always ours (`telemetry::chunked`), never the SDK's: requests must stay
+/// Always ours (`telemetry::client`), never the SDK's: requests must stay
 /// under a receiver's message limit however large the cluster, which needs
-/// splitting, and the same path then serves every endpoint.
+/// splitting, and the per-node gauges are sent from their encoded cache.
 ///
 /// Must run inside a tokio runtime: the channel's workers are spawned on it.
 pub fn metric_exporter(
@@ -90,7 +90,7 @@ pub fn metric_exporter(
     let max_points = settings
         .max_points_per_request
         .unwrap_or(crate::config::DEFAULT_MAX_POINTS_PER_REQUEST);
-    let inner = ChunkedMetricExporter::new(settings, max_points, interval, &env, google, stats.clone())?;
+    let inner = MetricsClient::new(settings, max_points, interval, &env, google, stats.clone())?;
     Ok(MetricsExporter { inner, stats })
 }
 
@@ -116,10 +116,10 @@ pub fn span_exporter(
     })
 }
 
-/// The OTLP metric exporter: sends the collections of one export cycle,
+/// The OTLP metric exporter: sends the requests of one export cycle,
 /// counting failures and logging once per streak.
 pub struct MetricsExporter {
-    inner: ChunkedMetricExporter,
+    inner: MetricsClient,
     stats: Arc<ExportStats>,
 }
 
@@ -130,10 +130,15 @@ impl fmt::Debug for MetricsExporter {
 }
 
 impl MetricsExporter {
-    /// Sends every collection `rx` yields, in order. A failed export ends the
-    /// cycle: the rest would meet the same collector or the same refusal,
-    /// and the next interval tries again. Failures count once per cycle.
-    pub async fn export_cycle(&self, mut rx: tokio::sync::mpsc::Receiver<ResourceMetrics>) {
+    /// The most points a request may carry.
+    pub fn max_points(&self) -> usize {
+        self.inner.max_points()
+    }
+
+    /// Sends every request `rx` yields until one fails for good (see
+    /// [`MetricsClient::send_all`]). Failures count once per cycle.
+    /// `project` names the Google Cloud project in a permission hint.
+    pub async fn export_cycle(&self, rx: tokio::sync::mpsc::Receiver<Part>, project: Option<&str>) {
         // Export cycles are root spans of their own, not children of whatever ran before.
         let span = {
             let _fresh = opentelemetry::Context::new().attach();
@@ -145,44 +150,29 @@ impl MetricsExporter {
             )
         };
         let started = std::time::Instant::now();
-        let (mut metrics, mut points, mut error) = (0usize, 0usize, None);
-        while let Some(rm) = rx.recv().await {
-            metrics += rm.scope_metrics().map(|s| s.metrics().count()).sum::<usize>();
-            points += super::collect::point_count(&rm);
-            if let Err(e) = self.inner.export(&rm).instrument(span.clone()).await {
-                error = Some(e);
-                break;
-            }
-        }
-        drop(rx);
-        span.record("metrics", metrics);
-        span.record("points", points);
-        match error {
-            None => {
+        let result = self.inner.send_all(rx, project).instrument(span.clone()).await;
+        match result {
+            Ok(sent) => {
+                span.record("metrics", sent.metrics);
+                span.record("points", sent.points);
                 span.record("outcome", "ok");
                 if self.stats.on_success() {
                     info!("OTLP metric export recovered");
                 }
                 debug!(
-                    metrics,
-                    points,
+                    requests = sent.requests,
+                    metrics = sent.metrics,
+                    points = sent.points,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "OTLP collection exported"
                 );
             }
-            Some(err) => {
+            Err(err) => {
                 span.record("outcome", "error");
                 if self.stats.on_failure() {
                     warn!(error = %err, "OTLP metric export failed; retrying every interval, next log line when it recovers");
                 }
             }
-        }
-    }
-
-    /// Shuts the exporter down.
-    pub fn shutdown(&self) {
-        if let Err(e) = self.inner.shutdown_with_timeout(Duration::from_secs(5)) {
-            debug!(error = %e, "OTLP metric exporter shutdown");
         }
     }
 }

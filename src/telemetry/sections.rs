@@ -9,17 +9,9 @@
 //! rendering everything at once: one HELP/TYPE per family, then that
 //! family's samples shard after shard.
 //!
-//! "Changed" is object identity: the reflector stores every applied event
-//! as a new `Arc<Node>`, so a shard is unchanged exactly when it holds the
-//! same `Arc`s as at its last render. Keeping those `Arc`s until the next
-//! render means no address can be reused in between. (A resourceVersion
-//! would not do: some API emulators do not bump it.)
+//! What changed is kept by [`super::shards`].
 
-use std::{
-    hash::{DefaultHasher, Hash, Hasher},
-    io,
-    sync::Arc,
-};
+use std::{io, sync::Arc};
 
 use k8s_openapi::api::core::v1::Node;
 use opentelemetry_sdk::{Resource, metrics::data::ResourceMetrics};
@@ -29,11 +21,8 @@ use super::{
     families::{Family, Kind},
     instruments::Sources,
     scrape::{Section, Segment},
+    shards::{self, Memo, SHARDS},
 };
-
-/// Shards of the node set. A change re-renders 1/64 of the nodes; at
-/// 50,000 nodes a shard is ~800 nodes, a few tens of milliseconds.
-pub const SHARDS: usize = 64;
 
 /// What one refresh did.
 #[derive(Clone, Copy, Debug, Default)]
@@ -50,21 +39,10 @@ pub struct Sections {
     headers: Vec<Segment>,
     /// Per family, per shard.
     samples: Vec<Vec<Segment>>,
-    /// Per shard: the nodes it was last rendered from, by address; `None` before the first render.
-    rendered_from: Vec<Option<Vec<Arc<Node>>>>,
+    /// Per shard: the nodes it was last rendered from.
+    rendered_from: Memo,
     /// The cluster-wide readings, rendered every time (a handful of points).
     cluster: Segment,
-}
-
-fn shard_of(name: &str) -> usize {
-    let mut h = DefaultHasher::new();
-    name.hash(&mut h);
-    (h.finish() % SHARDS as u64) as usize
-}
-
-/// True if both hold the same objects (both sorted by address).
-fn same_objects(a: &[Arc<Node>], b: &[Arc<Node>]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
 }
 
 impl Sections {
@@ -87,14 +65,14 @@ impl Sections {
                 .iter()
                 .map(|_| (0..SHARDS).map(|_| Segment::empty()).collect())
                 .collect(),
-            rendered_from: vec![None; SHARDS],
+            rendered_from: Memo::default(),
             cluster: Segment::empty(),
         })
     }
 
     /// Forgets what was rendered: the next refresh renders every shard.
     pub fn invalidate(&mut self) {
-        self.rendered_from.fill(None);
+        self.rendered_from.forget();
     }
 
     /// Renders the shards whose nodes changed since the last refresh (all
@@ -106,24 +84,16 @@ impl Sections {
         sources: &Sources,
         resource: &Resource,
     ) -> io::Result<(Section, Refresh)> {
-        let mut shards: Vec<Vec<Arc<Node>>> = vec![Vec::new(); SHARDS];
-        for node in sources.view.nodes() {
-            shards[shard_of(node.metadata.name.as_deref().unwrap_or_default())].push(node);
-        }
         let mut done = Refresh::default();
-        for (shard, mut nodes) in shards.into_iter().enumerate() {
-            nodes.sort_unstable_by_key(Arc::as_ptr);
-            if self.rendered_from[shard]
-                .as_deref()
-                .is_some_and(|before| same_objects(before, &nodes))
-            {
+        for (shard, nodes) in shards::partition(sources.view.nodes()).into_iter().enumerate() {
+            if self.rendered_from.unchanged(shard, &nodes) {
                 continue;
             }
             for (f, family) in families.iter().enumerate() {
                 self.samples[f][shard] = render_samples(family, sources, resource, &nodes)?;
                 done.points += self.samples[f][shard].points;
             }
-            self.rendered_from[shard] = Some(nodes);
+            self.rendered_from.remember(shard, nodes);
             done.shards += 1;
         }
         self.cluster = render(collect::cluster(sources, resource), |rm, out| {

@@ -1,10 +1,10 @@
-//! An OTLP/gRPC metric exporter that sends each collection as requests of at
-//! most N data points, a few at a time, retrying retryable failures within the
-//! export interval and honouring the receiver's RetryInfo.
+//! The OTLP/gRPC metrics client: sends export requests already encoded
+//! (see [`super::wire`]), a few at a time, retrying retryable failures
+//! within the export interval and honouring the receiver's RetryInfo.
 //!
-//! Used when `--otlp-max-points-per-request` is set: some receivers (Google's
-//! Telemetry API takes 200 points) refuse larger requests, and the SDK's
-//! exporter cannot split one.
+//! Requests are bytes, not opentelemetry-proto structures: the per-node
+//! gauges are kept encoded between exports, and a retry only clones a
+//! reference-counted buffer. A raw codec hands them to tonic as they are.
 
 use std::{
     sync::{
@@ -14,17 +14,14 @@ use std::{
     time::Duration,
 };
 
+use bytes::{Buf, BufMut, Bytes};
 use futures::StreamExt;
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, metrics_service_client::MetricsServiceClient,
-};
-use opentelemetry_sdk::{
-    error::{OTelSdkError, OTelSdkResult},
-    metrics::{Temporality, data::ResourceMetrics, exporter::PushMetricExporter},
-};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+use prost::Message;
 use tonic::{
-    Code, Status,
-    codec::CompressionEncoding,
+    Code, GrpcMethod, Status,
+    client::Grpc,
+    codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder},
     metadata::{MetadataKey, MetadataMap, MetadataValue},
     service::interceptor::InterceptedService,
     transport::{Channel, Endpoint},
@@ -33,13 +30,14 @@ use tonic_types::StatusExt;
 use tracing::debug;
 
 use super::{
-    ExportStats, chunks,
+    ExportStats,
     google::{GoogleAuth, RequestHeaders, permission_hint},
+    wire::Part,
 };
 use crate::config::{ConfigError, OtlpSettings};
 
-/// How many requests of one collection are in flight at once.
-const CONCURRENCY: usize = 4;
+/// How many requests of one export are in flight at once.
+pub const CONCURRENCY: usize = 4;
 /// The first wait before retrying, when the receiver says nothing; it doubles.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -92,8 +90,51 @@ fn headers(value: Option<String>) -> Result<MetadataMap, ConfigError> {
     Ok(map)
 }
 
+/// The OTLP metrics service's one method.
+const EXPORT: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+
+/// Sends requests that are already encoded; decodes the response with prost.
+#[derive(Clone, Copy, Debug, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = ExportMetricsServiceResponse;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = ExportMetricsServiceResponse;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
+        let response = ExportMetricsServiceResponse::decode(src.copy_to_bytes(src.remaining()))
+            .map_err(|e| Status::internal(format!("undecodable OTLP response: {e}")))?;
+        Ok(Some(response))
+    }
+}
+
 struct Inner {
-    client: MetricsServiceClient<InterceptedService<Channel, RequestHeaders>>,
+    grpc: Grpc<InterceptedService<Channel, RequestHeaders>>,
     google: Option<Arc<GoogleAuth>>,
     stats: Arc<ExportStats>,
     timeout: Duration,
@@ -101,23 +142,33 @@ struct Inner {
     budget: Duration,
 }
 
-/// The chunking exporter. Must be built inside the tokio runtime.
-pub struct ChunkedMetricExporter {
+/// The metrics client. Must be built inside the tokio runtime.
+pub struct MetricsClient {
     inner: Arc<Inner>,
-    runtime: tokio::runtime::Handle,
 }
 
-impl std::fmt::Debug for ChunkedMetricExporter {
+impl std::fmt::Debug for MetricsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChunkedMetricExporter")
+        f.debug_struct("MetricsClient")
             .field("max_points", &self.inner.max_points)
             .finish()
     }
 }
 
-impl ChunkedMetricExporter {
+/// What an export sent.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sent {
+    /// Requests.
+    pub requests: usize,
+    /// Metric entries.
+    pub metrics: usize,
+    /// Data points.
+    pub points: usize,
+}
+
+impl MetricsClient {
     /// Builds it from the OTLP settings and the standard variables (through `env`).
-    /// `budget` bounds the time spent on one collection, retries included: the export interval.
+    /// `budget` bounds the time spent on one export, retries included: the export interval.
     /// With `google`, every request carries its current access token.
     pub fn new(
         settings: &OtlpSettings,
@@ -143,25 +194,28 @@ impl ChunkedMetricExporter {
             .timeout(timeout)
             .connect_lazy();
         let fixed = headers(env_var(env, "OTEL_EXPORTER_OTLP_HEADERS"))?;
-        let mut client =
-            MetricsServiceClient::with_interceptor(channel, RequestHeaders::new(fixed, google.clone()))
-                .max_decoding_message_size(4 << 20);
+        let service = InterceptedService::new(channel, RequestHeaders::new(fixed, google.clone()));
+        let mut grpc = Grpc::new(service).max_decoding_message_size(4 << 20);
         if env_var(env, "OTEL_EXPORTER_OTLP_COMPRESSION")
             .is_some_and(|c| c.trim().eq_ignore_ascii_case("gzip"))
         {
-            client = client.send_compressed(CompressionEncoding::Gzip);
+            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
         }
-        Ok(ChunkedMetricExporter {
+        Ok(MetricsClient {
             inner: Arc::new(Inner {
-                client,
+                grpc,
                 google,
                 stats,
                 timeout,
                 max_points: max_points.max(1),
                 budget,
             }),
-            runtime: tokio::runtime::Handle::current(),
         })
+    }
+
+    /// The most points a request may carry.
+    pub fn max_points(&self) -> usize {
+        self.inner.max_points
     }
 }
 
@@ -179,14 +233,6 @@ fn retryable(status: &Status) -> bool {
     }
 }
 
-/// Why a collection did not get through.
-enum Failure {
-    /// No credentials to send with: nothing was sent.
-    NoToken(String),
-    /// The receiver refused (the first cause, for several requests).
-    Refused(Status),
-}
-
 /// A refusal that every other request of the collection would get too.
 fn denied(status: &Status) -> bool {
     matches!(status.code(), Code::PermissionDenied | Code::Unauthenticated)
@@ -195,10 +241,10 @@ fn denied(status: &Status) -> bool {
 impl Inner {
     async fn send(
         &self,
-        part: ExportMetricsServiceRequest,
+        part: Part,
         deadline: tokio::time::Instant,
         refused: &AtomicBool,
-    ) -> Result<(), Status> {
+    ) -> Result<Part, Status> {
         let mut backoff = FIRST_BACKOFF;
         loop {
             // After one access refusal the rest of the collection would only
@@ -211,10 +257,13 @@ impl Inner {
                 // request (a cheap cache check; the interceptor reports a failure).
                 let _ = google.refresh().await;
             }
-            let mut request = tonic::Request::new(part.clone());
-            request.set_timeout(self.timeout);
-            let status = match self.client.clone().export(request).await {
-                Ok(_) => return Ok(()),
+            let status = match self.export(part.bytes.clone()).await {
+                Ok(response) => {
+                    if let Some(partial) = response.partial_success.filter(|p| p.rejected_data_points > 0) {
+                        debug!(rejected = partial.rejected_data_points, message = %partial.error_message, "OTLP receiver rejected some points");
+                    }
+                    return Ok(part);
+                }
                 Err(status) => status,
             };
             let wait = status
@@ -233,90 +282,91 @@ impl Inner {
         }
     }
 
-    async fn send_all(self: Arc<Self>, parts: Vec<ExportMetricsServiceRequest>) -> Result<usize, Failure> {
-        let deadline = tokio::time::Instant::now() + self.budget;
-        if let Some(google) = &self.google {
-            // Waits for a new token if the cached one has expired.
-            match tokio::time::timeout_at(deadline, google.refresh()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(why)) => return Err(Failure::NoToken(why)),
-                Err(_) => return Err(Failure::NoToken(google.no_token())),
-            }
-        }
-        let count = parts.len();
-        let refused = AtomicBool::new(false);
-        let results: Vec<Result<(), Status>> = futures::stream::iter(parts)
-            .map(|part| self.send(part, deadline, &refused))
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
-        let mut errors: Vec<Status> = results.into_iter().filter_map(Result::err).collect();
-        // Report the cause, not the requests skipped because of it.
-        errors.sort_by_key(|s| !denied(s));
-        match errors.into_iter().next() {
-            None => Ok(count),
-            Some(status) => Err(Failure::Refused(status)),
-        }
+    async fn export(&self, bytes: Bytes) -> Result<ExportMetricsServiceResponse, Status> {
+        let mut grpc = self.grpc.clone();
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unknown(format!("OTLP channel not ready: {e}")))?;
+        let mut request = tonic::Request::new(bytes);
+        request.set_timeout(self.timeout);
+        request.extensions_mut().insert(GrpcMethod::new(
+            "opentelemetry.proto.collector.metrics.v1.MetricsService",
+            "Export",
+        ));
+        let path = http::uri::PathAndQuery::from_static(EXPORT);
+        Ok(grpc.unary(request, path, RawCodec).await?.into_inner())
     }
 }
 
-impl PushMetricExporter for ChunkedMetricExporter {
-    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
-        let started = std::time::Instant::now();
-        let request = ExportMetricsServiceRequest::from(metrics);
-        let points = chunks::request_points(&request);
-        let parts = chunks::split(request, self.inner.max_points);
-        // The SDK drives exports on its own thread; timers and the channel need the runtime.
-        match self.runtime.spawn(self.inner.clone().send_all(parts)).await {
-            Ok(Ok(requests)) => {
-                debug!(
-                    requests,
-                    points,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "OTLP export sent in parts"
-                );
-                Ok(())
+/// Why an export did not get through.
+#[derive(Debug)]
+pub struct ExportError(String);
+
+impl std::fmt::Display for ExportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl MetricsClient {
+    /// Sends every part `parts` yields, [`CONCURRENCY`] at a time, until
+    /// one fails for good: the rest would meet the same collector or the
+    /// same refusal, and the next interval tries again. `project` names
+    /// the Google Cloud project in a permission hint.
+    pub async fn send_all(
+        &self,
+        mut parts: tokio::sync::mpsc::Receiver<Part>,
+        project: Option<&str>,
+    ) -> Result<Sent, ExportError> {
+        let inner = &self.inner;
+        let deadline = tokio::time::Instant::now() + inner.budget;
+        if let Some(google) = &inner.google {
+            // Waits for a new token if the cached one has expired.
+            let why = match tokio::time::timeout_at(deadline, google.refresh()).await {
+                Ok(Ok(())) => None,
+                Ok(Err(why)) => Some(why),
+                Err(_) => Some(google.no_token()),
+            };
+            if let Some(why) = why {
+                inner.stats.on_denied();
+                return Err(ExportError(format!("OTLP export not sent: {why}")));
             }
-            Ok(Err(Failure::NoToken(why))) => {
-                self.inner.stats.on_denied();
-                Err(OTelSdkError::InternalFailure(format!(
-                    "OTLP export not sent: {why}"
-                )))
-            }
-            Ok(Err(Failure::Refused(status))) => {
-                let mut text = format!(
-                    "OTLP export failed with gRPC code {:?}: {}",
-                    status.code(),
-                    status.message()
-                );
-                if denied(&status) {
-                    self.inner.stats.on_denied();
-                    if self.inner.google.is_some() {
-                        let project = metrics
-                            .resource()
-                            .get(&opentelemetry::Key::from_static_str("gcp.project_id"))
-                            .map(|v| v.to_string());
-                        if let Some(hint) = permission_hint(status.code(), project.as_deref()) {
-                            text = format!("{text}; {hint}");
-                        }
-                    }
-                }
-                Err(OTelSdkError::InternalFailure(text))
-            }
-            Err(e) => Err(OTelSdkError::InternalFailure(format!("OTLP export task: {e}"))),
         }
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn temporality(&self) -> Temporality {
-        Temporality::Cumulative
+        let refused = AtomicBool::new(false);
+        let incoming = futures::stream::poll_fn(|cx| parts.poll_recv(cx));
+        let mut results = incoming
+            .map(|part| inner.send(part, deadline, &refused))
+            .buffer_unordered(CONCURRENCY);
+        let mut sent = Sent::default();
+        let mut failure = None;
+        while let Some(result) = results.next().await {
+            match result {
+                Ok(part) => {
+                    sent.requests += 1;
+                    sent.metrics += part.metrics;
+                    sent.points += part.points;
+                }
+                Err(status) => {
+                    failure = Some(status);
+                    break;
+                }
+            }
+        }
+        let Some(status) = failure else { return Ok(sent) };
+        let mut text = format!(
+            "OTLP export failed with gRPC code {:?}: {}",
+            status.code(),
+            status.message()
+        );
+        if denied(&status) {
+            inner.stats.on_denied();
+            if inner.google.is_some()
+                && let Some(hint) = permission_hint(status.code(), project)
+            {
+                text = format!("{text}; {hint}");
+            }
+        }
+        Err(ExportError(text))
     }
 }
 
