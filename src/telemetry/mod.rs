@@ -160,6 +160,8 @@ struct Inner {
     section: RwLock<Arc<Section>>,
     /// The view generation the last rendered section shows.
     rendered: tokio::sync::watch::Sender<u64>,
+    /// True once a rendering showed the view after its initial list.
+    rendered_synced: AtomicBool,
     otlp: Option<otlp::MetricsExporter>,
     /// The per-node gauges, encoded for OTLP between exports.
     encoded: std::sync::Mutex<Encoded>,
@@ -246,9 +248,17 @@ impl Inner {
     fn render_section(&self) {
         let started = Instant::now();
         let generation = self.sources.view.health().generation();
+        let synced = self.sources.view.health().is_synced();
         let mut sections = self.sections.lock().unwrap_or_else(|e| e.into_inner());
         match sections.refresh(&self.families, &self.sources, &self.resource) {
             Ok((section, done)) => {
+                if synced && !self.rendered_synced.swap(true, Ordering::AcqRel) {
+                    info!(
+                        points = section.points,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "first /metrics rendering of the synced view done"
+                    );
+                }
                 debug!(
                     shards = done.shards,
                     points = done.points,
@@ -427,6 +437,7 @@ impl Telemetry {
             sections: std::sync::Mutex::new(sections),
             section: RwLock::new(Arc::new(Section::empty())),
             rendered: tokio::sync::watch::Sender::new(0),
+            rendered_synced: AtomicBool::new(false),
             otlp,
             encoded: std::sync::Mutex::new(encoded),
             origin,
@@ -445,12 +456,17 @@ impl Telemetry {
     /// A handle that renders `/metrics`, if the Prometheus exporter is on.
     pub fn metrics_handle(&self) -> Option<MetricsHandle> {
         self.inner.settings.prometheus.then(|| {
-            let (inner, waiter) = (self.inner.clone(), self.inner.clone());
+            let (inner, waiter, done) = (self.inner.clone(), self.inner.clone(), self.inner.clone());
             MetricsHandle::new(
                 move |gzip| inner.scrape(gzip),
                 move || {
                     let waiter = waiter.clone();
                     Box::pin(async move { waiter.catch_up().await })
+                },
+                // The reference encoder renders at each scrape: complete as soon as the view is.
+                move || {
+                    done.settings.prometheus_encoder != PrometheusEncoder::Streaming
+                        || done.rendered_synced.load(Ordering::Acquire)
                 },
             )
         })

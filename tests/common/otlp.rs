@@ -431,16 +431,26 @@ pub fn resource(req: &ExportMetricsServiceRequest) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Points of the most recent collection of metric `name` across `requests`
-/// (the points sharing the latest timestamp), with their attributes.
+/// Points of the newest complete collection of metric `name` across
+/// `requests` (the points sharing one timestamp), with their attributes.
 pub fn latest_collection(
     requests: &[ExportMetricsServiceRequest],
     name: &str,
 ) -> Vec<(BTreeMap<String, String>, f64)> {
     let all = number_points(requests, name);
-    let latest = all.iter().map(|(t, ..)| *t).max().unwrap_or(0);
+    // Every point of a cycle carries the cycle's time, and a cycle ends before
+    // the next begins: so the newest time may be a cycle still arriving, and
+    // the one before it is the newest complete one.
+    let times: std::collections::BTreeSet<u64> = all.iter().map(|(t, ..)| *t).collect();
+    let complete = times
+        .iter()
+        .rev()
+        .nth(1)
+        .or(times.iter().next_back())
+        .copied()
+        .unwrap_or(0);
     all.into_iter()
-        .filter(|(t, ..)| *t == latest)
+        .filter(|(t, ..)| *t == complete)
         .map(|(_, a, v)| (a, v))
         .collect()
 }
