@@ -163,7 +163,7 @@ struct Inner {
     /// True once a rendering showed the view after its initial list (logged once: how long it took).
     rendered_synced: AtomicBool,
     otlp: Option<otlp::MetricsExporter>,
-    /// The per-node gauges, encoded for OTLP between exports.
+    /// The per-node families, encoded for OTLP between exports.
     encoded: std::sync::Mutex<Encoded>,
     /// The resource and scope of every OTLP request, encoded.
     origin: wire::Origin,
