@@ -3,7 +3,7 @@
 //! within the export interval and honouring the receiver's RetryInfo.
 //!
 //! Requests are bytes, not opentelemetry-proto structures: the per-node
-//! gauges are kept encoded between exports, and a retry only clones a
+//! families are kept encoded between exports, and a retry only clones a
 //! reference-counted buffer. A raw codec hands them to tonic as they are.
 
 use std::{

@@ -760,10 +760,7 @@ mod tests {
             panic!("OTLP is on")
         };
         let mut parts = Vec::new();
-        let before = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("after 1970")
-            .as_nanos() as u64;
+        let before = unix_nanos(std::time::SystemTime::now());
         inner.write_requests(&reader, max, |p| {
             parts.push(p);
             true

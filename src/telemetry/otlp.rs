@@ -77,7 +77,7 @@ pub(super) fn tls_config(settings: &OtlpSettings) -> ClientTlsConfig {
 ///
 /// Always ours (`telemetry::client`), never the SDK's: requests must stay
 /// under a receiver's message limit however large the cluster, which needs
-/// splitting, and the per-node gauges are sent from their encoded cache.
+/// splitting, and the per-node families are sent from their encoded cache.
 ///
 /// Must run inside a tokio runtime: the channel's workers are spawned on it.
 pub fn metric_exporter(
