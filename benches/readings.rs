@@ -6,8 +6,8 @@ use std::hint::black_box;
 
 use clap::Parser;
 use criterion::{Criterion, criterion_group, criterion_main};
-use k8s_openapi::api::core::v1::Node;
 use kube::runtime::watcher::Event;
+use kube_node_status::cluster::Node;
 use kube_node_status::{
     cluster::{View, strip},
     config::Cli,

@@ -106,10 +106,13 @@ async fn healthz() -> &'static str {
 async fn readyz(State(state): State<HttpState>) -> Response {
     let h = &state.health;
     let now = Instant::now();
-    if h.is_ready(now, state.stale_after) {
+    let complete = state.metrics.as_ref().is_none_or(MetricsHandle::is_complete);
+    if h.is_ready(now, state.stale_after) && complete {
         return (StatusCode::OK, "ok\n").into_response();
     }
-    let why = if !h.is_running() {
+    let why = if h.is_ready(now, state.stale_after) {
+        "first /metrics rendering of the synced view in progress".to_string()
+    } else if !h.is_running() {
         "node watcher is not running".to_string()
     } else if !h.is_synced() {
         "initial node list has not synced yet".to_string()
@@ -126,6 +129,51 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::EventKind;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    async fn status_of_readyz(state: HttpState) -> (StatusCode, String) {
+        let response = readyz(State(state)).await;
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn ready_only_once_metrics_show_the_synced_view() {
+        let health = Arc::new(Health::new());
+        health.set_running(true);
+        let rendered = Arc::new(AtomicBool::new(false));
+        let done = rendered.clone();
+        let metrics = MetricsHandle::new(
+            |_| Err(crate::telemetry::RenderError::NoRegistry),
+            || Box::pin(async {}),
+            move || done.load(Ordering::Acquire),
+        );
+        let state = HttpState {
+            metrics: Some(metrics),
+            health: health.clone(),
+            stale_after: Duration::from_secs(60),
+        };
+        let (code, why) = status_of_readyz(state.clone()).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(why.contains("not synced"), "{why}");
+
+        health.on_event(EventKind::Init);
+        health.on_event(EventKind::InitDone);
+        let (code, why) = status_of_readyz(state.clone()).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "synced, not yet rendered");
+        assert!(why.contains("first /metrics rendering"), "{why}");
+
+        rendered.store(true, Ordering::Release);
+        assert_eq!(status_of_readyz(state.clone()).await.0, StatusCode::OK);
+        // Without /metrics, the view alone decides.
+        let otlp_only = HttpState {
+            metrics: None,
+            ..state
+        };
+        assert_eq!(status_of_readyz(otlp_only).await.0, StatusCode::OK);
+    }
 
     #[test]
     fn gzip_is_taken_when_the_scraper_offers_it() {

@@ -5,17 +5,18 @@
 
 mod api_observer;
 mod health;
+mod node;
 mod transitions;
 mod watch;
 
 pub use api_observer::ApiObserverLayer;
 pub use health::{ApiVerb, ErrorReason, EventKind, Health, WatchStats};
+pub use node::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, ResourceList, Taint};
 pub use transitions::Transitions;
 pub use watch::{KeepLabel, spawn as spawn_watcher, strip};
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Node;
 use kube::runtime::reflector::{self, Store, store::Writer};
 
 /// A read-only handle on the in-memory Nodes and the watch's health.

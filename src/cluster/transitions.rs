@@ -8,7 +8,7 @@ use std::{
     sync::Mutex,
 };
 
-use k8s_openapi::api::core::v1::Node;
+use super::node::Node;
 
 /// Per node, per condition type: the status changes observed since start.
 #[derive(Debug, Default)]

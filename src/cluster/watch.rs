@@ -2,8 +2,8 @@
 
 use std::{sync::Arc, time::Instant};
 
+use super::node::{Node, ResourceList};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Node;
 use kube::{
     Api, Client,
     runtime::{
@@ -24,12 +24,15 @@ use super::{
 /// so whoever wires it up says.
 pub type KeepLabel = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
-/// Drops everything no reading needs before a Node is stored, keeping the
+/// Drops what decoding could not skip before a Node is stored, keeping the
 /// labels `keep_label` accepts.
 ///
-/// A real Node is about 15 KB, mostly container images and managedFields,
-/// and GKE sets some twenty labels; stripped, it is about a kilobyte, which
-/// is what keeps 10,000 nodes small.
+/// Decoding into [`Node`] already leaves out images, managed fields' contents
+/// below metadata, condition messages and every field no reading reads; what
+/// is left to drop is metadata (which must stay k8s-openapi's `ObjectMeta`
+/// for the reflector) and addresses no reading reads. Vectors are shrunk to
+/// fit: serde grows them by doubling, and each stored node keeps its slack.
+/// Resource lists equal to another node's are shared.
 pub fn strip(node: &mut Node, keep_label: &dyn Fn(&str) -> bool) {
     let meta = &mut node.metadata;
     meta.managed_fields = None;
@@ -38,33 +41,28 @@ pub fn strip(node: &mut Node, keep_label: &dyn Fn(&str) -> bool) {
     meta.finalizers = None;
     meta.generate_name = None;
     meta.uid = None;
+    meta.self_link = None;
     if let Some(labels) = meta.labels.as_mut() {
         labels.retain(|k, _| keep_label(k));
     }
-    if let Some(spec) = node.spec.as_mut() {
-        spec.config_source = None;
-        spec.external_id = None;
-        spec.pod_cidrs = None;
+    // An emptied map can keep its root node (~500 bytes): most nodes keep no label at all.
+    if meta.labels.as_ref().is_some_and(|l| l.is_empty()) {
+        meta.labels = None;
+    }
+    if let Some(taints) = node.spec.as_mut().and_then(|s| s.taints.as_mut()) {
+        taints.shrink_to_fit();
     }
     if let Some(status) = node.status.as_mut() {
-        status.images = None;
-        status.volumes_attached = None;
-        status.volumes_in_use = None;
-        status.daemon_endpoints = None;
-        status.config = None;
-        status.features = None;
-        status.runtime_handlers = None;
-        status.declared_features = None;
         // Only the internal IP is read (info); hostnames and DNS names are not.
         if let Some(addresses) = status.addresses.as_mut() {
             addresses.retain(|a| a.type_ == "InternalIP");
+            addresses.shrink_to_fit();
         }
-        for c in status.conditions.iter_mut().flatten() {
-            // Heartbeats change every few seconds and messages are free text: neither is read.
-            c.last_heartbeat_time = None;
-            c.message = None;
-            c.reason = None;
+        if let Some(conditions) = status.conditions.as_mut() {
+            conditions.shrink_to_fit();
         }
+        status.capacity = status.capacity.take().map(ResourceList::shared);
+        status.allocatable = status.allocatable.take().map(ResourceList::shared);
     }
 }
 
@@ -204,39 +202,27 @@ fn count_transitions(transitions: &Transitions, store: &Store<Node>, event: &Eve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{ContainerImage, NodeCondition, NodeStatus};
-    use kube::api::ObjectMeta;
 
     #[test]
     fn strip_keeps_what_readings_need() {
-        let mut node = Node {
-            metadata: ObjectMeta {
-                name: Some("a".into()),
-                labels: Some(
-                    [
-                        ("zone".to_string(), "z1".to_string()),
-                        ("beta.kubernetes.io/os".to_string(), "linux".to_string()),
-                    ]
-                    .into(),
-                ),
-                annotations: Some([("big".to_string(), "x".repeat(10_000))].into()),
-                ..Default::default()
+        let mut node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "a",
+                "uid": "u",
+                "labels": {"zone": "z1", "beta.kubernetes.io/os": "linux"},
+                "annotations": {"big": "x".repeat(10_000)},
+                "managedFields": [{"manager": "kubelet", "operation": "Update"}],
             },
-            spec: None,
-            status: Some(NodeStatus {
-                images: Some(vec![ContainerImage {
-                    names: Some(vec!["img".into()]),
-                    size_bytes: Some(1),
-                }]),
-                conditions: Some(vec![NodeCondition {
-                    type_: "Ready".into(),
-                    status: "True".into(),
-                    message: Some("kubelet is posting ready status".into()),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-        };
+            "status": {
+                "images": [{"names": ["img"], "sizeBytes": 1}],
+                "addresses": [
+                    {"type": "Hostname", "address": "a"},
+                    {"type": "InternalIP", "address": "10.0.0.1"},
+                ],
+                "conditions": [{"type": "Ready", "status": "True", "message": "kubelet is posting ready status"}],
+            },
+        }))
+        .expect("decodes");
         strip(&mut node, &|k| k == "zone");
         assert_eq!(node.metadata.name.as_deref(), Some("a"));
         assert_eq!(
@@ -244,12 +230,13 @@ mod tests {
             Some([("zone".to_string(), "z1".to_string())].into())
         );
         assert!(node.metadata.annotations.is_none());
+        assert!(node.metadata.managed_fields.is_none());
+        assert!(node.metadata.uid.is_none());
         let status = node.status.as_ref().unwrap();
-        assert!(status.images.is_none());
+        let addresses = status.addresses.as_ref().unwrap();
+        assert_eq!(addresses.len(), 1);
+        assert_eq!(addresses[0].address, "10.0.0.1");
         let c = &status.conditions.as_ref().unwrap()[0];
-        assert_eq!(
-            (c.type_.as_str(), c.status.as_str(), c.message.as_deref()),
-            ("Ready", "True", None)
-        );
+        assert_eq!((c.type_.as_str(), c.status.as_str()), ("Ready", "True"));
     }
 }

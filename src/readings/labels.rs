@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::cluster::Node;
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use k8s_openapi::api::core::v1::Node;
 
 /// Why a label allowlist was refused.
 #[derive(Debug, thiserror::Error)]

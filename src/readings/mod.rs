@@ -7,7 +7,7 @@
 pub mod labels;
 pub mod quantity;
 
-use k8s_openapi::api::core::v1::Node;
+use crate::cluster::Node;
 
 /// The condition type the kubelet uses for overall node readiness.
 pub const READY: &str = "Ready";
@@ -234,7 +234,7 @@ pub fn info(node: &Node) -> NodeInfo<'_> {
     let status = node.status.as_ref();
     let ni = status.and_then(|s| s.node_info.as_ref());
     let spec = node.spec.as_ref();
-    let field = |f: fn(&k8s_openapi::api::core::v1::NodeSystemInfo) -> &String| {
+    let field = |f: fn(&crate::cluster::NodeSystemInfo) -> &compact_str::CompactString| {
         ni.map(|n| f(n).as_str()).unwrap_or("")
     };
     NodeInfo {
@@ -281,11 +281,11 @@ pub fn resources(node: &Node, list: ResourceList) -> Vec<ResourceReading<'_>> {
         ResourceList::Capacity => s.capacity.as_ref(),
     });
     map.into_iter()
-        .flatten()
+        .flat_map(|m| m.iter())
         .filter_map(|(name, q)| {
             Some(ResourceReading {
                 name,
-                value: quantity::parse(&q.0).ok()?,
+                value: quantity::parse(q).ok()?,
             })
         })
         .collect()
@@ -297,7 +297,7 @@ pub fn resource(node: &Node, list: ResourceList, name: &str) -> Option<f64> {
         ResourceList::Allocatable => s.allocatable.as_ref(),
         ResourceList::Capacity => s.capacity.as_ref(),
     })?;
-    quantity::parse(&map.get(name)?.0).ok()
+    quantity::parse(map.get(name)?).ok()
 }
 
 /// When the node object was created, in Unix seconds.
@@ -344,7 +344,7 @@ pub fn roles(node: &Node) -> Vec<&str> {
 
 #[cfg(test)]
 pub(crate) mod test_nodes {
-    use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus};
+    use crate::cluster::{Node, NodeCondition, NodeStatus};
     use kube::api::ObjectMeta;
 
     /// A node named `name` with the given `(type, status)` conditions, or no status at all for `None`.
@@ -359,8 +359,8 @@ pub(crate) mod test_nodes {
                 conditions: Some(
                     cs.iter()
                         .map(|(t, s)| NodeCondition {
-                            type_: t.to_string(),
-                            status: s.to_string(),
+                            type_: (*t).into(),
+                            status: (*s).into(),
                             ..Default::default()
                         })
                         .collect(),

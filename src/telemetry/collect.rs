@@ -12,7 +12,7 @@
 
 use std::sync::{Arc, Weak};
 
-use k8s_openapi::api::core::v1::Node;
+use crate::cluster::Node;
 use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry_sdk::{
     Resource,

@@ -15,8 +15,8 @@ use std::{
     sync::Arc,
 };
 
+use crate::cluster::Node;
 use flate2::{Compression, read::DeflateDecoder, write::DeflateEncoder};
-use k8s_openapi::api::core::v1::Node;
 use opentelemetry_proto::tonic::{
     collector::metrics::v1::ExportMetricsServiceRequest, metrics::v1::metric::Data,
 };
@@ -74,12 +74,18 @@ impl Encoded {
         resource: &Resource,
     ) -> io::Result<Refresh> {
         let mut done = Refresh::default();
-        for (shard, nodes) in shards::partition(sources.view.nodes()).into_iter().enumerate() {
-            if self.collected_from.unchanged(shard, &nodes) {
-                continue;
-            }
-            for (f, family) in families.iter().enumerate() {
-                let encoded = self.encode(f, family, sources, resource, &nodes)?;
+        let changed = shards::changed(&self.collected_from, sources.view.nodes());
+        let encoded = shards::map(&changed, |nodes| {
+            families
+                .iter()
+                .map(|family| encode(family, sources, resource, nodes))
+                .collect::<io::Result<Vec<_>>>()
+        });
+        for ((shard, nodes), families) in changed.into_iter().zip(encoded) {
+            for (f, (encoded, descriptor)) in families?.into_iter().enumerate() {
+                if self.descriptors[f].is_none() {
+                    self.descriptors[f] = descriptor;
+                }
                 done.points += encoded.points;
                 self.shards[f][shard] = encoded;
             }
@@ -87,55 +93,6 @@ impl Encoded {
             done.shards += 1;
         }
         Ok(done)
-    }
-
-    /// The points of family `f` for `nodes`, collected and encoded.
-    fn encode(
-        &mut self,
-        f: usize,
-        family: &Family,
-        sources: &Sources,
-        resource: &Resource,
-        nodes: &[Arc<Node>],
-    ) -> io::Result<Shard> {
-        let Some(rm) = collect::family(family, sources, resource, nodes) else {
-            return Ok(Shard::default());
-        };
-        let request = ExportMetricsServiceRequest::from(&rm);
-        drop(rm);
-        let mut out = DeflateEncoder::new(Vec::new(), Compression::fast());
-        let mut points = 0;
-        let mut record = Vec::new();
-        for metric in request
-            .resource_metrics
-            .into_iter()
-            .flat_map(|rm| rm.scope_metrics)
-            .flat_map(|sm| sm.metrics)
-        {
-            if self.descriptors[f].is_none() {
-                self.descriptors[f] = wire::Descriptor::of(&metric);
-            }
-            let points_of_metric = match metric.data {
-                Some(Data::Gauge(g)) => g.data_points,
-                Some(Data::Sum(s)) => s.data_points,
-                // A family is one gauge or counter; anything else would be a bug in `families`.
-                _ => {
-                    tracing::warn!(metric = %metric.name, "neither a gauge nor a sum; left out of OTLP exports");
-                    continue;
-                }
-            };
-            for mut point in points_of_metric {
-                let body = wire::point_body(&mut point);
-                record.clear();
-                encode_varint(body.len() as u64, &mut record);
-                out.write_all(&record)?;
-                out.write_all(&body)?;
-                points += 1;
-            }
-        }
-        let mut deflated = out.finish()?;
-        deflated.shrink_to_fit();
-        Ok(Shard { deflated, points })
     }
 
     /// Points in the cache.
@@ -173,4 +130,53 @@ impl Encoded {
         }
         Ok(writer.is_open())
     }
+}
+
+/// The points of `family` for `nodes`, collected and encoded, and the
+/// family's descriptor if the collection showed it.
+fn encode(
+    family: &Family,
+    sources: &Sources,
+    resource: &Resource,
+    nodes: &[Arc<Node>],
+) -> io::Result<(Shard, Option<wire::Descriptor>)> {
+    let Some(rm) = collect::family(family, sources, resource, nodes) else {
+        return Ok((Shard::default(), None));
+    };
+    let request = ExportMetricsServiceRequest::from(&rm);
+    drop(rm);
+    let mut out = DeflateEncoder::new(Vec::new(), Compression::default());
+    let mut points = 0;
+    let mut record = Vec::new();
+    let mut descriptor = None;
+    for metric in request
+        .resource_metrics
+        .into_iter()
+        .flat_map(|rm| rm.scope_metrics)
+        .flat_map(|sm| sm.metrics)
+    {
+        if descriptor.is_none() {
+            descriptor = wire::Descriptor::of(&metric);
+        }
+        let points_of_metric = match metric.data {
+            Some(Data::Gauge(g)) => g.data_points,
+            Some(Data::Sum(s)) => s.data_points,
+            // A family is one gauge or counter; anything else would be a bug in `families`.
+            _ => {
+                tracing::warn!(metric = %metric.name, "neither a gauge nor a sum; left out of OTLP exports");
+                continue;
+            }
+        };
+        for mut point in points_of_metric {
+            let body = wire::point_body(&mut point);
+            record.clear();
+            encode_varint(body.len() as u64, &mut record);
+            out.write_all(&record)?;
+            out.write_all(&body)?;
+            points += 1;
+        }
+    }
+    let mut deflated = out.finish()?;
+    deflated.shrink_to_fit();
+    Ok((Shard { deflated, points }, descriptor))
 }

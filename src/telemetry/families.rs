@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use opentelemetry::{Key, KeyValue, Value};
 
+use crate::cluster::Node;
 use crate::{
     cluster::Transitions,
     config::{Naming, ReadingSettings},
     readings::{self, ConditionStatus, ResourceList, labels::sanitize},
 };
-use k8s_openapi::api::core::v1::Node;
 
 /// The instrument kind of a family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

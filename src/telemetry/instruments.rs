@@ -12,7 +12,7 @@ use std::{
     time::Instant,
 };
 
-use k8s_openapi::api::core::v1::Node;
+use crate::cluster::Node;
 use opentelemetry::{KeyValue, metrics::Meter};
 use tokio::sync::Notify;
 

@@ -39,7 +39,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::Node;
+use crate::cluster::Node;
 
 use futures::StreamExt as _;
 use opentelemetry::metrics::MeterProvider as _;
@@ -160,7 +160,7 @@ struct Inner {
     section: RwLock<Arc<Section>>,
     /// The view generation the last rendered section shows.
     rendered: tokio::sync::watch::Sender<u64>,
-    /// True once a rendering showed the view after its initial list (logged once: how long it took).
+    /// True once a rendering showed the view after its initial list: `/readyz` waits for it.
     rendered_synced: AtomicBool,
     otlp: Option<otlp::MetricsExporter>,
     /// The per-node families, encoded for OTLP between exports.
@@ -456,12 +456,17 @@ impl Telemetry {
     /// A handle that renders `/metrics`, if the Prometheus exporter is on.
     pub fn metrics_handle(&self) -> Option<MetricsHandle> {
         self.inner.settings.prometheus.then(|| {
-            let (inner, waiter) = (self.inner.clone(), self.inner.clone());
+            let (inner, waiter, done) = (self.inner.clone(), self.inner.clone(), self.inner.clone());
             MetricsHandle::new(
                 move |gzip| inner.scrape(gzip),
                 move || {
                     let waiter = waiter.clone();
                     Box::pin(async move { waiter.catch_up().await })
+                },
+                // The reference encoder renders at each scrape: complete as soon as the view is.
+                move || {
+                    done.settings.prometheus_encoder != PrometheusEncoder::Streaming
+                        || done.rendered_synced.load(Ordering::Acquire)
                 },
             )
         })

@@ -20,6 +20,7 @@ type CatchUp = dyn Fn() -> BoxFuture<'static, ()> + Send + Sync;
 pub struct MetricsHandle {
     render: Arc<Render>,
     catch_up: Arc<CatchUp>,
+    complete: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
 /// Why a render failed.
@@ -43,11 +44,20 @@ impl MetricsHandle {
     pub(crate) fn new(
         render: impl Fn(bool) -> Result<Exposition, RenderError> + Send + Sync + 'static,
         catch_up: impl Fn() -> BoxFuture<'static, ()> + Send + Sync + 'static,
+        complete: impl Fn() -> bool + Send + Sync + 'static,
     ) -> Self {
         MetricsHandle {
             render: Arc::new(render),
             catch_up: Arc::new(catch_up),
+            complete: Arc::new(complete),
         }
+    }
+
+    /// True once `/metrics` shows the whole synced view: the first rendering
+    /// after the initial list is done. Until then `/readyz` says not ready,
+    /// so that no scraper gets a partial picture from a new replica.
+    pub fn is_complete(&self) -> bool {
+        (self.complete)()
     }
 
     /// Resolves when the rendering shows the latest change of the view (or

@@ -13,7 +13,7 @@
 
 use std::{io, sync::Arc};
 
-use k8s_openapi::api::core::v1::Node;
+use crate::cluster::Node;
 use opentelemetry_sdk::{Resource, metrics::data::ResourceMetrics};
 
 use super::{
@@ -85,13 +85,17 @@ impl Sections {
         resource: &Resource,
     ) -> io::Result<(Section, Refresh)> {
         let mut done = Refresh::default();
-        for (shard, nodes) in shards::partition(sources.view.nodes()).into_iter().enumerate() {
-            if self.rendered_from.unchanged(shard, &nodes) {
-                continue;
-            }
-            for (f, family) in families.iter().enumerate() {
-                self.samples[f][shard] = render_samples(family, sources, resource, &nodes)?;
-                done.points += self.samples[f][shard].points;
+        let changed = shards::changed(&self.rendered_from, sources.view.nodes());
+        let rendered = shards::map(&changed, |nodes| {
+            families
+                .iter()
+                .map(|family| render_samples(family, sources, resource, nodes))
+                .collect::<io::Result<Vec<Segment>>>()
+        });
+        for ((shard, nodes), segments) in changed.into_iter().zip(rendered) {
+            for (f, segment) in segments?.into_iter().enumerate() {
+                done.points += segment.points;
+                self.samples[f][shard] = segment;
             }
             self.rendered_from.remember(shard, nodes);
             done.shards += 1;

@@ -1,0 +1,346 @@
+//! The part of a Kubernetes Node this service keeps: what readings read, nothing else.
+//!
+//! A Node from the API is ~15 KB of JSON; decoded into k8s-openapi's `Node`
+//! and stripped it still took ~5.8 KB resident (1.5 KB of inline struct, a
+//! heap allocation per string and a B-tree per map), which made the stored
+//! nodes most of the memory at 50,000 nodes. This type has the same field
+//! names and nesting as k8s-openapi's, so readings read it the same way, but
+//! serde skips every other field while decoding (images, managed fields,
+//! messages never get allocated), strings of up to 24 bytes live inline
+//! (`CompactString`), and resource lists are sorted slices.
+//!
+//! Decoding is lenient where k8s-openapi is strict: a missing required field
+//! (a condition without `status`, a taint without `effect`) decodes as empty
+//! and reads as unknown, instead of failing the whole LIST page it came in.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{Arc, LazyLock, Mutex},
+};
+
+use compact_str::CompactString;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A Node, cut down to what readings read. Fields keep the API's names.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Node {
+    /// Name, labels, creation and deletion times (the rest is stripped after decoding).
+    pub metadata: ObjectMeta,
+    /// `spec`.
+    pub spec: Option<NodeSpec>,
+    /// `status`.
+    pub status: Option<NodeStatus>,
+}
+
+/// `spec`, the fields readings read.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct NodeSpec {
+    /// `spec.unschedulable`: cordoned.
+    pub unschedulable: Option<bool>,
+    /// `spec.taints`.
+    pub taints: Option<Vec<Taint>>,
+    /// `spec.providerID`.
+    #[serde(rename = "providerID")]
+    pub provider_id: Option<CompactString>,
+    /// `spec.podCIDR`.
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: Option<CompactString>,
+}
+
+/// One taint (`timeAdded` is not read).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Taint {
+    /// The taint key.
+    pub key: CompactString,
+    /// Its value, if any.
+    pub value: Option<CompactString>,
+    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`.
+    pub effect: CompactString,
+}
+
+/// `status`, the fields readings read.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// `status.conditions`, in API order.
+    pub conditions: Option<Vec<NodeCondition>>,
+    /// `status.nodeInfo`.
+    pub node_info: Option<NodeSystemInfo>,
+    /// `status.addresses` (only `InternalIP` is read).
+    pub addresses: Option<Vec<NodeAddress>>,
+    /// `status.capacity`.
+    pub capacity: Option<ResourceList>,
+    /// `status.allocatable`.
+    pub allocatable: Option<ResourceList>,
+}
+
+/// One condition: heartbeat, reason and message are neither read nor kept.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct NodeCondition {
+    /// `Ready`, `MemoryPressure`, … or a custom type.
+    #[serde(rename = "type")]
+    pub type_: CompactString,
+    /// `True`, `False` or `Unknown` (anything else reads as unknown).
+    pub status: CompactString,
+    /// When the status last changed.
+    pub last_transition_time: Option<Time>,
+}
+
+/// `status.nodeInfo`, the fields readings read.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct NodeSystemInfo {
+    /// `kubeletVersion`.
+    pub kubelet_version: CompactString,
+    /// `kubeProxyVersion`.
+    pub kube_proxy_version: CompactString,
+    /// `containerRuntimeVersion`.
+    pub container_runtime_version: CompactString,
+    /// `kernelVersion`.
+    pub kernel_version: CompactString,
+    /// `osImage`.
+    pub os_image: CompactString,
+    /// `architecture`.
+    pub architecture: CompactString,
+    /// `systemUUID`.
+    #[serde(rename = "systemUUID")]
+    pub system_uuid: CompactString,
+}
+
+/// One address of the node.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct NodeAddress {
+    /// `InternalIP`, `ExternalIP`, `Hostname`, …
+    #[serde(rename = "type")]
+    pub type_: CompactString,
+    /// The address.
+    pub address: CompactString,
+}
+
+/// A resource list (`capacity`, `allocatable`): quantities by resource name,
+/// sorted by name and unique, as the API's map is.
+///
+/// Nodes of one machine type list the same resources, so stored lists are
+/// shared ([`ResourceList::shared`]): at 50,000 nodes two lists of ~8
+/// entries each would otherwise be ~40 MB of copies.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ResourceList(Arc<[(CompactString, CompactString)]>);
+
+impl ResourceList {
+    /// The quantity of one resource, verbatim (`"3920Mi"`).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        let i = self.0.binary_search_by(|(k, _)| k.as_str().cmp(name)).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    /// How many resources are listed.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when no resource is listed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Every (name, quantity), sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// An equal list that other nodes already hold, if one is alive, else this one.
+    pub fn shared(self) -> ResourceList {
+        SHARED_LISTS.share(self)
+    }
+}
+
+/// Equal resource lists, kept so that nodes share one copy.
+///
+/// The table holds a reference too, so lists no node holds any more are
+/// dropped whenever it has doubled since the last sweep: it stays within
+/// twice the number of distinct lists alive.
+#[derive(Default)]
+struct Interner {
+    lists: Mutex<(HashSet<ResourceList>, usize)>,
+}
+
+static SHARED_LISTS: LazyLock<Interner> = LazyLock::new(Interner::default);
+
+impl Interner {
+    fn share(&self, list: ResourceList) -> ResourceList {
+        let mut guard = self.lists.lock().unwrap_or_else(|e| e.into_inner());
+        let (lists, swept_at) = &mut *guard;
+        if let Some(shared) = lists.get(&list) {
+            return shared.clone();
+        }
+        if lists.len() >= 2 * *swept_at + 64 {
+            lists.retain(|l| Arc::strong_count(&l.0) > 1);
+            *swept_at = lists.len();
+        }
+        lists.insert(list.clone());
+        list
+    }
+}
+
+impl FromIterator<(CompactString, CompactString)> for ResourceList {
+    fn from_iter<I: IntoIterator<Item = (CompactString, CompactString)>>(iter: I) -> Self {
+        // Through a map: sorted and unique (the last duplicate wins, as JSON decoders do).
+        let map: BTreeMap<CompactString, CompactString> = iter.into_iter().collect();
+        ResourceList(map.into_iter().collect())
+    }
+}
+
+impl<'de> Deserialize<'de> for ResourceList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(BTreeMap::<CompactString, CompactString>::deserialize(d)?
+            .into_iter()
+            .collect())
+    }
+}
+
+impl Serialize for ResourceList {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl k8s_openapi::Resource for Node {
+    const API_VERSION: &'static str =
+        <k8s_openapi::api::core::v1::Node as k8s_openapi::Resource>::API_VERSION;
+    const GROUP: &'static str = <k8s_openapi::api::core::v1::Node as k8s_openapi::Resource>::GROUP;
+    const KIND: &'static str = <k8s_openapi::api::core::v1::Node as k8s_openapi::Resource>::KIND;
+    const VERSION: &'static str = <k8s_openapi::api::core::v1::Node as k8s_openapi::Resource>::VERSION;
+    const URL_PATH_SEGMENT: &'static str =
+        <k8s_openapi::api::core::v1::Node as k8s_openapi::Resource>::URL_PATH_SEGMENT;
+    type Scope = k8s_openapi::ClusterResourceScope;
+}
+
+impl k8s_openapi::Metadata for Node {
+    type Ty = ObjectMeta;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_what_readings_read_and_skips_the_rest() {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": "n1", "labels": {"a": "b"}},
+            "spec": {"providerID": "gce://p/z/n1", "podCIDR": "10.0.0.0/24", "unschedulable": true,
+                     "taints": [{"key": "k", "effect": "NoSchedule", "timeAdded": "2026-01-01T00:00:00Z"}]},
+            "status": {
+                "conditions": [
+                    {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z",
+                     "lastHeartbeatTime": "2026-01-01T00:00:00Z", "reason": "KubeletReady", "message": "ok"},
+                    {"type": "Broken"}
+                ],
+                "nodeInfo": {"kubeletVersion": "v1.31.0", "systemUUID": "u", "machineID": "m"},
+                "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}],
+                "capacity": {"memory": "1Gi", "cpu": "2"},
+                "images": [{"names": ["x"], "sizeBytes": 1}],
+                "somethingNew": {"nested": [1, 2, 3]}
+            }
+        }))
+        .expect("decodes");
+        let spec = node.spec.as_ref().unwrap();
+        assert_eq!(spec.provider_id.as_deref(), Some("gce://p/z/n1"));
+        assert_eq!(spec.pod_cidr.as_deref(), Some("10.0.0.0/24"));
+        assert_eq!(spec.taints.as_ref().unwrap()[0].effect, "NoSchedule");
+        let status = node.status.as_ref().unwrap();
+        let conditions = status.conditions.as_ref().unwrap();
+        assert_eq!(
+            (conditions[0].type_.as_str(), conditions[0].status.as_str()),
+            ("Ready", "True")
+        );
+        assert!(conditions[0].last_transition_time.is_some());
+        // A condition without a status decodes (and reads as unknown) rather than failing its page.
+        assert_eq!(
+            (conditions[1].type_.as_str(), conditions[1].status.as_str()),
+            ("Broken", "")
+        );
+        let info = status.node_info.as_ref().unwrap();
+        assert_eq!(
+            (info.kubelet_version.as_str(), info.system_uuid.as_str()),
+            ("v1.31.0", "u")
+        );
+        let capacity = status.capacity.as_ref().unwrap();
+        assert_eq!(
+            capacity.iter().collect::<Vec<_>>(),
+            [("cpu", "2"), ("memory", "1Gi")]
+        );
+        assert_eq!(
+            (capacity.get("memory"), capacity.get("pods")),
+            (Some("1Gi"), None)
+        );
+    }
+
+    fn list(entries: &[(&str, &str)]) -> ResourceList {
+        entries.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+    }
+
+    #[test]
+    fn equal_resource_lists_are_shared_and_dead_ones_swept() {
+        let interner = Interner::default();
+        let a = interner.share(list(&[("cpu", "2"), ("memory", "1Gi")]));
+        let b = interner.share(list(&[("memory", "1Gi"), ("cpu", "2")]));
+        assert!(Arc::ptr_eq(&a.0, &b.0), "equal lists share one copy");
+        let c = interner.share(list(&[("cpu", "4")]));
+        assert!(!Arc::ptr_eq(&a.0, &c.0));
+        // Lists nobody holds any more do not accumulate.
+        for i in 0..10_000 {
+            drop(interner.share(list(&[("cpu", &i.to_string())])));
+        }
+        let (lists, _) = &*interner.lists.lock().unwrap();
+        assert!(lists.len() < 200, "{} lists kept", lists.len());
+        assert!(lists.contains(&a) && lists.contains(&c), "live lists stay");
+    }
+
+    #[cfg(feature = "fake-apiserver")]
+    #[test]
+    fn decodes_the_same_readings_as_k8s_openapi() {
+        let json = crate::fake::generated_node(3, 1, "2026-11-27T00:00:00Z");
+        let full: k8s_openapi::api::core::v1::Node =
+            serde_json::from_value(json.clone()).expect("k8s-openapi decodes");
+        let slim: Node = serde_json::from_value(json).expect("decodes");
+        let (fs, ss) = (full.status.unwrap(), slim.status.unwrap());
+        let full_conditions: Vec<_> = fs
+            .conditions
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.type_, c.status, c.last_transition_time))
+            .collect();
+        let slim_conditions: Vec<_> = ss
+            .conditions
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.type_.to_string(), c.status.to_string(), c.last_transition_time))
+            .collect();
+        assert_eq!(full_conditions, slim_conditions);
+        let full_capacity: Vec<_> = fs.capacity.unwrap().into_iter().map(|(k, v)| (k, v.0)).collect();
+        let slim_capacity: Vec<_> = ss
+            .capacity
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(full_capacity, slim_capacity);
+        assert_eq!(full.metadata, slim.metadata);
+    }
+}
