@@ -188,10 +188,17 @@ pub async fn run(
     let keep_label: cluster::KeepLabel = Arc::new(move |k| crate::readings::reads_label(k, &selector));
     let watcher = cluster::spawn_watcher(client, writer, view.clone(), keep_label);
     let loops = tokio::spawn(telemetry.clone().run());
+    let auth = match &settings.auth_token_file {
+        Some(path) => Some(Arc::new(
+            crate::auth::TokenFile::open(path).map_err(ConfigError::from)?,
+        )),
+        None => None,
+    };
     let state = HttpState {
         metrics: telemetry.metrics_handle(),
         health: view.health().clone(),
         stale_after: settings.stale_after,
+        auth,
     };
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(async move {

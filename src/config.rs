@@ -47,6 +47,9 @@ pub enum ConfigError {
     /// The node label allowlist is unusable.
     #[error(transparent)]
     Labels(#[from] crate::readings::labels::LabelError),
+    /// The scrape token file is unusable.
+    #[error(transparent)]
+    TokenFile(#[from] crate::auth::TokenFileError),
     /// RUST_LOG does not parse.
     #[error("{0}")]
     Logging(String),
@@ -180,6 +183,11 @@ pub struct RunArgs {
     #[arg(long, env = "KNS_GCP_PROJECT_ID")]
     pub gcp_project_id: Option<String>,
 
+    /// Require `Authorization: Bearer <token>` on /metrics, the token read from this file
+    /// (re-read when it changes, as a mounted Secret does). /healthz and /readyz stay open.
+    #[arg(long, env = "KNS_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+
     /// /readyz turns 503 once the node watch has been failing for longer than this (e.g. 90s, 2m).
     #[arg(long, env = "KNS_STALE_AFTER", default_value = "2m", value_parser = humantime::parse_duration)]
     pub stale_after: Duration,
@@ -279,6 +287,8 @@ pub struct Settings {
     pub kube: KubeSource,
     /// Staleness window for /readyz.
     pub stale_after: Duration,
+    /// The file holding the bearer token scrapes of /metrics must carry.
+    pub auth_token_file: Option<PathBuf>,
     /// Log format.
     pub log_format: LogFormat,
     /// Serve /metrics.
@@ -532,6 +542,9 @@ impl RunArgs {
             None
         };
 
+        if let Some(path) = &self.auth_token_file {
+            crate::auth::TokenFile::open(path)?;
+        }
         if let Some(path) = &self.kubeconfig {
             kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| ConfigError::Kube(format!("--kubeconfig {}: {e}", path.display())))?;
@@ -583,6 +596,7 @@ impl RunArgs {
                 context: self.context.clone(),
             },
             stale_after: self.stale_after,
+            auth_token_file: self.auth_token_file.clone(),
             log_format: self.log_format.unwrap_or(LogFormat::Json),
             prometheus: metrics.contains(&"prometheus"),
             prometheus_encoder: self.prometheus_encoder,

@@ -13,9 +13,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::{
+    auth::{TokenFile, Verdict},
     cluster::Health,
     telemetry::{MetricsHandle, PROMETHEUS_CONTENT_TYPE},
 };
@@ -29,6 +30,8 @@ pub struct HttpState {
     pub health: Arc<Health>,
     /// How long the watch may fail before `/readyz` turns 503.
     pub stale_after: Duration,
+    /// The token `/metrics` requires, if any.
+    pub auth: Option<Arc<TokenFile>>,
 }
 
 /// The router with all three endpoints.
@@ -61,6 +64,20 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
 }
 
 async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    if let Some(auth) = &state.auth {
+        let presented = headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+        let verdict = auth.check(presented);
+        if verdict != Verdict::Allowed {
+            // Scrapers retry every interval: a refusal is not worth more than debug.
+            debug!(?verdict, "/metrics refused: no valid bearer token");
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+                "a valid bearer token is required\n",
+            )
+                .into_response();
+        }
+    }
     let Some(handle) = state.metrics else {
         return (
             StatusCode::NOT_FOUND,
@@ -154,6 +171,7 @@ mod tests {
             metrics: Some(metrics),
             health: health.clone(),
             stale_after: Duration::from_secs(60),
+            auth: None,
         };
         let (code, why) = status_of_readyz(state.clone()).await;
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);

@@ -2,9 +2,11 @@
 //!
 //! Data flows one way: [`cluster`] (watch and view) → [`readings`] (pure) →
 //! [`telemetry`] (instruments, providers, exporters) → [`http`] (the server).
-//! [`config`] is parsed once and passed down as plain structs.
+//! [`config`] is parsed once and passed down as plain structs; [`auth`]
+//! checks scrapes' bearer tokens for [`http`].
 
 pub mod app;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 #[cfg(feature = "fake-apiserver")]

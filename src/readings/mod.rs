@@ -630,4 +630,82 @@ mod tests {
         assert_eq!((created(&n), deletion_timestamp(&n)), (None, None));
         assert!(roles(&n).is_empty());
     }
+
+    /// Objects a buggy writer or an odd API emulator could send: each decodes
+    /// (one bad node must not fail the LIST page it came in) and reads safely.
+    #[test]
+    fn malformed_objects_from_the_api_read_safely() {
+        use serde_json::json;
+        let long = "v".repeat(100_000);
+        // (what, the object, its name, its Ready, conditions read)
+        type Case<'a> = (
+            &'a str,
+            serde_json::Value,
+            Option<&'a str>,
+            Option<ConditionStatus>,
+            usize,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "missing status",
+                json!({"metadata": {"name": "a"}}),
+                Some("a"),
+                None,
+                0,
+            ),
+            (
+                "null status",
+                json!({"metadata": {"name": "a"}, "status": null}),
+                Some("a"),
+                None,
+                0,
+            ),
+            (
+                "duplicate condition types: the first wins",
+                json!({"metadata": {"name": "a"}, "status": {"conditions": [
+                    {"type": "Ready", "status": "False"}, {"type": "Ready", "status": "True"}]}}),
+                Some("a"),
+                Some(F),
+                1,
+            ),
+            (
+                "condition without a status or a type",
+                json!({"metadata": {"name": "a"}, "status": {"conditions": [{"type": "Ready"}, {"status": "True"}]}}),
+                Some("a"),
+                Some(U),
+                1,
+            ),
+            ("empty name", json!({"metadata": {"name": ""}}), None, None, 0),
+            ("no metadata at all", json!({}), None, None, 0),
+            (
+                "unknown fields anywhere",
+                json!({"metadata": {"name": "a", "future": 1}, "spec": {"newThing": [1]},
+                       "status": {"conditions": [{"type": "Ready", "status": "True", "severity": "x"}], "other": {}}}),
+                Some("a"),
+                Some(T),
+                1,
+            ),
+        ];
+        for (what, json, name, ready, conditions_read) in cases {
+            let node: Node = serde_json::from_value(json).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(node_name(&node), name, "{what}");
+            assert_eq!(ready_status(&node), ready, "{what}");
+            assert_eq!(conditions(&node).len(), conditions_read, "{what}");
+            assert_eq!(ClusterSummary::of([&node]).total(), 1, "{what}");
+            let _ = (
+                info(&node),
+                taints(&node),
+                roles(&node),
+                resources(&node, ResourceList::Capacity),
+            );
+        }
+
+        // A very long label value is kept whole when selected (it is the user's label).
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": "a", "labels": {"team": long}}}))
+            .expect("decodes");
+        let selector = labels::LabelSelector::new(&["team".to_string()]).expect("valid");
+        let selected = selector.select(&node);
+        assert_eq!(selected.len(), 1);
+        assert_eq!(selected[0].1.len(), 100_000);
+    }
 }
