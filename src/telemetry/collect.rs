@@ -12,7 +12,6 @@
 
 use std::sync::{Arc, Weak};
 
-use crate::cluster::Node;
 use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry_sdk::{
     Resource,
@@ -27,6 +26,7 @@ use super::{
     families::Family,
     instruments::{self, Sources},
 };
+use crate::cluster::Node;
 
 /// The meter (instrumentation scope) name of every instrument.
 pub const METER: &str = "kube-node-status";

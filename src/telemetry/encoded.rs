@@ -15,7 +15,6 @@ use std::{
     sync::Arc,
 };
 
-use crate::cluster::Node;
 use flate2::{Compression, read::DeflateDecoder, write::DeflateEncoder};
 use opentelemetry_proto::tonic::{
     collector::metrics::v1::ExportMetricsServiceRequest, metrics::v1::metric::Data,
@@ -31,6 +30,7 @@ use super::{
     shards::{self, Memo, SHARDS},
     wire::{self, Writer},
 };
+use crate::cluster::Node;
 
 /// One (family, shard): its points, each a varint length and an encoded
 /// point without timestamps, raw-deflated.

@@ -8,9 +8,8 @@ use std::sync::Arc;
 
 use opentelemetry::{Key, KeyValue, Value};
 
-use crate::cluster::Node;
 use crate::{
-    cluster::Transitions,
+    cluster::{Node, Transitions},
     config::{Naming, ReadingSettings},
     readings::{self, ConditionStatus, ResourceList, labels::sanitize},
 };

@@ -12,12 +12,11 @@ use std::{
     time::Instant,
 };
 
-use crate::cluster::Node;
 use opentelemetry::{KeyValue, metrics::Meter};
 use tokio::sync::Notify;
 
 use crate::{
-    cluster::{ApiVerb, ErrorReason, EventKind, View},
+    cluster::{ApiVerb, ErrorReason, EventKind, Node, View},
     config::{Naming, ReadingSettings},
     readings::{ClusterSummary, ConditionStatus},
 };

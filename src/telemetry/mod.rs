@@ -39,8 +39,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::cluster::Node;
-
 use futures::StreamExt as _;
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry_sdk::{
@@ -52,7 +50,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::{
-    cluster::View,
+    cluster::{Node, View},
     config::{self, PrometheusEncoder, Settings},
 };
 use collect::SharedReader;

@@ -13,7 +13,6 @@
 
 use std::{io, sync::Arc};
 
-use crate::cluster::Node;
 use opentelemetry_sdk::{Resource, metrics::data::ResourceMetrics};
 
 use super::{
@@ -23,6 +22,7 @@ use super::{
     scrape::{Section, Segment},
     shards::{self, Memo, SHARDS},
 };
+use crate::cluster::Node;
 
 /// What one refresh did.
 #[derive(Clone, Copy, Debug, Default)]

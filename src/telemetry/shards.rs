@@ -49,7 +49,7 @@ pub fn changed(memo: &Memo, nodes: Vec<Arc<Node>>) -> Vec<(usize, Vec<Arc<Node>>
 /// Fewest shards per worker thread: below it, threads cost more than they save.
 const SHARDS_PER_WORKER: usize = 4;
 
-/// Runs `work` on each of `shards`, in order of the result. With many shards
+/// Runs `work` on each of `shards` and returns the results in their order. With many shards
 /// (the first pass after a sync does all 64) they are spread over the
 /// machine's cores: at 50,000 nodes a first pass is seconds of CPU, and
 /// while it runs `/metrics` shows the view from before. With few (a flip
@@ -144,5 +144,35 @@ mod tests {
         assert_eq!(changed, vec![shard_of("n7")]);
         memo.forget();
         assert!(!memo.unchanged(changed[0], &after[changed[0]]));
+    }
+
+    #[test]
+    fn map_spreads_many_shards_and_keeps_their_order() {
+        let nodes: Vec<_> = (0..2_000).map(|i| node(&format!("n{i}"))).collect();
+        let all: Vec<_> = partition(nodes).into_iter().enumerate().collect();
+        let names = |shard: &[Arc<Node>]| -> Vec<String> {
+            shard
+                .iter()
+                .map(|n| n.metadata.name.clone().unwrap_or_default())
+                .collect()
+        };
+        let want: Vec<_> = all.iter().map(|(_, s)| names(s)).collect();
+        let threads = std::sync::Mutex::new(std::collections::HashSet::new());
+        let got = map(&all, |s| {
+            threads.lock().unwrap().insert(std::thread::current().id());
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            names(s)
+        });
+        assert_eq!(got, want, "results in the order of the shards");
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(
+            threads.lock().unwrap().len(),
+            cores.min(SHARDS / 4),
+            "one thread per core"
+        );
+        // One changed shard runs on the calling thread.
+        let one = &all[..1];
+        let caller = std::thread::current().id();
+        assert_eq!(map(one, |_| std::thread::current().id()), vec![caller]);
     }
 }
