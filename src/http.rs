@@ -123,11 +123,12 @@ async fn healthz() -> &'static str {
 async fn readyz(State(state): State<HttpState>) -> Response {
     let h = &state.health;
     let now = Instant::now();
+    let current = h.is_ready(now, state.stale_after);
     let complete = state.metrics.as_ref().is_none_or(MetricsHandle::is_complete);
-    if h.is_ready(now, state.stale_after) && complete {
+    if current && complete {
         return (StatusCode::OK, "ok\n").into_response();
     }
-    let why = if h.is_ready(now, state.stale_after) {
+    let why = if current {
         "first /metrics rendering of the synced view in progress".to_string()
     } else if !h.is_running() {
         "node watcher is not running".to_string()
