@@ -57,7 +57,14 @@ fn at_10k_nodes(c: &mut Criterion) {
     }
     writer.apply_watcher_event(&Event::InitDone);
     let resource = build_resource(&settings.resource, &|_| None);
-    let telemetry = Telemetry::start(&settings, resource, view, None).expect("telemetry");
+    let telemetry = Telemetry::start(
+        &settings,
+        resource,
+        view,
+        kube_node_status::leader::Leadership::sole(),
+        None,
+    )
+    .expect("telemetry");
 
     let mut group = c.benchmark_group("10,000 nodes");
     group.sample_size(10);

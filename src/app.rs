@@ -15,6 +15,7 @@ use crate::{
     cluster::{self, ApiObserverLayer, View},
     config::{ConfigError, KubeSource, Settings},
     http::{self, HttpState},
+    leader::{Elector, Leadership},
     telemetry::Telemetry,
 };
 
@@ -170,7 +171,20 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen_address))?;
     let (view, writer) = View::new();
-    let telemetry = Telemetry::start(&settings, resource, view.clone(), google)?;
+    let leadership = match settings.lease {
+        Some(_) => Leadership::elected(),
+        None => Leadership::sole(),
+    };
+    let telemetry = Telemetry::start(&settings, resource, view.clone(), leadership.clone(), google)?;
+    // The Lease has a client of its own: its requests are not node LISTs or
+    // WATCHes, and must not count as such in the API health /readyz reads.
+    let lease_client = match &settings.lease {
+        Some(_) => Some(
+            Client::try_from(kube_config.clone())
+                .map_err(|e| ConfigError::Kube(format!("building the Kubernetes client: {e}")))?,
+        ),
+        None => None,
+    };
     let client: Client = ClientBuilder::try_from(kube_config)
         .map_err(|e| ConfigError::Kube(format!("building the Kubernetes client: {e}")))?
         .with_layer(&ApiObserverLayer::new(view.health().clone()))
@@ -187,6 +201,11 @@ pub async fn run(
     let selector = settings.readings.node_labels.clone();
     let keep_label: cluster::KeepLabel = Arc::new(move |k| crate::readings::reads_label(k, &selector));
     let watcher = cluster::spawn_watcher(client, writer, view.clone(), keep_label);
+    let elector = settings
+        .lease
+        .clone()
+        .zip(lease_client)
+        .map(|(lease, client)| Elector::spawn(client, lease, leadership.clone()));
     let loops = tokio::spawn(telemetry.clone().run());
     let auth = match &settings.auth_token_file {
         Some(path) => Some(Arc::new(
@@ -239,6 +258,11 @@ pub async fn run(
     };
     if tokio::time::timeout(SHUTDOWN_BUDGET, flush).await.is_err() {
         warn!("telemetry flush did not finish in {SHUTDOWN_BUDGET:?}; exiting anyway");
+    }
+    // Released only after the last flush, which a leader sends with node readings:
+    // freeing the Lease first would let the next leader export while this one still does.
+    if let Some(elector) = elector {
+        elector.release().await;
     }
     info!("stopped");
     Ok(())

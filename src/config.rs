@@ -188,6 +188,25 @@ pub struct RunArgs {
     #[arg(long, env = "KNS_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
 
+    /// Elect a leader on a coordination.k8s.io/v1 Lease: of several replicas only the
+    /// one holding it exports node readings (OTLP and /metrics); the others serve
+    /// self-telemetry, with `kube_node_status.leader` 0, and take over when it expires.
+    #[arg(long, env = "KNS_LEADER_ELECTION", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub leader_election: bool,
+
+    /// The Lease's name.
+    #[arg(long, env = "KNS_LEASE_NAME", default_value = "kube-node-status", value_parser = parse_object_name)]
+    pub lease_name: String,
+
+    /// The Lease's namespace. [default: POD_NAMESPACE, else the service account's or kubeconfig context's]
+    #[arg(long, env = "KNS_LEASE_NAMESPACE", value_parser = parse_object_name)]
+    pub lease_namespace: Option<String>,
+
+    /// How long a leader keeps the Lease without renewing it: a killed leader is
+    /// replaced within this; a leader that cannot renew stops exporting after two thirds of it.
+    #[arg(long, env = "KNS_LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration)]
+    pub lease_duration: Duration,
+
     /// /readyz turns 503 once the node watch has been failing for longer than this (e.g. 90s, 2m).
     #[arg(long, env = "KNS_STALE_AFTER", default_value = "2m", value_parser = humantime::parse_duration)]
     pub stale_after: Duration,
@@ -287,6 +306,8 @@ pub struct Settings {
     pub kube: KubeSource,
     /// Staleness window for /readyz.
     pub stale_after: Duration,
+    /// The Lease to elect a leader on; `None`: no election, this replica exports.
+    pub lease: Option<crate::leader::LeaseSettings>,
     /// The file holding the bearer token scrapes of /metrics must carry.
     pub auth_token_file: Option<PathBuf>,
     /// Log format.
@@ -354,6 +375,32 @@ pub struct ResourceSettings {
 const METRICS_EXPORTERS: &str = "`otlp`, `prometheus` or `none`";
 const TRACES_EXPORTERS: &str = "`otlp` or `none`";
 const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A Lease duration: whole seconds (the Lease stores seconds), at least 2.
+fn parse_lease_duration(v: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(v).map_err(|e| e.to_string())?;
+    if d.subsec_nanos() != 0 || d < Duration::from_secs(2) {
+        return Err("must be whole seconds, at least 2s".into());
+    }
+    Ok(d)
+}
+
+/// A Kubernetes object name (DNS subdomain): lowercase letters, digits, '-' and '.'.
+fn parse_object_name(v: &str) -> Result<String, String> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+    let ends_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if v.is_empty()
+        || v.len() > 253
+        || !v.chars().all(ok_char)
+        || !ends_ok(v.chars().next())
+        || !ends_ok(v.chars().last())
+    {
+        return Err(
+            "not a Kubernetes object name (lowercase letters, digits, '-' and '.', at most 253)".into(),
+        );
+    }
+    Ok(v.to_string())
+}
 
 fn non_empty(v: &Option<String>) -> Option<String> {
     v.as_ref().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
@@ -596,6 +643,14 @@ impl RunArgs {
                 context: self.context.clone(),
             },
             stale_after: self.stale_after,
+            lease: self.leader_election.then(|| crate::leader::LeaseSettings {
+                name: self.lease_name.clone(),
+                namespace: non_empty(&self.lease_namespace)
+                    .or_else(|| env("POD_NAMESPACE").filter(|v| !v.is_empty())),
+                duration: self.lease_duration,
+                // A restarted replica, or two on one host, must not pass for each other.
+                identity: format!("{instance_id}_{:08x}", fastrand::u32(..)),
+            }),
             auth_token_file: self.auth_token_file.clone(),
             log_format: self.log_format.unwrap_or(LogFormat::Json),
             prometheus: metrics.contains(&"prometheus"),

@@ -12,6 +12,7 @@ pub mod config;
 #[cfg(feature = "fake-apiserver")]
 pub mod fake;
 pub mod http;
+pub mod leader;
 pub mod logging;
 pub mod memory;
 pub mod readings;

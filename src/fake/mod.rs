@@ -3,6 +3,7 @@
 //! Built only with the `fake-apiserver` feature (on by default); release
 //! images leave it out.
 
+mod leases;
 mod nodes;
 mod server;
 

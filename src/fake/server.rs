@@ -1,7 +1,8 @@
 //! A fake Kubernetes API server for Nodes that speaks the real HTTP protocol:
 //! paginated LIST with resourceVersion and limit/continue, WATCH streams with
 //! ADDED/MODIFIED/DELETED/BOOKMARK, 410 Gone for a resourceVersion that is too
-//! old, and 401/403 for a wrong token or missing permission.
+//! old, and 401/403 for a wrong token or missing permission; and the
+//! `coordination.k8s.io/v1` Leases leader election writes (see `leases`).
 //!
 //! It also lets tests break it on purpose: close every watch, compact history
 //! (forcing 410 on resume), refuse with 403, or stop and restart the listener.
@@ -34,7 +35,7 @@ use tokio::{
     sync::{broadcast, watch},
 };
 
-use super::nodes;
+use super::{leases::Leases, nodes};
 
 /// How the fake API server behaves.
 #[derive(Clone, Debug)]
@@ -85,12 +86,14 @@ struct Store {
     compacted: u64,
 }
 
-struct Shared {
+pub(super) struct Shared {
     store: Mutex<Store>,
     events: broadcast::Sender<(u64, Bytes)>,
     /// Bumped to end every open watch.
     watch_generation: watch::Sender<u64>,
     forbidden: AtomicBool,
+    /// Leases, for leader election.
+    pub(super) leases: Leases,
     token: Option<String>,
     history: usize,
     bookmark_interval: Duration,
@@ -194,7 +197,7 @@ pub struct FakeApiServer {
     kill: Mutex<Option<watch::Sender<bool>>>,
 }
 
-fn now_rfc3339() -> String {
+pub(super) fn now_rfc3339() -> String {
     k8s_openapi::jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
@@ -222,6 +225,7 @@ impl FakeApiServer {
             events,
             watch_generation: watch::channel(0).0,
             forbidden: AtomicBool::new(false),
+            leases: Leases::default(),
             token: options.token.clone(),
             history: options.history.max(1),
             bookmark_interval: options.bookmark_interval,
@@ -373,6 +377,11 @@ impl FakeApiServer {
         self.shared.forbidden.store(on, Ordering::Release);
     }
 
+    /// The Lease `namespace/name` as stored, if it exists.
+    pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.shared.leases.get(namespace, name)
+    }
+
     /// Traffic so far.
     pub fn stats(&self) -> FakeStats {
         let s = &self.shared;
@@ -427,7 +436,7 @@ impl Drop for FakeApiServer {
     }
 }
 
-fn status(code: StatusCode, reason: &str, message: &str) -> Response {
+pub(super) fn status(code: StatusCode, reason: &str, message: &str) -> Response {
     let body = json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": message, "reason": reason, "code": code.as_u16(),
@@ -453,11 +462,12 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/fake/watches/close", post(admin_close_watches))
         .route("/fake/compact", post(admin_compact))
         .route("/fake/stats", get(admin_stats))
+        .merge(super::leases::routes())
         .with_state(shared)
 }
 
 /// Checks the bearer token and the RBAC switch: `Some` is the refusal to send.
-fn refusal(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+pub(super) fn refusal(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     if let Some(token) = &shared.token {
         let sent = headers
             .get(header::AUTHORIZATION)

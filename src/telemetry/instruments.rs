@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use crate::{
     cluster::{ApiVerb, ErrorReason, EventKind, Node, View},
     config::{Naming, ReadingSettings},
+    leader::Leadership,
     readings::{ClusterSummary, ConditionStatus},
 };
 
@@ -44,6 +45,8 @@ pub mod names {
     pub const VIEW_AGE: &str = "kube_node_status.view.age";
     /// Build information.
     pub const BUILD_INFO: &str = "kube_node_status.build.info";
+    /// 1 while this replica holds the leader Lease (with leader election on).
+    pub const LEADER: &str = "kube_node_status.leader";
 }
 
 /// The cardinality limits a provider was built with, and a way to ask for more.
@@ -103,6 +106,8 @@ pub struct Sources {
     pub export: Arc<ExportStats>,
     /// Naming, filters and label allowlist.
     pub settings: Arc<ReadingSettings>,
+    /// Whether this replica exports node readings now.
+    pub leadership: Leadership,
 }
 
 /// Which instruments a long-lived provider carries.
@@ -166,6 +171,9 @@ fn register_family(meter: &Meter, family: Family, sources: &Sources, capacity: &
     // All points are gathered before any is observed, so an instrument either
     // reports the whole cluster or nothing; never a truncated set.
     build(meter, name, unit, help, kind, move || {
+        if !sources.leadership.is_leader() {
+            return None;
+        }
         let points = family_points(&family, &sources);
         cap.admits(family.name, points.len()).then_some(points)
     });
@@ -223,13 +231,13 @@ pub fn register_cluster_readings(meter: &Meter, sources: &Sources) {
     // Before the first sync the view is empty, and zero nodes would read as an
     // empty (healthy) cluster: cluster-level readings are absent instead.
     if sources.settings.enabled(nodes_name) {
-        let v = sources.view.clone();
+        let (v, leader) = (sources.view.clone(), sources.leadership.clone());
         let b = meter.u64_observable_gauge(nodes_name).with_description(
             "Number of nodes by the status of their Ready condition; a missing Ready counts as unknown",
         );
         let b = if otel { b.with_unit("{node}") } else { b };
         b.with_callback(move |obs| {
-            if !v.health().is_synced() {
+            if !v.health().is_synced() || !leader.is_leader() {
                 return;
             }
             let summary = ClusterSummary::of(v.nodes().iter().map(|n| &**n));
@@ -240,14 +248,14 @@ pub fn register_cluster_readings(meter: &Meter, sources: &Sources) {
         .build();
     }
     if sources.settings.enabled(not_ready_name) {
-        let v = sources.view.clone();
+        let (v, leader) = (sources.view.clone(), sources.leadership.clone());
         let b = meter.f64_observable_gauge(not_ready_name).with_description(
             "Fraction of nodes, from 0 to 1, whose Ready condition is not True; 0 when there are no nodes",
         );
         // The unit makes the Prometheus name end in _ratio; the kube-state-metrics name already does.
         let b = if otel { b.with_unit("1") } else { b };
         b.with_callback(move |obs| {
-            if !v.health().is_synced() {
+            if !v.health().is_synced() || !leader.is_leader() {
                 return;
             }
             obs.observe(
@@ -262,6 +270,14 @@ pub fn register_cluster_readings(meter: &Meter, sources: &Sources) {
 fn register_self_telemetry(meter: &Meter, sources: &Sources) {
     let on = |name: &str| sources.settings.enabled(name);
     let health = sources.view.health();
+    if sources.leadership.is_elected() && on(names::LEADER) {
+        let leader = sources.leadership.clone();
+        meter
+            .u64_observable_gauge(names::LEADER)
+            .with_description("1 while this replica holds the leader Lease and exports node readings, else 0")
+            .with_callback(move |obs| obs.observe(u64::from(leader.is_leader()), &[]))
+            .build();
+    }
     if on(names::WATCH_EVENTS) {
         let h = health.clone();
         meter

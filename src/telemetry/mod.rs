@@ -52,6 +52,7 @@ use tracing::{debug, info, warn};
 use crate::{
     cluster::{Node, View},
     config::{self, PrometheusEncoder, Settings},
+    leader::Leadership,
 };
 use collect::SharedReader;
 use encoded::Encoded;
@@ -302,7 +303,12 @@ impl Inner {
         match &self.current().text {
             None => Err(RenderError::NoRegistry),
             Some(Text::Streaming(_, reader)) => {
-                let section = self.section.read().unwrap_or_else(|e| e.into_inner()).clone();
+                // A follower keeps rendering (a takeover serves at once) but shows none of it.
+                let section = if self.sources.leadership.is_leader() {
+                    self.section.read().unwrap_or_else(|e| e.into_inner()).clone()
+                } else {
+                    Arc::new(Section::empty())
+                };
                 Ok(scrape::respond(section, self.live(reader)?, gzip)?)
             }
             Some(Text::Reference(_, registry)) => prometheus_text::render(registry).map(|body| Exposition {
@@ -352,11 +358,16 @@ impl Inner {
             Err(e) => warn!(error = %e, "encoding for OTLP; sending the previous encoding"),
         }
         let mut writer = wire::Writer::new(&self.origin, max, now, self.started, &mut sink);
-        let open = match encoded.write(&mut writer) {
-            Ok(open) => open && writer.finish(),
-            Err(e) => {
-                warn!(error = %e, "reading the OTLP cache");
-                writer.finish()
+        // A follower keeps its cache current (a takeover exports at once) but sends none of it.
+        let open = if !self.sources.leadership.is_leader() {
+            writer.finish()
+        } else {
+            match encoded.write(&mut writer) {
+                Ok(open) => open && writer.finish(),
+                Err(e) => {
+                    warn!(error = %e, "reading the OTLP cache");
+                    writer.finish()
+                }
             }
         };
         drop(encoded);
@@ -386,6 +397,7 @@ impl Telemetry {
         settings: &Settings,
         resource: Resource,
         view: View,
+        leadership: Leadership,
         google: Option<Arc<GoogleAuth>>,
     ) -> Result<Telemetry, TelemetryError> {
         let readings = Arc::new(settings.readings.clone());
@@ -424,6 +436,7 @@ impl Telemetry {
                 view,
                 export,
                 settings: readings,
+                leadership,
             },
             families,
             sizing,
@@ -551,8 +564,19 @@ impl Telemetry {
         let interval = self.inner.settings.export_interval;
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut leading = self.inner.sources.leadership.subscribe();
+        leading.borrow_and_update();
         loop {
-            ticks.tick().await;
+            tokio::select! {
+                _ = ticks.tick() => {}
+                // A new leader exports at once: the old one's last points are up to an interval old.
+                Ok(()) = leading.changed() => {
+                    if !*leading.borrow_and_update() {
+                        continue;
+                    }
+                    ticks.reset();
+                }
+            }
             self.inner.export_cycle(exporter).await;
         }
     }
@@ -692,7 +716,8 @@ mod tests {
         }
         writer.apply_watcher_event(&Event::InitDone);
         let resource = build_resource(&settings.resource, &|_| None);
-        let telemetry = Telemetry::start(&settings, resource, view, None).expect("telemetry");
+        let telemetry =
+            Telemetry::start(&settings, resource, view, Leadership::sole(), None).expect("telemetry");
         (telemetry, writer)
     }
 

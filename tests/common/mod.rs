@@ -226,6 +226,16 @@ impl Exporter {
         http_get(self.addr, path, &[]).await.unwrap_or((0, String::new()))
     }
 
+    /// Sends `signal` (e.g. `STOP`, `CONT`, `KILL`) to the exporter process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
     /// Scrape and parse /metrics.
     pub async fn scrape(&self) -> Vec<Sample> {
         let (status, body) = self.get("/metrics").await;

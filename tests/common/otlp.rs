@@ -375,6 +375,15 @@ pub fn any_value(v: &Option<AnyValue>) -> String {
     }
 }
 
+/// The times of `m`'s number points.
+pub fn point_times(m: &opentelemetry_proto::tonic::metrics::v1::Metric) -> Vec<u64> {
+    match &m.data {
+        Some(metric::Data::Gauge(g)) => g.data_points.iter().map(|p| p.time_unix_nano).collect(),
+        Some(metric::Data::Sum(s)) => s.data_points.iter().map(|p| p.time_unix_nano).collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Every number point of metric `name` in `requests`: (time, attributes, value).
 fn number_points(
     requests: &[ExportMetricsServiceRequest],

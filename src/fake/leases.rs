@@ -1,0 +1,186 @@
+//! `coordination.k8s.io/v1` Leases for the fake API server: get, create and
+//! replace, with the optimistic concurrency leader election relies on (a
+//! replace carrying a stale `resourceVersion` is 409 Conflict, a create of an
+//! existing Lease is 409 AlreadyExists).
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde_json::{Value, json};
+
+use super::server::{Shared, now_rfc3339, refusal, status};
+
+/// The Leases, by (namespace, name).
+type Store = BTreeMap<(String, String), Value>;
+
+/// The Leases and the last resourceVersion given out.
+#[derive(Default)]
+pub struct Leases {
+    inner: Mutex<(u64, Store)>,
+}
+
+impl Leases {
+    /// The stored Lease, if any.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Value> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.1.get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+}
+
+const BASE: &str = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases";
+
+pub(super) fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route(BASE, post(create))
+        .route(&format!("{BASE}/{{name}}"), get(read).put(replace))
+}
+
+fn json_response(code: StatusCode, body: &Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn not_found(name: &str) -> Response {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("leases.coordination.k8s.io \"{name}\" not found"),
+    )
+}
+
+fn parse(body: &Bytes) -> Option<Value> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .filter(Value::is_object)
+}
+
+fn bad_body() -> Response {
+    status(
+        StatusCode::BAD_REQUEST,
+        "BadRequest",
+        "the body is not a JSON object",
+    )
+}
+
+/// Stamps `lease` as stored: name, namespace, kind and a new resourceVersion.
+fn stamp(lease: &mut Value, rv: &mut u64, ns: &str, name: &str, created: Option<Value>) {
+    *rv += 1;
+    lease["apiVersion"] = json!("coordination.k8s.io/v1");
+    lease["kind"] = json!("Lease");
+    let meta = &mut lease["metadata"];
+    if !meta.is_object() {
+        *meta = json!({});
+    }
+    meta["name"] = json!(name);
+    meta["namespace"] = json!(ns);
+    meta["resourceVersion"] = json!(rv.to_string());
+    match created {
+        Some(c) => {
+            meta["creationTimestamp"] = c["creationTimestamp"].clone();
+            meta["uid"] = c["uid"].clone();
+        }
+        None => {
+            meta["creationTimestamp"] = json!(now_rfc3339());
+            meta["uid"] = json!(format!("lease-{rv}"));
+        }
+    }
+}
+
+async fn read(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
+    if let Some(r) = refusal(&shared, &headers) {
+        return r;
+    }
+    match shared.leases.get(&ns, &name) {
+        Some(lease) => json_response(StatusCode::OK, &lease),
+        None => not_found(&name),
+    }
+}
+
+async fn create(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(ns): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = refusal(&shared, &headers) {
+        return r;
+    }
+    let Some(mut lease) = parse(&body) else {
+        return bad_body();
+    };
+    let Some(name) = lease["metadata"]["name"].as_str().map(str::to_string) else {
+        return status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "metadata.name: Required value",
+        );
+    };
+    let mut inner = shared.leases.inner.lock().unwrap_or_else(|e| e.into_inner());
+    let (rv, map) = &mut *inner;
+    let key = (ns.clone(), name.clone());
+    if map.contains_key(&key) {
+        return status(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            &format!("leases.coordination.k8s.io \"{name}\" already exists"),
+        );
+    }
+    stamp(&mut lease, rv, &ns, &name, None);
+    map.insert(key, lease.clone());
+    json_response(StatusCode::CREATED, &lease)
+}
+
+async fn replace(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = refusal(&shared, &headers) {
+        return r;
+    }
+    let Some(mut lease) = parse(&body) else {
+        return bad_body();
+    };
+    let mut inner = shared.leases.inner.lock().unwrap_or_else(|e| e.into_inner());
+    let (rv, map) = &mut *inner;
+    let key = (ns.clone(), name.clone());
+    let Some(stored) = map.get(&key) else {
+        return not_found(&name);
+    };
+    let current = stored["metadata"]["resourceVersion"].clone();
+    // Like the real API server: a replace names the version it read, or none
+    // (an unconditional write); a version that is no longer current loses.
+    let sent = &lease["metadata"]["resourceVersion"];
+    if !sent.is_null() && *sent != current {
+        return status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            &format!(
+                "Operation cannot be fulfilled on leases.coordination.k8s.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        );
+    }
+    let created = stored["metadata"].clone();
+    stamp(&mut lease, rv, &ns, &name, Some(created));
+    map.insert(key, lease.clone());
+    json_response(StatusCode::OK, &lease)
+}
