@@ -2,7 +2,7 @@
 //! replicas exactly one exports node readings while the others stay warm.
 //!
 //! The algorithm is client-go's: read the Lease, take it when it is free or
-//! expired, renew it while held, and write only with the `resourceVersion`
+//! expired, renew it while held, and write only on the `resourceVersion`
 //! read, so that of two replicas racing for it the API server lets one win
 //! (409 Conflict for the other). It is written on kube's `Api` rather than
 //! with `kube-lease-manager` because that crate keeps reporting "leader"
@@ -31,10 +31,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client,
-    api::{
-        PostParams,
-        entry::{CommitError, CommitValidationError, Entry},
-    },
+    api::{Patch, PatchParams, PostParams},
 };
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{info, warn};
@@ -272,16 +269,20 @@ impl Elector {
         }
         let me = &self.settings.identity;
         let result = async {
-            let mut lease = self.api.get(&self.settings.name).await?;
+            let lease = self.api.get(&self.settings.name).await?;
             if Record::of(&lease).holder.as_deref() != Some(me.as_str()) {
                 return Ok(false);
             }
-            let spec = lease.spec.get_or_insert_with(Default::default);
-            spec.holder_identity = None;
-            spec.lease_duration_seconds = Some(1);
-            spec.renew_time = Some(MicroTime(Timestamp::now()));
+            // Empty, as client-go releases it: a merge patch cannot drop a field by omitting it.
+            let spec = LeaseSpec {
+                holder_identity: Some(String::new()),
+                lease_duration_seconds: Some(1),
+                renew_time: Some(MicroTime(Timestamp::now())),
+                ..lease.spec.clone().unwrap_or_default()
+            };
+            let patch = conditional(lease.metadata.resource_version.as_deref(), &spec);
             self.api
-                .replace(&self.settings.name, &PostParams::default(), &lease)
+                .patch(&self.settings.name, &PatchParams::default(), &patch)
                 .await?;
             Ok::<_, kube::Error>(true)
         };
@@ -298,15 +299,6 @@ impl Elector {
     }
 }
 
-/// Why an attempt failed.
-#[derive(Debug, thiserror::Error)]
-enum LeaseError {
-    #[error(transparent)]
-    Api(kube::Error),
-    #[error(transparent)]
-    Invalid(CommitValidationError),
-}
-
 /// One read of the Lease and, when due, one write.
 enum Outcome {
     Leading,
@@ -318,42 +310,50 @@ enum Outcome {
     Raced,
 }
 
-async fn attempt(api: &Api<Lease>, settings: &LeaseSettings) -> Result<Outcome, LeaseError> {
-    let me = settings.identity.as_str();
-    match api.entry(&settings.name).await.map_err(LeaseError::Api)? {
-        Entry::Vacant(vacant) => {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(settings.name.clone()),
-                    ..Default::default()
-                },
-                spec: Some(claimed(None, me, settings, Timestamp::now())),
-            };
-            saved(vacant.insert(lease).commit(&PostParams::default()).await)
-        }
-        Entry::Occupied(mut occupied) => {
-            let record = Record::of(occupied.get());
-            match decide(&record, me, SystemTime::now()) {
-                Action::Follow { holder, expires_in } => {
-                    return Ok(Outcome::Following { holder, expires_in });
-                }
-                Action::Renew | Action::Take => {}
-            }
-            let now = Timestamp::now();
-            occupied.get_mut().spec = Some(claimed(occupied.get().spec.as_ref(), me, settings, now));
-            saved(occupied.commit(&PostParams::default()).await)
-        }
+/// A write's outcome: a 409 means another replica wrote first.
+fn written<T>(result: Result<T, kube::Error>) -> Result<Outcome, kube::Error> {
+    match result {
+        Ok(_) => Ok(Outcome::Leading),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Outcome::Raced),
+        Err(e) => Err(e),
     }
 }
 
-/// A write's outcome: a 409 means another replica wrote first.
-fn saved(result: Result<(), CommitError>) -> Result<Outcome, LeaseError> {
-    match result {
-        Ok(()) => Ok(Outcome::Leading),
-        Err(CommitError::Save(kube::Error::Api(e))) if e.code == 409 => Ok(Outcome::Raced),
-        Err(CommitError::Save(e)) => Err(LeaseError::Api(e)),
-        Err(CommitError::Validate(e)) => Err(LeaseError::Invalid(e)),
+/// A merge patch that writes `spec` only if the Lease is still at
+/// `resource_version`: the API server answers 409 if another replica wrote
+/// since it was read. (A merge patch rather than a replace, so that an
+/// emulator without replace, such as kmock, can host the Lease too.)
+fn conditional(resource_version: Option<&str>, spec: &LeaseSpec) -> Patch<serde_json::Value> {
+    Patch::Merge(serde_json::json!({
+        "metadata": { "resourceVersion": resource_version },
+        "spec": spec,
+    }))
+}
+
+async fn attempt(api: &Api<Lease>, settings: &LeaseSettings) -> Result<Outcome, kube::Error> {
+    let me = settings.identity.as_str();
+    // Absent by the code alone: `get_opt` also wants the reason NotFound, which not every emulator sends.
+    let found = match api.get(&settings.name).await {
+        Ok(lease) => Some(lease),
+        Err(kube::Error::Api(e)) if e.code == 404 => None,
+        Err(e) => return Err(e),
+    };
+    let Some(lease) = found else {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(settings.name.clone()),
+                ..Default::default()
+            },
+            spec: Some(claimed(None, me, settings, Timestamp::now())),
+        };
+        return written(api.create(&PostParams::default(), &lease).await);
+    };
+    if let Action::Follow { holder, expires_in } = decide(&Record::of(&lease), me, SystemTime::now()) {
+        return Ok(Outcome::Following { holder, expires_in });
     }
+    let spec = claimed(lease.spec.as_ref(), me, settings, Timestamp::now());
+    let patch = conditional(lease.metadata.resource_version.as_deref(), &spec);
+    written(api.patch(&settings.name, &PatchParams::default(), &patch).await)
 }
 
 /// The election loop: runs until aborted.

@@ -141,3 +141,52 @@ async fn wrong_token_is_401_and_missing_rbac_is_403() {
     let err = api.list(&ListParams::default()).await.unwrap_err();
     assert!(matches!(err, kube::Error::Api(ref s) if s.code == 403), "{err:?}");
 }
+
+#[tokio::test]
+async fn leases_are_written_only_on_the_version_read() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::{Patch, PatchParams, PostParams};
+    let server = FakeApiServer::start(FakeOptions::default()).await.unwrap();
+    let api: Api<Lease> = Api::namespaced(client(&server).await, "monitoring");
+    assert!(api.get_opt("l").await.unwrap().is_none());
+    let lease: Lease = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "l"}, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}
+    }))
+    .unwrap();
+    let created = api.create(&PostParams::default(), &lease).await.unwrap();
+    let again = api.create(&PostParams::default(), &lease).await.unwrap_err();
+    assert!(
+        matches!(again, kube::Error::Api(ref e) if e.code == 409 && e.reason == "AlreadyExists"),
+        "{again:?}"
+    );
+    let rv = created.metadata.resource_version.clone();
+    let take = |holder: &str, rv: &Option<String>| {
+        Patch::Merge(
+            serde_json::json!({"metadata": {"resourceVersion": rv}, "spec": {"holderIdentity": holder}}),
+        )
+    };
+    let taken = api
+        .patch("l", &PatchParams::default(), &take("b", &rv))
+        .await
+        .unwrap();
+    assert_eq!(taken.spec.as_ref().unwrap().holder_identity.as_deref(), Some("b"));
+    assert_eq!(
+        taken.spec.as_ref().unwrap().lease_duration_seconds,
+        Some(15),
+        "merged, not replaced"
+    );
+    assert_ne!(taken.metadata.resource_version, rv);
+    // A second writer that read the same version loses.
+    let lost = api
+        .patch("l", &PatchParams::default(), &take("c", &rv))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(lost, kube::Error::Api(ref e) if e.code == 409 && e.reason == "Conflict"),
+        "{lost:?}"
+    );
+    assert_eq!(
+        server.lease("monitoring", "l").unwrap()["spec"]["holderIdentity"],
+        "b"
+    );
+}

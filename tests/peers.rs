@@ -806,3 +806,30 @@ async fn third_party_emulator_kmock_gives_the_golden_output_in_both_modes() {
     )
     .await;
 }
+
+/// Leader election on kmock's emulator: the Lease is created and merge-patched
+/// through kmock's own stateful handling (no code of ours serves it), and two
+/// replicas never export at once through a kill, a pause and a SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_party_emulator_kmock_hosts_the_leader_lease() {
+    use kube_node_status::fake::generated_node;
+    let nodes: Vec<serde_json::Value> = (0..5)
+        .map(|i| generated_node(i, 100 + i as u64, "2026-11-27T00:00:00Z"))
+        .collect();
+    let kmock = Kmock::start(&nodes).await;
+    let leaders = common::failover::never_two_exporters(&kmock.kubeconfig()).await;
+    let (code, body) = http_get(
+        kmock.addr,
+        "/apis/coordination.k8s.io/v1/namespaces/monitoring/leases/kube-node-status",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let lease: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        lease["spec"]["leaseTransitions"].as_u64(),
+        Some(leaders.len() as u64),
+        "{lease}"
+    );
+}

@@ -1,7 +1,7 @@
 //! `coordination.k8s.io/v1` Leases for the fake API server: get, create and
-//! replace, with the optimistic concurrency leader election relies on (a
-//! replace carrying a stale `resourceVersion` is 409 Conflict, a create of an
-//! existing Lease is 409 AlreadyExists).
+//! JSON merge patch, with the optimistic concurrency leader election relies
+//! on (a patch naming a `resourceVersion` that is no longer current is 409
+//! Conflict, a create of an existing Lease is 409 AlreadyExists).
 
 use std::{
     collections::BTreeMap,
@@ -42,7 +42,7 @@ const BASE: &str = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases";
 pub(super) fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route(BASE, post(create))
-        .route(&format!("{BASE}/{{name}}"), get(read).put(replace))
+        .route(&format!("{BASE}/{{name}}"), get(read).patch(patch))
 }
 
 fn json_response(code: StatusCode, body: &Value) -> Response {
@@ -148,7 +148,27 @@ async fn create(
     json_response(StatusCode::CREATED, &lease)
 }
 
-async fn replace(
+/// RFC 7386: objects merge key by key, `null` removes, anything else replaces.
+fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(changes) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Value::Object(fields) = target {
+        for (k, v) in changes {
+            if v.is_null() {
+                fields.remove(k);
+            } else {
+                merge(fields.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+async fn patch(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     Path((ns, name)): Path<(String, String)>,
@@ -157,7 +177,18 @@ async fn replace(
     if let Some(r) = refusal(&shared, &headers) {
         return r;
     }
-    let Some(mut lease) = parse(&body) else {
+    let merge_patch = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/merge-patch+json"));
+    if !merge_patch {
+        return status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            "the fake API server takes only application/merge-patch+json for leases",
+        );
+    }
+    let Some(changes) = parse(&body) else {
         return bad_body();
     };
     let mut inner = shared.leases.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -166,11 +197,10 @@ async fn replace(
     let Some(stored) = map.get(&key) else {
         return not_found(&name);
     };
-    let current = stored["metadata"]["resourceVersion"].clone();
-    // Like the real API server: a replace names the version it read, or none
-    // (an unconditional write); a version that is no longer current loses.
-    let sent = &lease["metadata"]["resourceVersion"];
-    if !sent.is_null() && *sent != current {
+    // Like the real API server: a patch that names a resourceVersion is a
+    // precondition, and loses (409) once another write moved the Lease on.
+    let sent = &changes["metadata"]["resourceVersion"];
+    if !sent.is_null() && *sent != stored["metadata"]["resourceVersion"] {
         return status(
             StatusCode::CONFLICT,
             "Conflict",
@@ -180,7 +210,25 @@ async fn replace(
         );
     }
     let created = stored["metadata"].clone();
+    let mut lease = stored.clone();
+    merge(&mut lease, &changes);
     stamp(&mut lease, rv, &ns, &name, Some(created));
     map.insert(key, lease.clone());
     json_response(StatusCode::OK, &lease)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_follows_rfc_7386() {
+        // The RFC's own example.
+        let mut target = json!({"a": "b", "c": {"d": "e", "f": "g"}});
+        merge(&mut target, &json!({"a": "z", "c": {"f": null}}));
+        assert_eq!(target, json!({"a": "z", "c": {"d": "e"}}));
+        let mut target = json!({"a": [1, 2]});
+        merge(&mut target, &json!({"a": [3], "b": {"c": 1}}));
+        assert_eq!(target, json!({"a": [3], "b": {"c": 1}}));
+    }
 }

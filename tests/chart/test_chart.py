@@ -47,6 +47,9 @@ VALUE_SETS = {
         "extraEnv": [{"name": "RUST_LOG", "value": "info"}],
     },
     "gmp-only": {"podMonitoring": {"enabled": True}},
+    "high-availability": {"replicas": 2, "metricsAuth": {"enabled": True, "secretName": "kns-scrape-token"},
+                          "podMonitoring": {"enabled": True}, "serviceMonitor": {"enabled": True},
+                          "podMonitor": {"enabled": True}},
     "prometheus-operator-only": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
     "sidecar": {"collector": {"enabled": True, "config": "sidecar-telemetry-api.yaml"}},
     "kube-state-metrics-naming": {"metricNaming": "kube-state-metrics", "prometheusRule": {"enabled": True}},
@@ -123,6 +126,58 @@ def test_rbac_is_exactly_get_list_watch_on_nodes():
     assert not any(o["kind"] in ("Role", "RoleBinding") for _, o in objects)
 
 
+def test_two_replicas_elect_a_leader_on_a_lease_only_they_may_write():
+    objects = render(VALUE_SETS["high-availability"], name="kns", namespace="monitoring")
+    deploy = next(o for _, o in objects if o["kind"] == "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert deploy["spec"]["replicas"] == 2
+    for flag in ["--leader-election", "--lease-name=kns-kube-node-status", "--lease-duration=15s"]:
+        assert flag in args, args
+    lease = next(o for _, o in objects if o["kind"] == "Lease")
+    assert lease["metadata"] == {**lease["metadata"], "name": "kns-kube-node-status", "namespace": "monitoring"}
+    assert "spec" not in lease or not lease["spec"], "the holder is the exporters' to write"
+    role = next(o for _, o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-leader-election"))
+    assert role["metadata"]["namespace"] == "monitoring"
+    assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                              "resourceNames": ["kns-kube-node-status"], "verbs": ["get", "update"]}]
+    binding = next(o for _, o in objects if o["kind"] == "RoleBinding" and o["roleRef"]["name"] == role["metadata"]["name"])
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"], "namespace": "monitoring"}]
+    pdb = next(o for _, o in objects if o["kind"] == "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    term = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
+    # One replica: no election, no Lease, no Role, no PDB unless asked for.
+    single = render({})
+    assert not any(o["kind"] in ("Lease", "Role", "RoleBinding", "PodDisruptionBudget") for _, o in single)
+    args = next(o for _, o in single if o["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not any(a.startswith("--lease") or a == "--leader-election" for a in args)
+
+
+def test_scrape_token_is_mounted_and_sent_by_every_scraper():
+    objects = render(VALUE_SETS["high-availability"])
+    pod = next(o for _, o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert "--auth-token-file=/var/run/kube-node-status/auth/token" in c["args"]
+    assert {"name": "metrics-auth", "mountPath": "/var/run/kube-node-status/auth", "readOnly": True} in c["volumeMounts"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "metrics-auth")
+    assert volume["secret"] == {"secretName": "kns-scrape-token", "items": [{"key": "token", "path": "token"}]}
+    pm = next(o for _, o in objects if o["kind"] == "PodMonitoring")
+    assert pm["spec"]["endpoints"][0]["authorization"] == {
+        "type": "Bearer", "credentials": {"secret": {"name": "kns-scrape-token", "key": "token"}}}
+    for kind, field in [("ServiceMonitor", "endpoints"), ("PodMonitor", "podMetricsEndpoints")]:
+        cr = next(o for _, o in objects if o["kind"] == kind)
+        assert cr["spec"][field][0]["authorization"] == {
+            "type": "Bearer", "credentials": {"name": "kns-scrape-token", "key": "token"}}, kind
+    # Managed Prometheus's collector may read that one Secret and no other.
+    role = next(o for _, o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-gmp-scrape-token"))
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["kns-scrape-token"],
+                              "verbs": ["get", "list", "watch"]}]
+    binding = next(o for _, o in objects if o["kind"] == "RoleBinding" and o["roleRef"]["name"] == role["metadata"]["name"])
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "collector", "namespace": "gmp-system"}]
+
+
 def test_two_releases_have_disjoint_cluster_scoped_names():
     cluster_scoped = ("ClusterRole", "ClusterRoleBinding")
     a = {o["metadata"]["name"] for _, o in render({}, name="one") if o["kind"] in cluster_scoped}
@@ -195,7 +250,8 @@ def test_google_mode_passes_its_flags_and_refuses_what_cannot_work():
 
 
 def test_unknown_values_are_rejected_by_the_schema():
-    for bad in [{"bogus": 1}, {"replicas": 2}, {"metricNaming": "prometheus"}, {"collector": {"config": "nope.yaml"}},
+    for bad in [{"bogus": 1}, {"replicas": 0}, {"leaderElection": {"leaseDuration": "1.5s"}},
+                {"metricsAuth": {"enabled": True}}, {"metricNaming": "prometheus"}, {"collector": {"config": "nope.yaml"}},
                 {"staleAfter": "soon"}, {"metricsExporter": "console"}]:
         with pytest.raises(helm_python.HelmError):
             render(bad)

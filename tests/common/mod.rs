@@ -2,6 +2,7 @@
 //! server, an in-test OTLP receiver, and a small exposition parser.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod failover;
 pub mod gcp;
 pub mod otlp;
 

@@ -4,6 +4,8 @@ Usage: python kmock_cluster.py NODES_JSON PORT_FILE
 Reads a JSON list of Node objects, serves them on a free loopback port, writes
 the port to PORT_FILE, and runs until killed. Changes go through the emulator's
 own HTTP API (PATCH and DELETE on /api/v1/nodes/NAME), as a client would make them.
+It also serves coordination.k8s.io/v1 Leases (created and merge-patched by the
+exporters' leader election) with kmock's own stateful handling.
 """
 import asyncio
 import json
@@ -18,6 +20,7 @@ async def main() -> None:
         nodes = json.load(f)
     async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
         emulator.resources['v1/nodes'] = {}
+        emulator.resources['coordination.k8s.io/v1/leases'] = {}
         for node in nodes:
             emulator.objects[kmock.resource('', 'v1', 'nodes'), None, node['metadata']['name']] = node
         with open(port_file + '.tmp', 'w') as f:
