@@ -217,15 +217,15 @@ pub async fn run(
         metrics: telemetry.metrics_handle(),
         health: view.health().clone(),
         stale_after: settings.stale_after,
+        request_timeout: settings.request_timeout,
         auth,
     };
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(async move {
-        axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(async {
-                let _ = http_stopped.await;
-            })
-            .await
+        http::serve(listener, http::router(state), async {
+            let _ = http_stopped.await;
+        })
+        .await
     });
 
     tokio::select! {

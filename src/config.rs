@@ -207,6 +207,12 @@ pub struct RunArgs {
     #[arg(long, env = "KNS_LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration)]
     pub lease_duration: Duration,
 
+    /// A /metrics response not written within this is cut off and its connection
+    /// closed, so slow or stuck scrapers cannot pile up (request headers must
+    /// arrive within 10s).
+    #[arg(long, env = "KNS_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    pub request_timeout: Duration,
+
     /// /readyz turns 503 once the node watch has been failing for longer than this (e.g. 90s, 2m).
     #[arg(long, env = "KNS_STALE_AFTER", default_value = "2m", value_parser = humantime::parse_duration)]
     pub stale_after: Duration,
@@ -308,6 +314,8 @@ pub struct Settings {
     pub stale_after: Duration,
     /// The Lease to elect a leader on; `None`: no election, this replica exports.
     pub lease: Option<crate::leader::LeaseSettings>,
+    /// How long a /metrics response may take to be written.
+    pub request_timeout: Duration,
     /// The file holding the bearer token scrapes of /metrics must carry.
     pub auth_token_file: Option<PathBuf>,
     /// Log format.
@@ -375,6 +383,15 @@ pub struct ResourceSettings {
 const METRICS_EXPORTERS: &str = "`otlp`, `prometheus` or `none`";
 const TRACES_EXPORTERS: &str = "`otlp` or `none`";
 const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A duration above zero.
+fn parse_positive_duration(v: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(v).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be more than 0".into());
+    }
+    Ok(d)
+}
 
 /// A Lease duration: whole seconds (the Lease stores seconds), at least 2.
 fn parse_lease_duration(v: &str) -> Result<Duration, String> {
@@ -652,6 +669,7 @@ impl RunArgs {
                 identity: format!("{instance_id}_{:08x}", fastrand::u32(..)),
             }),
             auth_token_file: self.auth_token_file.clone(),
+            request_timeout: self.request_timeout,
             log_format: self.log_format.unwrap_or(LogFormat::Json),
             prometheus: metrics.contains(&"prometheus"),
             prometheus_encoder: self.prometheus_encoder,

@@ -30,6 +30,8 @@ pub struct HttpState {
     pub health: Arc<Health>,
     /// How long the watch may fail before `/readyz` turns 503.
     pub stale_after: Duration,
+    /// A /metrics response not written within this is cut off.
+    pub request_timeout: Duration,
     /// The token `/metrics` requires, if any.
     pub auth: Option<Arc<TokenFile>>,
 }
@@ -90,7 +92,8 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
     // Rendering runs metric callbacks synchronously: keep it off the async workers.
     match tokio::task::spawn_blocking(move || handle.render(gzip)).await {
         Ok(Ok(exposition)) => {
-            let mut response = Response::new(Body::from_stream(exposition.body));
+            let body = with_deadline(exposition.body, state.request_timeout);
+            let mut response = Response::new(Body::from_stream(body));
             let h = response.headers_mut();
             h.insert(
                 header::CONTENT_TYPE,
@@ -114,6 +117,86 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
             (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
         }
     }
+}
+
+/// Ends `body` with an error once `timeout` has passed: hyper then closes the
+/// connection mid-response, so a scraper that reads too slowly (or not at
+/// all) gets a broken response, never a short one that parses as complete,
+/// and cannot hold the response's memory for longer than this.
+fn with_deadline<S>(
+    body: S,
+    timeout: Duration,
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send
+where
+    S: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin,
+{
+    let deadline = Box::pin(tokio::time::sleep(timeout));
+    futures::stream::unfold(Some((body, deadline)), move |state| async move {
+        let (mut body, mut deadline) = state?;
+        tokio::select! {
+            item = futures::StreamExt::next(&mut body) => item.map(|i| (i, Some((body, deadline)))),
+            () = &mut deadline => {
+                debug!(timeout_s = timeout.as_secs_f64(), "/metrics response not read in time; closing the connection");
+                Some((Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "response deadline passed")), None))
+            }
+        }
+    })
+}
+
+/// A request's headers must arrive within this: a client that connects and
+/// dribbles (or sends nothing) is disconnected instead of holding a task forever.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` over HTTP/1.1 until `shutdown` resolves, then
+/// lets open connections finish their current request (the caller bounds how
+/// long it waits for the returned future).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::{
+        rt::{TokioIo, TokioTimer},
+        service::TowerToHyperService,
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    // Every connection task holds a clone; when all are gone, the drain is over.
+    let (alive, mut drained) = tokio::sync::mpsc::channel::<()>(1);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    tokio::pin!(shutdown);
+    loop {
+        let socket = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => socket,
+                Err(e) => {
+                    // Out of file descriptors, say: back off rather than spin.
+                    warn!(error = %e, "accepting an HTTP connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let conn = builder.serve_connection(TokioIo::new(socket), TowerToHyperService::new(router.clone()));
+        let (mut stopped, alive) = (stopped.clone(), alive.clone());
+        tokio::spawn(async move {
+            let _alive = alive;
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        });
+    }
+    let _ = stop.send(true);
+    drop(alive);
+    let _ = drained.recv().await;
+    Ok(())
 }
 
 async fn healthz() -> &'static str {
@@ -172,6 +255,7 @@ mod tests {
             metrics: Some(metrics),
             health: health.clone(),
             stale_after: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
             auth: None,
         };
         let (code, why) = status_of_readyz(state.clone()).await;

@@ -388,7 +388,17 @@ async fn elect(api: Api<Lease>, settings: LeaseSettings, leadership: Leadership)
             Ok(Ok(Outcome::Raced)) => Duration::from_millis(fastrand::u64(50..250)),
             Ok(Err(e)) => {
                 if !failing {
-                    warn!(lease = %settings.name, error = %e, "reading or writing the lease failed; retrying");
+                    match &e {
+                        kube::Error::Api(s) if s.code == 403 => warn!(
+                            lease = %settings.name,
+                            namespace = api.namespace().unwrap_or_default(),
+                            "forbidden to use the leader Lease: grant get and update on leases named {} in coordination.k8s.io (and create, unless the Lease exists); exporting nothing until then",
+                            settings.name
+                        ),
+                        e => {
+                            warn!(lease = %settings.name, error = %e, "reading or writing the lease failed; retrying")
+                        }
+                    }
                     failing = true;
                 }
                 retry

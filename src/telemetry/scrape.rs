@@ -20,7 +20,7 @@ use std::{
 
 use bytes::Bytes;
 use crc32fast::Hasher as Crc;
-use flate2::{Compression, read::DeflateDecoder, write::DeflateEncoder};
+use flate2::{Compression, write::DeflateEncoder};
 use futures::stream::{self, BoxStream, StreamExt};
 
 /// A rendered part of the node section.
@@ -126,7 +126,8 @@ pub struct Exposition {
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 /// An empty final stored block: ends a sync-flushed deflate stream.
 const FINAL_BLOCK: [u8; 5] = [0x01, 0x00, 0x00, 0xff, 0xff];
-const PLAIN_CHUNK: usize = 256 * 1024;
+/// Plain text is decoded and sent this much at a time.
+const PLAIN_CHUNK: usize = 16 * 1024;
 
 /// The body for one scrape: the cached node `section`, then `live` (plain
 /// text), gzip-encoded if `gzip`.
@@ -155,38 +156,28 @@ pub fn respond(section: Arc<Section>, live: Vec<u8>, gzip: bool) -> io::Result<E
             gzip: true,
         });
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(2);
-    // Inflating is CPU work: a blocking thread feeds the response as the client reads.
-    tokio::task::spawn_blocking(move || {
-        let input = Chunks {
-            chunks: section
-                .chunks
-                .iter()
-                .map(|c| &c[..])
-                .chain([&FINAL_BLOCK[..]])
-                .collect(),
-            at: 0,
-        };
-        let mut decoder = DeflateDecoder::new(input);
-        loop {
-            let mut chunk = vec![0u8; PLAIN_CHUNK];
-            match read_full(&mut decoder, &mut chunk) {
-                Ok(0) => break,
-                Ok(n) => {
-                    chunk.truncate(n);
-                    if tx.blocking_send(Ok(Bytes::from(chunk))).is_err() {
-                        return; // the client went away
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
+    // Decoded a small chunk at a time as the client reads: a scraper that
+    // reads slowly (or not at all) holds one chunk and the decoder's window,
+    // never the whole text, nor a thread.
+    let input = SectionReader {
+        section,
+        chunk: 0,
+        at: 0,
+    };
+    // Over BufRead: no 32 KiB copy buffer of its own next to the decoder's window.
+    let decoder = flate2::bufread::DeflateDecoder::new(input);
+    let body = stream::unfold(Some((decoder, live)), |state| async move {
+        let (mut decoder, live) = state?;
+        let mut chunk = vec![0u8; PLAIN_CHUNK];
+        match read_full(&mut decoder, &mut chunk) {
+            Ok(0) => Some((Ok(Bytes::from(live)), None)),
+            Ok(n) => {
+                chunk.truncate(n);
+                Some((Ok(Bytes::from(chunk)), Some((decoder, live))))
             }
+            Err(e) => Some((Err(e), None)),
         }
-        let _ = tx.blocking_send(Ok(Bytes::from(live)));
     });
-    let body = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     Ok(Exposition {
         body: body.boxed(),
         content_length: None,
@@ -194,29 +185,55 @@ pub fn respond(section: Arc<Section>, live: Vec<u8>, gzip: bool) -> io::Result<E
     })
 }
 
-/// Reads a list of byte slices as one stream.
-struct Chunks<'a> {
-    chunks: std::collections::VecDeque<&'a [u8]>,
+/// The section's deflate chunks and the final block, read in order.
+struct SectionReader {
+    section: Arc<Section>,
+    chunk: usize,
     at: usize,
 }
 
-impl Read for Chunks<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while let Some(front) = self.chunks.front() {
-            if self.at < front.len() {
-                let n = buf.len().min(front.len() - self.at);
-                buf[..n].copy_from_slice(&front[self.at..self.at + n]);
-                self.at += n;
-                return Ok(n);
+impl SectionReader {
+    /// The unread rest of the current chunk, moving past finished ones.
+    fn current(&mut self) -> &[u8] {
+        loop {
+            let len = match self.section.chunks.get(self.chunk) {
+                Some(c) => c.len(),
+                None if self.chunk == self.section.chunks.len() => FINAL_BLOCK.len(),
+                None => return &[],
+            };
+            if self.at < len {
+                break;
             }
-            self.chunks.pop_front();
+            self.chunk += 1;
             self.at = 0;
         }
-        Ok(0)
+        match self.section.chunks.get(self.chunk) {
+            Some(c) => &c[self.at..],
+            None => &FINAL_BLOCK[self.at..],
+        }
     }
 }
 
-/// Reads until `buf` is full or the input ends.
+impl Read for SectionReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = self.current();
+        let n = buf.len().min(available.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+impl io::BufRead for SectionReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        Ok(self.current())
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.at += n;
+    }
+}
+
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {

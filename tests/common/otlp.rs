@@ -245,7 +245,12 @@ impl Drop for Receiver {
 impl Receiver {
     /// Starts on a free loopback port; with `tls` = (cert PEM, key PEM) it serves TLS.
     pub async fn start(tls: Option<(String, String)>) -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at("127.0.0.1:0".parse().unwrap(), tls).await
+    }
+
+    /// Starts on `addr` (port 0: a free one).
+    pub async fn start_at(addr: SocketAddr, tls: Option<(String, String)>) -> Receiver {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Received::default();
         let mut builder = Server::builder();

@@ -1,0 +1,237 @@
+//! Faults the exporter must survive with bounded memory: slow and stuck
+//! scrapers, a collector that is down, a SIGTERM in the middle of an export,
+//! an API server that throttles.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Exporter, fake_api, http_get};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MIB: u64 = 1024 * 1024;
+
+/// 200 scrapers that ask for /metrics and never read the answer, and 20 that
+/// never finish their request headers: other scrapes are still served,
+/// memory stays bounded, and the server cuts both kinds off by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_stuck_scrapers_are_cut_off_and_cost_little() {
+    let api = fake_api(2000).await;
+    let exporter = Exporter::start_ready(
+        &api.kubeconfig(),
+        &["--metrics-exporter", "prometheus", "--request-timeout", "3s"],
+        &[],
+    )
+    .await;
+    let (_, full) = exporter.get("/metrics").await;
+    let full_len = full.len();
+    let (_, zipped) = http_get(exporter.addr, "/metrics", &[("Accept-Encoding", "gzip")])
+        .await
+        .unwrap();
+    assert!(
+        full_len > 1_000_000,
+        "a body larger than socket buffers: {full_len} bytes"
+    );
+    let before = exporter.rss();
+
+    // Small receive buffers, so the kernel cannot take a whole body off the server's hands.
+    let connect = || async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(exporter.addr).await.unwrap()
+    };
+    let mut stuck = Vec::new();
+    for _ in 0..200 {
+        let mut s = connect().await;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: kns\r\n\r\n")
+            .await
+            .unwrap();
+        stuck.push(s);
+    }
+    let mut dribbling = Vec::new();
+    for _ in 0..20 {
+        let mut s = connect().await;
+        s.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
+        dribbling.push(s);
+    }
+    let opened = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Others are served meanwhile, promptly and whole (gzip, as Prometheus asks).
+    let mut worst = Duration::ZERO;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let (status, body) = http_get(exporter.addr, "/metrics", &[("Accept-Encoding", "gzip")])
+            .await
+            .unwrap();
+        worst = worst.max(t.elapsed());
+        assert_eq!(status, 200);
+        assert!(
+            body.len() >= zipped.len() * 9 / 10,
+            "a whole body: {} of ~{}",
+            body.len(),
+            zipped.len()
+        );
+    }
+    // Prometheus gives a scrape 10 s by default.
+    assert!(
+        worst < Duration::from_secs(5),
+        "scrapes beside 220 stuck clients took up to {worst:?}"
+    );
+    let during = exporter.rss();
+    let grown = during.saturating_sub(before);
+    eprintln!(
+        "RSS {} MiB before, {} MiB with 220 stuck clients (+{:.1} MiB); scrapes meanwhile took up to {worst:?}",
+        before / MIB,
+        during / MIB,
+        grown as f64 / MIB as f64
+    );
+    assert!(grown < 64 * MIB, "220 stuck clients cost {} MiB", grown / MIB);
+
+    // Past the 3 s response deadline the non-readers are cut off: reading now
+    // gets part of a body and then the end of the connection, never all of it.
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(opened.elapsed()) + Duration::from_millis(500))
+        .await;
+    for s in stuck.iter_mut().take(20) {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+        assert!(
+            read.is_ok(),
+            "a stuck scraper's connection stayed open past the deadline"
+        );
+        assert!(
+            got.len() < full_len,
+            "a stuck scraper got the whole body ({} bytes) after its deadline",
+            got.len()
+        );
+    }
+    eprintln!("RSS {} MiB once they were cut off", exporter.rss() / MIB);
+    // Headers that never finish are dropped after 10 s.
+    tokio::time::sleep(Duration::from_secs(11).saturating_sub(opened.elapsed())).await;
+    for s in dribbling.iter_mut() {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut got)).await;
+        assert!(
+            read.is_ok(),
+            "a client that never finished its headers is still connected"
+        );
+    }
+    assert_eq!(exporter.get("/healthz").await.0, 200);
+}
+
+/// A collector that accepts connections and never answers, for as long as
+/// the test runs: every export hangs until its timeout. Memory must not grow
+/// (nothing queues across cycles), /metrics must not slow down, and exports
+/// must resume once a working collector listens there again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_down_leaves_memory_bounded_and_exports_resume() {
+    let down_for = Duration::from_secs(
+        std::env::var("KNS_TEST_COLLECTOR_DOWN_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(40),
+    );
+    let api = fake_api(2000).await;
+    // A black hole: connections are accepted and held, nothing is ever read or written.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = hole.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    let exporter = Exporter::start_ready(
+        &api.kubeconfig(),
+        &[
+            "--otlp-endpoint",
+            &format!("http://{addr}"),
+            "--metric-export-interval",
+            "500ms",
+            "--traces-exporter",
+            "none",
+        ],
+        &[("OTEL_EXPORTER_OTLP_TIMEOUT", "2000")],
+    )
+    .await;
+    let started = Instant::now();
+    let mut rss = Vec::new();
+    let mut worst = Duration::ZERO;
+    while started.elapsed() < down_for {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let t = Instant::now();
+        let (status, _) = exporter.get("/metrics").await;
+        worst = worst.max(t.elapsed());
+        assert_eq!(status, 200);
+        rss.push(exporter.rss());
+    }
+    // Bounded: the second half of the outage holds no more than the first.
+    let half = rss.len() / 2;
+    let first = *rss[..half].iter().max().unwrap();
+    let second = *rss[half..].iter().max().unwrap();
+    eprintln!(
+        "collector down {down_for:?}: RSS max {} MiB in the first half, {} MiB in the second; /metrics took up to {worst:?}",
+        first / MIB,
+        second / MIB
+    );
+    assert!(
+        second <= first + 8 * MIB,
+        "memory grew while the collector was down: {rss:?}"
+    );
+    assert!(worst < Duration::from_secs(1), "/metrics slowed to {worst:?}");
+    let logs = exporter.logs();
+    assert_eq!(
+        logs.matches("OTLP metric export failed").count(),
+        1,
+        "the outage is logged once:\n{logs}"
+    );
+
+    // The collector comes back on the same address: exports resume.
+    holder.abort();
+    let _ = holder.await;
+    let receiver = common::otlp::Receiver::start_at(addr, None).await;
+    receiver.wait_cycles(1, Duration::from_secs(20)).await;
+}
+
+/// SIGTERM while exports hang on a collector that never answers: the process
+/// still exits 0 within the 10 s it promises (Kubernetes waits 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_in_the_middle_of_a_hung_export_exits_zero_in_time() {
+    let api = fake_api(200).await;
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = hole.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let holder = tokio::spawn({
+        let accepted = accepted.clone();
+        async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = hole.accept().await {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                held.push(s);
+            }
+        }
+    });
+    let mut exporter = Exporter::start_ready(
+        &api.kubeconfig(),
+        &[
+            "--otlp-endpoint",
+            &format!("http://{addr}"),
+            "--metric-export-interval",
+            "500ms",
+        ],
+        &[],
+    )
+    .await;
+    // An export is under way: its connection is open and unanswered.
+    let t = Instant::now();
+    while accepted.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "no export started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (status, took) = exporter.terminate();
+    assert!(status.success(), "exit status {status:?}\n{}", exporter.logs());
+    assert!(took < Duration::from_secs(10), "took {took:?} to exit");
+    eprintln!("SIGTERM during a hung export: exited 0 in {took:?}");
+    holder.abort();
+}
