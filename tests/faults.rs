@@ -235,3 +235,45 @@ async fn sigterm_in_the_middle_of_a_hung_export_exits_zero_in_time() {
     eprintln!("SIGTERM during a hung export: exited 0 in {took:?}");
     holder.abort();
 }
+
+/// The API server sheds load (429 with Retry-After: 10) for 12 s: the exporter
+/// waits as told (kube's client retries 429 after the time the server names)
+/// instead of retrying on the watcher's sub-second backoff, keeps serving the
+/// last view, and resumes the watch afterwards without a relist. With kube's
+/// retry turned off this sees 4 requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_with_retry_after_is_honoured() {
+    let api = fake_api(50).await;
+    let exporter = Exporter::start_ready(&api.kubeconfig(), &["--metrics-exporter", "prometheus"], &[]).await;
+    let lists = api.stats().full_lists;
+    api.set_throttled(Some(Duration::from_secs(10)));
+    api.close_watches();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let throttled = api.stats().throttled;
+    api.set_throttled(None);
+    // Retried at 0 and after 10 s (plus the watcher's backoff): 2 requests;
+    // on its own backoff alone (0.8 s doubling, jittered) it would be 3 or more.
+    assert!(
+        (1..=2).contains(&throttled),
+        "{throttled} requests in 12 s of 429 with Retry-After: 10"
+    );
+    let samples = exporter.scrape().await;
+    assert_eq!(
+        common::value(
+            &samples,
+            "k8s_cluster_nodes",
+            &[("k8s_node_condition_status", "true")]
+        ),
+        Some(50.0),
+        "the last view is still served"
+    );
+    // It comes back to a current watch, resumed rather than relisted.
+    api.set_condition(&api.node_names()[0], "Ready", "False");
+    exporter
+        .wait_for("the change after the throttling", Duration::from_secs(20), |s| {
+            common::value(s, "k8s_cluster_nodes", &[("k8s_node_condition_status", "false")]) == Some(1.0)
+        })
+        .await;
+    assert_eq!(api.stats().full_lists, lists, "no relist");
+    eprintln!("429 with Retry-After: 10 for 12 s: {throttled} requests");
+}

@@ -75,6 +75,8 @@ pub struct FakeStats {
     pub watches: u64,
     /// Bytes of response bodies sent for LIST and WATCH.
     pub bytes: u64,
+    /// Requests answered 429 Too Many Requests (see [`FakeApiServer::set_throttled`]).
+    pub throttled: u64,
 }
 
 struct Store {
@@ -92,6 +94,9 @@ pub(super) struct Shared {
     /// Bumped to end every open watch.
     watch_generation: watch::Sender<u64>,
     forbidden: AtomicBool,
+    /// While non-zero: answer 429 with this `Retry-After` (seconds).
+    throttle: AtomicU64,
+    throttled: AtomicU64,
     /// Leases, for leader election.
     pub(super) leases: Leases,
     token: Option<String>,
@@ -225,6 +230,8 @@ impl FakeApiServer {
             events,
             watch_generation: watch::channel(0).0,
             forbidden: AtomicBool::new(false),
+            throttle: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
             leases: Leases::default(),
             token: options.token.clone(),
             history: options.history.max(1),
@@ -390,7 +397,15 @@ impl FakeApiServer {
             full_lists: s.full_lists.load(Ordering::Relaxed),
             watches: s.watches.load(Ordering::Relaxed),
             bytes: s.bytes.load(Ordering::Relaxed),
+            throttled: s.throttled.load(Ordering::Relaxed),
         }
+    }
+
+    /// Answers every API request 429 Too Many Requests with `Retry-After`
+    /// (as API Priority and Fairness does when shedding load) while `Some`.
+    pub fn set_throttled(&self, retry_after: Option<Duration>) {
+        let secs = retry_after.map_or(0, |d| d.as_secs().max(1));
+        self.shared.throttle.store(secs, Ordering::Release);
     }
 
     /// Flips Ready on random nodes, `per_second` times a second on average,
@@ -476,6 +491,18 @@ pub(super) fn refusal(shared: &Shared, headers: &HeaderMap) -> Option<Response> 
         if sent != Some(token.as_str()) {
             return Some(status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized"));
         }
+    }
+    let retry_after = shared.throttle.load(Ordering::Acquire);
+    if retry_after > 0 {
+        shared.throttled.fetch_add(1, Ordering::Relaxed);
+        let mut r = status(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequests",
+            "the server has received too many requests and has asked us to try again later",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
+        return Some(r);
     }
     if shared.forbidden.load(Ordering::Acquire) {
         return Some(status(
