@@ -94,6 +94,8 @@ pub(super) struct Shared {
     /// Bumped to end every open watch.
     watch_generation: watch::Sender<u64>,
     forbidden: AtomicBool,
+    /// Milliseconds to wait before answering a node LIST or WATCH.
+    delay_ms: AtomicU64,
     /// While non-zero: answer 429 with this `Retry-After` (seconds).
     throttle: AtomicU64,
     throttled: AtomicU64,
@@ -230,6 +232,7 @@ impl FakeApiServer {
             events,
             watch_generation: watch::channel(0).0,
             forbidden: AtomicBool::new(false),
+            delay_ms: AtomicU64::new(0),
             throttle: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
             leases: Leases::default(),
@@ -401,6 +404,13 @@ impl FakeApiServer {
         }
     }
 
+    /// Waits `delay` before answering each node LIST page or WATCH (a slow API server).
+    pub fn set_delay(&self, delay: Duration) {
+        self.shared
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::Release);
+    }
+
     /// Answers every API request 429 Too Many Requests with `Retry-After`
     /// (as API Priority and Fairness does when shedding load) while `Some`.
     pub fn set_throttled(&self, retry_after: Option<Duration>) {
@@ -551,6 +561,10 @@ async fn list_or_watch(
 ) -> Response {
     if let Some(r) = refusal(&shared, &headers) {
         return r;
+    }
+    let delay = shared.delay_ms.load(Ordering::Acquire);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     if matches!(p.watch.as_deref(), Some("true" | "1")) {
         watch_nodes(shared, p)
