@@ -195,6 +195,7 @@ pub async fn run(
         address = %bound,
         prometheus = settings.prometheus,
         otlp = settings.otlp_metrics.is_some(),
+        tls = settings.tls.is_some(),
         "serving /metrics, /healthz and /readyz"
     );
 
@@ -220,9 +221,16 @@ pub async fn run(
         request_timeout: settings.request_timeout,
         auth,
     };
+    let tls = match &settings.tls {
+        Some((cert, key)) => {
+            let files = Arc::new(crate::tls::CertFiles::open(cert, key).map_err(ConfigError::from)?);
+            Some(Arc::new(files.server_config().map_err(ConfigError::from)?))
+        }
+        None => None,
+    };
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(async move {
-        http::serve(listener, http::router(state), async {
+        http::serve(listener, http::router(state), tls, async {
             let _ = http_stopped.await;
         })
         .await

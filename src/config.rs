@@ -50,6 +50,9 @@ pub enum ConfigError {
     /// The scrape token file is unusable.
     #[error(transparent)]
     TokenFile(#[from] crate::auth::TokenFileError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// RUST_LOG does not parse.
     #[error("{0}")]
     Logging(String),
@@ -207,6 +210,15 @@ pub struct RunArgs {
     #[arg(long, env = "KNS_LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration)]
     pub lease_duration: Duration,
 
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key-file); both files
+    /// are read again when they change, as a rotated Secret or cert-manager rewrites them.
+    #[arg(long, env = "KNS_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert-file.
+    #[arg(long, env = "KNS_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+
     /// A /metrics response not written within this is cut off and its connection
     /// closed, so slow or stuck scrapers cannot pile up (request headers must
     /// arrive within 10s).
@@ -314,6 +326,8 @@ pub struct Settings {
     pub stale_after: Duration,
     /// The Lease to elect a leader on; `None`: no election, this replica exports.
     pub lease: Option<crate::leader::LeaseSettings>,
+    /// The certificate and key files to serve HTTPS with.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// How long a /metrics response may take to be written.
     pub request_timeout: Duration,
     /// The file holding the bearer token scrapes of /metrics must carry.
@@ -609,6 +623,18 @@ impl RunArgs {
         if let Some(path) = &self.auth_token_file {
             crate::auth::TokenFile::open(path)?;
         }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                crate::tls::load(cert, key)?;
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ConfigError::Tls(crate::tls::TlsError::Config(
+                    "--tls-cert-file and --tls-key-file (KNS_TLS_CERT_FILE, KNS_TLS_KEY_FILE) go together"
+                        .into(),
+                )));
+            }
+        }
         if let Some(path) = &self.kubeconfig {
             kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| ConfigError::Kube(format!("--kubeconfig {}: {e}", path.display())))?;
@@ -670,6 +696,7 @@ impl RunArgs {
             }),
             auth_token_file: self.auth_token_file.clone(),
             request_timeout: self.request_timeout,
+            tls: self.tls_cert_file.clone().zip(self.tls_key_file.clone()),
             log_format: self.log_format.unwrap_or(LogFormat::Json),
             prometheus: metrics.contains(&"prometheus"),
             prometheus_encoder: self.prometheus_encoder,

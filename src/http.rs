@@ -153,6 +153,7 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     use hyper_util::{
@@ -180,23 +181,61 @@ pub async fn serve(
                 }
             },
         };
-        let conn = builder.serve_connection(TokioIo::new(socket), TowerToHyperService::new(router.clone()));
         let (mut stopped, alive) = (stopped.clone(), alive.clone());
+        let (builder, service) = (builder.clone(), TowerToHyperService::new(router.clone()));
+        let tls = tls.clone().map(tokio_rustls::TlsAcceptor::from);
         tokio::spawn(async move {
             let _alive = alive;
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                _ = stopped.wait_for(|s| *s) => {}
+            match tls {
+                None => {
+                    drive(
+                        builder.serve_connection(TokioIo::new(socket), service),
+                        &mut stopped,
+                    )
+                    .await
+                }
+                Some(acceptor) => {
+                    // The handshake counts against the same clock as the headers.
+                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(socket)).await {
+                        Ok(Ok(stream)) => {
+                            drive(
+                                builder.serve_connection(TokioIo::new(stream), service),
+                                &mut stopped,
+                            )
+                            .await
+                        }
+                        Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => debug!("TLS handshake timed out"),
+                    }
+                }
             }
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
         });
     }
     let _ = stop.send(true);
     drop(alive);
     let _ = drained.recv().await;
     Ok(())
+}
+
+/// Runs one connection until it ends, or until `stopped`, then lets its
+/// current request finish.
+async fn drive<I, S, B>(
+    conn: hyper::server::conn::http1::Connection<I, S>,
+    stopped: &mut tokio::sync::watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stopped.wait_for(|s| *s) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }
 
 async fn healthz() -> &'static str {

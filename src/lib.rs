@@ -17,3 +17,4 @@ pub mod logging;
 pub mod memory;
 pub mod readings;
 pub mod telemetry;
+pub mod tls;
