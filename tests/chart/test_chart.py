@@ -48,6 +48,7 @@ VALUE_SETS = {
     },
     "gmp-only": {"podMonitoring": {"enabled": True}},
     "high-availability": {"replicas": 2, "metricsAuth": {"enabled": True, "secretName": "kns-scrape-token"},
+                          "tls": {"enabled": True, "secretName": "kns-serving-cert"},
                           "podMonitoring": {"enabled": True}, "serviceMonitor": {"enabled": True},
                           "podMonitor": {"enabled": True}},
     "prometheus-operator-only": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
@@ -172,10 +173,41 @@ def test_scrape_token_is_mounted_and_sent_by_every_scraper():
             "type": "Bearer", "credentials": {"name": "kns-scrape-token", "key": "token"}}, kind
     # Managed Prometheus's collector may read that one Secret and no other.
     role = next(o for _, o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-gmp-scrape-token"))
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["kns-scrape-token"],
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"],
+                              "resourceNames": ["kns-scrape-token", "kns-serving-cert"],
                               "verbs": ["get", "list", "watch"]}]
     binding = next(o for _, o in objects if o["kind"] == "RoleBinding" and o["roleRef"]["name"] == role["metadata"]["name"])
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "collector", "namespace": "gmp-system"}]
+
+
+def test_tls_serves_the_secret_and_every_scraper_verifies_it():
+    objects = render(VALUE_SETS["high-availability"], name="kns", namespace="monitoring")
+    pod = next(o for _, o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    for flag in ["--tls-cert-file=/var/run/kube-node-status/tls/tls.crt",
+                 "--tls-key-file=/var/run/kube-node-status/tls/tls.key"]:
+        assert flag in c["args"], c["args"]
+    assert c["livenessProbe"]["httpGet"]["scheme"] == "HTTPS" and c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert {"name": "tls", "mountPath": "/var/run/kube-node-status/tls", "readOnly": True} in c["volumeMounts"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "tls")
+    assert volume["secret"]["secretName"] == "kns-serving-cert"
+    server_name = "kns-kube-node-status.monitoring.svc"
+    pm = next(o for _, o in objects if o["kind"] == "PodMonitoring")["spec"]["endpoints"][0]
+    assert pm["scheme"] == "https"
+    assert pm["tls"] == {"serverName": server_name, "ca": {"secret": {"name": "kns-serving-cert", "key": "ca.crt"}}}
+    for kind, field in [("ServiceMonitor", "endpoints"), ("PodMonitor", "podMetricsEndpoints")]:
+        ep = next(o for _, o in objects if o["kind"] == kind)["spec"][field][0]
+        assert ep["scheme"] == "https", kind
+        assert ep["tlsConfig"] == {"serverName": server_name, "ca": {"secret": {"name": "kns-serving-cert", "key": "ca.crt"}}}
+    test_pod = next(o for _, o in objects if o["kind"] == "Pod")
+    script = test_pod["spec"]["containers"][0]["args"][0]
+    assert "https://" in script and "Authorization: Bearer" in script
+    with pytest.raises(helm_python.HelmError):
+        render({"tls": {"enabled": True}})
+    # Off by default: plain HTTP probes.
+    c = next(o for _, o in render({}) if o["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+    assert not any(a.startswith("--tls") for a in c["args"])
 
 
 def test_two_releases_have_disjoint_cluster_scoped_names():

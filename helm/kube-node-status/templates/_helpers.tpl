@@ -49,3 +49,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- .Values.metricsExporter }}
 {{- end }}
 {{- end }}
+
+{{/* The name scrapers verify in the serving certificate. */}}
+{{- define "kns.tlsServerName" -}}
+{{- default (printf "%s.%s.svc" (include "kns.fullname" .) .Release.Namespace) .Values.tls.serverName }}
+{{- end }}
