@@ -12,6 +12,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::{info, warn};
 
 use crate::{
+    auth::{Authenticator, Reviewer},
     cluster::{self, ApiObserverLayer, View},
     config::{ConfigError, KubeSource, Settings},
     http::{self, HttpState},
@@ -176,14 +177,19 @@ pub async fn run(
         None => Leadership::sole(),
     };
     let telemetry = Telemetry::start(&settings, resource, view.clone(), leadership.clone(), google)?;
-    // The Lease has a client of its own: its requests are not node LISTs or
-    // WATCHes, and must not count as such in the API health /readyz reads.
+    // The Lease and token reviews have clients of their own: their requests are
+    // not node LISTs or WATCHes, and must not count as such in the API health /readyz reads.
+    let own_client = || {
+        Client::try_from(kube_config.clone())
+            .map_err(|e| ConfigError::Kube(format!("building the Kubernetes client: {e}")))
+    };
     let lease_client = match &settings.lease {
-        Some(_) => Some(
-            Client::try_from(kube_config.clone())
-                .map_err(|e| ConfigError::Kube(format!("building the Kubernetes client: {e}")))?,
-        ),
+        Some(_) => Some(own_client()?),
         None => None,
+    };
+    let review_client = match (&settings.auth_token_file, settings.auth_kubernetes) {
+        (None, true) => Some(own_client()?),
+        _ => None,
     };
     let client: Client = ClientBuilder::try_from(kube_config)
         .map_err(|e| ConfigError::Kube(format!("building the Kubernetes client: {e}")))?
@@ -208,11 +214,11 @@ pub async fn run(
         .zip(lease_client)
         .map(|(lease, client)| Elector::spawn(client, lease, leadership.clone()));
     let loops = tokio::spawn(telemetry.clone().run());
-    let auth = match &settings.auth_token_file {
-        Some(path) => Some(Arc::new(
+    let auth = match (&settings.auth_token_file, settings.auth_kubernetes) {
+        (Some(path), _) => Some(Arc::new(Authenticator::File(
             crate::auth::TokenFile::open(path).map_err(ConfigError::from)?,
-        )),
-        None => None,
+        ))),
+        (None, _) => review_client.map(|c| Arc::new(Authenticator::Kubernetes(Reviewer::new(c, "/metrics")))),
     };
     let state = HttpState {
         metrics: telemetry.metrics_handle(),

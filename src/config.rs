@@ -50,6 +50,9 @@ pub enum ConfigError {
     /// The scrape token file is unusable.
     #[error(transparent)]
     TokenFile(#[from] crate::auth::TokenFileError),
+    /// Two settings that cannot be used together.
+    #[error("{0}")]
+    Conflict(String),
     /// The TLS certificate or key cannot be used.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
@@ -225,6 +228,13 @@ pub struct RunArgs {
     #[arg(long, env = "KNS_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub request_timeout: Duration,
 
+    /// Check /metrics bearer tokens with the Kubernetes API, as kube-rbac-proxy does:
+    /// TokenReview, then SubjectAccessReview for `get` on the path /metrics (a
+    /// ClusterRole rule `nonResourceURLs: ["/metrics"]`); answers cached for 60s.
+    /// Not with --auth-token-file.
+    #[arg(long, env = "KNS_AUTH_KUBERNETES", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub auth_kubernetes: bool,
+
     /// /readyz turns 503 once the node watch has been failing for longer than this (e.g. 90s, 2m).
     #[arg(long, env = "KNS_STALE_AFTER", default_value = "2m", value_parser = humantime::parse_duration)]
     pub stale_after: Duration,
@@ -330,6 +340,8 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// How long a /metrics response may take to be written.
     pub request_timeout: Duration,
+    /// Check scrape tokens with TokenReview and SubjectAccessReview.
+    pub auth_kubernetes: bool,
     /// The file holding the bearer token scrapes of /metrics must carry.
     pub auth_token_file: Option<PathBuf>,
     /// Log format.
@@ -621,6 +633,11 @@ impl RunArgs {
         };
 
         if let Some(path) = &self.auth_token_file {
+            if self.auth_kubernetes {
+                return Err(ConfigError::Conflict(
+                    "--auth-token-file and --auth-kubernetes (KNS_AUTH_TOKEN_FILE, KNS_AUTH_KUBERNETES): choose one".into(),
+                ));
+            }
             crate::auth::TokenFile::open(path)?;
         }
         match (&self.tls_cert_file, &self.tls_key_file) {
@@ -695,6 +712,7 @@ impl RunArgs {
                 identity: format!("{instance_id}_{:08x}", fastrand::u32(..)),
             }),
             auth_token_file: self.auth_token_file.clone(),
+            auth_kubernetes: self.auth_kubernetes,
             request_timeout: self.request_timeout,
             tls: self.tls_cert_file.clone().zip(self.tls_key_file.clone()),
             log_format: self.log_format.unwrap_or(LogFormat::Json),

@@ -16,7 +16,7 @@ use axum::{
 use tracing::{debug, warn};
 
 use crate::{
-    auth::{TokenFile, Verdict},
+    auth::{Authenticator, Verdict},
     cluster::Health,
     telemetry::{MetricsHandle, PROMETHEUS_CONTENT_TYPE},
 };
@@ -33,7 +33,7 @@ pub struct HttpState {
     /// A /metrics response not written within this is cut off.
     pub request_timeout: Duration,
     /// The token `/metrics` requires, if any.
-    pub auth: Option<Arc<TokenFile>>,
+    pub auth: Option<Arc<Authenticator>>,
 }
 
 /// The router with all three endpoints.
@@ -68,16 +68,10 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
 async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     if let Some(auth) = &state.auth {
         let presented = headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
-        let verdict = auth.check(presented);
-        if verdict != Verdict::Allowed {
-            // Scrapers retry every interval: a refusal is not worth more than debug.
-            debug!(?verdict, "/metrics refused: no valid bearer token");
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
-                "a valid bearer token is required\n",
-            )
-                .into_response();
+        let verdict = auth.check(presented).await;
+        if let Some(refusal) = refusal(verdict) {
+            debug!(?verdict, "/metrics refused");
+            return refusal;
         }
     }
     let Some(handle) = state.metrics else {
@@ -117,6 +111,28 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
             (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
         }
     }
+}
+
+/// The answer to a scrape that may not read /metrics; `None` when it may.
+fn refusal(verdict: Verdict) -> Option<Response> {
+    let (status, text) = match verdict {
+        Verdict::Allowed => return None,
+        Verdict::Missing | Verdict::Invalid => {
+            (StatusCode::UNAUTHORIZED, "a valid bearer token is required\n")
+        }
+        Verdict::Forbidden => (StatusCode::FORBIDDEN, "this token's user may not get /metrics\n"),
+        Verdict::Unavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the token cannot be checked now\n",
+        ),
+    };
+    let mut response = (status, text).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    Some(response)
 }
 
 /// Ends `body` with an error once `timeout` has passed: hyper then closes the

@@ -104,3 +104,76 @@ fn an_unusable_token_file_is_a_configuration_error() {
     );
     assert_eq!(code, Some(2), "{stderr}");
 }
+
+const READER_TOKEN: &str = "sa-token-prometheus-31c7";
+const OTHER_TOKEN: &str = "sa-token-some-app-6e02";
+
+/// --auth-kubernetes: a token is good if a TokenReview says whose it is and a
+/// SubjectAccessReview lets that user get /metrics, as with kube-rbac-proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrapes_are_reviewed_with_the_kubernetes_api() {
+    let api = FakeApiServer::start(FakeOptions {
+        nodes: 3,
+        token: Some(KUBE_TOKEN.to_string()),
+        ..Default::default()
+    })
+    .await
+    .expect("fake API server starts");
+    api.reviews()
+        .add_token(READER_TOKEN, "system:serviceaccount:monitoring:prometheus");
+    api.reviews()
+        .add_token(OTHER_TOKEN, "system:serviceaccount:default:some-app");
+    api.reviews()
+        .grant_metrics("system:serviceaccount:monitoring:prometheus");
+    let exporter = Exporter::start_ready(
+        &api.kubeconfig(),
+        &["--metrics-exporter", "prometheus", "--auth-kubernetes"],
+        &[("RUST_LOG", "debug")],
+    )
+    .await;
+    let get = |token: Option<&str>| {
+        let (addr, header) = (exporter.addr, token.map(|t| format!("Bearer {t}")));
+        async move {
+            let h: Vec<(&str, &str)> = header.iter().map(|v| ("Authorization", v.as_str())).collect();
+            http_get(addr, "/metrics", &h).await.expect("answers").0
+        }
+    };
+    assert_eq!(get(None).await, 401, "no token");
+    assert_eq!(get(Some("not-a-token")).await, 401, "a token nobody knows");
+    assert_eq!(
+        get(Some(OTHER_TOKEN)).await,
+        403,
+        "a user without get on /metrics"
+    );
+    assert_eq!(get(Some(READER_TOKEN)).await, 200, "a user with it");
+    // Answers are cached: more scrapes do not cost more reviews.
+    let reviews = api.reviews().count();
+    for _ in 0..5 {
+        assert_eq!(get(Some(READER_TOKEN)).await, 200);
+        assert_eq!(get(Some(OTHER_TOKEN)).await, 403);
+    }
+    assert_eq!(api.reviews().count(), reviews, "cached");
+    // The API refusing the exporter (say its RBAC for reviews is gone) fails closed, with 503.
+    api.set_forbidden(true);
+    assert_eq!(get(Some("another-unknown-token")).await, 503);
+    api.set_forbidden(false);
+    assert_eq!(exporter.get("/readyz").await.0, 200, "probes need no token");
+    let logs = exporter.logs();
+    assert!(logs.contains("cannot review scrape tokens"), "{logs}");
+    for secret in [KUBE_TOKEN, READER_TOKEN, OTHER_TOKEN] {
+        assert!(!logs.contains(secret), "{secret} appears in the logs:\n{logs}");
+    }
+}
+
+#[test]
+fn token_file_and_kubernetes_review_are_one_or_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "t").unwrap();
+    let (code, stderr) = run_to_exit(
+        &["--auth-token-file", file.to_str().unwrap(), "--auth-kubernetes"],
+        &[("KUBECONFIG", "/nonexistent")],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("choose one"), "{stderr}");
+}

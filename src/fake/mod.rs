@@ -5,9 +5,11 @@
 
 mod leases;
 mod nodes;
+mod reviews;
 mod server;
 
 pub use nodes::{KUBELET_CONDITIONS, NPD_CONDITIONS, name as node_name, node as generated_node};
+pub use reviews::Reviews;
 pub use server::{FakeApiServer, FakeOptions, FakeStats};
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};

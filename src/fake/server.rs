@@ -35,7 +35,7 @@ use tokio::{
     sync::{broadcast, watch},
 };
 
-use super::{leases::Leases, nodes};
+use super::{leases::Leases, nodes, reviews::Reviews};
 
 /// How the fake API server behaves.
 #[derive(Clone, Debug)]
@@ -101,6 +101,8 @@ pub(super) struct Shared {
     throttled: AtomicU64,
     /// Leases, for leader election.
     pub(super) leases: Leases,
+    /// Tokens and /metrics readers, for TokenReview and SubjectAccessReview.
+    pub(super) reviews: Reviews,
     token: Option<String>,
     history: usize,
     bookmark_interval: Duration,
@@ -236,6 +238,7 @@ impl FakeApiServer {
             throttle: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
             leases: Leases::default(),
+            reviews: Reviews::default(),
             token: options.token.clone(),
             history: options.history.max(1),
             bookmark_interval: options.bookmark_interval,
@@ -387,6 +390,11 @@ impl FakeApiServer {
         self.shared.forbidden.store(on, Ordering::Release);
     }
 
+    /// Tokens and /metrics readers for TokenReview and SubjectAccessReview.
+    pub fn reviews(&self) -> &Reviews {
+        &self.shared.reviews
+    }
+
     /// The Lease `namespace/name` as stored, if it exists.
     pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
         self.shared.leases.get(namespace, name)
@@ -488,6 +496,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/fake/compact", post(admin_compact))
         .route("/fake/stats", get(admin_stats))
         .merge(super::leases::routes())
+        .merge(super::reviews::routes())
         .with_state(shared)
 }
 

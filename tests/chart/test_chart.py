@@ -47,6 +47,8 @@ VALUE_SETS = {
         "extraEnv": [{"name": "RUST_LOG", "value": "info"}],
     },
     "gmp-only": {"podMonitoring": {"enabled": True}},
+    "kube-rbac-auth": {"metricsAuth": {"enabled": True, "kubernetes": True}, "serviceMonitor": {"enabled": True},
+                       "tls": {"enabled": True, "secretName": "kns-serving-cert"}, "podMonitoring": {"enabled": True}},
     "high-availability": {"replicas": 2, "metricsAuth": {"enabled": True, "secretName": "kns-scrape-token"},
                           "tls": {"enabled": True, "secretName": "kns-serving-cert"},
                           "podMonitoring": {"enabled": True}, "serviceMonitor": {"enabled": True},
@@ -208,6 +210,23 @@ def test_tls_serves_the_secret_and_every_scraper_verifies_it():
     c = next(o for _, o in render({}) if o["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
     assert not any(a.startswith("--tls") for a in c["args"])
+
+
+def test_kubernetes_auth_reviews_tokens_and_offers_a_reader_role():
+    objects = render(VALUE_SETS["kube-rbac-auth"], name="kns")
+    c = next(o for _, o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert "--auth-kubernetes" in c["args"]
+    assert not any(a.startswith("--auth-token-file") for a in c["args"])
+    assert not any(m["name"] == "metrics-auth" for m in c.get("volumeMounts", []))
+    exporter_role = next(o for _, o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "kns-kube-node-status")
+    assert {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]} in exporter_role["rules"]
+    assert {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]} in exporter_role["rules"]
+    reader = next(o for _, o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"].endswith("-metrics-reader"))
+    assert reader["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+    sm = next(o for _, o in objects if o["kind"] == "ServiceMonitor")["spec"]["endpoints"][0]
+    assert "authorization" not in sm, "scrapers send their own service-account token"
+    gmp_role = next(o for _, o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-gmp-scrape-token"))
+    assert gmp_role["rules"][0]["resourceNames"] == ["kns-serving-cert"]
 
 
 def test_two_releases_have_disjoint_cluster_scoped_names():

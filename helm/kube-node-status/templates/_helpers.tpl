@@ -54,3 +54,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "kns.tlsServerName" -}}
 {{- default (printf "%s.%s.svc" (include "kns.fullname" .) .Release.Namespace) .Values.tls.serverName }}
 {{- end }}
+
+{{/* Non-empty when scrapes carry the token of a shared Secret (metricsAuth without kubernetes). */}}
+{{- define "kns.tokenSecret" -}}
+{{- if and .Values.metricsAuth.enabled (not .Values.metricsAuth.kubernetes) }}{{ .Values.metricsAuth.secretName }}{{ end }}
+{{- end }}

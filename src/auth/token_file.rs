@@ -1,8 +1,5 @@
-//! Bearer-token authentication of scrapes, against a token file.
-//!
-//! `/metrics` names every node of the cluster; where the network cannot be
-//! trusted, scrapes carry `Authorization: Bearer <token>` and the token is
-//! compared with a file, typically a mounted Secret. Kubernetes rotates a
+//! Scrape tokens checked against a file, typically a mounted Secret.
+//! Kubernetes rotates a
 //! mounted Secret by swapping a symlink, so the file is looked at again
 //! (at most once a second) and re-read when its modification time or size
 //! changes. The token never reaches a log line or an error message.
@@ -15,6 +12,8 @@ use std::{
 };
 
 use tracing::warn;
+
+use super::{Verdict, bearer};
 
 /// Why a token file cannot be used at start.
 #[derive(Debug, thiserror::Error)]
@@ -33,17 +32,6 @@ pub enum TokenFileError {
         /// The file.
         path: PathBuf,
     },
-}
-
-/// The outcome of checking a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// The request carries the current token.
-    Allowed,
-    /// No `Authorization: Bearer …` header.
-    Missing,
-    /// A bearer token, not the current one.
-    Invalid,
 }
 
 /// How often the file's metadata is looked at, at most.
@@ -141,35 +129,9 @@ impl TokenFile {
     }
 }
 
-/// The token of a `Bearer` authorization (the scheme is case-insensitive).
-fn bearer(value: &[u8]) -> Option<&[u8]> {
-    let (scheme, rest) = value.split_at_checked(7)?;
-    if !scheme.eq_ignore_ascii_case(b"bearer ") {
-        return None;
-    }
-    let token = rest.trim_ascii();
-    (!token.is_empty()).then_some(token)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bearer_headers_table() {
-        for (header, want) in [
-            (&b"Bearer abc"[..], Some(&b"abc"[..])),
-            (b"bearer abc", Some(b"abc")),
-            (b"BEARER  abc ", Some(b"abc")),
-            (b"Bearer ", None),
-            (b"Bearer", None),
-            (b"Basic YWJjOmRlZg==", None),
-            (b"abc", None),
-            (b"", None),
-        ] {
-            assert_eq!(bearer(header), want, "{:?}", String::from_utf8_lossy(header));
-        }
-    }
 
     #[test]
     fn checks_requests_and_follows_a_rotated_file() {

@@ -1,0 +1,131 @@
+//! TokenReview and SubjectAccessReview for the fake API server: tokens
+//! registered by tests name users, and users granted `get` on the
+//! non-resource path `/metrics` are allowed it, as a ClusterRole with
+//! `nonResourceURLs: ["/metrics"]` would allow them.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use serde_json::{Value, json};
+
+use super::server::{Shared, refusal, status};
+
+/// Known tokens and who may read /metrics.
+#[derive(Default)]
+pub struct Reviews {
+    users: Mutex<HashMap<String, String>>,
+    readers: Mutex<HashSet<String>>,
+    count: AtomicU64,
+}
+
+impl Reviews {
+    /// Makes `token` authenticate as `user`.
+    pub fn add_token(&self, token: &str, user: &str) {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        users.insert(token.to_string(), user.to_string());
+    }
+
+    /// Lets `user` get /metrics.
+    pub fn grant_metrics(&self, user: &str) {
+        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        readers.insert(user.to_string());
+    }
+
+    /// TokenReviews and SubjectAccessReviews answered so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+pub(super) fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/apis/authentication.k8s.io/v1/tokenreviews", post(token_review))
+        .route(
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            post(access_review),
+        )
+}
+
+fn answer(mut review: Value, status: Value) -> Response {
+    review["status"] = status;
+    (
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        review.to_string(),
+    )
+        .into_response()
+}
+
+fn parse(body: &Bytes) -> Option<Value> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .filter(Value::is_object)
+}
+
+async fn token_review(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(r) = refusal(&shared, &headers) {
+        return r;
+    }
+    let Some(review) = parse(&body) else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the body is not a TokenReview",
+        );
+    };
+    shared.reviews.count.fetch_add(1, Ordering::Relaxed);
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let user = shared
+        .reviews
+        .users
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(token)
+        .cloned();
+    let status = match user {
+        Some(name) => {
+            json!({"authenticated": true, "user": {"username": name, "groups": ["system:authenticated"]}})
+        }
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
+    };
+    answer(review, status)
+}
+
+async fn access_review(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(r) = refusal(&shared, &headers) {
+        return r;
+    }
+    let Some(review) = parse(&body) else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the body is not a SubjectAccessReview",
+        );
+    };
+    shared.reviews.count.fetch_add(1, Ordering::Relaxed);
+    let spec = &review["spec"];
+    let user = spec["user"].as_str().unwrap_or_default();
+    let wants_metrics =
+        spec["nonResourceAttributes"]["path"] == "/metrics" && spec["nonResourceAttributes"]["verb"] == "get";
+    let reader = shared
+        .reviews
+        .readers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(user);
+    let allowed = wants_metrics && reader;
+    answer(review, json!({"allowed": allowed}))
+}
