@@ -75,57 +75,59 @@ fn parse(body: &Bytes) -> Option<Value> {
         .filter(Value::is_object)
 }
 
-async fn token_review(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(r) = refusal(&shared, &headers) {
+/// Checks the caller, reads the review in the body, counts it, and answers
+/// it with the status `decide` gives it.
+fn review(
+    shared: &Shared,
+    headers: &HeaderMap,
+    body: &Bytes,
+    kind: &str,
+    decide: impl FnOnce(&Reviews, &Value) -> Value,
+) -> Response {
+    if let Some(r) = refusal(shared, headers) {
         return r;
     }
-    let Some(review) = parse(&body) else {
+    let Some(review) = parse(body) else {
         return status(
             StatusCode::BAD_REQUEST,
             "BadRequest",
-            "the body is not a TokenReview",
+            &format!("the body is not a {kind}"),
         );
     };
     shared.reviews.count.fetch_add(1, Ordering::Relaxed);
-    let token = review["spec"]["token"].as_str().unwrap_or_default();
-    let user = shared
-        .reviews
-        .users
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(token)
-        .cloned();
-    let status = match user {
-        Some(name) => {
-            json!({"authenticated": true, "user": {"username": name, "groups": ["system:authenticated"]}})
+    let decided = decide(&shared.reviews, &review["spec"]);
+    answer(review, decided)
+}
+
+async fn token_review(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    review(&shared, &headers, &body, "TokenReview", |reviews, spec| {
+        let token = spec["token"].as_str().unwrap_or_default();
+        let users = reviews.users.lock().unwrap_or_else(|e| e.into_inner());
+        match users.get(token) {
+            Some(name) => {
+                json!({"authenticated": true, "user": {"username": name, "groups": ["system:authenticated"]}})
+            }
+            None => json!({"authenticated": false, "error": "invalid bearer token"}),
         }
-        None => json!({"authenticated": false, "error": "invalid bearer token"}),
-    };
-    answer(review, status)
+    })
 }
 
 async fn access_review(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(r) = refusal(&shared, &headers) {
-        return r;
-    }
-    let Some(review) = parse(&body) else {
-        return status(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "the body is not a SubjectAccessReview",
-        );
-    };
-    shared.reviews.count.fetch_add(1, Ordering::Relaxed);
-    let spec = &review["spec"];
-    let user = spec["user"].as_str().unwrap_or_default();
-    let wants_metrics =
-        spec["nonResourceAttributes"]["path"] == "/metrics" && spec["nonResourceAttributes"]["verb"] == "get";
-    let reader = shared
-        .reviews
-        .readers
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains(user);
-    let allowed = wants_metrics && reader;
-    answer(review, json!({"allowed": allowed}))
+    review(
+        &shared,
+        &headers,
+        &body,
+        "SubjectAccessReview",
+        |reviews, spec| {
+            let user = spec["user"].as_str().unwrap_or_default();
+            let wants_metrics = spec["nonResourceAttributes"]["path"] == "/metrics"
+                && spec["nonResourceAttributes"]["verb"] == "get";
+            let reader = reviews
+                .readers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(user);
+            json!({"allowed": wants_metrics && reader})
+        },
+    )
 }
