@@ -260,8 +260,11 @@ impl Elector {
     /// Stops electing and, if this replica leads, stops exporting and frees
     /// the Lease so that another replica takes it at its next read instead
     /// of waiting for it to expire.
-    pub async fn release(self) {
+    pub async fn release(mut self) {
         self.task.abort();
+        // A renewal in flight is conditional on the version it read, so it
+        // cannot undo the release; waiting for the task just keeps the logs in order.
+        let _ = (&mut self.task).await;
         let was_leader = self.leadership.is_leader();
         self.leadership.step_down();
         if !was_leader {

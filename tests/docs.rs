@@ -109,6 +109,8 @@ async fn check_mode(mode: &str) {
             mode,
             "--node-labels",
             "topology.kubernetes.io/*",
+            // Every documented metric, the leader gauge included.
+            "--leader-election",
         ],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
@@ -116,7 +118,11 @@ async fn check_mode(mode: &str) {
         ],
     )
     .await;
-    let samples = exporter.scrape().await;
+    let samples = exporter
+        .wait_for("leadership", Duration::from_secs(10), |s| {
+            common::value(s, "kube_node_status_leader", &[]) == Some(1.0)
+        })
+        .await;
 
     // /metrics → docs.
     let mut served: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
