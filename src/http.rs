@@ -182,7 +182,10 @@ pub async fn serve(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
+        .header_read_timeout(HEADER_TIMEOUT)
+        // hyper queues up to this much of a response ahead of a slow socket
+        // (default ~400 KiB): memory held per slow client, so keep it small.
+        .max_buf_size(64 * 1024);
     tokio::pin!(shutdown);
     loop {
         let socket = tokio::select! {
