@@ -187,10 +187,17 @@ pub async fn run(
         Some(_) => Some(own_client()?),
         None => None,
     };
-    let review_client = match (&settings.auth_token_file, settings.auth_kubernetes) {
-        (None, true) => Some(own_client()?),
-        _ => None,
-    };
+    let auth = match (&settings.auth_token_file, settings.auth_kubernetes) {
+        (Some(path), _) => Some(Authenticator::File(
+            crate::auth::TokenFile::open(path).map_err(ConfigError::from)?,
+        )),
+        (None, true) => Some(Authenticator::Kubernetes(Reviewer::new(
+            own_client()?,
+            "/metrics",
+        ))),
+        (None, false) => None,
+    }
+    .map(Arc::new);
     let client: Client = ClientBuilder::try_from(kube_config)
         .map_err(|e| ConfigError::Kube(format!("building the Kubernetes client: {e}")))?
         .with_layer(&ApiObserverLayer::new(view.health().clone()))
@@ -214,12 +221,6 @@ pub async fn run(
         .zip(lease_client)
         .map(|(lease, client)| Elector::spawn(client, lease, leadership.clone()));
     let loops = tokio::spawn(telemetry.clone().run());
-    let auth = match (&settings.auth_token_file, settings.auth_kubernetes) {
-        (Some(path), _) => Some(Arc::new(Authenticator::File(
-            crate::auth::TokenFile::open(path).map_err(ConfigError::from)?,
-        ))),
-        (None, _) => review_client.map(|c| Arc::new(Authenticator::Kubernetes(Reviewer::new(c, "/metrics")))),
-    };
     let state = HttpState {
         metrics: telemetry.metrics_handle(),
         health: view.health().clone(),

@@ -121,6 +121,11 @@ impl Leadership {
         self.inner.changes.subscribe()
     }
 
+    /// What the elector last said: true from gaining leadership until stepping down.
+    fn announced(&self) -> bool {
+        *self.inner.changes.borrow()
+    }
+
     fn hold_until(&self, deadline: Instant) {
         let ms = deadline.saturating_duration_since(self.inner.base).as_millis() as u64;
         self.inner.until.store(ms.max(1), Ordering::Release);
@@ -414,7 +419,7 @@ async fn elect(api: Api<Lease>, settings: LeaseSettings, leadership: Leadership)
                 retry
             }
         };
-        if !leadership.is_leader() && *leadership.subscribe().borrow() {
+        if !leadership.is_leader() && leadership.announced() {
             warn!(
                 lease = %settings.name,
                 renew_deadline_s = settings.renew_deadline().as_secs_f64(),
