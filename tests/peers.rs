@@ -389,6 +389,11 @@ struct Kmock {
 
 impl Kmock {
     async fn start(nodes: &[serde_json::Value]) -> Kmock {
+        Kmock::start_on(nodes, None).await
+    }
+
+    /// Starts kmock on `port` (a free one if `None`).
+    async fn start_on(nodes: &[serde_json::Value], port: Option<u16>) -> Kmock {
         let dir = tempfile::tempdir().unwrap();
         let nodes_file = dir.path().join("nodes.json");
         std::fs::write(&nodes_file, serde_json::to_string(nodes).unwrap()).unwrap();
@@ -399,6 +404,7 @@ impl Kmock {
                 .arg(script)
                 .arg(&nodes_file)
                 .arg(&port_file)
+                .args(port.map(|p| p.to_string()))
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(dir.path().join("kmock.log")).unwrap())
                 .spawn()
@@ -831,5 +837,105 @@ async fn third_party_emulator_kmock_hosts_the_leader_lease() {
         lease["spec"]["leaseTransitions"].as_u64(),
         Some(leaders.len() as u64),
         "{lease}"
+    );
+}
+
+/// The API server goes away and comes back (issue 7's outage, on a third-party
+/// emulator): kmock is killed, stays down, and starts again on the same port
+/// with one node changed meanwhile. Last-known readings stay served while the
+/// view's age grows and `/readyz` turns 503; the watcher backs off instead of
+/// hammering the dead address; on return the watch resumes (kmock replays
+/// every object), the change arrives and no second LIST is made.
+/// `KNS_TEST_API_DOWN_SECS` sets the outage (default 8 s; docs/operations.md
+/// gives a 3-minute run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_party_emulator_kmock_outage_keeps_readings_flips_readyz_and_resumes_without_relist() {
+    use kube_node_status::fake::{generated_node, node_name};
+    let down = Duration::from_secs(
+        std::env::var("KNS_TEST_API_DOWN_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(8),
+    );
+    let mut nodes: Vec<serde_json::Value> = (0..5)
+        .map(|i| generated_node(i, 100 + i as u64, "2026-11-27T00:00:00Z"))
+        .collect();
+    let name = node_name(0);
+    let kmock = Kmock::start(&nodes).await;
+    let (addr, kubeconfig) = (kmock.addr, kmock.kubeconfig());
+    let exporter = Exporter::start_ready(
+        &kubeconfig,
+        &["--stale-after", "2s"],
+        &[("OTEL_METRICS_EXPORTER", "prometheus")],
+    )
+    .await;
+    let ready = |s: &[Sample]| common::value(s, "k8s_node_ready", &[("k8s_node_name", &name)]);
+    let errors = |s: &[Sample]| -> f64 {
+        s.iter()
+            .filter(|x| x.name == "kube_node_status_watch_errors_total")
+            .map(|x| x.value)
+            .sum()
+    };
+    let lists = |s: &[Sample]| {
+        common::value(s, "kube_node_status_api_requests_total", &[("verb", "list")]).unwrap_or(0.0)
+    };
+    assert_eq!(ready(&exporter.scrape().await), Some(1.0));
+
+    drop(kmock);
+    let stopped = Instant::now();
+    let samples = exporter
+        .wait_for("the view's age to grow", Duration::from_secs(10), |s| {
+            common::value(s, "kube_node_status_view_age_seconds", &[]).is_some_and(|a| a > 1.0)
+        })
+        .await;
+    assert_eq!(ready(&samples), Some(1.0), "last-known readings are still served");
+    exporter
+        .wait_status("/readyz", 503, Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(down.saturating_sub(stopped.elapsed())).await;
+    let samples = exporter.scrape().await;
+    let age = common::value(&samples, "kube_node_status_view_age_seconds", &[]).unwrap();
+    assert!(
+        age + 2.0 >= down.as_secs_f64(),
+        "view age {age} s after {down:?} down"
+    );
+    assert_eq!(ready(&samples), Some(1.0));
+    // kube-runtime's default backoff: 0.8 s doubling up to 30 s between attempts.
+    let attempts = errors(&samples);
+    assert!(
+        attempts <= 6.0 + down.as_secs_f64() / 20.0,
+        "{attempts} failed attempts in {down:?}: the watcher hammers a dead API server"
+    );
+
+    // Meanwhile the node went NotReady; kmock starts with it so.
+    for c in nodes[0]["status"]["conditions"].as_array_mut().unwrap() {
+        if c["type"] == "Ready" {
+            c["status"] = serde_json::json!("False");
+        }
+    }
+    let _kmock = Kmock::start_on(&nodes, Some(addr.port())).await;
+    let back = Instant::now();
+    // At most one backoff step (30 s) after the API returns.
+    exporter
+        .wait_status("/readyz", 200, Duration::from_secs(40))
+        .await;
+    let samples = exporter
+        .wait_for("the change made during the outage", Duration::from_secs(5), |s| {
+            ready(s) == Some(0.0)
+        })
+        .await;
+    println!(
+        "kmock outage of {:?}: {attempts} failed attempts, resynced {:?} after the API returned",
+        down,
+        back.elapsed()
+    );
+    assert_eq!(
+        common::value(&samples, "kube_node_status_view_age_seconds", &[]),
+        Some(0.0)
+    );
+    assert_eq!(lists(&samples), 1.0, "the watch resumed: no second LIST");
+    assert_eq!(
+        common::value(&samples, "kube_node_status_watch_restarts_total", &[]).unwrap_or(0.0),
+        0.0
     );
 }
