@@ -125,12 +125,7 @@ async fn slow_and_stuck_scrapers_are_cut_off_and_cost_little() {
 /// must resume once a working collector listens there again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_down_leaves_memory_bounded_and_exports_resume() {
-    let down_for = Duration::from_secs(
-        std::env::var("KNS_TEST_COLLECTOR_DOWN_SECS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(40),
-    );
+    let down_for = common::secs_from_env("KNS_TEST_COLLECTOR_DOWN_SECS", 40);
     let api = fake_api(2000).await;
     // A black hole: connections are accepted and held, nothing is ever read or written.
     let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

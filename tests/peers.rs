@@ -851,12 +851,7 @@ async fn third_party_emulator_kmock_hosts_the_leader_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn third_party_emulator_kmock_outage_keeps_readings_flips_readyz_and_resumes_without_relist() {
     use kube_node_status::fake::{generated_node, node_name};
-    let down = Duration::from_secs(
-        std::env::var("KNS_TEST_API_DOWN_SECS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(8),
-    );
+    let down = common::secs_from_env("KNS_TEST_API_DOWN_SECS", 8);
     let mut nodes: Vec<serde_json::Value> = (0..5)
         .map(|i| generated_node(i, 100 + i as u64, "2026-11-27T00:00:00Z"))
         .collect();

@@ -17,6 +17,17 @@ use std::{
 use kube_node_status::fake::{FakeApiServer, FakeOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A scenario's length in whole seconds from the environment variable `name`
+/// (for long runs by hand), else `default` (what CI runs).
+pub fn secs_from_env(name: &str, default: u64) -> Duration {
+    Duration::from_secs(
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default),
+    )
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
