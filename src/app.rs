@@ -177,6 +177,12 @@ pub async fn run(
         None => Leadership::sole(),
     };
     let telemetry = Telemetry::start(&settings, resource, view.clone(), leadership.clone(), google)?;
+    // kube 5 sets no read timeout: a LIST to an API server that accepted the
+    // connection and went silent would wait forever. Counted from each request's
+    // write, not from when its pooled connection went idle.
+    let mut kube_config = kube_config;
+    kube_config.read_timeout = Some(settings.api_timeout);
+    kube_config.reset_reader_on_write = true;
     // The Lease and token reviews have clients of their own: their requests are
     // not node LISTs or WATCHes, and must not count as such in the API health /readyz reads.
     let own_client = || {
@@ -214,7 +220,7 @@ pub async fn run(
 
     let selector = settings.readings.node_labels.clone();
     let keep_label: cluster::KeepLabel = Arc::new(move |k| crate::readings::reads_label(k, &selector));
-    let watcher = cluster::spawn_watcher(client, writer, view.clone(), keep_label);
+    let watcher = cluster::spawn_watcher(client, writer, view.clone(), keep_label, settings.api_timeout);
     let elector = settings
         .lease
         .clone()

@@ -228,6 +228,14 @@ pub struct RunArgs {
     #[arg(long, env = "KNS_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub request_timeout: Duration,
 
+    /// The Kubernetes API server must send something within this, on a request
+    /// or an open watch, or the connection is given up and the request retried:
+    /// a hung or partitioned API shows as a growing view age within this time.
+    /// Watches are renewed every three quarters of it so a quiet one is never
+    /// taken for a dead one.
+    #[arg(long, env = "KNS_API_TIMEOUT", default_value = "60s", value_parser = parse_api_timeout)]
+    pub api_timeout: Duration,
+
     /// Check /metrics bearer tokens with the Kubernetes API, as kube-rbac-proxy does:
     /// TokenReview, then SubjectAccessReview for `get` on the path /metrics (a
     /// ClusterRole rule `nonResourceURLs: ["/metrics"]`); answers cached for 60s.
@@ -340,6 +348,8 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// How long a /metrics response may take to be written.
     pub request_timeout: Duration,
+    /// How long the Kubernetes API may stay silent on a request or a watch.
+    pub api_timeout: Duration,
     /// Check scrape tokens with TokenReview and SubjectAccessReview.
     pub auth_kubernetes: bool,
     /// The file holding the bearer token scrapes of /metrics must carry.
@@ -424,6 +434,14 @@ fn parse_lease_duration(v: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(v).map_err(|e| e.to_string())?;
     if d.subsec_nanos() != 0 || d < Duration::from_secs(2) {
         return Err("must be whole seconds, at least 2s".into());
+    }
+    Ok(d)
+}
+
+fn parse_api_timeout(v: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(v).map_err(|e| e.to_string())?;
+    if d.subsec_nanos() != 0 || d < Duration::from_secs(4) {
+        return Err("must be whole seconds, at least 4s".into());
     }
     Ok(d)
 }
@@ -714,6 +732,7 @@ impl RunArgs {
             auth_token_file: self.auth_token_file.clone(),
             auth_kubernetes: self.auth_kubernetes,
             request_timeout: self.request_timeout,
+            api_timeout: self.api_timeout,
             tls: self.tls_cert_file.clone().zip(self.tls_key_file.clone()),
             log_format: self.log_format.unwrap_or(LogFormat::Json),
             prometheus: metrics.contains(&"prometheus"),
@@ -846,6 +865,9 @@ mod tests {
             &["--stale-after", "soon"],
             &["--log-format", "xml"],
             &["--metric-export-interval", "often"],
+            &["--api-timeout", "3s"],
+            &["--api-timeout", "4.5s"],
+            &["--api-timeout", "0"],
         ] {
             let mut argv = vec!["kube-node-status"];
             argv.extend_from_slice(bad);
@@ -855,6 +877,8 @@ mod tests {
             args(&["--stale-after", "90s"]).stale_after,
             Duration::from_secs(90)
         );
+        assert_eq!(args(&[]).api_timeout, Duration::from_secs(60));
+        assert_eq!(args(&["--api-timeout", "4s"]).api_timeout, Duration::from_secs(4));
     }
 
     #[test]

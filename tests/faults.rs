@@ -303,3 +303,76 @@ async fn a_slow_api_server_is_waited_for_not_hammered() {
     assert!(stats.watches <= 2 && stats.full_lists == 1, "{stats:?}");
     eprintln!("3 s per answer: ready after {ready:?}, {stats:?}");
 }
+
+/// An API server that accepts connections and then says nothing (hung, or cut
+/// off by a partition that drops packets): kube 5 sets no read timeout, so
+/// without `--api-timeout` a LIST would wait forever and a dead watch would
+/// pass for a quiet one for 295 s. Here, with a 4 s timeout, one exporter
+/// already watching sees its view age grow and `/readyz` turn 503, another
+/// starting meanwhile keeps retrying its LIST, and both recover when the
+/// server answers again, the first by resuming its watch (no relist).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_api_server_is_given_up_on_and_retried() {
+    let api = fake_api(50).await;
+    let args = [
+        "--metrics-exporter",
+        "prometheus",
+        "--api-timeout",
+        "4s",
+        "--stale-after",
+        "2s",
+    ];
+    let watching = Exporter::start_ready(&api.kubeconfig(), &args, &[]).await;
+    let errors = |s: &[common::Sample], reason: &str| {
+        common::value(s, "kube_node_status_watch_errors_total", &[("reason", reason)]).unwrap_or(0.0)
+    };
+
+    api.set_frozen(true);
+    let frozen = Instant::now();
+    let starting = Exporter::start(&api.kubeconfig(), &args, &[]);
+    watching
+        .wait_for("the view's age to grow", Duration::from_secs(15), |s| {
+            common::value(s, "kube_node_status_view_age_seconds", &[]).is_some_and(|a| a > 0.0)
+        })
+        .await;
+    let noticed = frozen.elapsed();
+    watching
+        .wait_status("/readyz", 503, Duration::from_secs(10))
+        .await;
+    let samples = starting
+        .wait_for("LISTs given up and retried", Duration::from_secs(20), |s| {
+            errors(s, "list_failed") >= 2.0
+        })
+        .await;
+    assert_eq!(starting.get("/readyz").await.0, 503);
+    let lists_while_frozen = common::value(
+        &samples,
+        "kube_node_status_api_requests_total",
+        &[("verb", "list")],
+    );
+
+    api.set_frozen(false);
+    for exporter in [&watching, &starting] {
+        exporter
+            .wait_status("/readyz", 200, Duration::from_secs(30))
+            .await;
+    }
+    api.set_condition(&api.node_names()[3], "Ready", "False");
+    for exporter in [&watching, &starting] {
+        exporter
+            .wait_for("a change after the thaw", Duration::from_secs(5), |s| {
+                common::value(s, "k8s_cluster_nodes", &[("k8s_node_condition_status", "false")]) == Some(1.0)
+            })
+            .await;
+    }
+    let samples = watching.scrape().await;
+    assert_eq!(
+        common::value(&samples, "kube_node_status_watch_restarts_total", &[]).unwrap_or(0.0),
+        0.0,
+        "the watching exporter resumed its watch"
+    );
+    assert_eq!(api.stats().full_lists, 2, "one LIST each: {:?}", api.stats());
+    eprintln!(
+        "silent API: noticed by the watching exporter after {noticed:?}; the starting one sent {lists_while_frozen:?} LISTs while it was silent"
+    );
+}

@@ -96,6 +96,9 @@ pub(super) struct Shared {
     forbidden: AtomicBool,
     /// Milliseconds to wait before answering a node LIST or WATCH.
     delay_ms: AtomicU64,
+    /// While true the server is a black hole for nodes: LISTs and WATCHes get
+    /// no answer, open watches send nothing (not even their end), connections stay open.
+    frozen: watch::Sender<bool>,
     /// While non-zero: answer 429 with this `Retry-After` (seconds).
     throttle: AtomicU64,
     throttled: AtomicU64,
@@ -235,6 +238,7 @@ impl FakeApiServer {
             watch_generation: watch::channel(0).0,
             forbidden: AtomicBool::new(false),
             delay_ms: AtomicU64::new(0),
+            frozen: watch::channel(false).0,
             throttle: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
             leases: Leases::default(),
@@ -419,6 +423,12 @@ impl FakeApiServer {
             .store(delay.as_millis() as u64, Ordering::Release);
     }
 
+    /// Stops answering node LISTs and WATCHes and sending on open watches,
+    /// without closing anything (a partitioned or hung API server), while `true`.
+    pub fn set_frozen(&self, frozen: bool) {
+        self.shared.frozen.send_replace(frozen);
+    }
+
     /// Answers every API request 429 Too Many Requests with `Retry-After`
     /// (as API Priority and Fairness does when shedding load) while `Some`.
     pub fn set_throttled(&self, retry_after: Option<Duration>) {
@@ -575,6 +585,7 @@ async fn list_or_watch(
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
+    thawed(&shared).await;
     if matches!(p.watch.as_deref(), Some("true" | "1")) {
         watch_nodes(shared, p)
     } else {
@@ -752,7 +763,10 @@ fn watch_stream(
         tick.tick().await;
         loop {
             let line: Bytes = tokio::select! {
-                _ = &mut deadline => return,
+                _ = &mut deadline => {
+                    thawed(&shared).await;
+                    return;
+                }
                 _ = generation.changed() => return,
                 _ = tick.tick(), if bookmarks => {
                     // Drain under the lock: then every event up to store.rv has been sent.
@@ -770,6 +784,7 @@ fn watch_stream(
                     };
                     for (rv, l) in pending {
                         last = rv;
+                        thawed(&shared).await;
                         if tx.send(l).await.is_err() {
                             return;
                         }
@@ -787,11 +802,19 @@ fn watch_stream(
                     Err(_) => return,
                 },
             };
+            thawed(&shared).await;
             if tx.send(line).await.is_err() {
                 return;
             }
         }
     })
+}
+
+/// Returns once the server is not frozen (at once when it is not).
+async fn thawed(shared: &Shared) {
+    let mut frozen = shared.frozen.subscribe();
+    // The sender lives in `shared`, so the channel cannot close while we wait.
+    let _ = frozen.wait_for(|f| !*f).await;
 }
 
 /// A tiny generator: runs `f` with a sender and yields what it sends.
