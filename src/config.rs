@@ -431,17 +431,18 @@ fn parse_positive_duration(v: &str) -> Result<Duration, String> {
 
 /// A Lease duration: whole seconds (the Lease stores seconds), at least 2.
 fn parse_lease_duration(v: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(v).map_err(|e| e.to_string())?;
-    if d.subsec_nanos() != 0 || d < Duration::from_secs(2) {
-        return Err("must be whole seconds, at least 2s".into());
-    }
-    Ok(d)
+    whole_seconds_at_least(v, 2)
 }
 
 fn parse_api_timeout(v: &str) -> Result<Duration, String> {
+    whole_seconds_at_least(v, 4)
+}
+
+/// A duration in whole seconds (the API takes seconds), at least `min` of them.
+fn whole_seconds_at_least(v: &str, min: u64) -> Result<Duration, String> {
     let d = humantime::parse_duration(v).map_err(|e| e.to_string())?;
-    if d.subsec_nanos() != 0 || d < Duration::from_secs(4) {
-        return Err("must be whole seconds, at least 4s".into());
+    if d.subsec_nanos() != 0 || d < Duration::from_secs(min) {
+        return Err(format!("must be whole seconds, at least {min}s"));
     }
     Ok(d)
 }
