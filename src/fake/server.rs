@@ -812,6 +812,10 @@ fn watch_stream(
 
 /// Returns once the server is not frozen (at once when it is not).
 async fn thawed(shared: &Shared) {
+    // Called for every line of every watch: the common case takes no receiver.
+    if !*shared.frozen.borrow() {
+        return;
+    }
     let mut frozen = shared.frozen.subscribe();
     // The sender lives in `shared`, so the channel cannot close while we wait.
     let _ = frozen.wait_for(|f| !*f).await;
