@@ -11,7 +11,7 @@
 # no cross toolchain is involved. The runtime is distroless: no shell, no
 # package manager, a numeric non-root user.
 
-# At least the crate's rust-version (Cargo.toml); tests/image.rs checks it.
+# At least the crate's rust-version (Cargo.toml); tests/it/image.rs checks it.
 ARG RUST_VERSION=1.95.0
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS builder

@@ -168,7 +168,8 @@ pub struct Sent {
 
 impl MetricsClient {
     /// Builds it from the OTLP settings and the standard variables (through `env`).
-    /// `budget` bounds the time spent on one export, retries included: the export interval.
+    /// `budget` (the export interval) bounds how long one request is retried,
+    /// from its first attempt; a cycle that fails for good ends there.
     /// With `google`, every request carries its current access token.
     pub fn new(
         settings: &OtlpSettings,
@@ -239,12 +240,12 @@ fn denied(status: &Status) -> bool {
 }
 
 impl Inner {
-    async fn send(
-        &self,
-        part: Part,
-        deadline: tokio::time::Instant,
-        refused: &AtomicBool,
-    ) -> Result<Part, Status> {
+    async fn send(&self, part: Part, refused: &AtomicBool) -> Result<Part, Status> {
+        // A part is retried for one interval from its first attempt: by then the
+        // next collection carries fresher points. Counted per part, not from the
+        // start of the cycle, so a collection that took long to write (a large
+        // cluster on a slow machine) still gets its retries.
+        let deadline = tokio::time::Instant::now() + self.budget;
         let mut backoff = FIRST_BACKOFF;
         loop {
             // After one access refusal the rest of the collection would only
@@ -335,7 +336,7 @@ impl MetricsClient {
         let refused = AtomicBool::new(false);
         let incoming = futures::stream::poll_fn(|cx| parts.poll_recv(cx));
         let mut results = incoming
-            .map(|part| inner.send(part, deadline, &refused))
+            .map(|part| inner.send(part, &refused))
             .buffer_unordered(CONCURRENCY);
         let mut sent = Sent::default();
         let mut failure = None;

@@ -6,9 +6,11 @@
 //! merges and sorts: at 10,000 nodes that alone is most of a second. This
 //! writer produces the same lines (names with unit and `_total` suffixes,
 //! sanitized and merged labels, HELP/TYPE, `target_info`) in one pass with
-//! no per-point allocation. The golden test at the bottom holds it to the
-//! reference encoder line for line; `--prometheus-encoder reference` keeps
-//! the reference on the hot path for anyone who wants it there.
+//! no per-point allocation. `reference_tests` holds it to the reference
+//! encoder in process: on hostile values (escapes, non-ASCII, merged label
+//! names, -0, 2^53+1, 1e21, extremes), and through the whole pipeline after
+//! flips, deletes and re-adds, gzip included. `--prometheus-encoder
+//! reference` keeps the reference on the hot path for anyone who wants it there.
 
 use std::{borrow::Cow, io, io::Write};
 

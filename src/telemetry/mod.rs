@@ -17,6 +17,8 @@ mod google;
 mod instruments;
 mod otlp;
 mod prometheus_text;
+#[cfg(test)]
+mod reference_tests;
 mod resource;
 mod scrape;
 mod sections;

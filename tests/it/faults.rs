@@ -2,11 +2,11 @@
 //! scrapers, a collector that is down, a SIGTERM in the middle of an export,
 //! an API server that throttles.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{Exporter, fake_api, http_get};
+use common::{Exporter, fake_api, http_get_bytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: u64 = 1024 * 1024;
@@ -25,13 +25,28 @@ async fn slow_and_stuck_scrapers_are_cut_off_and_cost_little() {
     .await;
     let (_, full) = exporter.get("/metrics").await;
     let full_len = full.len();
-    let (_, zipped) = http_get(exporter.addr, "/metrics", &[("Accept-Encoding", "gzip")])
+    let (_, zipped) = http_get_bytes(exporter.addr, "/metrics", &[("Accept-Encoding", "gzip")])
         .await
         .unwrap();
+    // The gzip body says what the plain one says (nodes are not changing here).
+    assert_eq!(
+        common::without_self_telemetry(&common::gunzip(&zipped)),
+        common::without_self_telemetry(&full)
+    );
     assert!(
         full_len > 1_000_000,
         "a body larger than socket buffers: {full_len} bytes"
     );
+    // What a gzip scrape takes on this machine right now, before the stuck
+    // clients: the bound below scales with it, not with a guess at the machine.
+    let mut alone = Duration::ZERO;
+    for _ in 0..3 {
+        let t = Instant::now();
+        http_get_bytes(exporter.addr, "/metrics", &[("Accept-Encoding", "gzip")])
+            .await
+            .unwrap();
+        alone = alone.max(t.elapsed());
+    }
     let before = exporter.rss();
 
     // Small receive buffers, so the kernel cannot take a whole body off the server's hands.
@@ -61,22 +76,24 @@ async fn slow_and_stuck_scrapers_are_cut_off_and_cost_little() {
     let mut worst = Duration::ZERO;
     for _ in 0..5 {
         let t = Instant::now();
-        let (status, body) = http_get(exporter.addr, "/metrics", &[("Accept-Encoding", "gzip")])
+        let (status, body) = http_get_bytes(exporter.addr, "/metrics", &[("Accept-Encoding", "gzip")])
             .await
             .unwrap();
         worst = worst.max(t.elapsed());
         assert_eq!(status, 200);
-        assert!(
-            body.len() >= zipped.len() * 9 / 10,
-            "a whole body: {} of ~{}",
-            body.len(),
-            zipped.len()
+        // Whole: the framing was checked by the client, and the body inflates
+        // to the complete exposition.
+        assert_eq!(
+            common::without_self_telemetry(&common::gunzip(&body)),
+            common::without_self_telemetry(&full),
+            "a gzip scrape beside the stuck clients"
         );
     }
-    // Prometheus gives a scrape 10 s by default.
+    // Served, not queued behind the stuck clients: within a few times what a
+    // scrape took alone (a queue behind 220 clients would take far longer).
     assert!(
-        worst < Duration::from_secs(5),
-        "scrapes beside 220 stuck clients took up to {worst:?}"
+        worst < alone * 10 + Duration::from_secs(1),
+        "scrapes beside 220 stuck clients took up to {worst:?}, {alone:?} alone"
     );
     let during = exporter.rss();
     let grown = during.saturating_sub(before);
@@ -99,8 +116,9 @@ async fn slow_and_stuck_scrapers_are_cut_off_and_cost_little() {
             read.is_ok(),
             "a stuck scraper's connection stayed open past the deadline"
         );
+        // Never the last chunk: the client can tell the body was cut off.
         assert!(
-            got.len() < full_len,
+            got.len() < full_len && !got.ends_with(b"0\r\n\r\n"),
             "a stuck scraper got the whole body ({} bytes) after its deadline",
             got.len()
         );
@@ -173,7 +191,6 @@ async fn a_collector_down_leaves_memory_bounded_and_exports_resume() {
         second <= first + 8 * MIB,
         "memory grew while the collector was down: {rss:?}"
     );
-    assert!(worst < Duration::from_secs(1), "/metrics slowed to {worst:?}");
     let logs = exporter.logs();
     assert_eq!(
         logs.matches("OTLP metric export failed").count(),
@@ -186,6 +203,18 @@ async fn a_collector_down_leaves_memory_bounded_and_exports_resume() {
     let _ = holder.await;
     let receiver = common::otlp::Receiver::start_at(addr, None).await;
     receiver.wait_cycles(1, Duration::from_secs(20)).await;
+    // /metrics did not wait on the hung exports: it took no longer during the
+    // outage than a few times what it takes now that nothing hangs.
+    let mut healthy = Duration::ZERO;
+    for _ in 0..3 {
+        let t = Instant::now();
+        assert_eq!(exporter.get("/metrics").await.0, 200);
+        healthy = healthy.max(t.elapsed());
+    }
+    assert!(
+        worst < healthy * 5 + Duration::from_millis(500),
+        "/metrics took up to {worst:?} during the outage, {healthy:?} after it"
+    );
 }
 
 /// SIGTERM while exports hang on a collector that never answers: the process

@@ -1,7 +1,7 @@
 //! The whole node picture: golden /metrics in both naming modes, label
 //! allowlisting, flaps, and the volume controls.
 
-mod common;
+use crate::common;
 
 use std::{path::Path, time::Duration};
 

@@ -1,7 +1,7 @@
 //! HTTPS on the exporter's own server: served with the given certificate,
 //! which is read again when its files change; unusable files stop the start.
 
-mod common;
+use crate::common;
 
 use std::{
     sync::Arc,

@@ -1,6 +1,5 @@
 //! Shared harness for the integration tests: the real binary, a fake API
 //! server, an in-test OTLP receiver, and a small exposition parser.
-#![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod failover;
 pub mod gcp;
@@ -48,7 +47,8 @@ pub async fn fake_api(nodes: usize) -> FakeApiServer {
     .expect("fake API server starts")
 }
 
-/// One GET over HTTP/1.0: (status, body).
+/// One GET: (status, body as text). A body that is cut short or is not
+/// UTF-8 is an error, never a short body that parses as complete.
 pub async fn http_get(
     addr: SocketAddr,
     path: &str,
@@ -57,7 +57,7 @@ pub async fn http_get(
     http_request(addr, "GET", path, headers, None).await
 }
 
-/// One request over HTTP/1.0: (status, body).
+/// One request: (status, body as text); see [`http_get`].
 pub async fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -65,28 +65,82 @@ pub async fn http_request(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
-    let mut stream =
-        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??;
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    let (status, bytes) = http_request_bytes(addr, method, path, headers, body).await?;
+    let text =
+        String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    Ok((status, text))
+}
+
+/// One GET: (status, raw body bytes), e.g. a gzip body as sent.
+pub async fn http_get_bytes(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, Vec<u8>)> {
+    http_request_bytes(addr, "GET", path, headers, None).await
+}
+
+/// One HTTP/1.1 request on a connection of its own, through hyper's client:
+/// the body's framing (length or chunks) is checked, so a response the
+/// server cut off, or a server killed mid-body, is an error.
+pub async fn http_request_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<(u16, Vec<u8>)> {
+    use http_body_util::{BodyExt, Full};
+    let io_err = |e: Box<dyn std::error::Error + Send + Sync>| std::io::Error::other(e);
+    let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| io_err(e.into()))?;
+    tokio::spawn(connection);
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, addr.to_string());
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        request = request.header(*k, *v);
     }
-    match body {
-        Some(body) => req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len())),
-        None => req.push_str("\r\n"),
-    }
-    stream.write_all(req.as_bytes()).await?;
-    let mut raw = Vec::new();
+    let request = request
+        .body(Full::new(bytes::Bytes::from(
+            body.unwrap_or_default().to_string(),
+        )))
+        .map_err(|e| io_err(e.into()))?;
     // Generous: an unoptimized build renders thousands of nodes slowly on 2 cores.
-    tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut raw)).await??;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_string()))
+    let exchange = async {
+        let response = sender.send_request(request).await.map_err(|e| io_err(e.into()))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| io_err(e.into()))?
+            .to_bytes();
+        Ok::<_, std::io::Error>((status, body.to_vec()))
+    };
+    tokio::time::timeout(Duration::from_secs(60), exchange).await?
+}
+
+/// Inflates a gzip body; a body that is not whole gzip fails the test.
+pub fn gunzip(bytes: &[u8]) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_string(&mut text)
+        .expect("a whole gzip body of UTF-8 text");
+    text
+}
+
+/// The lines of an exposition but the self-telemetry, whose values move
+/// between two scrapes.
+pub fn without_self_telemetry(body: &str) -> Vec<&str> {
+    body.lines()
+        .filter(|l| !l.contains("kube_node_status_"))
+        .collect()
 }
 
 /// The response headers of one GET, lower-cased names.
@@ -437,7 +491,8 @@ const VARIABLE: [&str; 5] = [
 /// Starts the exporter against `kubeconfig` (serving the fixture nodes) in
 /// naming `mode` with both Prometheus encoders, and checks each one's
 /// /metrics against `tests/golden/<file>`, all but the self-telemetry, line
-/// order aside (the file is sorted). `UPDATE_GOLDEN=1` rewrites the file instead.
+/// order aside (the file is sorted). `UPDATE_GOLDEN=1` rewrites the file and fails,
+/// so a rewrite never passes for a check; under `CI` it is refused.
 pub async fn assert_golden(kubeconfig: &str, mode: &str, file: &str) {
     for encoder in ["streaming", "reference"] {
         assert_golden_with(kubeconfig, mode, file, encoder).await;
@@ -487,7 +542,16 @@ async fn assert_golden_with(kubeconfig: &str, mode: &str, file: &str, encoder: &
         .join("tests/golden")
         .join(file);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        // A rewrite passes by construction: never where results are judged.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "UPDATE_GOLDEN is set under CI: the goldens would be rewritten, not checked"
+        );
         std::fs::write(&path, &got).unwrap();
+        panic!(
+            "{} rewritten from /metrics ({encoder} encoder): review the diff, then run without UPDATE_GOLDEN",
+            path.display()
+        );
     }
     let want = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));

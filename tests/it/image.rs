@@ -2,7 +2,7 @@
 //! exists and is not excluded from the build context, its Rust is new enough
 //! for the crate, it runs as a numeric non-root user, and hadolint is clean.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

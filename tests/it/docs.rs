@@ -2,7 +2,7 @@
 //! metric and attribute on /metrics and in an OTLP export is documented, and
 //! everything documented is served.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

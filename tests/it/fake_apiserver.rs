@@ -1,7 +1,7 @@
 //! The fake API server speaks the real protocol: checked with kube's own client
 //! (the same code real tools use against a real API server) and raw HTTP.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,14 +1,14 @@
 //! The real binary against the fake Kubernetes API server over HTTP, with an
 //! OTLP receiver built in the test.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
-use common::{Exporter, Sample, fake_api, free_port, otlp, parse, run_to_exit, value};
+use common::{Exporter, Sample, fake_api, free_port, otlp, run_to_exit, value};
 use kube_node_status::fake::{FakeApiServer, FakeOptions, KUBELET_CONDITIONS};
 
 const PROM_ONLY: (&str, &str) = ("OTEL_METRICS_EXPORTER", "prometheus");
@@ -766,40 +766,92 @@ fn bad_input_is_one_line_and_exit_code_2() {
     }
 }
 
+/// Every flag clap knows, read from its own command definition (not from a
+/// list kept by hand): each has a `KNS_` variable, and `--help` and the
+/// README's flag table name both. The subcommands' flags are in their `--help`.
 #[test]
-fn help_documents_every_flag_with_its_environment_variable() {
-    let out = std::process::Command::new(common::binary())
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let help = String::from_utf8_lossy(&out.stdout);
-    for (flag, env) in [
-        ("--listen-address", "KNS_LISTEN_ADDRESS"),
-        ("--kubeconfig", "KNS_KUBECONFIG"),
-        ("--context", "KNS_CONTEXT"),
-        ("--cluster-name", "KNS_CLUSTER_NAME"),
-        ("--stale-after", "KNS_STALE_AFTER"),
-        ("--log-format", "KNS_LOG_FORMAT"),
-        ("--metrics-exporter", "KNS_METRICS_EXPORTER"),
-        ("--traces-exporter", "KNS_TRACES_EXPORTER"),
-        ("--otlp-endpoint", "KNS_OTLP_ENDPOINT"),
-        ("--metric-export-interval", "KNS_METRIC_EXPORT_INTERVAL"),
-        ("--metric-naming", "KNS_METRIC_NAMING"),
-        ("--node-labels", "KNS_NODE_LABELS"),
-        ("--conditions", "KNS_CONDITIONS"),
-        ("--metric-allowlist", "KNS_METRIC_ALLOWLIST"),
-        ("--metric-denylist", "KNS_METRIC_DENYLIST"),
-        ("--otlp-max-points-per-request", "KNS_OTLP_MAX_POINTS_PER_REQUEST"),
-    ] {
+fn help_and_readme_document_every_flag_with_its_environment_variable() {
+    use clap::CommandFactory;
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    // The flag table: rows whose first cell names flags and second their variables.
+    let rows: Vec<(String, String)> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `--"))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+            (
+                cells[0].to_string(),
+                cells.get(1).copied().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let help_of = |args: &[&str]| {
+        let out = std::process::Command::new(common::binary())
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?} --help");
+        // clap wraps long lines, even inside `[env: …]`: compare with single spaces.
+        let help = String::from_utf8(out.stdout).unwrap();
+        help.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    let cli = kube_node_status::config::Cli::command();
+    let flags = |cmd: &clap::Command| -> Vec<(String, Option<String>)> {
+        cmd.get_arguments()
+            .filter(|a| !a.is_hide_set() && !matches!(a.get_id().as_str(), "help" | "version"))
+            .filter_map(|a| {
+                let env = a.get_env().map(|e| e.to_string_lossy().into_owned());
+                Some((format!("--{}", a.get_long()?), env))
+            })
+            .collect()
+    };
+    let top = flags(&cli);
+    assert!(top.len() >= 30, "{} flags", top.len());
+    let help = help_of(&[]);
+    for (flag, env) in &top {
+        let env = env
+            .as_deref()
+            .unwrap_or_else(|| panic!("{flag} has no environment variable"));
+        assert!(env.starts_with("KNS_"), "{flag}: {env}");
+        assert!(help.contains(&format!("{flag} ")), "{flag} missing from --help");
         assert!(
-            help.contains(flag) && help.contains(&format!("env: {env}")),
-            "{flag} / {env} missing:\n{help}"
+            help.contains(&format!("[env: {env}")),
+            "{env} missing from --help"
+        );
+        let row = rows
+            .iter()
+            .find(|(f, _)| f.split(',').any(|f| f.trim().trim_matches('`') == flag));
+        let (_, vars) = row.unwrap_or_else(|| panic!("{flag} has no row in the README's flag table"));
+        assert!(
+            vars.contains(&format!("`{env}`")),
+            "README: {flag}'s row does not name {env}: {vars}"
         );
     }
+    // The table lists nothing clap does not know.
+    for (cell, _) in &rows {
+        for f in cell.split(',') {
+            let f = f.trim().trim_matches('`');
+            assert!(
+                top.iter().any(|(t, _)| t == f),
+                "the README documents {f}, which the binary does not take"
+            );
+        }
+    }
+    for sub in cli.get_subcommands() {
+        let help = help_of(&[sub.get_name()]);
+        for (flag, env) in flags(sub) {
+            assert!(help.contains(&flag), "{} --help lacks {flag}", sub.get_name());
+            if let Some(env) = env {
+                assert!(
+                    help.contains(&format!("[env: {env}")),
+                    "{} --help lacks {env}",
+                    sub.get_name()
+                );
+            }
+        }
+    }
     assert!(help.contains("0.0.0.0:9464") && help.contains("OTEL_METRICS_EXPORTER"));
-    let parsed = parse("a_b{x=\"1\"} 2\n# c\n");
-    assert_eq!(parsed[0].labels["x"], "1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -841,8 +893,20 @@ async fn context_flag_selects_the_kubeconfig_context() {
         api.url()
     );
     let _exporter = Exporter::start_ready(&kubeconfig, &["--context", "fake"], &[PROM_ONLY]).await;
-    let (code, stderr) = run_to_exit(&["--context", "missing"], &[]);
+    // The same readable kubeconfig, naming a context it does not have: refused
+    // for the context, not for the file.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(&path, &kubeconfig).unwrap();
+    let path = path.to_str().unwrap();
+    let (code, stderr) = run_to_exit(&["--kubeconfig", path, "--context", "missing"], &[]);
     assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| !l.trim().is_empty()).count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("context: missing"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! Leader election against the fake API server's Leases: of two replicas
 //! only one ever exports node readings (the scenario: `common::failover`).
 
-mod common;
+use crate::common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_never_both_export_and_fail_over_within_the_lease_duration() {

@@ -1,7 +1,7 @@
 //! Scrape authentication with a token file, and credentials kept out of logs,
 //! against the real binary and the fake API server (which requires its own token).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! Prometheus server (Debian `prometheus`), `promtool`, and the `rotel` OTLP
 //! collector (PyPI). A missing peer fails the test: run `scripts/test`.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::BTreeSet,
@@ -60,7 +60,7 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(target: std::net::SocketAddr, rules: Option<&str>) -> Prometheus {
+    async fn start(target: std::net::SocketAddr, rules: Option<&str>) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let mut config = format!(
             "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
@@ -90,6 +90,16 @@ impl Prometheus {
                 .spawn()
                 .expect("prometheus starts"),
         );
+        // Ready before the first query, so that every query error after it is a failure.
+        let start = Instant::now();
+        while !matches!(http_get(addr, "/-/ready", &[]).await, Ok((200, _))) {
+            let log = std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "Prometheus never got ready:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         Prometheus {
             addr,
             _process: process,
@@ -105,7 +115,7 @@ async fn prometheus_scrapes_and_its_query_api_sees_the_readings() {
     let exporter =
         Exporter::start_ready(&api.kubeconfig(), &[], &[("OTEL_METRICS_EXPORTER", "prometheus")]).await;
 
-    let prometheus = Prometheus::start(exporter.addr, None);
+    let prometheus = Prometheus::start(exporter.addr, None).await;
     let prom_addr = prometheus.addr;
 
     let t = Duration::from_secs(30);
@@ -118,11 +128,21 @@ async fn prometheus_scrapes_and_its_query_api_sees_the_readings() {
         t,
     )
     .await;
-    // Every condition one-hot, as Prometheus sees it.
+    // Every condition one-hot, as Prometheus sees it: as many (node, type)
+    // pairs summing to exactly 1 as there are pairs, and there are some.
+    let pairs = "count(sum by (k8s_node_name, k8s_node_condition_type) (k8s_node_condition_status))";
+    let start = Instant::now();
+    let n = loop {
+        match query(prom_addr, pairs).await.first() {
+            Some(&n) if n >= 5.0 => break n,
+            _ => assert!(start.elapsed() < t, "{pairs}: no condition series"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     wait_query(
         prom_addr,
-        "count(sum by (k8s_node_name, k8s_node_condition_type) (k8s_node_condition_status) != 1) or vector(0)",
-        &[0.0],
+        "count(sum by (k8s_node_name, k8s_node_condition_type) (k8s_node_condition_status) == 1)",
+        &[n],
         t,
     )
     .await;
@@ -568,23 +588,82 @@ async fn third_party_emulator_kmock_with_five_realistic_nodes() {
     assert!(took < Duration::from_secs(10));
 }
 
-/// The instant-vector result of a query: (labels, value) per series.
+/// The instant-vector result of a query: (labels, value) per series. Any
+/// failure (connection, HTTP status, Prometheus error, a body that is not an
+/// instant vector) fails the test: an empty result means no series, nothing else.
 async fn query_series(prom: std::net::SocketAddr, promql: &str) -> Vec<(serde_json::Value, f64)> {
-    let (status, body) = http_get(prom, &format!("/api/v1/query?query={}", urlencode(promql)), &[])
-        .await
-        .unwrap_or((0, String::new()));
-    if status != 200 {
-        return Vec::new();
+    query_series_at(prom, promql, None).await
+}
+
+/// [`query_series`] evaluated at `time` (Unix seconds) instead of now.
+async fn query_series_at(
+    prom: std::net::SocketAddr,
+    promql: &str,
+    time: Option<f64>,
+) -> Vec<(serde_json::Value, f64)> {
+    let mut path = format!("/api/v1/query?query={}", urlencode(promql));
+    if let Some(t) = time {
+        path.push_str(&format!("&time={t:.3}"));
     }
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let (status, body) = http_get(prom, &path, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{promql}: Prometheus did not answer: {e}"));
+    assert_eq!(status, 200, "{promql}: {body}");
+    let v: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{promql}: not JSON ({e}): {body}"));
+    assert_eq!(v["status"], "success", "{promql}: {body}");
+    assert_eq!(v["data"]["resultType"], "vector", "{promql}: {body}");
     v["data"]["result"]
         .as_array()
-        .map(|r| {
-            r.iter()
-                .filter_map(|s| Some((s["metric"].clone(), s["value"][1].as_str()?.parse().ok()?)))
-                .collect()
+        .unwrap_or_else(|| panic!("{promql}: no result array: {body}"))
+        .iter()
+        .map(|s| {
+            let value = s["value"][1]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{promql}: a sample without a value: {s}"));
+            (s["metric"].clone(), value)
         })
-        .unwrap_or_default()
+        .collect()
+}
+
+/// Waits until every rule group of `prom` was evaluated after `after`, with
+/// every rule healthy: only then does "no alert" mean the rule saw the data.
+async fn wait_rules_evaluated_after(
+    prom: std::net::SocketAddr,
+    after: std::time::SystemTime,
+    timeout: Duration,
+) {
+    let start = Instant::now();
+    loop {
+        let (status, body) = http_get(prom, "/api/v1/rules", &[])
+            .await
+            .expect("Prometheus answers");
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("rules are JSON");
+        let groups = v["data"]["groups"].as_array().cloned().unwrap_or_default();
+        assert!(!groups.is_empty(), "Prometheus loaded no rule group: {body}");
+        let evaluated = groups.iter().all(|g| {
+            g["lastEvaluation"]
+                .as_str()
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                .is_some_and(|t| t > after)
+        });
+        if evaluated {
+            for rule in groups
+                .iter()
+                .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            {
+                assert_eq!(rule["health"], "ok", "{rule}");
+            }
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "no rule evaluation after the data arrived: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -601,16 +680,24 @@ async fn kube_state_metrics_alert_rule_fires_unchanged() {
     let rules = "groups:\n- name: kubernetes-system-kubelet\n  rules:\n  - alert: KubeNodeNotReady\n    \
                  expr: kube_node_status_condition{job=\"kube-node-status\",condition=\"Ready\",status=\"true\"} == 0\n    \
                  for: 2s\n    labels: {severity: warning}\n";
-    let prometheus = Prometheus::start(exporter.addr, Some(rules));
+    let prometheus = Prometheus::start(exporter.addr, Some(rules)).await;
     let t = Duration::from_secs(30);
-    wait_query(prometheus.addr, "sum(kube_node_cluster_nodes)", &[4.0], t).await;
+    // The rule's input is there, and the rule was evaluated on it: only then
+    // does the absence of the alert say something.
     wait_query(
         prometheus.addr,
-        "count(ALERTS{alertname=\"KubeNodeNotReady\"}) or vector(0)",
-        &[0.0],
+        "count(kube_node_status_condition{job=\"kube-node-status\",condition=\"Ready\",status=\"true\"} == 1)",
+        &[4.0],
         t,
     )
     .await;
+    wait_rules_evaluated_after(prometheus.addr, std::time::SystemTime::now(), t).await;
+    assert!(
+        query_series(prometheus.addr, "ALERTS{alertname=\"KubeNodeNotReady\"}")
+            .await
+            .is_empty(),
+        "KubeNodeNotReady on a healthy cluster"
+    );
 
     api.set_condition(&names[2], "Ready", "False");
     let start = Instant::now();
@@ -636,43 +723,53 @@ async fn not_ready_for_n_seconds_in_otel_mode() {
     let names = api.node_names();
     let exporter =
         Exporter::start_ready(&api.kubeconfig(), &[], &[("OTEL_METRICS_EXPORTER", "prometheus")]).await;
-    let prometheus = Prometheus::start(exporter.addr, None);
+    let prometheus = Prometheus::start(exporter.addr, None).await;
     let t = Duration::from_secs(30);
     wait_query(prometheus.addr, "sum(k8s_cluster_nodes)", &[4.0], t).await;
 
-    // NotReady for more than 4 seconds, and not cordoned: the alert operators write.
+    // NotReady for more than N seconds, and not cordoned: the alert operators write.
     let not_ready_for = "(time() - k8s_node_condition_last_transition_time_seconds{k8s_node_condition_type=\"Ready\"}) \
                          and on (k8s_node_name) (k8s_node_ready == 0) \
                          and on (k8s_node_name) (k8s_node_unschedulable == 0)";
-    let over_4s = format!("({not_ready_for}) > 4");
     api.set_condition(&names[1], "Ready", "False");
-    let flipped = Instant::now();
-    // Visible as NotReady at once, but not yet for 4 seconds.
+    // The first moment Prometheus holds the flip, found by asking it (not by
+    // the test's clock, which a busy machine can leave behind).
     let start = Instant::now();
-    loop {
-        let now = query_series(prometheus.addr, not_ready_for).await;
-        if !now.is_empty() {
-            assert_eq!(now[0].0["k8s_node_name"], names[1].as_str());
-            assert!(now[0].1 < 4.5, "NotReady for {}s already", now[0].1);
-            break;
+    let (seen_at, for_then) = loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let found = query_series_at(prometheus.addr, not_ready_for, Some(now)).await;
+        if let Some((labels, secs)) = found.first() {
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert_eq!(labels["k8s_node_name"], names[1].as_str());
+            break (now, *secs);
         }
         assert!(start.elapsed() < t, "the flip never reached Prometheus");
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    if flipped.elapsed() < Duration::from_secs(3) {
-        assert!(query_series(prometheus.addr, &over_4s).await.is_empty());
-    }
+    };
+    // A threshold above how long it had been NotReady then: at that moment
+    // the alert's expression must be quiet, and later it must fire.
+    let threshold = for_then.ceil() + 2.0;
+    let over = format!("({not_ready_for}) > {threshold}");
+    assert!(
+        query_series_at(prometheus.addr, &over, Some(seen_at))
+            .await
+            .is_empty(),
+        "NotReady for {for_then}s, yet over {threshold}s"
+    );
     loop {
-        let over = query_series(prometheus.addr, &over_4s).await;
-        if let Some((labels, secs)) = over.first() {
+        let found = query_series(prometheus.addr, &over).await;
+        if let Some((labels, secs)) = found.first() {
             assert_eq!(labels["k8s_node_name"], names[1].as_str());
-            assert!(
-                *secs >= 4.0 && *secs < flipped.elapsed().as_secs_f64() + 2.0,
-                "{secs}"
-            );
+            assert!(*secs > threshold, "{secs}");
             break;
         }
-        assert!(flipped.elapsed() < t, "never NotReady for 4s");
+        assert!(
+            start.elapsed() < t + Duration::from_secs_f64(threshold),
+            "never NotReady for {threshold}s"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

@@ -1,0 +1,17 @@
+//! Every integration test in one binary: they drive the real exporter binary,
+//! the fake API server and the third-party peers, and share one harness
+//! (`common`). One binary links once instead of once per file.
+
+mod common;
+
+mod auth;
+mod docs;
+mod exporter;
+mod fake_apiserver;
+mod faults;
+mod gcp;
+mod image;
+mod leader;
+mod node_picture;
+mod peers;
+mod tls;
