@@ -122,7 +122,10 @@ fn collections(requests: &[ExportMetricsServiceRequest]) -> usize {
         .flat_map(|sm| &sm.metrics)
         .filter(|m| !m.name.starts_with("kube_node_status."));
     for m in metrics {
-        times.entry(&m.name).or_default().extend(points(m).into_iter().map(|(t, ..)| t));
+        times
+            .entry(&m.name)
+            .or_default()
+            .extend(points(m).into_iter().map(|(t, ..)| t));
     }
     times.values().map(BTreeSet::len).min().unwrap_or(0)
 }
