@@ -23,16 +23,20 @@ pub enum EventKind {
     InitApply,
     /// A (re)list completed and the view was swapped in.
     InitDone,
+    /// An object was modified while watching, but in nothing the view keeps
+    /// (a kubelet re-posting its status with new heartbeat times): not stored.
+    Unchanged,
 }
 
 impl EventKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::Apply,
         EventKind::Delete,
         EventKind::Init,
         EventKind::InitApply,
         EventKind::InitDone,
+        EventKind::Unchanged,
     ];
 
     /// The attribute value for this kind.
@@ -43,6 +47,7 @@ impl EventKind {
             EventKind::Init => "init",
             EventKind::InitApply => "init_apply",
             EventKind::InitDone => "init_done",
+            EventKind::Unchanged => "unchanged",
         }
     }
 }
@@ -230,8 +235,10 @@ impl Health {
             }
             _ => {}
         }
-        // InitApply only fills the reflector's buffer; the store changes on InitDone.
-        if kind != EventKind::InitApply {
+        // InitApply only fills the reflector's buffer (the store changes on
+        // InitDone), and an unchanged object is not stored: the view is the
+        // same, so nothing that follows it has anything to redo.
+        if !matches!(kind, EventKind::InitApply | EventKind::Unchanged) {
             let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
             self.changed.send_replace(generation);
         }

@@ -210,6 +210,25 @@ impl Serialize for ResourceList {
     }
 }
 
+impl Node {
+    /// True when `other` holds the same as this node in every kept field but
+    /// the resourceVersion, which every write bumps even when it changes
+    /// nothing kept (a kubelet re-posting its status with new heartbeat times,
+    /// an image list, an annotation). Both must be stripped alike.
+    pub fn same_content(&self, other: &Node) -> bool {
+        if self.spec != other.spec || self.status != other.status {
+            return false;
+        }
+        let (a, b) = (&self.metadata, &other.metadata);
+        if a.resource_version == b.resource_version {
+            return a == b;
+        }
+        let mut b = b.clone();
+        b.resource_version.clone_from(&a.resource_version);
+        *a == b
+    }
+}
+
 impl k8s_openapi::Resource for Node {
     const API_VERSION: &'static str =
         <k8s_openapi::api::core::v1::Node as k8s_openapi::Resource>::API_VERSION;

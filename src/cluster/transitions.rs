@@ -85,6 +85,12 @@ impl Transitions {
         }
     }
 
+    /// Every change counted for `node`, over all its condition types: it moves
+    /// whenever one of the node's counters does.
+    pub fn total(&self, node: &str) -> u64 {
+        self.lock().get(node).map_or(0, |t| t.values().sum())
+    }
+
     /// One counter, if it exists.
     pub fn get(&self, node: &str, type_: &str) -> Option<u64> {
         self.lock().get(node).and_then(|t| t.get(type_)).copied()

@@ -6,7 +6,7 @@ use std::{
 };
 
 use super::node::{Node, ResourceList};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use kube::{
     Api, Client,
     runtime::{
@@ -133,14 +133,10 @@ pub async fn run(
         .page_size(100)
         .timeout(watch_timeout_secs(api_timeout));
     let (store, transitions) = (view.store().clone(), view.transitions().clone());
+    let mut writer = writer;
     let stream = watcher::watcher(api, config)
         .default_backoff()
-        .modify(move |node| strip(node, &*keep_label))
-        .map_ok(move |event| {
-            count_transitions(&transitions, &store, &event);
-            event
-        })
-        .reflect(writer);
+        .modify(move |node| strip(node, &*keep_label));
     let mut stream = std::pin::pin!(stream);
     health.set_running(true);
     let mut list_span: Option<Span> = None;
@@ -148,7 +144,17 @@ pub async fn run(
     while let Some(item) = stream.next().await {
         match item {
             Ok(event) => {
-                let kind = kind(&event);
+                // What the reflector's `reflect` does, but an update that changes
+                // nothing kept is counted and dropped: the stored object (and so
+                // every shard and cache built from it) stays as it was.
+                let kind = match &event {
+                    Event::Apply(node) if unchanged(&store, node) => EventKind::Unchanged,
+                    _ => {
+                        count_transitions(&transitions, &store, &event);
+                        writer.apply_watcher_event(&event);
+                        kind(&event)
+                    }
+                };
                 match kind {
                     EventKind::Init => {
                         let relist = health.stats().events(EventKind::Init) > 0;
@@ -204,6 +210,13 @@ pub fn spawn(
     tokio::spawn(run(client, writer, view, keep_label, api_timeout))
 }
 
+/// True when `node` (stripped) is what the view already stores under its name.
+fn unchanged(store: &Store<Node>, node: &Node) -> bool {
+    store
+        .get(&ObjectRef::from_obj(node))
+        .is_some_and(|stored| stored.same_content(node))
+}
+
 /// Counts condition status changes. Runs before the reflector applies the
 /// event, so the store still holds the previous version of the node.
 fn count_transitions(transitions: &Transitions, store: &Store<Node>, event: &Event<Node>) {
@@ -237,6 +250,121 @@ mod tests {
         ] {
             let got = watch_timeout_secs(Duration::from_secs(api_timeout));
             assert_eq!(got, want, "{api_timeout}");
+        }
+    }
+
+    /// A generated node as the watch stores it, after `change` to its JSON.
+    fn stored(change: impl FnOnce(&mut serde_json::Value)) -> Node {
+        let mut json = crate::fake::generated_node(3, 10, "2026-11-27T00:00:00Z");
+        json["metadata"]["labels"]["topology.kubernetes.io/zone"] = "z1".into();
+        change(&mut json);
+        let mut node: Node = serde_json::from_value(json).expect("decodes");
+        strip(&mut node, &|k| k.starts_with("topology.kubernetes.io/"));
+        node
+    }
+
+    fn set_condition(json: &mut serde_json::Value, type_: &str, field: &str, value: &str) {
+        for c in json["status"]["conditions"].as_array_mut().expect("conditions") {
+            if c["type"] == type_ {
+                c[field] = value.into();
+            }
+        }
+    }
+
+    /// What a kubelet re-post, an image pull or an annotation changes is not
+    /// content; what any reading reads is.
+    #[test]
+    fn only_what_readings_read_is_a_change() {
+        let before = stored(|_| {});
+        for (what, change, same) in [
+            (
+                "a new resourceVersion",
+                Box::new(|j: &mut serde_json::Value| j["metadata"]["resourceVersion"] = "99".into())
+                    as Box<dyn Fn(&mut serde_json::Value)>,
+                true,
+            ),
+            (
+                "heartbeat times",
+                Box::new(|j: &mut serde_json::Value| {
+                    j["metadata"]["resourceVersion"] = "11".into();
+                    for c in j["status"]["conditions"].as_array_mut().expect("conditions") {
+                        c["lastHeartbeatTime"] = "2026-11-27T00:05:00Z".into();
+                    }
+                }),
+                true,
+            ),
+            (
+                "a condition message",
+                Box::new(|j: &mut serde_json::Value| {
+                    set_condition(j, "Ready", "message", "kubelet is still posting ready status")
+                }),
+                true,
+            ),
+            (
+                "images and volumes in use",
+                Box::new(|j: &mut serde_json::Value| {
+                    j["status"]["images"] = serde_json::json!([{"names": ["registry/x:1"], "sizeBytes": 5}]);
+                    j["status"]["volumesInUse"] = serde_json::json!(["kubernetes.io/csi/pd^disk-1"]);
+                }),
+                true,
+            ),
+            (
+                "an annotation",
+                Box::new(|j: &mut serde_json::Value| j["metadata"]["annotations"]["x"] = "y".into()),
+                true,
+            ),
+            (
+                "a label no reading keeps",
+                Box::new(|j: &mut serde_json::Value| j["metadata"]["labels"]["team"] = "a".into()),
+                true,
+            ),
+            (
+                "Ready",
+                Box::new(|j: &mut serde_json::Value| set_condition(j, "Ready", "status", "False")),
+                false,
+            ),
+            (
+                "a transition time",
+                Box::new(|j: &mut serde_json::Value| {
+                    set_condition(j, "Ready", "lastTransitionTime", "2026-11-27T00:05:00Z")
+                }),
+                false,
+            ),
+            (
+                "a kept label",
+                Box::new(|j: &mut serde_json::Value| {
+                    j["metadata"]["labels"]["topology.kubernetes.io/zone"] = "z2".into()
+                }),
+                false,
+            ),
+            (
+                "a taint",
+                Box::new(|j: &mut serde_json::Value| {
+                    j["spec"]["taints"] = serde_json::json!([{"key": "k", "effect": "NoSchedule"}])
+                }),
+                false,
+            ),
+            (
+                "a cordon",
+                Box::new(|j: &mut serde_json::Value| j["spec"]["unschedulable"] = true.into()),
+                false,
+            ),
+            (
+                "allocatable",
+                Box::new(|j: &mut serde_json::Value| j["status"]["allocatable"]["pods"] = "111".into()),
+                false,
+            ),
+            (
+                "a deletion",
+                Box::new(|j: &mut serde_json::Value| {
+                    j["metadata"]["deletionTimestamp"] = "2026-11-27T00:05:00Z".into()
+                }),
+                false,
+            ),
+        ] {
+            let after = stored(change);
+            assert_eq!(before.same_content(&after), same, "{what}");
+            assert_eq!(after.same_content(&before), same, "{what}, the other way");
         }
     }
 

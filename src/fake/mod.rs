@@ -32,6 +32,11 @@ pub struct ClusterArgs {
     /// Ready flips per second across the cluster (True → False/Unknown → True…); 0 for none.
     #[arg(long, env = "KNS_FAKE_FLIPS_PER_SECOND", default_value_t = 0.5)]
     pub flips_per_second: f64,
+    /// Every node's status is re-posted once per this period with only its
+    /// heartbeat times new (one in 20 also with new volumesInUse and images),
+    /// as kubelets do every 5 minutes (nodeStatusReportFrequency); 0s for none.
+    #[arg(long, env = "KNS_FAKE_STATUS_REPORT_PERIOD", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub status_report_period: Duration,
     /// Bearer token clients must present (none: accept any client).
     #[arg(long, env = "KNS_FAKE_TOKEN")]
     pub token: Option<String>,
@@ -110,8 +115,9 @@ pub fn demo(mut args: DemoArgs) -> ExitCode {
             "demo: fake Kubernetes API server started; try: curl http://{}/metrics",
             if listen.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], listen.port())) } else { listen }
         );
-        // The churn task holds the server: both live as long as the process.
+        // The churn tasks hold the server: all live as long as the process.
         let _detached = server.spawn_churn(cluster.flips_per_second);
+        let _reposts = server.spawn_status_reports(cluster.status_report_period);
         Ok(config)
     })
 }
@@ -142,8 +148,10 @@ pub fn serve_main(args: FakeArgs) -> ExitCode {
             println!("kubeconfig written to {}", path.display());
         }
         let churn = server.spawn_churn(args.cluster.flips_per_second);
+        let reposts = server.spawn_status_reports(args.cluster.status_report_period);
         app::shutdown_signal().await;
         churn.abort();
+        reposts.abort();
         server.stop();
         Ok(())
     });

@@ -120,6 +120,33 @@ impl Shared {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Re-posts node `name`'s status as a kubelet does every
+    /// `nodeStatusReportFrequency` even when nothing changed: new heartbeat
+    /// times on every condition, and with `extra` a new `volumesInUse` and
+    /// image list too (fields no reading reads). False if the node does not exist.
+    fn repost_status(&self, name: &str, extra: Option<u64>) -> bool {
+        let mut store = self.lock();
+        let Some(mut node) = store.nodes.get(name).cloned() else {
+            return false;
+        };
+        let now = now_rfc3339();
+        if let Some(conditions) = node["status"]["conditions"].as_array_mut() {
+            for c in conditions {
+                c["lastHeartbeatTime"] = json!(now);
+            }
+        }
+        if let Some(n) = extra {
+            node["status"]["volumesInUse"] =
+                json!([format!("kubernetes.io/csi/pd.csi.storage.gke.io^disk-{n}")]);
+            node["status"]["images"] = json!([{
+                "names": [format!("europe-docker.pkg.dev/app/web@sha256:{n:064x}")],
+                "sizeBytes": 52_428_800 + n % 1024,
+            }]);
+        }
+        self.publish(&mut store, "MODIFIED", node);
+        true
+    }
+
     /// Sets (or adds) condition `type_` of node `name` to `status`. False if the node does not exist.
     fn set_condition(&self, name: &str, type_: &str, status: &str) -> bool {
         let mut store = self.lock();
@@ -350,6 +377,17 @@ impl FakeApiServer {
         self.shared.set_condition(name, type_, status)
     }
 
+    /// The stored object of node `name`, as the API serves it.
+    pub fn node(&self, name: &str) -> Option<Value> {
+        self.shared.lock().nodes.get(name).cloned()
+    }
+
+    /// Re-posts a node's status with nothing changed but heartbeat times, as
+    /// a kubelet does every 5 minutes. False if the node does not exist.
+    pub fn repost_status(&self, name: &str) -> bool {
+        self.shared.repost_status(name, None)
+    }
+
     /// Replaces a node's whole object (or adds it): for malformed-object tests.
     pub fn put_node(&self, mut object: Value) -> bool {
         let Some(name) = object["metadata"]["name"].as_str().map(str::to_string) else {
@@ -468,6 +506,40 @@ impl FakeApiServer {
                     _ => "True",
                 };
                 server.set_condition(name, "Ready", next);
+            }
+        })
+    }
+}
+
+impl FakeApiServer {
+    /// Re-posts every node's status once per `period`, spread evenly over it,
+    /// as kubelets do (`nodeStatusReportFrequency`, 5 minutes by default):
+    /// heartbeat times only, and on one re-post in 20 a new `volumesInUse`
+    /// and image list. Runs until the returned task is aborted.
+    pub fn spawn_status_reports(self: &Arc<Self>, period: Duration) -> tokio::task::JoinHandle<()> {
+        let server = self.clone();
+        tokio::spawn(async move {
+            if period.is_zero() {
+                let _hold = server;
+                return std::future::pending::<()>().await;
+            }
+            let mut rng = fastrand::Rng::with_seed(7);
+            let mut reposts = 0u64;
+            loop {
+                let names = server.node_names();
+                if names.is_empty() {
+                    tokio::time::sleep(period).await;
+                    continue;
+                }
+                // One pass over the nodes per period, at an even pace.
+                let mut tick = tokio::time::interval(period.div_f64(names.len() as f64));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                for name in &names {
+                    tick.tick().await;
+                    reposts += 1;
+                    let extra = (rng.u8(..20) == 0).then_some(reposts);
+                    server.shared.repost_status(name, extra);
+                }
             }
         })
     }

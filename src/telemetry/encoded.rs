@@ -74,7 +74,11 @@ impl Encoded {
         resource: &Resource,
     ) -> io::Result<Refresh> {
         let mut done = Refresh::default();
-        let changed = shards::changed(&self.collected_from, sources.view.nodes());
+        let changed = shards::changed(
+            &mut self.collected_from,
+            sources.view.nodes(),
+            sources.view.transitions(),
+        );
         let encoded = shards::map(&changed, |nodes| {
             families
                 .iter()
@@ -89,7 +93,8 @@ impl Encoded {
                 done.points += encoded.points;
                 self.shards[f][shard] = encoded;
             }
-            self.collected_from.remember(shard, nodes);
+            self.collected_from
+                .remember(shard, &nodes, sources.view.transitions());
             done.shards += 1;
         }
         Ok(done)

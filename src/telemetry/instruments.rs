@@ -47,6 +47,18 @@ pub mod names {
     pub const BUILD_INFO: &str = "kube_node_status.build.info";
     /// 1 while this replica holds the leader Lease (with leader election on).
     pub const LEADER: &str = "kube_node_status.leader";
+    /// Shards of nodes whose readings were written again, by output.
+    pub const SHARDS_WRITTEN: &str = "kube_node_status.shards.written";
+}
+
+/// What the outputs redid since start: shards of nodes whose readings were
+/// written again. An update that changes nothing kept writes none.
+#[derive(Debug, Default)]
+pub struct Work {
+    /// Shards of the `/metrics` node section rendered.
+    pub rendered: std::sync::atomic::AtomicU64,
+    /// Shards of the OTLP cache collected and encoded.
+    pub encoded: std::sync::atomic::AtomicU64,
 }
 
 /// The cardinality limits a provider was built with, and a way to ask for more.
@@ -108,6 +120,8 @@ pub struct Sources {
     pub settings: Arc<ReadingSettings>,
     /// Whether this replica exports node readings now.
     pub leadership: Leadership,
+    /// What the outputs redid.
+    pub work: Arc<Work>,
 }
 
 /// Which instruments a long-lived provider carries.
@@ -350,6 +364,22 @@ fn register_self_telemetry(meter: &Meter, sources: &Sources) {
                  (also counted as failures)",
             )
             .with_callback(move |obs| obs.observe(export.denied(), &[]))
+            .build();
+    }
+    if on(names::SHARDS_WRITTEN) {
+        let work = sources.work.clone();
+        meter
+            .u64_observable_counter(names::SHARDS_WRITTEN)
+            .with_unit("{shard}")
+            .with_description(
+                "Shards of nodes (1/64 of the cluster each) whose readings were written again because a node in \
+                 them changed, by output: prometheus (the /metrics node section), otlp (the encoded export cache)",
+            )
+            .with_callback(move |obs| {
+                use std::sync::atomic::Ordering::Relaxed;
+                obs.observe(work.rendered.load(Relaxed), &[KeyValue::new("output", "prometheus")]);
+                obs.observe(work.encoded.load(Relaxed), &[KeyValue::new("output", "otlp")]);
+            })
             .build();
     }
     if on(names::VIEW_AGE) {

@@ -253,6 +253,10 @@ impl Inner {
         let mut sections = self.sections.lock().unwrap_or_else(|e| e.into_inner());
         match sections.refresh(&self.families, &self.sources, &self.resource) {
             Ok((section, done)) => {
+                self.sources
+                    .work
+                    .rendered
+                    .fetch_add(done.shards as u64, Ordering::Relaxed);
                 if synced && !self.rendered_synced.swap(true, Ordering::AcqRel) {
                     info!(
                         points = section.points,
@@ -349,14 +353,20 @@ impl Inner {
         let started = Instant::now();
         let mut encoded = self.encoded.lock().unwrap_or_else(|e| e.into_inner());
         match encoded.refresh(&self.families, &self.sources, &self.resource) {
-            Ok(done) => debug!(
-                shards = done.shards,
-                points = done.points,
-                cached_points = encoded.points(),
-                cached_bytes = encoded.stored_bytes(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "encoded the changed shards for OTLP"
-            ),
+            Ok(done) => {
+                self.sources
+                    .work
+                    .encoded
+                    .fetch_add(done.shards as u64, Ordering::Relaxed);
+                debug!(
+                    shards = done.shards,
+                    points = done.points,
+                    cached_points = encoded.points(),
+                    cached_bytes = encoded.stored_bytes(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "encoded the changed shards for OTLP"
+                )
+            }
             Err(e) => warn!(error = %e, "encoding for OTLP; sending the previous encoding"),
         }
         let mut writer = wire::Writer::new(&self.origin, max, now, self.started, &mut sink);
@@ -439,6 +449,7 @@ impl Telemetry {
                 export,
                 settings: readings,
                 leadership,
+                work: Arc::default(),
             },
             families,
             sizing,

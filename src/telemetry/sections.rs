@@ -85,7 +85,11 @@ impl Sections {
         resource: &Resource,
     ) -> io::Result<(Section, Refresh)> {
         let mut done = Refresh::default();
-        let changed = shards::changed(&self.rendered_from, sources.view.nodes());
+        let changed = shards::changed(
+            &mut self.rendered_from,
+            sources.view.nodes(),
+            sources.view.transitions(),
+        );
         let rendered = shards::map(&changed, |nodes| {
             families
                 .iter()
@@ -97,7 +101,8 @@ impl Sections {
                 done.points += segment.points;
                 self.samples[f][shard] = segment;
             }
-            self.rendered_from.remember(shard, nodes);
+            self.rendered_from
+                .remember(shard, &nodes, sources.view.transitions());
             done.shards += 1;
         }
         self.cluster = render(collect::cluster(sources, resource), |rm, out| {

@@ -5,6 +5,7 @@
 mod common;
 
 mod auth;
+mod changes;
 mod docs;
 mod exporter;
 mod fake_apiserver;

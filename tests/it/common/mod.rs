@@ -480,7 +480,8 @@ pub async fn fixture_api() -> FakeApiServer {
 pub const GOLDEN_LABELS: &str = "topology.kubernetes.io/zone,cloud.google.com/gke-nodepool";
 
 /// Self-telemetry counts requests and events, which vary from run to run.
-const VARIABLE: [&str; 5] = [
+const VARIABLE: [&str; 6] = [
+    "kube_node_status_shards_",
     "kube_node_status_watch_",
     "kube_node_status_api_",
     "kube_node_status_otlp_",
