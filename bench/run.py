@@ -91,8 +91,9 @@ def median(values):
 class Run:
     """One exporter against one fake cluster."""
 
-    def __init__(self, nodes, workdir, interval_s):
+    def __init__(self, nodes, workdir, interval_s, status_report_period="5m"):
         self.nodes = nodes
+        self.status_report_period = status_report_period
         self.dir = Path(tempfile.mkdtemp(dir=workdir))
         self.api_port, self.http_port, self.otlp_port = free_port(), free_port(), free_port()
         self.api = f"http://127.0.0.1:{self.api_port}"
@@ -107,7 +108,9 @@ class Run:
         return p
 
     def start(self):
+        # Kubelet-like status re-posts (heartbeat times only) are on, as in a real cluster.
         self.spawn([str(BIN), "fake-apiserver", "--nodes", str(self.nodes), "--flips-per-second", "0",
+                    "--status-report-period", self.status_report_period,
                     "--listen", f"127.0.0.1:{self.api_port}"], "api.log")
         wait_for(lambda: get(f"{self.api}/fake/stats", 5)[0] == 200, 600, "the fake API server")
         self.spawn([str(ROTEL), "start", "--exporter", "blackhole", "--otlp-grpc-endpoint",
@@ -182,7 +185,7 @@ def ready_value(body, node):
 
 
 def measure(nodes, args, workdir, first=False):
-    run = Run(nodes, workdir, args.otlp_interval)
+    run = Run(nodes, workdir, args.otlp_interval, args.status_report_period)
     run.start()
     try:
         result = {"ready_s": run.ready_s}
@@ -283,6 +286,9 @@ def measure(nodes, args, workdir, first=False):
         body = run.scrape()[1]
         restarts = [l for l in body.splitlines() if l.startswith(b"kube_node_status_watch_restarts_total")]
         result["watch_restarts"] = float(restarts[0].rsplit(b" ", 1)[1]) if restarts else None
+        unchanged = [l for l in body.splitlines()
+                     if l.startswith(b"kube_node_status_watch_events_total") and b'type="unchanged"' in l]
+        result["watch_unchanged"] = float(unchanged[0].rsplit(b" ", 1)[1]) if unchanged else None
         exports = run.export_times_ms()
         result["otlp_exports"] = len(exports)
         result["otlp_first_export_ms"] = exports[0] if exports else None
@@ -334,6 +340,7 @@ ROWS = [
     ("run length", "run_minutes", "{:.1f} min"),
     ("LIST requests (pages) / full LISTs", ("api_lists", "api_full_lists"), "{:.0f} / {:.0f}"),
     ("relists (kube_node_status_watch_restarts_total)", "watch_restarts", "{:.0f}"),
+    ("updates that changed nothing kept (kubelet re-posts), ignored", "watch_unchanged", "{:,.0f}"),
     ("WATCH requests", "api_watches", "{:.0f}"),
     ("API bytes received", "api_bytes", "{:,.0f} B"),
     ("Go tool's API bytes, same time (LIST every 5 s)", "go_tool_api_bytes", "{:,.0f} B"),
@@ -430,6 +437,8 @@ def main():
     p.add_argument("--scrapes", type=int, default=20, help="scrapes timed per run (fewer above 10,000 nodes)")
     p.add_argument("--flips", type=int, default=5, help="nodes flipped (twice each) for freshness")
     p.add_argument("--churn", type=float, default=5.0, help="condition flips per second under churn")
+    p.add_argument("--status-report-period", default="5m",
+                   help="the fake API server re-posts every node's status once per this period, as kubelets do ('0s': none)")
     p.add_argument("--scrape-interval", type=float, default=15.0)
     p.add_argument("--otlp-interval", type=int, default=60)
     p.add_argument("--idle-window", type=float, default=60.0)
