@@ -62,6 +62,16 @@ async fn more_cycles(receiver: &otlp::Receiver, cycles: usize) {
     receiver.wait_cycles(now + cycles, T).await;
 }
 
+/// The scrape after OTLP has had two more cycles since `seen`, which no
+/// further event of `kind` may have followed: both outputs had their chance
+/// to write again.
+async fn settled(exporter: &Exporter, receiver: &otlp::Receiver, seen: &[Sample], kind: &str) -> Vec<Sample> {
+    more_cycles(receiver, 2).await;
+    let now = exporter.scrape().await;
+    assert_eq!(events(&now, kind), events(seen, kind), "more {kind} events");
+    now
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_re_posts_and_an_empty_relist_write_nothing_again() {
     let api = fake_api(40).await;
@@ -92,13 +102,7 @@ async fn heartbeat_re_posts_and_an_empty_relist_write_nothing_again() {
             events(s, "unchanged") >= events(&before, "unchanged") + reposts
         })
         .await;
-    // OTLP has had cycles since the last re-post arrived.
-    more_cycles(&receiver, 2).await;
-    let after = {
-        let s = exporter.scrape().await;
-        assert_eq!(events(&s, "unchanged"), events(&after, "unchanged"));
-        s
-    };
+    let after = settled(&exporter, &receiver, &after, "unchanged").await;
     assert_eq!(
         events(&after, "apply"),
         events(&before, "apply"),
@@ -129,12 +133,7 @@ async fn heartbeat_re_posts_and_an_empty_relist_write_nothing_again() {
             value(s, "kube_node_status_watch_restarts_total", &[]) == Some(1.0)
         })
         .await;
-    more_cycles(&receiver, 2).await;
-    let relisted = {
-        let s = exporter.scrape().await;
-        assert_eq!(events(&s, "init_done"), events(&relisted, "init_done"));
-        s
-    };
+    let relisted = settled(&exporter, &receiver, &relisted, "init_done").await;
     assert_eq!(
         written(&relisted, "prometheus"),
         prom,
