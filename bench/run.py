@@ -325,7 +325,7 @@ ROWS = [
     ("time to /readyz", "ready_s", "{:.2f} s"),
     ("steady RSS", "steady_rss_mib", "{:.0f} MiB"),
     ("peak RSS", "peak_rss_mib", "{:.0f} MiB"),
-    ("CPU, idle (15 s scrapes, 60 s OTLP)", "idle_cpu_s_per_min", "{:.2f} s/min"),
+    ("CPU, idle (15 s scrapes, one OTLP cycle per --otlp-interval, 60 s by default)", "idle_cpu_s_per_min", "{:.2f} s/min"),
     ("CPU, under churn", "churn_cpu_s_per_min", "{:.2f} s/min"),
     ("/metrics p50 (gzip, as Prometheus asks)", "metrics_p50_ms", "{:.0f} ms"),
     ("/metrics p99 (gzip)", "metrics_p99_ms", "{:.0f} ms"),
