@@ -216,16 +216,42 @@ impl Node {
     /// nothing kept (a kubelet re-posting its status with new heartbeat times,
     /// an image list, an annotation). Both must be stripped alike.
     pub fn same_content(&self, other: &Node) -> bool {
-        if self.spec != other.spec || self.status != other.status {
-            return false;
-        }
-        let (a, b) = (&self.metadata, &other.metadata);
-        if a.resource_version == b.resource_version {
-            return a == b;
-        }
-        let mut b = b.clone();
-        b.resource_version.clone_from(&a.resource_version);
-        *a == b
+        // Field by field, so that no update clones its metadata; destructured
+        // whole, so that a field k8s-openapi adds cannot be missed silently.
+        let ObjectMeta {
+            annotations,
+            creation_timestamp,
+            deletion_grace_period_seconds,
+            deletion_timestamp,
+            finalizers,
+            generate_name,
+            generation,
+            labels,
+            managed_fields,
+            name,
+            namespace,
+            owner_references,
+            resource_version: _,
+            self_link,
+            uid,
+        } = &self.metadata;
+        let b = &other.metadata;
+        self.spec == other.spec
+            && self.status == other.status
+            && *name == b.name
+            && *labels == b.labels
+            && *creation_timestamp == b.creation_timestamp
+            && *deletion_timestamp == b.deletion_timestamp
+            && *deletion_grace_period_seconds == b.deletion_grace_period_seconds
+            && *generation == b.generation
+            && *namespace == b.namespace
+            && *uid == b.uid
+            && *annotations == b.annotations
+            && *finalizers == b.finalizers
+            && *generate_name == b.generate_name
+            && *managed_fields == b.managed_fields
+            && *owner_references == b.owner_references
+            && *self_link == b.self_link
     }
 }
 

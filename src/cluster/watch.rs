@@ -116,7 +116,7 @@ pub fn watch_timeout_secs(api_timeout: Duration) -> u32 {
 /// `health`. The client must time out reads after `api_timeout`.
 pub async fn run(
     client: Client,
-    writer: Writer<Node>,
+    mut writer: Writer<Node>,
     view: View,
     keep_label: KeepLabel,
     api_timeout: Duration,
@@ -133,7 +133,6 @@ pub async fn run(
         .page_size(100)
         .timeout(watch_timeout_secs(api_timeout));
     let (store, transitions) = (view.store().clone(), view.transitions().clone());
-    let mut writer = writer;
     let stream = watcher::watcher(api, config)
         .default_backoff()
         .modify(move |node| strip(node, &*keep_label));
@@ -279,13 +278,12 @@ mod tests {
         for (what, change, same) in [
             (
                 "a new resourceVersion",
-                Box::new(|j: &mut serde_json::Value| j["metadata"]["resourceVersion"] = "99".into())
-                    as Box<dyn Fn(&mut serde_json::Value)>,
+                (|j| j["metadata"]["resourceVersion"] = "99".into()) as fn(&mut serde_json::Value),
                 true,
             ),
             (
                 "heartbeat times",
-                Box::new(|j: &mut serde_json::Value| {
+                (|j| {
                     j["metadata"]["resourceVersion"] = "11".into();
                     for c in j["status"]["conditions"].as_array_mut().expect("conditions") {
                         c["lastHeartbeatTime"] = "2026-11-27T00:05:00Z".into();
@@ -295,14 +293,12 @@ mod tests {
             ),
             (
                 "a condition message",
-                Box::new(|j: &mut serde_json::Value| {
-                    set_condition(j, "Ready", "message", "kubelet is still posting ready status")
-                }),
+                (|j| set_condition(j, "Ready", "message", "kubelet is still posting ready status")),
                 true,
             ),
             (
                 "images and volumes in use",
-                Box::new(|j: &mut serde_json::Value| {
+                (|j| {
                     j["status"]["images"] = serde_json::json!([{"names": ["registry/x:1"], "sizeBytes": 5}]);
                     j["status"]["volumesInUse"] = serde_json::json!(["kubernetes.io/csi/pd^disk-1"]);
                 }),
@@ -310,55 +306,39 @@ mod tests {
             ),
             (
                 "an annotation",
-                Box::new(|j: &mut serde_json::Value| j["metadata"]["annotations"]["x"] = "y".into()),
+                (|j| j["metadata"]["annotations"]["x"] = "y".into()),
                 true,
             ),
             (
                 "a label no reading keeps",
-                Box::new(|j: &mut serde_json::Value| j["metadata"]["labels"]["team"] = "a".into()),
+                (|j| j["metadata"]["labels"]["team"] = "a".into()),
                 true,
             ),
-            (
-                "Ready",
-                Box::new(|j: &mut serde_json::Value| set_condition(j, "Ready", "status", "False")),
-                false,
-            ),
+            ("Ready", (|j| set_condition(j, "Ready", "status", "False")), false),
             (
                 "a transition time",
-                Box::new(|j: &mut serde_json::Value| {
-                    set_condition(j, "Ready", "lastTransitionTime", "2026-11-27T00:05:00Z")
-                }),
+                (|j| set_condition(j, "Ready", "lastTransitionTime", "2026-11-27T00:05:00Z")),
                 false,
             ),
             (
                 "a kept label",
-                Box::new(|j: &mut serde_json::Value| {
-                    j["metadata"]["labels"]["topology.kubernetes.io/zone"] = "z2".into()
-                }),
+                (|j| j["metadata"]["labels"]["topology.kubernetes.io/zone"] = "z2".into()),
                 false,
             ),
             (
                 "a taint",
-                Box::new(|j: &mut serde_json::Value| {
-                    j["spec"]["taints"] = serde_json::json!([{"key": "k", "effect": "NoSchedule"}])
-                }),
+                (|j| j["spec"]["taints"] = serde_json::json!([{"key": "k", "effect": "NoSchedule"}])),
                 false,
             ),
-            (
-                "a cordon",
-                Box::new(|j: &mut serde_json::Value| j["spec"]["unschedulable"] = true.into()),
-                false,
-            ),
+            ("a cordon", (|j| j["spec"]["unschedulable"] = true.into()), false),
             (
                 "allocatable",
-                Box::new(|j: &mut serde_json::Value| j["status"]["allocatable"]["pods"] = "111".into()),
+                (|j| j["status"]["allocatable"]["pods"] = "111".into()),
                 false,
             ),
             (
                 "a deletion",
-                Box::new(|j: &mut serde_json::Value| {
-                    j["metadata"]["deletionTimestamp"] = "2026-11-27T00:05:00Z".into()
-                }),
+                (|j| j["metadata"]["deletionTimestamp"] = "2026-11-27T00:05:00Z".into()),
                 false,
             ),
         ] {

@@ -509,9 +509,7 @@ impl FakeApiServer {
             }
         })
     }
-}
 
-impl FakeApiServer {
     /// Re-posts every node's status once per `period`, spread evenly over it,
     /// as kubelets do (`nodeStatusReportFrequency`, 5 minutes by default):
     /// heartbeat times only, and on one re-post in 20 a new `volumesInUse`

@@ -44,6 +44,12 @@ fn written(s: &[Sample], output: &str) -> f64 {
         .unwrap_or_else(|| panic!("no shards written counter for {output}"))
 }
 
+/// Neither output wrote a shard again since the counts were `(prometheus, otlp)`.
+fn assert_nothing_written(s: &[Sample], (prom, otlp): (f64, f64), what: &str) {
+    assert_eq!(written(s, "prometheus"), prom, "{what} rendered /metrics again");
+    assert_eq!(written(s, "otlp"), otlp, "{what} encoded OTLP again");
+}
+
 fn events(s: &[Sample], kind: &str) -> f64 {
     value(s, "kube_node_status_watch_events_total", &[("type", kind)]).unwrap_or_default()
 }
@@ -108,16 +114,7 @@ async fn heartbeat_re_posts_and_an_empty_relist_write_nothing_again() {
         events(&before, "apply"),
         "a re-post was stored"
     );
-    assert_eq!(
-        written(&after, "prometheus"),
-        prom,
-        "a re-post rendered /metrics again"
-    );
-    assert_eq!(
-        written(&after, "otlp"),
-        otlp_written,
-        "a re-post encoded OTLP again"
-    );
+    assert_nothing_written(&after, (prom, otlp_written), "a re-post");
     assert_eq!(
         node_lines(&exporter.get("/metrics").await.1),
         node_lines(&body_before),
@@ -134,16 +131,7 @@ async fn heartbeat_re_posts_and_an_empty_relist_write_nothing_again() {
         })
         .await;
     let relisted = settled(&exporter, &receiver, &relisted, "init_done").await;
-    assert_eq!(
-        written(&relisted, "prometheus"),
-        prom,
-        "an empty relist rendered /metrics again"
-    );
-    assert_eq!(
-        written(&relisted, "otlp"),
-        otlp_written,
-        "an empty relist encoded OTLP again"
-    );
+    assert_nothing_written(&relisted, (prom, otlp_written), "an empty relist");
 
     // A real change writes one shard in each output, no more.
     assert!(api.set_condition(&names[5], "Ready", "False"));

@@ -81,15 +81,20 @@ fn number(v: f64) -> String {
 /// timestamp of each metric; exports of one collection finish before the next
 /// starts), keyed like a Prometheus sample, self-telemetry left out since it
 /// moves between a collection and a scrape.
-fn last_complete_collection(requests: &[ExportMetricsServiceRequest]) -> BTreeMap<String, BTreeSet<Point>> {
-    let mut by_metric: BTreeMap<String, BTreeMap<u64, Vec<Point>>> = BTreeMap::new();
-    let metrics = requests
+/// Every metric of `requests` but the self-telemetry, which moves between a
+/// collection and a scrape.
+fn reading_metrics(requests: &[ExportMetricsServiceRequest]) -> impl Iterator<Item = &Metric> {
+    requests
         .iter()
         .flat_map(|r| &r.resource_metrics)
         .flat_map(|rm| &rm.scope_metrics)
         .flat_map(|sm| &sm.metrics)
-        .filter(|m| !m.name.starts_with("kube_node_status."));
-    for m in metrics {
+        .filter(|m| !m.name.starts_with("kube_node_status."))
+}
+
+fn last_complete_collection(requests: &[ExportMetricsServiceRequest]) -> BTreeMap<String, BTreeSet<Point>> {
+    let mut by_metric: BTreeMap<String, BTreeMap<u64, Vec<Point>>> = BTreeMap::new();
+    for m in reading_metrics(requests) {
         for (t, attrs, v) in points(m) {
             by_metric
                 .entry(m.name.clone())
@@ -115,13 +120,7 @@ fn last_complete_collection(requests: &[ExportMetricsServiceRequest]) -> BTreeMa
 /// The fewest collections any per-node or cluster family arrived in (0 before any).
 fn collections(requests: &[ExportMetricsServiceRequest]) -> usize {
     let mut times: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
-    let metrics = requests
-        .iter()
-        .flat_map(|r| &r.resource_metrics)
-        .flat_map(|rm| &rm.scope_metrics)
-        .flat_map(|sm| &sm.metrics)
-        .filter(|m| !m.name.starts_with("kube_node_status."));
-    for m in metrics {
+    for m in reading_metrics(requests) {
         times
             .entry(&m.name)
             .or_default()
