@@ -26,12 +26,52 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Node {
-    /// Name, labels, creation and deletion times (the rest is stripped after decoding).
+    /// Name, uid, labels, creation and deletion times: decoding skips the
+    /// rest (see [`slim_metadata`]).
+    #[serde(deserialize_with = "slim_metadata")]
     pub metadata: ObjectMeta,
     /// `spec`.
     pub spec: Option<NodeSpec>,
     /// `status`.
     pub status: Option<NodeStatus>,
+}
+
+/// The `metadata` fields decoding keeps; serde skips every other one
+/// without allocating it.
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct SlimMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    generation: Option<i64>,
+    labels: Option<BTreeMap<String, String>>,
+    creation_timestamp: Option<Time>,
+    deletion_timestamp: Option<Time>,
+    deletion_grace_period_seconds: Option<i64>,
+}
+
+/// Decodes `metadata` into k8s-openapi's `ObjectMeta` (the reflector's
+/// type), leaving out what no reading reads. Managed fields are most of a
+/// Node's metadata and arbitrary JSON (`fieldsV1`): decoded as k8s-openapi
+/// does, they were a tree of allocations per watch event, thrown away by
+/// [`crate::cluster::strip`] straight after, on the path every kubelet
+/// status re-post takes.
+fn slim_metadata<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    let m = SlimMeta::deserialize(d)?;
+    Ok(ObjectMeta {
+        name: m.name,
+        namespace: m.namespace,
+        uid: m.uid,
+        resource_version: m.resource_version,
+        generation: m.generation,
+        labels: m.labels,
+        creation_timestamp: m.creation_timestamp,
+        deletion_timestamp: m.deletion_timestamp,
+        deletion_grace_period_seconds: m.deletion_grace_period_seconds,
+        ..ObjectMeta::default()
+    })
 }
 
 /// `spec`, the fields readings read.
@@ -386,6 +426,11 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         assert_eq!(full_capacity, slim_capacity);
-        assert_eq!(full.metadata, slim.metadata);
+        // Metadata keeps what readings read and what the reflector keys on;
+        // what it leaves out (annotations, managed fields) is really there.
+        let mut kept = full.metadata.clone();
+        assert!(kept.annotations.take().is_some() && kept.managed_fields.take().is_some());
+        assert!(slim.metadata.uid.is_some() && slim.metadata.labels.is_some());
+        assert_eq!(kept, slim.metadata);
     }
 }

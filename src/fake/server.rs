@@ -203,7 +203,7 @@ impl Shared {
         let rv = store.rv;
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
         // Serialized once; every watcher shares the same bytes.
-        let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": &object})));
+        let line = Bytes::from(watch_line(kind, &object));
         match kind {
             "DELETED" => {
                 if let Some(name) = object["metadata"]["name"].as_str() {
@@ -742,20 +742,29 @@ fn list_nodes(shared: &Shared, p: &ListParams) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// One line of a watch stream, `type` before `object` as the API server
+/// writes it (Go encodes struct fields in order). A `json!` map would sort
+/// `object` first, and clients that decode the event as an adjacently
+/// tagged enum (kube's `WatchEvent`) must then buffer the whole object
+/// before they know what it is: twice the decode cost of the real thing.
+fn watch_line(kind: &str, object: &Value) -> String {
+    format!("{{\"type\":{},\"object\":{object}}}\n", json!(kind))
+}
+
 fn gone_event(rv: u64, current: u64) -> String {
-    format!(
-        "{}\n",
-        json!({"type": "ERROR", "object": {
+    watch_line(
+        "ERROR",
+        &json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": format!("too old resource version: {rv} ({current})"), "reason": "Expired", "code": 410
-        }})
+        }),
     )
 }
 
 fn bookmark_event(rv: u64) -> String {
-    format!(
-        "{}\n",
-        json!({"type": "BOOKMARK", "object": {"kind": "Node", "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}}})
+    watch_line(
+        "BOOKMARK",
+        &json!({"kind": "Node", "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}}),
     )
 }
 
