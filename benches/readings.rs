@@ -51,11 +51,11 @@ fn at_10k_nodes(c: &mut Criterion) {
         Cli::try_parse_from(["kube-node-status", "--metrics-exporter", "prometheus,otlp"]).expect("flags");
     let settings = cli.run.resolve(&|_| None).expect("settings");
     let (view, mut writer) = View::new();
-    writer.apply_watcher_event(&Event::Init);
+    writer.apply(&Event::Init);
     for i in 0..NODES {
-        writer.apply_watcher_event(&Event::InitApply(node(i, 1)));
+        writer.apply(&Event::InitApply(node(i, 1)));
     }
-    writer.apply_watcher_event(&Event::InitDone);
+    writer.apply(&Event::InitDone);
     let resource = build_resource(&settings.resource, &|_| None);
     let telemetry = Telemetry::start(
         &settings,
@@ -75,7 +75,7 @@ fn at_10k_nodes(c: &mut Criterion) {
     group.bench_function("/metrics render after one node changed", |b| {
         b.iter(|| {
             rv += 1;
-            writer.apply_watcher_event(&Event::Apply(node(42, rv)));
+            writer.apply(&Event::Apply(node(42, rv)));
             telemetry.render_now(false)
         })
     });

@@ -171,7 +171,7 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(settings.listen_address)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen_address))?;
-    let (view, writer) = View::new();
+    let (view, feed) = View::new();
     let leadership = match settings.lease {
         Some(_) => Leadership::elected(),
         None => Leadership::sole(),
@@ -220,7 +220,7 @@ pub async fn run(
 
     let selector = settings.readings.node_labels.clone();
     let keep_label: cluster::KeepLabel = Arc::new(move |k| crate::readings::reads_label(k, &selector));
-    let watcher = cluster::spawn_watcher(client, writer, view.clone(), keep_label, settings.api_timeout);
+    let watcher = cluster::spawn_watcher(client, feed, keep_label, settings.api_timeout);
     let elector = settings
         .lease
         .clone()

@@ -4,12 +4,16 @@
 //! readings, instruments or exporters.
 
 mod api_observer;
+mod changes;
+mod feed;
 mod health;
 mod node;
 mod transitions;
 mod watch;
 
 pub use api_observer::ApiObserverLayer;
+pub use changes::Changes;
+pub use feed::Feed;
 pub use health::{ApiVerb, ErrorReason, EventKind, Health, WatchStats};
 pub use node::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, ResourceList, Taint};
 pub use transitions::Transitions;
@@ -17,7 +21,7 @@ pub use watch::{KeepLabel, spawn as spawn_watcher, strip};
 
 use std::sync::Arc;
 
-use kube::runtime::reflector::{self, Store, store::Writer};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 
 /// A read-only handle on the in-memory Nodes and the watch's health.
 ///
@@ -27,25 +31,35 @@ pub struct View {
     store: Store<Node>,
     health: Arc<Health>,
     transitions: Arc<Transitions>,
+    changes: Arc<Changes>,
 }
 
 impl View {
-    /// Creates an empty view and the writer the watcher fills it through.
-    pub fn new() -> (View, Writer<Node>) {
+    /// Creates an empty view and the feed the watcher fills it through.
+    pub fn new() -> (View, Feed) {
         let (store, writer) = reflector::store();
-        (
-            View {
-                store,
-                health: Arc::new(Health::new()),
-                transitions: Arc::new(Transitions::default()),
-            },
-            writer,
-        )
+        let view = View {
+            store,
+            health: Arc::new(Health::new()),
+            transitions: Arc::new(Transitions::default()),
+            changes: Arc::new(Changes::default()),
+        };
+        (view.clone(), Feed::new(writer, view))
     }
 
     /// A snapshot of the stored (stripped) Nodes, in no particular order.
     pub fn nodes(&self) -> Vec<Arc<Node>> {
         self.store.state()
+    }
+
+    /// The stored node named `name`, if any.
+    pub fn node(&self, name: &str) -> Option<Arc<Node>> {
+        self.store.get(&ObjectRef::new(name))
+    }
+
+    /// The names of the nodes stored anew or deleted since they were last taken.
+    pub fn changes(&self) -> &Arc<Changes> {
+        &self.changes
     }
 
     /// Condition status changes seen in watch events.

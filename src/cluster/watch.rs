@@ -9,18 +9,13 @@ use super::node::{Node, ResourceList};
 use futures::StreamExt;
 use kube::{
     Api, Client,
-    runtime::{
-        WatchStreamExt,
-        reflector::{ObjectRef, Store, store::Writer},
-        watcher::{self, Event},
-    },
+    runtime::{WatchStreamExt, watcher},
 };
 use tracing::{Span, debug, info, info_span, warn};
 
 use super::{
-    View,
+    Feed,
     health::{ErrorReason, EventKind},
-    transitions::Transitions,
 };
 
 /// Which node labels to keep: the view does not know what readings need,
@@ -92,16 +87,6 @@ fn forbidden(err: &watcher::Error) -> bool {
     }
 }
 
-fn kind<K>(event: &Event<K>) -> EventKind {
-    match event {
-        Event::Apply(_) => EventKind::Apply,
-        Event::Delete(_) => EventKind::Delete,
-        Event::Init => EventKind::Init,
-        Event::InitApply(_) => EventKind::InitApply,
-        Event::InitDone => EventKind::InitDone,
-    }
-}
-
 /// The server-side length of each WATCH for a client that gives up on
 /// `api_timeout` of silence: three quarters of it, so that a healthy watch on a
 /// quiet cluster (no events, and no bookmarks from servers that send none)
@@ -112,16 +97,10 @@ pub fn watch_timeout_secs(api_timeout: Duration) -> u32 {
 }
 
 /// Runs the watcher until the stream ends (it does not on its own: errors are
-/// retried with `default_backoff`), storing into `writer` and reporting into
+/// retried with `default_backoff`), storing through `feed` and reporting into
 /// `health`. The client must time out reads after `api_timeout`.
-pub async fn run(
-    client: Client,
-    mut writer: Writer<Node>,
-    view: View,
-    keep_label: KeepLabel,
-    api_timeout: Duration,
-) {
-    let health = view.health().clone();
+pub async fn run(client: Client, mut feed: Feed, keep_label: KeepLabel, api_timeout: Duration) {
+    let health = feed.view().health().clone();
     let api: Api<Node> = Api::all(client);
     // A paginated LIST at the most recent resourceVersion, then WATCH from it
     // with bookmarks. No periodic relist: only 410 Gone forces one. Pages of
@@ -132,7 +111,6 @@ pub async fn run(
     let config = watcher::Config::default()
         .page_size(100)
         .timeout(watch_timeout_secs(api_timeout));
-    let (store, transitions) = (view.store().clone(), view.transitions().clone());
     let stream = watcher::watcher(api, config)
         .default_backoff()
         .modify(move |node| strip(node, &*keep_label));
@@ -143,17 +121,7 @@ pub async fn run(
     while let Some(item) = stream.next().await {
         match item {
             Ok(event) => {
-                // What the reflector's `reflect` does, but an update that changes
-                // nothing kept is counted and dropped: the stored object (and so
-                // every shard and cache built from it) stays as it was.
-                let kind = match &event {
-                    Event::Apply(node) if unchanged(&store, node) => EventKind::Unchanged,
-                    _ => {
-                        count_transitions(&transitions, &store, &event);
-                        writer.apply_watcher_event(&event);
-                        kind(&event)
-                    }
-                };
+                let kind = feed.apply(&event);
                 match kind {
                     EventKind::Init => {
                         let relist = health.stats().events(EventKind::Init) > 0;
@@ -201,36 +169,11 @@ pub async fn run(
 /// for the watcher's whole life would never end, and traces under it never close.
 pub fn spawn(
     client: Client,
-    writer: Writer<Node>,
-    view: View,
+    feed: Feed,
     keep_label: KeepLabel,
     api_timeout: Duration,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(client, writer, view, keep_label, api_timeout))
-}
-
-/// True when `node` (stripped) is what the view already stores under its name.
-fn unchanged(store: &Store<Node>, node: &Node) -> bool {
-    store
-        .get(&ObjectRef::from_obj(node))
-        .is_some_and(|stored| stored.same_content(node))
-}
-
-/// Counts condition status changes. Runs before the reflector applies the
-/// event, so the store still holds the previous version of the node.
-fn count_transitions(transitions: &Transitions, store: &Store<Node>, event: &Event<Node>) {
-    match event {
-        Event::Apply(node) | Event::InitApply(node) => {
-            transitions.observe(store.get(&ObjectRef::from_obj(node)).as_deref(), node)
-        }
-        Event::Delete(node) => {
-            if let Some(name) = node.metadata.name.as_deref() {
-                transitions.forget(name);
-            }
-        }
-        Event::Init => transitions.list_started(),
-        Event::InitDone => transitions.list_done(),
-    }
+    tokio::spawn(run(client, feed, keep_label, api_timeout))
 }
 
 #[cfg(test)]

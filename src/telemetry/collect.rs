@@ -22,11 +22,9 @@ use opentelemetry_sdk::{
     },
 };
 
-use super::{
-    families::Family,
-    instruments::{self, Sources},
-};
-use crate::cluster::Node;
+use super::instruments::{self, Sources};
+#[cfg(test)]
+use {super::families::Family, crate::cluster::Node};
 
 /// The meter (instrumentation scope) name of every instrument.
 pub const METER: &str = "kube-node-status";
@@ -123,6 +121,7 @@ pub fn node_families(
     }
 }
 
+#[cfg(test)]
 /// The points of `family` for `nodes`, collected from a provider that lives
 /// for this collection; `None` when there are none.
 pub fn family(

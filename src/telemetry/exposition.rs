@@ -41,13 +41,6 @@ pub fn write_metrics<W: Write + ?Sized>(rm: &ResourceMetrics, out: &mut W) -> io
     write_all(rm, true, out)
 }
 
-/// Writes the samples of every metric of `rm`, without HELP and TYPE: for
-/// a metric whose samples are written in several parts under one header
-/// (see [`write_header`]).
-pub fn write_samples<W: Write + ?Sized>(rm: &ResourceMetrics, out: &mut W) -> io::Result<()> {
-    write_all(rm, false, out)
-}
-
 fn write_all<W: Write + ?Sized>(rm: &ResourceMetrics, headers: bool, out: &mut W) -> io::Result<()> {
     let mut labels = Labels::default();
     for scope in rm.scope_metrics() {
@@ -129,12 +122,34 @@ fn write_data<T: Copy, W: Write + ?Sized>(
     Ok(())
 }
 
-fn write_sample<W: Write + ?Sized>(
+/// Writes samples straight from readings, reusing its buffers from one
+/// sample to the next: the node section's path, which skips the SDK.
+#[derive(Default)]
+pub struct SampleWriter {
+    labels: Labels,
+    number: NumberBuf,
+}
+
+impl SampleWriter {
+    /// Writes one sample of metric `name` (its Prometheus name), with
+    /// `attrs` as the SDK hands them to an exporter: sorted by key, each key once.
+    pub fn write<W: Write + ?Sized>(
+        &mut self,
+        out: &mut W,
+        name: &str,
+        attrs: &[KeyValue],
+        value: f64,
+    ) -> io::Result<()> {
+        write_sample(out, name, &mut self.labels, &mut self.number, attrs, value)
+    }
+}
+
+fn write_sample<W: Write + ?Sized, K: std::borrow::Borrow<KeyValue>>(
     out: &mut W,
     name: &str,
     labels: &mut Labels,
     number: &mut NumberBuf,
-    attrs: &[&KeyValue],
+    attrs: &[K],
     value: f64,
 ) -> io::Result<()> {
     out.write_all(name.as_bytes())?;
@@ -288,12 +303,18 @@ impl Labels {
     /// Labels sorted by sanitized name; attributes whose names sanitize to the
     /// same label are merged into one value joined by `;`, in the order of
     /// their original keys — the reference's rules.
-    fn write<W: Write + ?Sized>(&mut self, attrs: &[&KeyValue], out: &mut W) -> io::Result<()> {
+    fn write<W: Write + ?Sized, K: std::borrow::Borrow<KeyValue>>(
+        &mut self,
+        attrs: &[K],
+        out: &mut W,
+    ) -> io::Result<()> {
         if attrs.is_empty() {
             return Ok(());
         }
+        let attrs: &[K] = attrs;
+        let attr = |i: usize| attrs[i].borrow();
         self.current.clear();
-        for (i, kv) in attrs.iter().enumerate() {
+        for (i, kv) in attrs.iter().map(|k| k.borrow()).enumerate() {
             let name = self.sanitized(kv.key.as_str());
             self.current.push((name, i));
         }
@@ -302,7 +323,7 @@ impl Labels {
             names[a.0]
                 .1
                 .cmp(&names[b.0].1)
-                .then_with(|| attrs[a.1].key.as_str().cmp(attrs[b.1].key.as_str()))
+                .then_with(|| attr(a.1).key.as_str().cmp(attr(b.1).key.as_str()))
         });
         out.write_all(b"{")?;
         let mut previous: Option<&str> = None;
@@ -317,7 +338,7 @@ impl Labels {
                 out.write_all(label.as_bytes())?;
                 out.write_all(b"=\"")?;
             }
-            write_value(out, &attrs[i].value)?;
+            write_value(out, &attr(i).value)?;
             previous = Some(label);
         }
         out.write_all(b"\"}")

@@ -28,7 +28,9 @@ pub enum Kind {
 /// Receives one point: its value and its attributes (the node's come first).
 pub type Emit<'e> = dyn FnMut(f64, Vec<KeyValue>) + 'e;
 
-type PointsFn = Box<dyn Fn(&Ctx<'_>, &Node, &mut Emit<'_>) + Send + Sync>;
+/// The points of one node, given the attributes they all start with
+/// ([`Ctx::node_attrs`], built once per node for every family).
+type PointsFn = Box<dyn Fn(&Ctx<'_>, &Node, &[KeyValue], &mut Emit<'_>) + Send + Sync>;
 
 /// One per-node metric family.
 pub struct Family {
@@ -97,8 +99,9 @@ fn keys(naming: Naming) -> &'static Keys {
 }
 
 impl Ctx<'_> {
-    /// The attributes every point of `node` starts with: its name, then the allowlisted labels.
-    fn node_attrs(&self, node: &Node) -> Option<Vec<KeyValue>> {
+    /// The attributes every point of `node` starts with: its name, then the
+    /// allowlisted labels. `None` for a node without a name, which has no points.
+    pub fn node_attrs(&self, node: &Node) -> Option<Vec<KeyValue>> {
         let name = readings::node_name(node)?;
         let k = keys(self.settings.naming);
         let labels = self.settings.node_labels.select(node);
@@ -188,9 +191,9 @@ fn per_node(
         unit,
         help,
         kind,
-        points: Box::new(move |ctx, node, emit| {
-            if let (Some(v), Some(attrs)) = (value(node), ctx.node_attrs(node)) {
-                emit(v, attrs);
+        points: Box::new(move |_, node, base, emit| {
+            if let Some(v) = value(node) {
+                emit(v, base.to_vec());
             }
         }),
         count: one,
@@ -204,8 +207,8 @@ fn condition_status(naming: Naming) -> Family {
         help: "Status of each node condition, one-hot: for every condition present on a node, \
                1 for its current status (true, false or unknown) and 0 for the other two",
         kind: Kind::IntGauge,
-        points: Box::new(|ctx, node, emit| {
-            let Some(base) = ctx.node_attrs(node) else { return };
+        points: Box::new(|ctx, node, base, emit| {
+            let base = base.to_vec();
             let k = ctx.keys();
             for c in reported_conditions(ctx, node) {
                 for s in ConditionStatus::ALL {
@@ -234,8 +237,8 @@ fn condition_last_transition(naming: Naming) -> Family {
         unit: unit(naming, "s"),
         help: "When each node condition last changed status (lastTransitionTime), in Unix seconds",
         kind: Kind::FloatGauge,
-        points: Box::new(|ctx, node, emit| {
-            let Some(base) = ctx.node_attrs(node) else { return };
+        points: Box::new(|ctx, node, base, emit| {
+            let base = base.to_vec();
             for c in reported_conditions(ctx, node) {
                 if let Some(t) = c.last_transition {
                     emit(
@@ -263,8 +266,8 @@ fn condition_transitions(naming: Naming) -> Family {
         help: "Status changes of each node condition seen in watch events since this exporter started, \
                including flaps shorter than any scrape interval",
         kind: Kind::Counter,
-        points: Box::new(|ctx, node, emit| {
-            let Some(base) = ctx.node_attrs(node) else { return };
+        points: Box::new(|ctx, node, base, emit| {
+            let base = base.to_vec();
             let name = readings::node_name(node).unwrap_or_default();
             for c in reported_conditions(ctx, node) {
                 let count = ctx.transitions.get(name, c.type_).unwrap_or(0);
@@ -287,8 +290,8 @@ fn taint(naming: Naming) -> Family {
         unit: unit(naming, "{taint}"),
         help: "1 for each taint of a node, with its key, value and effect",
         kind: Kind::IntGauge,
-        points: Box::new(|ctx, node, emit| {
-            let Some(base) = ctx.node_attrs(node) else { return };
+        points: Box::new(|ctx, node, base, emit| {
+            let base = base.to_vec();
             let [key, value, effect] = ctx.keys().taint;
             for t in readings::taints(node) {
                 let attrs = with(
@@ -318,8 +321,8 @@ fn info(naming: Naming) -> Family {
         help: "Always 1; its attributes describe the node: kubelet and container runtime versions, \
                kernel, OS image, architecture, provider ID and internal IP",
         kind: Kind::IntGauge,
-        points: Box::new(move |ctx, node, emit| {
-            let Some(base) = ctx.node_attrs(node) else { return };
+        points: Box::new(move |_, node, base, emit| {
+            let base = base.to_vec();
             let i = readings::info(node);
             let fields: Vec<(&'static str, &str)> = match naming {
                 Naming::Otel => vec![
@@ -361,8 +364,8 @@ fn role(naming: Naming) -> Family {
         unit: unit(naming, "{role}"),
         help: "1 for each role of a node, from its node-role.kubernetes.io/<role> labels",
         kind: Kind::IntGauge,
-        points: Box::new(|ctx, node, emit| {
-            let Some(base) = ctx.node_attrs(node) else { return };
+        points: Box::new(|ctx, node, base, emit| {
+            let base = base.to_vec();
             for r in readings::roles(node) {
                 emit(
                     1.0,
@@ -381,10 +384,8 @@ fn labels() -> Family {
         unit: "",
         help: "Always 1; its label_* attributes are the node labels selected by --node-labels",
         kind: Kind::IntGauge,
-        points: Box::new(|ctx, node, emit| {
-            if let Some(attrs) = ctx.node_attrs(node) {
-                emit(1.0, attrs);
-            }
+        points: Box::new(|_, _, base, emit| {
+            emit(1.0, base.to_vec());
         }),
         count: one,
     }
@@ -464,11 +465,9 @@ fn named_resource(list: ResourceList, index: usize) -> Family {
         unit,
         help: helps[slot(list)],
         kind: Kind::FloatGauge,
-        points: Box::new(move |ctx, node, emit| {
-            if let Some(value) = readings::resource(node, list, resource)
-                && let Some(attrs) = ctx.node_attrs(node)
-            {
-                emit(value, attrs);
+        points: Box::new(move |_, node, base, emit| {
+            if let Some(value) = readings::resource(node, list, resource) {
+                emit(value, base.to_vec());
             }
         }),
         count: one,
@@ -487,8 +486,8 @@ fn extended_resources(list: ResourceList) -> Family {
              (e.g. nvidia.com/gpu), in the resource's base unit",
         ][slot(list)],
         kind: Kind::FloatGauge,
-        points: Box::new(move |ctx, node, emit| {
-            let Some(base) = ctx.node_attrs(node) else { return };
+        points: Box::new(move |ctx, node, base, emit| {
+            let base = base.to_vec();
             for r in readings::resources(node, list) {
                 if !NAMED_RESOURCES.iter().any(|(n, ..)| *n == r.name) {
                     emit(
@@ -522,8 +521,8 @@ fn ksm_resources(list: ResourceList) -> Family {
             "Capacity of the node, by resource, in the unit named by the unit label",
         ][slot(list)],
         kind: Kind::FloatGauge,
-        points: Box::new(move |ctx, node, emit| {
-            let Some(base) = ctx.node_attrs(node) else { return };
+        points: Box::new(move |_, node, base, emit| {
+            let base = base.to_vec();
             for r in readings::resources(node, list) {
                 let attrs = with(
                     base.clone(),

@@ -160,11 +160,14 @@ pub fn points_of(family: &Family, sources: &Sources, nodes: &[Arc<Node>]) -> Vec
     };
     let mut points = Vec::new();
     for node in nodes {
-        (family.points)(&ctx, node, &mut |v, attrs| points.push((v, attrs)));
+        if let Some(base) = ctx.node_attrs(node) {
+            (family.points)(&ctx, node, &base, &mut |v, attrs| points.push((v, attrs)));
+        }
     }
     points
 }
 
+#[cfg(test)]
 /// Registers `family`'s instrument with a callback that observes `points`
 /// once: for a provider that lives for one collection.
 pub fn register_observed(meter: &Meter, family: &Family, points: Vec<(f64, Vec<KeyValue>)>) {

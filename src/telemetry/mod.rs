@@ -10,18 +10,17 @@
 mod chunks;
 mod client;
 mod collect;
-mod encoded;
 mod exposition;
 mod families;
 mod google;
 mod instruments;
 mod otlp;
+mod pass;
 mod prometheus_text;
 #[cfg(test)]
 mod reference_tests;
 mod resource;
 mod scrape;
-mod sections;
 mod shards;
 mod wire;
 
@@ -57,11 +56,10 @@ use crate::{
     leader::Leadership,
 };
 use collect::SharedReader;
-use encoded::Encoded;
 use families::Family;
 use instruments::{Capacity, Group, Sources};
+use pass::{Outputs, Pass};
 use scrape::Section;
-use sections::Sections;
 
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -155,8 +153,8 @@ struct Inner {
     /// (instrument name, points per node) of the per-node families on long-lived providers.
     sizing: Vec<Sizing>,
     current: RwLock<Arc<Pipelines>>,
-    /// The node section of `/metrics`, segment by segment.
-    sections: std::sync::Mutex<Sections>,
+    /// The one pass that writes the per-node families for both outputs, and what it keeps.
+    pass: std::sync::Mutex<Pass>,
     /// The last rendered node section of `/metrics`.
     section: RwLock<Arc<Section>>,
     /// The view generation the last rendered section shows.
@@ -164,8 +162,6 @@ struct Inner {
     /// True once a rendering showed the view after its initial list: `/readyz` waits for it.
     rendered_synced: AtomicBool,
     otlp: Option<otlp::MetricsExporter>,
-    /// The per-node families, encoded for OTLP between exports.
-    encoded: std::sync::Mutex<Encoded>,
     /// The resource and scope of every OTLP request, encoded.
     origin: wire::Origin,
     /// The Google Cloud project the resource names, for permission hints.
@@ -244,39 +240,59 @@ impl Inner {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Brings the node section of `/metrics` up to date with the view:
-    /// renders again the shards whose nodes changed. Blocking.
+    /// Runs the one pass: writes again, for every output on, the shards
+    /// whose nodes changed. Returns the pass, still locked, for its caller to
+    /// read what it needs. Blocking.
+    fn run_pass(&self) -> std::sync::MutexGuard<'_, Pass> {
+        let started = Instant::now();
+        let mut pass = self.pass.lock().unwrap_or_else(|e| e.into_inner());
+        match pass.run(&self.families, &self.sources, &self.resource) {
+            Ok(done) => {
+                let work = &self.sources.work;
+                let shards = done.shards as u64;
+                if self.streaming() {
+                    work.rendered.fetch_add(shards, Ordering::Relaxed);
+                }
+                if self.otlp.is_some() {
+                    work.encoded.fetch_add(shards, Ordering::Relaxed);
+                }
+                if done.shards > 0 {
+                    debug!(
+                        shards = done.shards,
+                        points = done.points,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "wrote the changed shards"
+                    );
+                }
+            }
+            Err(e) => {
+                // Whatever was half written is redone by the next pass.
+                pass.invalidate();
+                warn!(error = %e, "writing readings; serving the previous ones");
+            }
+        }
+        pass
+    }
+
+    /// True when `/metrics` is served from the pass's node section.
+    fn streaming(&self) -> bool {
+        self.settings.prometheus && self.settings.prometheus_encoder == PrometheusEncoder::Streaming
+    }
+
+    /// Brings the node section of `/metrics` up to date with the view. Blocking.
     fn render_section(&self) {
         let started = Instant::now();
         let generation = self.sources.view.health().generation();
         let synced = self.sources.view.health().is_synced();
-        let mut sections = self.sections.lock().unwrap_or_else(|e| e.into_inner());
-        match sections.refresh(&self.families, &self.sources, &self.resource) {
-            Ok((section, done)) => {
-                self.sources
-                    .work
-                    .rendered
-                    .fetch_add(done.shards as u64, Ordering::Relaxed);
-                if synced && !self.rendered_synced.swap(true, Ordering::AcqRel) {
-                    info!(
-                        points = section.points,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "first /metrics rendering of the synced view done"
-                    );
-                }
-                debug!(
-                    shards = done.shards,
-                    points = done.points,
-                    total_points = section.points,
-                    bytes = section.plain_len(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "rendered the node section of /metrics"
-                );
-                *self.section.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(section);
-            }
-            Err(e) => warn!(error = %e, "rendering /metrics; serving the previous rendering"),
+        let section = self.run_pass().section();
+        if synced && !self.rendered_synced.swap(true, Ordering::AcqRel) {
+            info!(
+                points = section.points,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "first /metrics rendering of the synced view done"
+            );
         }
-        drop(sections);
+        *self.section.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(section);
         self.rendered.send_replace(generation);
         crate::memory::release_free_memory();
     }
@@ -350,31 +366,24 @@ impl Inner {
     /// handing each to `sink` until it refuses one. Blocking.
     fn write_requests(&self, own: &SharedReader, max: usize, mut sink: impl FnMut(wire::Part) -> bool) {
         let now = unix_nanos(std::time::SystemTime::now());
-        let started = Instant::now();
-        let mut encoded = self.encoded.lock().unwrap_or_else(|e| e.into_inner());
-        match encoded.refresh(&self.families, &self.sources, &self.resource) {
-            Ok(done) => {
-                self.sources
-                    .work
-                    .encoded
-                    .fetch_add(done.shards as u64, Ordering::Relaxed);
-                debug!(
-                    shards = done.shards,
-                    points = done.points,
-                    cached_points = encoded.points(),
-                    cached_bytes = encoded.stored_bytes(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "encoded the changed shards for OTLP"
-                )
-            }
-            Err(e) => warn!(error = %e, "encoding for OTLP; sending the previous encoding"),
+        let pass = self.run_pass();
+        let Some(cache) = pass.otlp() else { return };
+        // The /metrics side gets this pass's work too.
+        if self.streaming() {
+            *self.section.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(pass.section());
         }
+        drop(pass);
+        debug!(
+            cached_points = cache.points(),
+            cached_bytes = cache.stored_bytes(),
+            "writing an OTLP export from the cache"
+        );
         let mut writer = wire::Writer::new(&self.origin, max, now, self.started, &mut sink);
         // A follower keeps its cache current (a takeover exports at once) but sends none of it.
         let open = if !self.sources.leadership.is_leader() {
             writer.finish()
         } else {
-            match encoded.write(&mut writer) {
+            match cache.write(&mut writer) {
                 Ok(open) => open && writer.finish(),
                 Err(e) => {
                     warn!(error = %e, "reading the OTLP cache");
@@ -382,17 +391,18 @@ impl Inner {
                 }
             }
         };
-        drop(encoded);
         if !open {
             return;
         }
-        let rest = collect::cluster(&self.sources, &self.resource).into_iter().chain(
-            own.collect()
-                .map_err(|e| warn!(error = %e, "collecting self-telemetry for OTLP")),
-        );
-        for rm in rest {
-            let request =
-                opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest::from(&rm);
+        let cluster = cache.cluster.into_iter();
+        let own = own
+            .collect()
+            .map_err(|e| warn!(error = %e, "collecting self-telemetry for OTLP"))
+            .map(|rm| {
+                opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest::from(&rm)
+            });
+        let rest = cluster.chain(own);
+        for request in rest {
             for part in chunks::split(request, max) {
                 if !sink(wire::Part::encode(&part)) {
                     return;
@@ -435,8 +445,11 @@ impl Telemetry {
             )?),
             None => None,
         };
-        let sections = Sections::new(&families).map_err(RenderError::from)?;
-        let encoded = Encoded::new(&families);
+        let outputs = Outputs {
+            text: settings.prometheus && settings.prometheus_encoder == PrometheusEncoder::Streaming,
+            otlp: otlp.is_some(),
+        };
+        let pass = Pass::new(&families, outputs).map_err(RenderError::from)?;
         let origin = wire::Origin::of(&resource, collect::METER);
         let project = resource
             .get(&opentelemetry::Key::from_static_str("gcp.project_id"))
@@ -458,12 +471,11 @@ impl Telemetry {
                 text: None,
                 otlp: None,
             })),
-            sections: std::sync::Mutex::new(sections),
+            pass: std::sync::Mutex::new(pass),
             section: RwLock::new(Arc::new(Section::empty())),
             rendered: tokio::sync::watch::Sender::new(0),
             rendered_synced: AtomicBool::new(false),
             otlp,
-            encoded: std::sync::Mutex::new(encoded),
             origin,
             project,
             started: unix_nanos(std::time::SystemTime::now()),
@@ -518,7 +530,7 @@ impl Telemetry {
     pub fn render_now(&self, full: bool) {
         if full {
             self.inner
-                .sections
+                .pass
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .invalidate();
@@ -532,8 +544,7 @@ impl Telemetry {
     pub fn otlp_requests_now(&self, full: bool) -> (usize, usize) {
         let inner = &self.inner;
         if full {
-            let mut encoded = inner.encoded.lock().unwrap_or_else(|e| e.into_inner());
-            *encoded = Encoded::new(&inner.families);
+            inner.pass.lock().unwrap_or_else(|e| e.into_inner()).invalidate();
         }
         let Some(reader) = inner.current().otlp.as_ref().map(|(_, r)| r.clone()) else {
             return (0, 0);
@@ -696,8 +707,9 @@ pub fn tracer_provider(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::Feed;
     use clap::Parser as _;
-    use kube::runtime::{reflector::store::Writer, watcher::Event};
+    use kube::runtime::watcher::Event;
     use opentelemetry_proto::tonic::{
         collector::metrics::v1::ExportMetricsServiceRequest,
         metrics::v1::{NumberDataPoint, metric::Data},
@@ -718,16 +730,16 @@ mod tests {
         node
     }
 
-    fn telemetry(nodes: usize) -> (Telemetry, Writer<Node>) {
+    fn telemetry(nodes: usize) -> (Telemetry, Feed) {
         let cli = crate::config::Cli::try_parse_from(["kube-node-status", "--metrics-exporter", "otlp"])
             .expect("flags");
         let settings = cli.run.resolve(&|_| None).expect("settings");
         let (view, mut writer) = View::new();
-        writer.apply_watcher_event(&Event::Init);
+        writer.apply(&Event::Init);
         for i in 0..nodes {
-            writer.apply_watcher_event(&Event::InitApply(node(i, 1, "True")));
+            writer.apply(&Event::InitApply(node(i, 1, "True")));
         }
-        writer.apply_watcher_event(&Event::InitDone);
+        writer.apply(&Event::InitDone);
         let resource = build_resource(&settings.resource, &|_| None);
         let telemetry =
             Telemetry::start(&settings, resource, view, Leadership::sole(), None).expect("telemetry");
@@ -855,16 +867,16 @@ mod tests {
 
         // An idle cycle re-encodes nothing and sends the same points.
         let refresh = |t: &Telemetry| {
-            let mut e = t.inner.encoded.lock().expect("not poisoned");
-            e.refresh(&t.inner.families, &t.inner.sources, &t.inner.resource)
-                .expect("encodes")
+            let mut p = t.inner.pass.lock().expect("not poisoned");
+            p.run(&t.inner.families, &t.inner.sources, &t.inner.resource)
+                .expect("writes")
         };
         assert_eq!(refresh(&t).shards, 0);
         assert_eq!(cached(&t, 5_000).0, want);
 
         // A flip and a deletion re-encode only their shards, and show.
-        writer.apply_watcher_event(&Event::Apply(node(7, 2, "False")));
-        writer.apply_watcher_event(&Event::Delete(node(8, 2, "True")));
+        writer.apply(&Event::Apply(node(7, 2, "False")));
+        writer.apply(&Event::Delete(node(8, 2, "True")));
         let want = reference(&t);
         let (got, _) = cached(&t, 5_000);
         assert_eq!(got, want);
@@ -876,7 +888,7 @@ mod tests {
             !got.iter()
                 .any(|l| l.contains(&format!("{:?}", crate::fake::node_name(8))))
         );
-        writer.apply_watcher_event(&Event::Apply(node(9, 2, "False")));
+        writer.apply(&Event::Apply(node(9, 2, "False")));
         assert_eq!(refresh(&t).shards, 1, "one node changed: one shard");
     }
 

@@ -205,9 +205,10 @@ mod pipeline {
     //! where only the changed shards are rendered again; the gzip body
     //! inflated and compared with the plain one each time.
 
+    use crate::cluster::Feed;
     use clap::Parser as _;
     use futures::StreamExt as _;
-    use kube::runtime::{reflector::store::Writer, watcher::Event};
+    use kube::runtime::watcher::Event;
     use serde_json::{Value, json};
 
     use super::assert_same_exposition;
@@ -327,8 +328,8 @@ mod pipeline {
         plain
     }
 
-    fn apply(writer: &mut Writer<Node>, json: &Value) {
-        writer.apply_watcher_event(&Event::Apply(node(json.clone())));
+    fn apply(writer: &mut Feed, json: &Value) {
+        writer.apply(&Event::Apply(node(json.clone())));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,11 +337,11 @@ mod pipeline {
         for naming in ["otel", "kube-state-metrics"] {
             let (view, mut writer) = View::new();
             let mut nodes: Vec<Value> = (0..300).map(|i| hostile(i, 1)).collect();
-            writer.apply_watcher_event(&Event::Init);
+            writer.apply(&Event::Init);
             for n in &nodes {
-                writer.apply_watcher_event(&Event::InitApply(node(n.clone())));
+                writer.apply(&Event::InitApply(node(n.clone())));
             }
-            writer.apply_watcher_event(&Event::InitDone);
+            writer.apply(&Event::InitDone);
             let start = |encoder: &str| {
                 let settings = settings(encoder, naming);
                 let resource = build_resource(&settings.resource, &|_| None);
@@ -370,7 +371,7 @@ mod pipeline {
 
             // Deleted, then back under the same name with other values.
             let gone = node(nodes[20].clone());
-            writer.apply_watcher_event(&Event::Delete(gone));
+            writer.apply(&Event::Delete(gone));
             let deleted = check(&streaming, &reference, &format!("{naming}: after a delete")).await;
             let name = nodes[20]["metadata"]["name"]
                 .as_str()

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use opentelemetry_proto::tonic::{
     collector::metrics::v1::ExportMetricsServiceRequest,
     common::v1::InstrumentationScope,
-    metrics::v1::{Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics},
+    metrics::v1::{Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, number_data_point},
     resource::v1::Resource,
 };
 use prost::{
@@ -134,6 +134,7 @@ pub struct Descriptor {
 
 impl Descriptor {
     /// The descriptor of `metric`, if its points are numbers (a gauge or a sum).
+    #[cfg(test)]
     pub fn of(metric: &Metric) -> Option<Descriptor> {
         use opentelemetry_proto::tonic::metrics::v1::metric::Data;
         let shape = match metric.data.as_ref()? {
@@ -170,6 +171,43 @@ impl Descriptor {
     }
 }
 
+/// A point of `attrs` (sorted by key, each key once, as the SDK collects
+/// them) with `value`, encoded without timestamps as opentelemetry-proto
+/// converts a collected point: straight from readings, for the OTLP cache.
+pub fn encode_point(attrs: &[opentelemetry::KeyValue], value: number_data_point::Value) -> Vec<u8> {
+    NumberDataPoint {
+        attributes: attrs.iter().map(Into::into).collect(),
+        start_time_unix_nano: 0,
+        time_unix_nano: 0,
+        exemplars: Vec::new(),
+        flags: 0,
+        value: Some(value),
+    }
+    .encode_to_vec()
+}
+
+/// The descriptor of a metric with no data yet: a gauge, or a cumulative monotonic sum.
+pub fn descriptor(name: &str, description: &str, unit: &str, monotonic_sum: bool) -> Descriptor {
+    let shape = if monotonic_sum {
+        Shape::Sum {
+            temporality: opentelemetry_proto::tonic::metrics::v1::AggregationTemporality::Cumulative as i32,
+            monotonic: true,
+        }
+    } else {
+        Shape::Gauge
+    };
+    let metric = Metric {
+        name: name.to_owned(),
+        description: description.to_owned(),
+        unit: unit.to_owned(),
+        metadata: Vec::new(),
+        data: None,
+    }
+    .encode_to_vec();
+    Descriptor { metric, shape }
+}
+
+#[cfg(test)]
 /// A data point without its timestamps, encoded: what stays the same from one export to the next.
 pub fn point_body(point: &mut NumberDataPoint) -> Vec<u8> {
     point.start_time_unix_nano = 0;

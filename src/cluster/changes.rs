@@ -1,0 +1,100 @@
+//! The names of the nodes whose stored content changed: what the one pass
+//! downstream has to redo, and nothing else.
+//!
+//! The watch marks a name when it stores a node that differs from the one
+//! it replaces, or deletes one; a relist marks only the names whose content
+//! differs from what was stored before it. An update that changes nothing
+//! kept marks nothing, so at idle (kubelet status re-posts) the set stays empty.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
+
+use super::Node;
+
+/// The set of changed node names since the last [`Changes::take`].
+#[derive(Debug, Default)]
+pub struct Changes {
+    names: Mutex<HashSet<String>>,
+}
+
+impl Changes {
+    /// Marks `name` as changed (stored anew, or deleted).
+    pub(crate) fn mark(&self, name: &str) {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if !names.contains(name) {
+            names.insert(name.to_owned());
+        }
+    }
+
+    /// Marks what a relist changed: the names in `after` that were not in
+    /// `before` or whose content differs, and the names in `before` that
+    /// are gone. Nodes are compared by content: every relisted node is a new object.
+    pub(crate) fn mark_relist(&self, before: &[Arc<Node>], after: &[Arc<Node>]) {
+        let name = |n: &Arc<Node>| n.metadata.name.clone().unwrap_or_default();
+        let mut gone: HashMap<String, &Arc<Node>> = before.iter().map(|n| (name(n), n)).collect();
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        for node in after {
+            let name = name(node);
+            match gone.remove(&name) {
+                Some(old) if Arc::ptr_eq(old, node) || old.same_content(node) => {}
+                _ => {
+                    names.insert(name);
+                }
+            }
+        }
+        names.extend(gone.into_keys());
+    }
+
+    /// Takes the changed names, leaving the set empty.
+    pub fn take(&self) -> HashSet<String> {
+        std::mem::take(&mut *self.names.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, zone: &str) -> Arc<Node> {
+        let mut n = Node::default();
+        n.metadata.name = Some(name.into());
+        n.metadata.labels = Some([("zone".to_string(), zone.to_string())].into());
+        Arc::new(n)
+    }
+
+    fn sorted(names: HashSet<String>) -> Vec<String> {
+        let mut v: Vec<_> = names.into_iter().collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_relist_marks_only_what_it_changed() {
+        let changes = Changes::default();
+        let before = vec![node("a", "z1"), node("b", "z1"), node("c", "z1")];
+        changes.mark_relist(&[], &before);
+        assert_eq!(
+            sorted(changes.take()),
+            ["a", "b", "c"],
+            "the first list marks every node"
+        );
+        assert!(changes.take().is_empty(), "take empties the set");
+        // Every object new, as after a 410: a unchanged, b changed, c gone, d new.
+        let after = vec![node("a", "z1"), node("b", "z2"), node("d", "z1")];
+        changes.mark_relist(&before, &after);
+        assert_eq!(sorted(changes.take()), ["b", "c", "d"]);
+        changes.mark_relist(
+            &after,
+            &after.iter().map(|n| Arc::new((**n).clone())).collect::<Vec<_>>(),
+        );
+        assert!(
+            changes.take().is_empty(),
+            "a relist that changed nothing marks nothing"
+        );
+        changes.mark("a");
+        changes.mark("a");
+        assert_eq!(sorted(changes.take()), ["a"]);
+    }
+}

@@ -1,0 +1,386 @@
+//! The one pass: readings of the nodes that changed, computed once and
+//! written for both outputs.
+//!
+//! Nodes are split into [`SHARDS`] shards by a hash of their name. Each
+//! (family, shard) is kept written two ways: a segment of `/metrics` text,
+//! raw-deflated ([`Segment`]), and its OTLP points encoded without
+//! timestamps, raw-deflated too ([`OtlpShard`]). A pass takes the names the
+//! watch marked as changed ([`crate::cluster::Changes`]), maps each to its
+//! shard, and writes again only those shards: for each node once its common
+//! attributes, then every family's points, each point into the text and the
+//! protobuf of whichever outputs are on. Nothing else is touched: no
+//! re-partition of the cluster, no second collection for the other output.
+//!
+//! Points are written straight from the readings, not through a short-lived
+//! SDK provider per shard: that cost ~50× the readings themselves. The
+//! writers reproduce what the SDK and its exporters make of the same points
+//! (attributes sorted by key and deduplicated, non-finite values dropped,
+//! integers as integers), and `reference_tests` plus the OTLP cache test
+//! hold them equal to opentelemetry-prometheus and to opentelemetry-proto's
+//! conversion of an SDK collection.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{self, Read, Write},
+    sync::Arc,
+};
+
+use flate2::{Compression, read::DeflateDecoder, write::DeflateEncoder};
+use opentelemetry::KeyValue;
+use opentelemetry_proto::tonic::{
+    collector::metrics::v1::ExportMetricsServiceRequest, metrics::v1::number_data_point,
+};
+use opentelemetry_sdk::Resource;
+use prost::encoding::{decode_varint, encode_varint};
+
+use super::{
+    collect, exposition,
+    families::{Ctx, Family, Kind},
+    instruments::Sources,
+    scrape::{Section, Segment},
+    shards::{self, SHARDS, shard_of},
+    wire,
+};
+use crate::cluster::Node;
+
+/// Which outputs a pass writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outputs {
+    /// The node section of `/metrics` (the streaming encoder).
+    pub text: bool,
+    /// The OTLP cache.
+    pub otlp: bool,
+}
+
+/// What one pass did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Done {
+    /// Shards written again.
+    pub shards: usize,
+    /// Points written again (per output).
+    pub points: usize,
+}
+
+/// One (family, shard) of the OTLP cache: its points, each a varint length
+/// and an encoded point without timestamps, raw-deflated.
+#[derive(Debug, Default)]
+pub struct OtlpShard {
+    deflated: Vec<u8>,
+    points: usize,
+}
+
+/// The text side: every family's header, and its samples per shard.
+struct Text {
+    /// Per family: its Prometheus name.
+    names: Vec<String>,
+    /// Per family: its HELP/TYPE segment.
+    headers: Vec<Segment>,
+    /// Per family, per shard.
+    samples: Vec<Vec<Segment>>,
+    /// The cluster-wide readings, written at every pass (a handful of points).
+    cluster: Segment,
+}
+
+/// The OTLP side: every family's descriptor, and its points per shard.
+struct Otlp {
+    descriptors: Vec<wire::Descriptor>,
+    shards: Vec<Vec<Arc<OtlpShard>>>,
+    /// The cluster-wide readings of the last pass, converted by opentelemetry-proto.
+    cluster: Option<ExportMetricsServiceRequest>,
+}
+
+/// Everything the pass keeps between passes.
+pub struct Pass {
+    /// Per shard: its nodes by name, as of the last pass.
+    members: Vec<BTreeMap<String, Arc<Node>>>,
+    text: Option<Text>,
+    otlp: Option<Otlp>,
+    /// False until a pass has written every shard, and after [`Pass::invalidate`].
+    primed: bool,
+}
+
+/// The OTLP cache as of one pass: cheap to take, read without holding the pass.
+pub struct OtlpSnapshot {
+    descriptors: Vec<wire::Descriptor>,
+    shards: Vec<Vec<Arc<OtlpShard>>>,
+    /// The cluster-wide readings of that pass.
+    pub cluster: Option<ExportMetricsServiceRequest>,
+}
+
+impl Pass {
+    /// An empty pass for `families` (the same list every call takes), writing `outputs`.
+    pub fn new(families: &[Family], outputs: Outputs) -> io::Result<Pass> {
+        let text = if outputs.text {
+            let names: Vec<String> = families
+                .iter()
+                .map(|f| exposition::prometheus_name(f.name, f.unit, f.kind == Kind::Counter))
+                .collect();
+            let headers = families
+                .iter()
+                .zip(&names)
+                .map(|(f, name)| {
+                    Segment::render(|out| {
+                        exposition::write_header(out, name, f.help, f.kind == Kind::Counter)?;
+                        Ok(0)
+                    })
+                })
+                .collect::<io::Result<_>>()?;
+            Some(Text {
+                names,
+                headers,
+                samples: families
+                    .iter()
+                    .map(|_| (0..SHARDS).map(|_| Segment::empty()).collect())
+                    .collect(),
+                cluster: Segment::empty(),
+            })
+        } else {
+            None
+        };
+        let otlp = outputs.otlp.then(|| Otlp {
+            descriptors: families
+                .iter()
+                .map(|f| wire::descriptor(f.name, f.help, f.unit, f.kind == Kind::Counter))
+                .collect(),
+            shards: families
+                .iter()
+                .map(|_| (0..SHARDS).map(|_| Arc::default()).collect())
+                .collect(),
+            cluster: None,
+        });
+        Ok(Pass {
+            members: vec![BTreeMap::new(); SHARDS],
+            text,
+            otlp,
+            primed: false,
+        })
+    }
+
+    /// Forgets what was written: the next pass writes every shard.
+    pub fn invalidate(&mut self) {
+        self.primed = false;
+    }
+
+    /// Writes again the shards whose nodes changed since the last pass (all
+    /// of them the first time), and the cluster-wide readings. Blocking.
+    pub fn run(&mut self, families: &[Family], sources: &Sources, resource: &Resource) -> io::Result<Done> {
+        let view = &sources.view;
+        // Taken before reading the store: a change that lands after this is marked again.
+        let changed = view.changes().take();
+        let dirty: Vec<usize> = if self.primed {
+            let mut dirty = BTreeSet::new();
+            for name in changed {
+                let shard = shard_of(&name);
+                match view.node(&name) {
+                    Some(node) => self.members[shard].insert(name, node),
+                    None => self.members[shard].remove(&name),
+                };
+                dirty.insert(shard);
+            }
+            dirty.into_iter().collect()
+        } else {
+            self.members.iter_mut().for_each(BTreeMap::clear);
+            for node in view.nodes() {
+                if let Some(name) = node.metadata.name.clone() {
+                    self.members[shard_of(&name)].insert(name, node);
+                }
+            }
+            (0..SHARDS).collect()
+        };
+        let work: Vec<(usize, Vec<Arc<Node>>)> = dirty
+            .into_iter()
+            .map(|s| (s, self.members[s].values().cloned().collect()))
+            .collect();
+        let ctx = Ctx {
+            settings: &sources.settings,
+            transitions: view.transitions(),
+        };
+        let names = self.text.as_ref().map(|t| t.names.as_slice());
+        let otlp = self.otlp.is_some();
+        let written = shards::map(&work, |nodes| write_shard(families, &ctx, nodes, names, otlp));
+        let mut done = Done::default();
+        for ((shard, _), families) in work.iter().zip(written) {
+            for (f, (segment, encoded)) in families?.into_iter().enumerate() {
+                done.points += segment.as_ref().map_or(0, |s| s.points);
+                done.points += encoded.as_ref().map_or(0, |e| e.points);
+                if let (Some(text), Some(segment)) = (self.text.as_mut(), segment) {
+                    text.samples[f][*shard] = segment;
+                }
+                if let (Some(o), Some(encoded)) = (self.otlp.as_mut(), encoded) {
+                    o.shards[f][*shard] = Arc::new(encoded);
+                }
+            }
+            done.shards += 1;
+        }
+        self.primed = true;
+        // Once per pass, for both outputs.
+        let cluster = collect::cluster(sources, resource);
+        if let Some(text) = self.text.as_mut() {
+            text.cluster = match &cluster {
+                Some(rm) => Segment::render(|out| {
+                    exposition::write_metrics(rm, out)?;
+                    Ok(collect::point_count(rm))
+                })?,
+                None => Segment::empty(),
+            };
+        }
+        if let Some(o) = self.otlp.as_mut() {
+            o.cluster = cluster.as_ref().map(ExportMetricsServiceRequest::from);
+        }
+        Ok(done)
+    }
+
+    /// The node section of `/metrics` as of the last pass: each family's
+    /// header (if it has any sample) and samples, then the cluster-wide readings.
+    pub fn section(&self) -> Section {
+        let Some(text) = &self.text else {
+            return Section::empty();
+        };
+        let families = text
+            .headers
+            .iter()
+            .zip(&text.samples)
+            .filter(|(_, shards)| shards.iter().any(|s| s.points > 0))
+            .map(|(header, shards)| std::iter::once(header).chain(shards.iter()));
+        Section::assemble(families.flatten().chain(std::iter::once(&text.cluster)))
+    }
+
+    /// The OTLP cache as of the last pass.
+    pub fn otlp(&self) -> Option<OtlpSnapshot> {
+        self.otlp.as_ref().map(|o| OtlpSnapshot {
+            descriptors: o.descriptors.clone(),
+            shards: o.shards.clone(),
+            cluster: o.cluster.clone(),
+        })
+    }
+}
+
+impl OtlpSnapshot {
+    /// Points in the cache.
+    pub fn points(&self) -> usize {
+        self.shards.iter().flatten().map(|s| s.points).sum()
+    }
+
+    /// Bytes the cache holds.
+    pub fn stored_bytes(&self) -> usize {
+        self.shards.iter().flatten().map(|s| s.deflated.len()).sum()
+    }
+
+    /// Writes every cached point, family after family. False if the writer's sink stopped taking parts.
+    pub fn write<F: FnMut(wire::Part) -> bool>(&self, writer: &mut wire::Writer<'_, F>) -> io::Result<bool> {
+        let mut plain = Vec::new();
+        for (descriptor, shards) in self.descriptors.iter().zip(&self.shards) {
+            if shards.iter().all(|s| s.points == 0) {
+                continue;
+            }
+            writer.begin(descriptor);
+            for shard in shards.iter().filter(|s| s.points > 0) {
+                plain.clear();
+                DeflateDecoder::new(shard.deflated.as_slice()).read_to_end(&mut plain)?;
+                let mut rest = plain.as_slice();
+                while !rest.is_empty() {
+                    let len = decode_varint(&mut rest).map_err(io::Error::other)? as usize;
+                    let body = rest
+                        .get(..len)
+                        .ok_or_else(|| io::Error::other("truncated point in the OTLP cache"))?;
+                    rest = &rest[len..];
+                    if !writer.point(body) {
+                        return Ok(false);
+                    }
+                }
+            }
+            writer.end();
+        }
+        Ok(writer.is_open())
+    }
+}
+
+/// One family's points for the nodes of a shard.
+type Points = Vec<(f64, Vec<KeyValue>)>;
+
+/// Per family: the shard's text segment and OTLP points, for whichever outputs are on.
+type Written = Vec<(Option<Segment>, Option<OtlpShard>)>;
+
+/// The readings of `nodes` (a shard, sorted by name), written for the outputs
+/// on: `names` (the families' Prometheus names) for text, `otlp` for the cache.
+fn write_shard(
+    families: &[Family],
+    ctx: &Ctx<'_>,
+    nodes: &[Arc<Node>],
+    names: Option<&[String]>,
+    otlp: bool,
+) -> io::Result<Written> {
+    let mut points: Vec<Points> = families.iter().map(|_| Vec::new()).collect();
+    for node in nodes {
+        // The attributes every point of the node starts with: built once, shared by every family.
+        let Some(base) = ctx.node_attrs(node) else {
+            continue;
+        };
+        for (family, points) in families.iter().zip(points.iter_mut()) {
+            (family.points)(ctx, node, &base, &mut |v, mut attrs| {
+                // What the SDK does to a measurement before any exporter sees it.
+                if !v.is_finite() {
+                    return;
+                }
+                attrs.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+                attrs.dedup_by(|a, b| a.key == b.key);
+                points.push((v, attrs));
+            });
+        }
+    }
+    let mut samples = exposition::SampleWriter::default();
+    families
+        .iter()
+        .zip(points)
+        .enumerate()
+        .map(|(f, (family, points))| {
+            let integer = family.kind != Kind::FloatGauge;
+            let text = match names {
+                Some(names) => Some(Segment::render(|out| {
+                    for (v, attrs) in &points {
+                        // Integer instruments hold what `v as u64` made of the reading.
+                        let v = if integer { (*v as u64) as f64 } else { *v };
+                        samples.write(out, &names[f], attrs, v)?;
+                    }
+                    Ok(points.len())
+                })?),
+                None => None,
+            };
+            let encoded = if otlp {
+                Some(encode(&points, integer)?)
+            } else {
+                None
+            };
+            Ok((text, encoded))
+        })
+        .collect()
+}
+
+/// `points` encoded for the OTLP cache, as opentelemetry-proto converts
+/// them: an integer instrument's value as `as_int`, a float's as `as_double`.
+fn encode(points: &Points, integer: bool) -> io::Result<OtlpShard> {
+    if points.is_empty() {
+        return Ok(OtlpShard::default());
+    }
+    // Level 1, as for the text: a full pass (a zone outage dirties every shard) is mostly compression.
+    let mut out = DeflateEncoder::new(Vec::new(), Compression::fast());
+    let mut record = Vec::new();
+    for (v, attrs) in points {
+        let value = if integer {
+            number_data_point::Value::AsInt(i64::try_from(*v as u64).unwrap_or_default())
+        } else {
+            number_data_point::Value::AsDouble(*v)
+        };
+        let body = wire::encode_point(attrs, value);
+        record.clear();
+        encode_varint(body.len() as u64, &mut record);
+        out.write_all(&record)?;
+        out.write_all(&body)?;
+    }
+    let mut deflated = out.finish()?;
+    deflated.shrink_to_fit();
+    Ok(OtlpShard {
+        deflated,
+        points: points.len(),
+    })
+}
