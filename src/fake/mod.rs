@@ -37,6 +37,10 @@ pub struct ClusterArgs {
     /// as kubelets do every 5 minutes (nodeStatusReportFrequency); 0s for none.
     #[arg(long, env = "KNS_FAKE_STATUS_REPORT_PERIOD", default_value = "5m", value_parser = humantime::parse_duration)]
     pub status_report_period: Duration,
+    /// Nodes replaced per minute as the cluster autoscaler does (a node
+    /// tainted then deleted, a new one joining NotReady then Ready); 0 for none.
+    #[arg(long, env = "KNS_FAKE_AUTOSCALER_CHURN_PER_MINUTE", default_value_t = 0.0)]
+    pub autoscaler_churn_per_minute: f64,
     /// Bearer token clients must present (none: accept any client).
     #[arg(long, env = "KNS_FAKE_TOKEN")]
     pub token: Option<String>,
@@ -118,6 +122,7 @@ pub fn demo(mut args: DemoArgs) -> ExitCode {
         // The churn tasks hold the server: all live as long as the process.
         let _detached = server.spawn_churn(cluster.flips_per_second);
         let _reposts = server.spawn_status_reports(cluster.status_report_period);
+        let _autoscaler = server.spawn_autoscaler(cluster.autoscaler_churn_per_minute);
         Ok(config)
     })
 }
@@ -149,9 +154,11 @@ pub fn serve_main(args: FakeArgs) -> ExitCode {
         }
         let churn = server.spawn_churn(args.cluster.flips_per_second);
         let reposts = server.spawn_status_reports(args.cluster.status_report_period);
+        let autoscaler = server.spawn_autoscaler(args.cluster.autoscaler_churn_per_minute);
         app::shutdown_signal().await;
         churn.abort();
         reposts.abort();
+        autoscaler.abort();
         server.stop();
         Ok(())
     });

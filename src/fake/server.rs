@@ -102,6 +102,8 @@ pub(super) struct Shared {
     /// While non-zero: answer 429 with this `Retry-After` (seconds).
     throttle: AtomicU64,
     throttled: AtomicU64,
+    /// Nodes the autoscaler replaces per minute, as `f64` bits (0: off).
+    autoscaler: AtomicU64,
     /// Leases, for leader election.
     pub(super) leases: Leases,
     /// Tokens and /metrics readers, for TokenReview and SubjectAccessReview.
@@ -150,10 +152,13 @@ impl Shared {
     /// Sets (or adds) condition `type_` of node `name` to `status`. False if the node does not exist.
     fn set_condition(&self, name: &str, type_: &str, status: &str) -> bool {
         let mut store = self.lock();
+        self.set_condition_in(&mut store, name, type_, status, &now_rfc3339())
+    }
+
+    fn set_condition_in(&self, store: &mut Store, name: &str, type_: &str, status: &str, now: &str) -> bool {
         let Some(mut node) = store.nodes.get(name).cloned() else {
             return false;
         };
-        let now = now_rfc3339();
         let conditions = &mut node["status"]["conditions"];
         if !conditions.is_array() {
             *conditions = json!([]);
@@ -170,6 +175,48 @@ impl Shared {
             None => list.push(
                 json!({"type": type_, "status": status, "lastHeartbeatTime": now, "lastTransitionTime": now}),
             ),
+        }
+        self.publish(store, "MODIFIED", node);
+        true
+    }
+
+    /// Sets Ready to `status` on every node of `zone` (its
+    /// `topology.kubernetes.io/zone` label), or else on the first `fraction`
+    /// of the nodes by name, in one burst: as the node lifecycle controller
+    /// does when a zone's kubelets all stop posting. Returns their names.
+    fn outage(&self, zone: Option<&str>, fraction: f64, status: &str) -> Vec<String> {
+        let mut store = self.lock();
+        let names: Vec<String> = match zone {
+            Some(zone) => store
+                .nodes
+                .iter()
+                .filter(|(_, n)| n["metadata"]["labels"]["topology.kubernetes.io/zone"] == zone)
+                .map(|(name, _)| name.clone())
+                .collect(),
+            None => {
+                let count = (store.nodes.len() as f64 * fraction.clamp(0.0, 1.0)).round() as usize;
+                store.nodes.keys().take(count).cloned().collect()
+            }
+        };
+        let now = now_rfc3339();
+        for name in &names {
+            self.set_condition_in(&mut store, name, "Ready", status, &now);
+        }
+        names
+    }
+
+    /// Adds taint `key` with `effect` to node `name`. False if the node does not exist.
+    fn taint(&self, name: &str, key: &str, effect: &str) -> bool {
+        let mut store = self.lock();
+        let Some(mut node) = store.nodes.get(name).cloned() else {
+            return false;
+        };
+        let taints = &mut node["spec"]["taints"];
+        if !taints.is_array() {
+            *taints = json!([]);
+        }
+        if let Some(list) = taints.as_array_mut() {
+            list.push(json!({"key": key, "effect": effect, "value": now_rfc3339()}));
         }
         self.publish(&mut store, "MODIFIED", node);
         true
@@ -268,6 +315,7 @@ impl FakeApiServer {
             frozen: watch::channel(false).0,
             throttle: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
+            autoscaler: AtomicU64::new(0),
             leases: Leases::default(),
             reviews: Reviews::default(),
             token: options.token.clone(),
@@ -405,6 +453,19 @@ impl FakeApiServer {
         true
     }
 
+    /// Sets the autoscaler's pace (nodes replaced per minute; 0 pauses it).
+    pub fn set_autoscaler(&self, per_minute: f64) {
+        self.shared
+            .autoscaler
+            .store(per_minute.max(0.0).to_bits(), Ordering::Release);
+    }
+
+    /// Sets Ready to `status` on every node of `zone`, or else on the first
+    /// `fraction` of the nodes by name, in one burst. Returns their names.
+    pub fn outage(&self, zone: Option<&str>, fraction: f64, status: &str) -> Vec<String> {
+        self.shared.outage(zone, fraction, status)
+    }
+
     /// Adds the generated node number `i`.
     pub fn add_generated(&self, i: usize) -> String {
         let node = nodes::node(i, 0, &now_rfc3339());
@@ -510,6 +571,53 @@ impl FakeApiServer {
         })
     }
 
+    /// Replaces nodes as the cluster autoscaler does, `per_minute` times a
+    /// minute (changed later with [`FakeApiServer::set_autoscaler`] or
+    /// `POST /fake/autoscaler?per_minute=N`): a scale-down taints a node
+    /// `ToBeDeletedByClusterAutoscaler` and deletes it on the next round, a
+    /// scale-up adds a node under a new name that joins NotReady and turns
+    /// Ready on the round after. The node count stays put. Runs until the
+    /// returned task is aborted.
+    pub fn spawn_autoscaler(self: &Arc<Self>, per_minute: f64) -> tokio::task::JoinHandle<()> {
+        self.set_autoscaler(per_minute);
+        let server = self.clone();
+        tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(11);
+            // New nodes take indices no generated cluster uses.
+            let mut next = 10_000_000usize;
+            let (mut draining, mut joining): (Option<String>, Option<String>) = (None, None);
+            loop {
+                let per_minute = f64::from_bits(server.shared.autoscaler.load(Ordering::Acquire));
+                // Off, or between two rounds: look again shortly.
+                let period = if per_minute > 0.0 { 60.0 / per_minute } else { 0.5 };
+                tokio::time::sleep(Duration::from_secs_f64(period)).await;
+                if f64::from_bits(server.shared.autoscaler.load(Ordering::Acquire)) <= 0.0 {
+                    continue;
+                }
+                if let Some(name) = draining.take() {
+                    server.delete_node(&name);
+                }
+                if let Some(name) = joining.take() {
+                    server.set_condition(&name, "Ready", "True");
+                }
+                let names = server.node_names();
+                if !names.is_empty() {
+                    let victim = names[rng.usize(..names.len())].clone();
+                    if server
+                        .shared
+                        .taint(&victim, "ToBeDeletedByClusterAutoscaler", "NoSchedule")
+                    {
+                        draining = Some(victim);
+                    }
+                }
+                let name = server.add_generated(next);
+                next += 1;
+                server.set_condition(&name, "Ready", "False");
+                joining = Some(name);
+            }
+        })
+    }
+
     /// Re-posts every node's status once per `period`, spread evenly over it,
     /// as kubelets do (`nodeStatusReportFrequency`, 5 minutes by default):
     /// heartbeat times only, and on one re-post in 20 a new `volumesInUse`
@@ -572,6 +680,8 @@ fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/fake/nodes/{name}/conditions/{type}", post(admin_set_condition))
         .route("/fake/nodes/{name}", axum::routing::delete(admin_delete))
+        .route("/fake/outage", post(admin_outage))
+        .route("/fake/autoscaler", post(admin_autoscaler))
         .route("/fake/watches/close", post(admin_close_watches))
         .route("/fake/compact", post(admin_compact))
         .route("/fake/stats", get(admin_stats))
@@ -937,6 +1047,36 @@ async fn admin_set_condition(
     } else {
         StatusCode::NOT_FOUND
     }
+}
+
+#[derive(Deserialize)]
+struct OutageParams {
+    zone: Option<String>,
+    fraction: Option<f64>,
+    status: Option<String>,
+}
+
+/// `POST /fake/outage?zone=Z` or `?fraction=F` (default a third), with
+/// `status` (default `False`; `True` ends the outage): the names it set.
+async fn admin_outage(State(shared): State<Arc<Shared>>, Query(q): Query<OutageParams>) -> Response {
+    let status = q.status.as_deref().unwrap_or("False");
+    let names = shared.outage(q.zone.as_deref(), q.fraction.unwrap_or(1.0 / 3.0), status);
+    axum::Json(json!({"nodes": names})).into_response()
+}
+
+#[derive(Deserialize)]
+struct AutoscalerParams {
+    per_minute: f64,
+}
+
+async fn admin_autoscaler(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<AutoscalerParams>,
+) -> StatusCode {
+    shared
+        .autoscaler
+        .store(q.per_minute.max(0.0).to_bits(), Ordering::Release);
+    StatusCode::NO_CONTENT
 }
 
 async fn admin_delete(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> StatusCode {

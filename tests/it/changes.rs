@@ -55,11 +55,16 @@ fn events(s: &[Sample], kind: &str) -> f64 {
 }
 
 /// The node series of a body, self-telemetry left out.
+/// The lines of `body` but self-telemetry, sorted: the cluster-wide
+/// readings are collected again at every pass, and the SDK hands out their
+/// points in no fixed order.
 fn node_lines(body: &str) -> Vec<String> {
-    common::without_self_telemetry(body)
+    let mut lines: Vec<String> = common::without_self_telemetry(body)
         .into_iter()
         .map(str::to_string)
-        .collect()
+        .collect();
+    lines.sort();
+    lines
 }
 
 /// Waits for `cycles` more complete OTLP export cycles.
@@ -344,4 +349,72 @@ async fn every_real_change_reaches_both_outputs() {
         },
     )
     .await;
+}
+
+/// The traffic of a bad day: a zone's nodes all NotReady in one burst, then
+/// back; and the cluster autoscaler replacing nodes (taint, delete, a new
+/// name joining NotReady then Ready). Both outputs end up with exactly the
+/// cluster the API holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_outage_and_autoscaler_churn_reach_both_outputs() {
+    let api = std::sync::Arc::new(fake_api(30).await);
+    let (exporter, receiver) = start(&api).await;
+    let autoscaler = api.spawn_autoscaler(0.0);
+    let down = api.outage(Some("us-central1-b"), 0.0, "False");
+    assert_eq!(down.len(), 10, "a third of the nodes: {down:?}");
+    let all_ready = |s: &[Sample], want: f64| {
+        down.iter()
+            .all(|n| value(s, "k8s_node_ready", &[("k8s_node_name", n)]) == Some(want))
+    };
+    exporter.wait_for("the outage", T, |s| all_ready(s, 0.0)).await;
+    wait_otlp(&receiver, "the outage", "k8s.node.ready", |p| {
+        down.iter().all(|n| for_node(p, n).any(|(_, v)| *v == 0.0))
+    })
+    .await;
+    assert_eq!(api.outage(Some("us-central1-b"), 0.0, "True"), down);
+    exporter.wait_for("the recovery", T, |s| all_ready(s, 1.0)).await;
+
+    // Several autoscaler rounds, then a pause: the outputs hold what the API holds.
+    let before = api.node_names();
+    api.set_autoscaler(600.0);
+    let start = Instant::now();
+    while api.node_names().iter().filter(|n| !before.contains(n)).count() < 4 {
+        assert!(start.elapsed() < T, "the autoscaler added no nodes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    api.set_autoscaler(0.0);
+    // A round in flight lands within its period (100 ms); then nothing moves.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let now = api.node_names();
+    // One node may still be draining: tainted, deleted on the next round.
+    assert!(
+        (before.len()..=before.len() + 1).contains(&now.len()),
+        "the autoscaler keeps the node count: {} -> {}",
+        before.len(),
+        now.len()
+    );
+    let mut want: Vec<String> = now.clone();
+    want.sort();
+    let node_set = |s: &[Sample]| {
+        let mut got: Vec<String> = s
+            .iter()
+            .filter(|x| x.name == "k8s_node_ready")
+            .filter_map(|x| x.labels.get("k8s_node_name").cloned())
+            .collect();
+        got.sort();
+        got
+    };
+    exporter
+        .wait_for("the replaced nodes", T, |s| node_set(s) == want)
+        .await;
+    wait_otlp(&receiver, "the replaced nodes", "k8s.node.ready", |p| {
+        let mut got: Vec<String> = p
+            .iter()
+            .filter_map(|(a, _)| a.get("k8s.node.name").cloned())
+            .collect();
+        got.sort();
+        got == want
+    })
+    .await;
+    autoscaler.abort();
 }
