@@ -9,8 +9,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use kube::runtime::watcher::Event;
 use kube_node_status::cluster::Node;
 use kube_node_status::{
+    cli::Cli,
     cluster::{View, strip},
-    config::Cli,
     fake::generated_node,
     readings,
     telemetry::{Telemetry, build_resource},

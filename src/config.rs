@@ -6,7 +6,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 
 /// A configuration mistake: reported as one line, exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -65,44 +65,6 @@ pub enum ConfigError {
     /// `--otlp-auth google` cannot work as configured (credentials, project, location).
     #[error("--otlp-auth google: {0}")]
     Google(String),
-}
-
-/// Reports Kubernetes node readiness as OpenTelemetry metrics, over OTLP and on a Prometheus `/metrics` endpoint.
-///
-/// Without a subcommand it runs the exporter against the cluster found through
-/// `--kubeconfig`, `KUBECONFIG`, `~/.kube/config` or the in-cluster service account.
-#[derive(Debug, Parser)]
-#[command(name = "kube-node-status", version, args_conflicts_with_subcommands = true)]
-pub struct Cli {
-    /// The exporter's settings.
-    #[command(flatten)]
-    pub run: RunArgs,
-    /// Optional subcommand.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-/// Subcommands besides running the exporter.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Start a fake Kubernetes API server with generated nodes and run the exporter against it.
-    #[cfg(feature = "fake-apiserver")]
-    Demo(Box<DemoArgs>),
-    /// Run only the fake Kubernetes API server (for tests, demos and benchmarks).
-    #[cfg(feature = "fake-apiserver")]
-    FakeApiserver(crate::fake::FakeArgs),
-}
-
-/// Settings of the `demo` subcommand.
-#[cfg(feature = "fake-apiserver")]
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// The fake cluster.
-    #[command(flatten)]
-    pub fake: crate::fake::ClusterArgs,
-    /// The exporter (its Kubernetes flags are ignored: it always uses the fake API).
-    #[command(flatten)]
-    pub run: RunArgs,
 }
 
 /// How instruments and attributes are named.
@@ -756,6 +718,8 @@ impl RunArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::Cli;
+    use clap::Parser as _;
     use std::collections::HashMap;
 
     fn args(extra: &[&str]) -> RunArgs {

@@ -265,7 +265,7 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     let h = &state.health;
     let now = Instant::now();
     let current = h.is_ready(now, state.stale_after);
-    let complete = state.metrics.as_ref().is_none_or(MetricsHandle::is_complete);
+    let complete = state.metrics.as_ref().is_none_or(|m| m.is_complete());
     if current && complete {
         return (StatusCode::OK, "ok\n").into_response();
     }
@@ -304,11 +304,19 @@ mod tests {
         health.set_running(true);
         let rendered = Arc::new(AtomicBool::new(false));
         let done = rendered.clone();
-        let metrics = MetricsHandle::new(
-            |_| Err(crate::telemetry::RenderError::NoRegistry),
-            || Box::pin(async {}),
-            move || done.load(Ordering::Acquire),
-        );
+        struct Rendered(Arc<AtomicBool>);
+        impl crate::telemetry::Metrics for Rendered {
+            fn render(&self, _: bool) -> Result<crate::telemetry::Exposition, crate::telemetry::RenderError> {
+                Err(crate::telemetry::RenderError::NoRegistry)
+            }
+            fn caught_up(&self) -> futures::future::BoxFuture<'_, ()> {
+                Box::pin(async {})
+            }
+            fn is_complete(&self) -> bool {
+                self.0.load(Ordering::Acquire)
+            }
+        }
+        let metrics: MetricsHandle = Arc::new(Rendered(done));
         let state = HttpState {
             metrics: Some(metrics),
             health: health.clone(),

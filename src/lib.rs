@@ -2,11 +2,13 @@
 //!
 //! Data flows one way: [`cluster`] (watch and view) → [`readings`] (pure) →
 //! [`telemetry`] (instruments, providers, exporters) → [`http`] (the server).
-//! [`config`] is parsed once and passed down as plain structs; [`auth`]
-//! checks scrapes' bearer tokens for [`http`].
+//! [`cli`] parses the command line; [`config`] turns it into plain settings
+//! once, passed down; [`auth`] checks scrapes' bearer tokens for [`http`];
+//! [`fake`] is a Kubernetes API server for tests, demos and benchmarks.
 
 pub mod app;
 pub mod auth;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 #[cfg(feature = "fake-apiserver")]

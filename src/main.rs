@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, error::ErrorKind};
-use kube_node_status::{app, config::Cli};
+use kube_node_status::cli::{self, Cli};
 
 fn main() -> ExitCode {
     kube_node_status::memory::limit_malloc_arenas();
@@ -19,25 +19,5 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match cli.command {
-        None => {
-            let settings = match cli.run.resolve(&|k| std::env::var(k).ok()) {
-                Ok(s) => s,
-                Err(e) => return app::fail(&e.into()),
-            };
-            let source = settings.kube.clone();
-            app::execute(
-                settings,
-                move || async move { Ok(app::kube_config(&source).await?) },
-            )
-        }
-        #[cfg(feature = "fake-apiserver")]
-        Some(kube_node_status::config::Command::Demo(args)) => kube_node_status::fake::demo(*args),
-        #[cfg(feature = "fake-apiserver")]
-        Some(kube_node_status::config::Command::FakeApiserver(args)) => {
-            kube_node_status::fake::serve_main(args)
-        }
-        #[cfg(not(feature = "fake-apiserver"))]
-        Some(command) => match command {},
-    }
+    cli::run(cli)
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use clap::Parser;
-use kube_node_status::config::Cli;
+use kube_node_status::cli::Cli;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

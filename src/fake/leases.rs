@@ -18,7 +18,10 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use super::server::{Shared, now_rfc3339, refusal, status};
+use super::gate::{Gate, now_rfc3339, status};
+
+/// What the lease endpoints see: the gate and the leases.
+type Api = (Arc<Gate>, Arc<Leases>);
 
 /// The Leases, by (namespace, name).
 type Store = BTreeMap<(String, String), Value>;
@@ -39,10 +42,11 @@ impl Leases {
 
 const BASE: &str = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases";
 
-pub(super) fn routes() -> Router<Arc<Shared>> {
+pub(super) fn routes<S: Clone + Send + Sync + 'static>(gate: Arc<Gate>, leases: Arc<Leases>) -> Router<S> {
     Router::new()
         .route(BASE, post(create))
         .route(&format!("{BASE}/{{name}}"), get(read).patch(patch))
+        .with_state((gate, leases))
 }
 
 fn json_response(code: StatusCode, body: &Value) -> Response {
@@ -101,26 +105,26 @@ fn stamp(lease: &mut Value, rv: &mut u64, ns: &str, name: &str, created: Option<
 }
 
 async fn read(
-    State(shared): State<Arc<Shared>>,
+    State((gate, leases)): State<Api>,
     headers: HeaderMap,
     Path((ns, name)): Path<(String, String)>,
 ) -> Response {
-    if let Some(r) = refusal(&shared, &headers) {
+    if let Some(r) = gate.refusal(&headers) {
         return r;
     }
-    match shared.leases.get(&ns, &name) {
+    match leases.get(&ns, &name) {
         Some(lease) => json_response(StatusCode::OK, &lease),
         None => not_found(&name),
     }
 }
 
 async fn create(
-    State(shared): State<Arc<Shared>>,
+    State((gate, leases)): State<Api>,
     headers: HeaderMap,
     Path(ns): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = refusal(&shared, &headers) {
+    if let Some(r) = gate.refusal(&headers) {
         return r;
     }
     let Some(mut lease) = parse(&body) else {
@@ -133,7 +137,7 @@ async fn create(
             "metadata.name: Required value",
         );
     };
-    let mut inner = shared.leases.inner.lock().unwrap_or_else(|e| e.into_inner());
+    let mut inner = leases.inner.lock().unwrap_or_else(|e| e.into_inner());
     let (rv, map) = &mut *inner;
     let key = (ns.clone(), name.clone());
     if map.contains_key(&key) {
@@ -169,12 +173,12 @@ fn merge(target: &mut Value, patch: &Value) {
 }
 
 async fn patch(
-    State(shared): State<Arc<Shared>>,
+    State((gate, leases)): State<Api>,
     headers: HeaderMap,
     Path((ns, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = refusal(&shared, &headers) {
+    if let Some(r) = gate.refusal(&headers) {
         return r;
     }
     let merge_patch = headers
@@ -191,7 +195,7 @@ async fn patch(
     let Some(changes) = parse(&body) else {
         return bad_body();
     };
-    let mut inner = shared.leases.inner.lock().unwrap_or_else(|e| e.into_inner());
+    let mut inner = leases.inner.lock().unwrap_or_else(|e| e.into_inner());
     let (rv, map) = &mut *inner;
     let key = (ns.clone(), name.clone());
     let Some(stored) = map.get(&key) else {

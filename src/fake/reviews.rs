@@ -21,7 +21,10 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use super::server::{Shared, refusal, status};
+use super::gate::{Gate, status};
+
+/// What the review endpoints see: the gate and the reviews.
+type Api = (Arc<Gate>, Arc<Reviews>);
 
 /// Known tokens and who may read /metrics.
 #[derive(Default)]
@@ -50,13 +53,14 @@ impl Reviews {
     }
 }
 
-pub(super) fn routes() -> Router<Arc<Shared>> {
+pub(super) fn routes<S: Clone + Send + Sync + 'static>(gate: Arc<Gate>, reviews: Arc<Reviews>) -> Router<S> {
     Router::new()
         .route("/apis/authentication.k8s.io/v1/tokenreviews", post(token_review))
         .route(
             "/apis/authorization.k8s.io/v1/subjectaccessreviews",
             post(access_review),
         )
+        .with_state((gate, reviews))
 }
 
 fn answer(mut review: Value, status: Value) -> Response {
@@ -78,13 +82,13 @@ fn parse(body: &Bytes) -> Option<Value> {
 /// Checks the caller, reads the review in the body, counts it, and answers
 /// it with the status `decide` gives it.
 fn review(
-    shared: &Shared,
+    (gate, reviews): &Api,
     headers: &HeaderMap,
     body: &Bytes,
     kind: &str,
     decide: impl FnOnce(&Reviews, &Value) -> Value,
 ) -> Response {
-    if let Some(r) = refusal(shared, headers) {
+    if let Some(r) = gate.refusal(headers) {
         return r;
     }
     let Some(review) = parse(body) else {
@@ -94,13 +98,13 @@ fn review(
             &format!("the body is not a {kind}"),
         );
     };
-    shared.reviews.count.fetch_add(1, Ordering::Relaxed);
-    let decided = decide(&shared.reviews, &review["spec"]);
+    reviews.count.fetch_add(1, Ordering::Relaxed);
+    let decided = decide(reviews, &review["spec"]);
     answer(review, decided)
 }
 
-async fn token_review(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    review(&shared, &headers, &body, "TokenReview", |reviews, spec| {
+async fn token_review(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
+    review(&api, &headers, &body, "TokenReview", |reviews, spec| {
         let token = spec["token"].as_str().unwrap_or_default();
         let users = reviews.users.lock().unwrap_or_else(|e| e.into_inner());
         match users.get(token) {
@@ -112,22 +116,16 @@ async fn token_review(State(shared): State<Arc<Shared>>, headers: HeaderMap, bod
     })
 }
 
-async fn access_review(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    review(
-        &shared,
-        &headers,
-        &body,
-        "SubjectAccessReview",
-        |reviews, spec| {
-            let user = spec["user"].as_str().unwrap_or_default();
-            let wants_metrics = spec["nonResourceAttributes"]["path"] == "/metrics"
-                && spec["nonResourceAttributes"]["verb"] == "get";
-            let reader = reviews
-                .readers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(user);
-            json!({"allowed": wants_metrics && reader})
-        },
-    )
+async fn access_review(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
+    review(&api, &headers, &body, "SubjectAccessReview", |reviews, spec| {
+        let user = spec["user"].as_str().unwrap_or_default();
+        let wants_metrics = spec["nonResourceAttributes"]["path"] == "/metrics"
+            && spec["nonResourceAttributes"]["verb"] == "get";
+        let reader = reviews
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(user);
+        json!({"allowed": wants_metrics && reader})
+    })
 }

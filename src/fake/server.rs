@@ -13,7 +13,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -35,7 +35,12 @@ use tokio::{
     sync::{broadcast, watch},
 };
 
-use super::{leases::Leases, nodes, reviews::Reviews};
+use super::{
+    gate::{Gate, now_rfc3339, status},
+    leases::Leases,
+    nodes,
+    reviews::Reviews,
+};
 
 /// How the fake API server behaves.
 #[derive(Clone, Debug)]
@@ -93,22 +98,19 @@ pub(super) struct Shared {
     events: broadcast::Sender<(u64, Bytes)>,
     /// Bumped to end every open watch.
     watch_generation: watch::Sender<u64>,
-    forbidden: AtomicBool,
+    /// Token, throttling and RBAC checks.
+    pub(super) gate: Arc<Gate>,
     /// Milliseconds to wait before answering a node LIST or WATCH.
     delay_ms: AtomicU64,
     /// While true the server is a black hole for nodes: LISTs and WATCHes get
     /// no answer, open watches send nothing (not even their end), connections stay open.
     frozen: watch::Sender<bool>,
-    /// While non-zero: answer 429 with this `Retry-After` (seconds).
-    throttle: AtomicU64,
-    throttled: AtomicU64,
     /// Nodes the autoscaler replaces per minute, as `f64` bits (0: off).
     autoscaler: AtomicU64,
     /// Leases, for leader election.
-    pub(super) leases: Leases,
+    pub(super) leases: Arc<Leases>,
     /// Tokens and /metrics readers, for TokenReview and SubjectAccessReview.
-    pub(super) reviews: Reviews,
-    token: Option<String>,
+    pub(super) reviews: Arc<Reviews>,
     history: usize,
     bookmark_interval: Duration,
     lists: AtomicU64,
@@ -283,12 +285,6 @@ pub struct FakeApiServer {
     kill: Mutex<Option<watch::Sender<bool>>>,
 }
 
-pub(super) fn now_rfc3339() -> String {
-    k8s_openapi::jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
-}
-
 impl FakeApiServer {
     /// Generates the nodes and starts serving.
     pub async fn start(options: FakeOptions) -> std::io::Result<FakeApiServer> {
@@ -310,15 +306,15 @@ impl FakeApiServer {
             store: Mutex::new(store),
             events,
             watch_generation: watch::channel(0).0,
-            forbidden: AtomicBool::new(false),
+            gate: Arc::new(Gate {
+                token: options.token.clone(),
+                ..Gate::default()
+            }),
             delay_ms: AtomicU64::new(0),
             frozen: watch::channel(false).0,
-            throttle: AtomicU64::new(0),
-            throttled: AtomicU64::new(0),
             autoscaler: AtomicU64::new(0),
-            leases: Leases::default(),
-            reviews: Reviews::default(),
-            token: options.token.clone(),
+            leases: Arc::default(),
+            reviews: Arc::default(),
             history: options.history.max(1),
             bookmark_interval: options.bookmark_interval,
             lists: AtomicU64::new(0),
@@ -378,7 +374,7 @@ impl FakeApiServer {
 
     /// A kubeconfig document pointing at this server (with the token, if any).
     pub fn kubeconfig(&self) -> String {
-        let user = match &self.shared.token {
+        let user = match &self.shared.gate.token {
             Some(t) => format!("{{token: {t}}}"),
             None => "{}".to_string(),
         };
@@ -490,7 +486,7 @@ impl FakeApiServer {
 
     /// Refuses every API request with 403 (as if RBAC were missing) while `on`.
     pub fn set_forbidden(&self, on: bool) {
-        self.shared.forbidden.store(on, Ordering::Release);
+        self.shared.gate.forbidden.store(on, Ordering::Release);
     }
 
     /// Tokens and /metrics readers for TokenReview and SubjectAccessReview.
@@ -511,7 +507,7 @@ impl FakeApiServer {
             full_lists: s.full_lists.load(Ordering::Relaxed),
             watches: s.watches.load(Ordering::Relaxed),
             bytes: s.bytes.load(Ordering::Relaxed),
-            throttled: s.throttled.load(Ordering::Relaxed),
+            throttled: s.gate.throttled.load(Ordering::Relaxed),
         }
     }
 
@@ -532,7 +528,7 @@ impl FakeApiServer {
     /// (as API Priority and Fairness does when shedding load) while `Some`.
     pub fn set_throttled(&self, retry_after: Option<Duration>) {
         let secs = retry_after.map_or(0, |d| d.as_secs().max(1));
-        self.shared.throttle.store(secs, Ordering::Release);
+        self.shared.gate.throttle.store(secs, Ordering::Release);
     }
 
     /// Flips Ready on random nodes, `per_second` times a second on average,
@@ -657,19 +653,6 @@ impl Drop for FakeApiServer {
     }
 }
 
-pub(super) fn status(code: StatusCode, reason: &str, message: &str) -> Response {
-    let body = json!({
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": message, "reason": reason, "code": code.as_u16(),
-    });
-    (
-        code,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
-}
-
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/api/v1/nodes", get(list_or_watch))
@@ -685,42 +668,12 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/fake/watches/close", post(admin_close_watches))
         .route("/fake/compact", post(admin_compact))
         .route("/fake/stats", get(admin_stats))
-        .merge(super::leases::routes())
-        .merge(super::reviews::routes())
+        .merge(super::leases::routes(shared.gate.clone(), shared.leases.clone()))
+        .merge(super::reviews::routes(
+            shared.gate.clone(),
+            shared.reviews.clone(),
+        ))
         .with_state(shared)
-}
-
-/// Checks the bearer token and the RBAC switch: `Some` is the refusal to send.
-pub(super) fn refusal(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
-    if let Some(token) = &shared.token {
-        let sent = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if sent != Some(token.as_str()) {
-            return Some(status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized"));
-        }
-    }
-    let retry_after = shared.throttle.load(Ordering::Acquire);
-    if retry_after > 0 {
-        shared.throttled.fetch_add(1, Ordering::Relaxed);
-        let mut r = status(
-            StatusCode::TOO_MANY_REQUESTS,
-            "TooManyRequests",
-            "the server has received too many requests and has asked us to try again later",
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
-        return Some(r);
-    }
-    if shared.forbidden.load(Ordering::Acquire) {
-        return Some(status(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            "nodes is forbidden: User \"system:serviceaccount:monitoring:kube-node-status\" cannot list resource \"nodes\" in API group \"\" at the cluster scope",
-        ));
-    }
-    None
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -740,7 +693,7 @@ async fn get_node(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    if let Some(r) = refusal(&shared, &headers) {
+    if let Some(r) = shared.gate.refusal(&headers) {
         return r;
     }
     match shared.lock().nodes.get(&name) {
@@ -758,7 +711,7 @@ async fn list_or_watch(
     headers: HeaderMap,
     Query(p): Query<ListParams>,
 ) -> Response {
-    if let Some(r) = refusal(&shared, &headers) {
+    if let Some(r) = shared.gate.refusal(&headers) {
         return r;
     }
     let delay = shared.delay_ms.load(Ordering::Acquire);

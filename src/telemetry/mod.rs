@@ -7,29 +7,19 @@
 //! each OTLP export. Separate providers make every collection see exactly
 //! the view at that moment.
 
-mod chunks;
-mod client;
-mod collect;
-mod exposition;
-mod families;
 mod google;
-mod instruments;
 mod otlp;
-mod pass;
-mod prometheus_text;
-#[cfg(test)]
-mod reference_tests;
+mod pipeline;
+mod prometheus;
 mod resource;
-mod scrape;
-mod shards;
-mod wire;
 
 pub use google::GoogleAuth;
-pub use instruments::names;
 pub use otlp::ExportStats;
-pub use prometheus_text::{CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE, MetricsHandle, RenderError};
+pub use pipeline::instruments::names;
+pub use prometheus::{
+    CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE, Metrics, MetricsHandle, RenderError, body::Exposition,
+};
 pub use resource::{build as build_resource, resolve as resolve_resource};
-pub use scrape::Exposition;
 
 use std::{
     collections::HashMap,
@@ -55,11 +45,14 @@ use crate::{
     config::{self, PrometheusEncoder, Settings},
     leader::Leadership,
 };
-use collect::SharedReader;
-use families::Family;
-use instruments::{Capacity, Group, Sources};
-use pass::{Outputs, Pass};
-use scrape::Section;
+use otlp::{chunks, client, wire};
+use pipeline::{
+    collect::{self, SharedReader},
+    families::{self, Family},
+    instruments::{self, Capacity, Group, Sources},
+    pass::{Outputs, Pass},
+};
+use prometheus::{body::Section, text as exposition};
 
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +69,7 @@ pub enum TelemetryError {
 }
 
 /// The SDK's own default; we never go below it.
-const MIN_CARDINALITY_LIMIT: usize = 2_000;
+pub(crate) const MIN_CARDINALITY_LIMIT: usize = 2_000;
 
 /// The cardinality limit for a demand of `points` per instrument: 25% headroom
 /// so that node churn between two collections (old and new names coexist until
@@ -121,7 +114,7 @@ enum Text {
     /// Self-telemetry only; the node section is rendered apart.
     Streaming(SdkMeterProvider, SharedReader),
     /// Everything, gathered by opentelemetry-prometheus at every scrape.
-    Reference(SdkMeterProvider, prometheus::Registry),
+    Reference(SdkMeterProvider, ::prometheus::Registry),
 }
 
 impl Pipelines {
@@ -208,7 +201,7 @@ impl Inner {
                 Some(Text::Streaming(provider, reader))
             }
             (true, PrometheusEncoder::Reference) => {
-                let registry = prometheus::Registry::new();
+                let registry = ::prometheus::Registry::new();
                 let reader = opentelemetry_prometheus::exporter()
                     .with_registry(registry.clone())
                     .scope_info_enabled(false)
@@ -331,9 +324,9 @@ impl Inner {
                 } else {
                     Arc::new(Section::empty())
                 };
-                Ok(scrape::respond(section, self.live(reader)?, gzip)?)
+                Ok(prometheus::body::respond(section, self.live(reader)?, gzip)?)
             }
-            Some(Text::Reference(_, registry)) => prometheus_text::render(registry).map(|body| Exposition {
+            Some(Text::Reference(_, registry)) => prometheus::render(registry).map(|body| Exposition {
                 content_length: Some(body.len() as u64),
                 body: futures::stream::once(async move { Ok(bytes::Bytes::from(body)) }).boxed(),
                 gzip: false,
@@ -409,6 +402,21 @@ impl Inner {
                 }
             }
         }
+    }
+}
+
+impl Metrics for Inner {
+    fn render(&self, gzip: bool) -> Result<Exposition, RenderError> {
+        self.scrape(gzip)
+    }
+
+    fn caught_up(&self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(self.catch_up())
+    }
+
+    fn is_complete(&self) -> bool {
+        // The reference encoder renders at each scrape: complete as soon as the view is.
+        !self.streaming() || self.rendered_synced.load(Ordering::Acquire)
     }
 }
 
@@ -489,23 +497,12 @@ impl Telemetry {
         })
     }
 
-    /// A handle that renders `/metrics`, if the Prometheus exporter is on.
+    /// What `/metrics` is served from, if the Prometheus exporter is on.
     pub fn metrics_handle(&self) -> Option<MetricsHandle> {
-        self.inner.settings.prometheus.then(|| {
-            let (inner, waiter, done) = (self.inner.clone(), self.inner.clone(), self.inner.clone());
-            MetricsHandle::new(
-                move |gzip| inner.scrape(gzip),
-                move || {
-                    let waiter = waiter.clone();
-                    Box::pin(async move { waiter.catch_up().await })
-                },
-                // The reference encoder renders at each scrape: complete as soon as the view is.
-                move || {
-                    done.settings.prometheus_encoder != PrometheusEncoder::Streaming
-                        || done.rendered_synced.load(Ordering::Acquire)
-                },
-            )
-        })
+        self.inner
+            .settings
+            .prometheus
+            .then(|| self.inner.clone() as MetricsHandle)
     }
 
     /// Runs the telemetry's loops until the process stops: the resizer, the
@@ -731,7 +728,7 @@ mod tests {
     }
 
     fn telemetry(nodes: usize) -> (Telemetry, Feed) {
-        let cli = crate::config::Cli::try_parse_from(["kube-node-status", "--metrics-exporter", "otlp"])
+        let cli = crate::cli::Cli::try_parse_from(["kube-node-status", "--metrics-exporter", "otlp"])
             .expect("flags");
         let settings = cli.run.resolve(&|_| None).expect("settings");
         let (view, mut writer) = View::new();

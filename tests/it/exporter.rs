@@ -796,7 +796,7 @@ fn help_and_readme_document_every_flag_with_its_environment_variable() {
         let help = String::from_utf8(out.stdout).unwrap();
         help.split_whitespace().collect::<Vec<_>>().join(" ")
     };
-    let cli = kube_node_status::config::Cli::command();
+    let cli = kube_node_status::cli::Cli::command();
     let flags = |cmd: &clap::Command| -> Vec<(String, Option<String>)> {
         cmd.get_arguments()
             .filter(|a| !a.is_hide_set() && !matches!(a.get_id().as_str(), "help" | "version"))

@@ -1,7 +1,7 @@
 //! OTLP metric export requests written as protobuf bytes, piece by piece.
 //!
 //! The per-node families are kept encoded between exports (see
-//! [`super::encoded`]), so an export only has to copy their points into
+//! [`crate::telemetry::pipeline::pass`]), so an export only has to copy their points into
 //! requests and stamp the time. Protobuf allows that: a message's fields
 //! may come in any order, and a repeated field is written one element at a
 //! time. So the resource and scope are encoded once (by opentelemetry-proto's

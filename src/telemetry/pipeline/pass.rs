@@ -34,14 +34,19 @@ use opentelemetry_sdk::Resource;
 use prost::encoding::{decode_varint, encode_varint};
 
 use super::{
-    collect, exposition,
+    collect,
     families::{Ctx, Family, Kind},
     instruments::Sources,
-    scrape::{Section, Segment},
     shards::{self, SHARDS, shard_of},
-    wire,
 };
 use crate::cluster::Node;
+use crate::telemetry::{
+    otlp::wire,
+    prometheus::{
+        body::{Section, Segment},
+        text as exposition,
+    },
+};
 
 /// Which outputs a pass writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

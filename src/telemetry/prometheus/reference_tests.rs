@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use opentelemetry::{KeyValue, metrics::MeterProvider as _};
 use opentelemetry_sdk::{Resource, metrics::SdkMeterProvider};
 
-use super::{collect::SharedReader, exposition, prometheus_text};
+use super::text as exposition;
+use crate::telemetry::pipeline::collect::{self, SharedReader};
 
 /// One family of an exposition: its header lines in order, its samples sorted.
 #[derive(Debug, PartialEq, Default)]
@@ -100,7 +101,7 @@ pub(super) fn assert_same_exposition(ours: &str, reference: &str, what: &str) {
 /// that sanitize to one label, and numbers whose text is easy to get wrong.
 #[test]
 fn the_writer_matches_opentelemetry_prometheus_on_hostile_values() {
-    let registry = prometheus::Registry::new();
+    let registry = ::prometheus::Registry::new();
     let reference = opentelemetry_prometheus::exporter()
         .with_registry(registry.clone())
         .scope_info_enabled(false)
@@ -118,7 +119,7 @@ fn the_writer_matches_opentelemetry_prometheus_on_hostile_values() {
         .with_reader(reference)
         .with_reader(ours.clone())
         .build();
-    let meter = provider.meter(super::collect::METER);
+    let meter = provider.meter(collect::METER);
     let values = [
         0.0,
         -0.0,
@@ -189,7 +190,7 @@ fn the_writer_matches_opentelemetry_prometheus_on_hostile_values() {
     exposition::write_target_info(&resource, &mut written).unwrap();
     exposition::write_metrics(&ours.collect().unwrap(), &mut written).unwrap();
     let written = String::from_utf8(written).unwrap();
-    let reference = String::from_utf8(prometheus_text::render(&registry).unwrap()).unwrap();
+    let reference = String::from_utf8(super::render(&registry).unwrap()).unwrap();
     // The SDK drops NaN and infinite observations before either encoder sees
     // them: both bodies lack those three nodes, which the comparison checks.
     assert!(
@@ -222,7 +223,7 @@ mod pipeline {
     const LABELS: &str = "topology.kubernetes.io/zone,example.com/*";
 
     fn settings(encoder: &str, naming: &str) -> crate::config::Settings {
-        let cli = crate::config::Cli::try_parse_from([
+        let cli = crate::cli::Cli::try_parse_from([
             "kube-node-status",
             "--metrics-exporter",
             "prometheus",

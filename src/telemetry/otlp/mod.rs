@@ -18,12 +18,14 @@ use opentelemetry_sdk::{
 use tonic::transport::{Certificate, ClientTlsConfig};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{
-    client::MetricsClient,
-    google::{GoogleAuth, RequestHeaders},
-    wire::Part,
-};
+pub mod chunks;
+pub mod client;
+pub mod wire;
+
 use crate::config::{ConfigError, OtlpSettings};
+use crate::telemetry::google::{GoogleAuth, RequestHeaders};
+use client::MetricsClient;
+use wire::Part;
 
 /// Counts OTLP failures and remembers whether we are in a failure streak, so
 /// an unreachable collector is logged once per streak rather than every interval.

@@ -22,10 +22,8 @@ use crate::{
     readings::{ClusterSummary, ConditionStatus},
 };
 
-use super::{
-    families::{self, Ctx, Family, Kind},
-    otlp::ExportStats,
-};
+use super::families::{self, Ctx, Family, Kind};
+use crate::telemetry::otlp::ExportStats;
 
 /// Names of the self-telemetry instruments (the same in every naming mode).
 pub mod names {
@@ -93,7 +91,7 @@ impl Capacity {
             .limits
             .get(name)
             .copied()
-            .unwrap_or(super::MIN_CARDINALITY_LIMIT);
+            .unwrap_or(crate::telemetry::MIN_CARDINALITY_LIMIT);
         if points <= limit {
             return true;
         }

@@ -29,12 +29,9 @@ use tonic::{
 use tonic_types::StatusExt;
 use tracing::debug;
 
-use super::{
-    ExportStats,
-    google::{GoogleAuth, RequestHeaders, permission_hint},
-    wire::Part,
-};
+use super::{ExportStats, wire::Part};
 use crate::config::{ConfigError, OtlpSettings};
+use crate::telemetry::google::{GoogleAuth, RequestHeaders, permission_hint};
 
 /// How many requests of one export are in flight at once.
 pub const CONCURRENCY: usize = 4;
@@ -190,7 +187,7 @@ impl MetricsClient {
             .unwrap_or(Duration::from_secs(10));
         let channel = Endpoint::from_shared(endpoint.clone())
             .map_err(|e| ConfigError::Otlp(format!("invalid endpoint {endpoint:?}: {e}")))?
-            .tls_config(super::otlp::tls_config(settings))
+            .tls_config(super::tls_config(settings))
             .map_err(|e| ConfigError::Otlp(format!("TLS for {endpoint:?}: {e}")))?
             .timeout(timeout)
             .connect_lazy();
