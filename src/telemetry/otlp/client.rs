@@ -38,50 +38,17 @@ pub const CONCURRENCY: usize = 4;
 /// The first wait before retrying, when the receiver says nothing; it doubles.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
-/// Settings read from the standard OTLP variables, signal-specific first.
-fn env_var(env: &dyn Fn(&str) -> Option<String>, generic: &str) -> Option<String> {
-    let specific = generic.replacen("OTEL_EXPORTER_OTLP_", "OTEL_EXPORTER_OTLP_METRICS_", 1);
-    env(&specific)
-        .or_else(|| env(generic))
-        .filter(|v| !v.trim().is_empty())
-}
-
-/// Percent-decodes a header value (the OTLP spec's `OTEL_EXPORTER_OTLP_HEADERS` encoding).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(h) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(h);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Parses `k1=v1,k2=v2` into gRPC metadata.
-fn headers(value: Option<String>) -> Result<MetadataMap, ConfigError> {
+/// The settings' headers as gRPC metadata.
+fn metadata(headers: &[(String, String)]) -> Result<MetadataMap, ConfigError> {
     let mut map = MetadataMap::new();
-    for pair in value
-        .iter()
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-    {
+    for (k, v) in headers {
         let bad = || {
             ConfigError::Otlp(format!(
-                "OTEL_EXPORTER_OTLP_HEADERS: cannot use {pair:?} as key=value"
+                "OTEL_EXPORTER_OTLP_HEADERS: cannot send {k:?} as a gRPC header"
             ))
         };
-        let (k, v) = pair.split_once('=').ok_or_else(bad)?;
-        let key = MetadataKey::from_bytes(k.trim().to_ascii_lowercase().as_bytes()).map_err(|_| bad())?;
-        let value = MetadataValue::try_from(percent_decode(v.trim())).map_err(|_| bad())?;
+        let key = MetadataKey::from_bytes(k.as_bytes()).map_err(|_| bad())?;
+        let value = MetadataValue::try_from(v.as_str()).map_err(|_| bad())?;
         map.insert(key, value);
     }
     Ok(map)
@@ -164,7 +131,7 @@ pub struct Sent {
 }
 
 impl MetricsClient {
-    /// Builds it from the OTLP settings and the standard variables (through `env`).
+    /// Builds it from the resolved OTLP settings.
     /// `budget` (the export interval) bounds how long one request is retried,
     /// from its first attempt; a cycle that fails for good ends there.
     /// With `google`, every request carries its current access token.
@@ -172,31 +139,21 @@ impl MetricsClient {
         settings: &OtlpSettings,
         max_points: usize,
         budget: Duration,
-        env: &dyn Fn(&str) -> Option<String>,
         google: Option<Arc<GoogleAuth>>,
         stats: Arc<ExportStats>,
     ) -> Result<Self, ConfigError> {
-        let endpoint = settings
-            .endpoint
-            .clone()
-            .or_else(|| env_var(env, "OTEL_EXPORTER_OTLP_ENDPOINT"))
-            .unwrap_or_else(|| "http://localhost:4317".to_string());
-        let timeout = env_var(env, "OTEL_EXPORTER_OTLP_TIMEOUT")
-            .and_then(|v| v.trim().parse().ok())
-            .map(Duration::from_millis)
-            .unwrap_or(Duration::from_secs(10));
+        let endpoint = settings.endpoint.clone();
+        let timeout = settings.timeout;
         let channel = Endpoint::from_shared(endpoint.clone())
             .map_err(|e| ConfigError::Otlp(format!("invalid endpoint {endpoint:?}: {e}")))?
             .tls_config(super::tls_config(settings))
             .map_err(|e| ConfigError::Otlp(format!("TLS for {endpoint:?}: {e}")))?
             .timeout(timeout)
             .connect_lazy();
-        let fixed = headers(env_var(env, "OTEL_EXPORTER_OTLP_HEADERS"))?;
+        let fixed = metadata(&settings.headers)?;
         let service = InterceptedService::new(channel, RequestHeaders::new(fixed, google.clone()));
         let mut grpc = Grpc::new(service).max_decoding_message_size(4 << 20);
-        if env_var(env, "OTEL_EXPORTER_OTLP_COMPRESSION")
-            .is_some_and(|c| c.trim().eq_ignore_ascii_case("gzip"))
-        {
+        if settings.gzip {
             grpc = grpc.send_compressed(CompressionEncoding::Gzip);
         }
         Ok(MetricsClient {
@@ -373,12 +330,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn headers_parse_and_decode() {
-        let map = headers(Some("x-tenant=team-a, Authorization=Bearer%20abc ,".into())).unwrap();
+    fn headers_become_metadata() {
+        let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let map = metadata(&pairs(&[("x-tenant", "team-a"), ("authorization", "Bearer abc")])).unwrap();
         assert_eq!(map.get("x-tenant").unwrap(), "team-a");
         assert_eq!(map.get("authorization").unwrap(), "Bearer abc");
-        assert!(headers(Some("novalue".into())).is_err());
-        assert!(headers(None).unwrap().is_empty());
+        assert!(metadata(&pairs(&[("bad key", "v")])).is_err());
+        assert!(metadata(&pairs(&[("k", "line\nbreak")])).is_err());
     }
 
     #[test]
@@ -399,24 +359,5 @@ mod tests {
             tonic_types::ErrorDetails::with_retry_info(Some(Duration::from_millis(5))),
         );
         assert!(retryable(&with_info));
-    }
-
-    #[test]
-    fn signal_specific_variables_win() {
-        let env = |k: &str| match k {
-            "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT" => Some("500".to_string()),
-            "OTEL_EXPORTER_OTLP_TIMEOUT" => Some("9000".to_string()),
-            "OTEL_EXPORTER_OTLP_HEADERS" => Some("a=b".to_string()),
-            _ => None,
-        };
-        assert_eq!(
-            env_var(&env, "OTEL_EXPORTER_OTLP_TIMEOUT").as_deref(),
-            Some("500")
-        );
-        assert_eq!(
-            env_var(&env, "OTEL_EXPORTER_OTLP_HEADERS").as_deref(),
-            Some("a=b")
-        );
-        assert_eq!(env_var(&env, "OTEL_EXPORTER_OTLP_ENDPOINT"), None);
     }
 }

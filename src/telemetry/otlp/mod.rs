@@ -88,11 +88,10 @@ pub fn metric_exporter(
     interval: Duration,
     google: Option<Arc<GoogleAuth>>,
 ) -> Result<MetricsExporter, ConfigError> {
-    let env = |k: &str| std::env::var(k).ok();
     let max_points = settings
         .max_points_per_request
         .unwrap_or(crate::config::DEFAULT_MAX_POINTS_PER_REQUEST);
-    let inner = MetricsClient::new(settings, max_points, interval, &env, google, stats.clone())?;
+    let inner = MetricsClient::new(settings, max_points, interval, google, stats.clone())?;
     Ok(MetricsExporter { inner, stats })
 }
 
@@ -108,9 +107,9 @@ pub fn span_exporter(
         // OTEL_EXPORTER_OTLP_HEADERS still reach the request through the SDK's own metadata.
         builder = builder.with_interceptor(RequestHeaders::new(tonic::metadata::MetadataMap::new(), google));
     }
-    if let Some(endpoint) = &settings.endpoint {
-        builder = builder.with_endpoint(endpoint.clone());
-    }
+    // Resolved by `config::otlp`; headers, timeout and compression the SDK
+    // reads from the same variables itself.
+    builder = builder.with_endpoint(settings.endpoint.clone());
     let inner = builder.build().map_err(|e| ConfigError::Otlp(e.to_string()))?;
     Ok(ReportingSpanExporter {
         inner,

@@ -4,7 +4,9 @@
 //! variable (`OTEL_METRICS_EXPORTER`, `OTEL_METRIC_EXPORT_INTERVAL`,
 //! `OTEL_EXPORTER_OTLP_*`), it is honoured too; an explicit flag wins.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+pub mod otlp;
+
+use std::{borrow::Cow, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, ValueEnum};
 
@@ -23,18 +25,18 @@ pub enum ConfigError {
     NoneCombined { var: &'static str, value: String },
     /// A variable that must hold a number of milliseconds does not.
     #[error("{var}: expected a positive number of milliseconds, got {value:?}")]
-    BadMillis { var: &'static str, value: String },
+    BadMillis { var: Cow<'static, str>, value: String },
     /// A variable with a value outside its fixed set.
     #[error("{var}: unsupported value {value:?} (expected {expected})")]
     BadValue {
-        var: &'static str,
+        var: Cow<'static, str>,
         value: String,
         expected: &'static str,
     },
     /// A CA file that cannot be used.
     #[error("{var}: cannot use {path:?} as a PEM CA certificate: {reason}")]
     BadCertificate {
-        var: &'static str,
+        var: Cow<'static, str>,
         path: PathBuf,
         reason: String,
     },
@@ -281,14 +283,20 @@ pub struct KubeSource {
     pub context: Option<String>,
 }
 
-/// One OTLP signal's settings. Headers, timeout and compression are read by
-/// the OTLP exporter itself from the standard variables.
+/// One OTLP signal's connection, resolved from the flags and the standard
+/// variables by [`otlp::resolve`]; nothing downstream reads a variable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OtlpSettings {
-    /// An endpoint that overrides the standard variables.
-    pub endpoint: Option<String>,
-    /// A PEM bundle of extra CAs to trust (OTEL_EXPORTER_OTLP_CERTIFICATE).
+    /// Where to send.
+    pub endpoint: String,
+    /// A PEM bundle of extra CAs to trust (`OTEL_EXPORTER_OTLP_CERTIFICATE`).
     pub ca_pem: Option<Vec<u8>>,
+    /// Per-request timeout (`OTEL_EXPORTER_OTLP_TIMEOUT`).
+    pub timeout: Duration,
+    /// Extra request headers, decoded (`OTEL_EXPORTER_OTLP_HEADERS`).
+    pub headers: Vec<(String, String)>,
+    /// Gzip request bodies (`OTEL_EXPORTER_OTLP_COMPRESSION=gzip`).
+    pub gzip: bool,
     /// Split each metrics export into requests of at most this many data points.
     pub max_points_per_request: Option<usize>,
     /// How requests authenticate.
@@ -464,65 +472,6 @@ fn parse_exporters<'a>(
     Ok(out)
 }
 
-fn read_ca(
-    env: &dyn Fn(&str) -> Option<String>,
-    signal_var: &'static str,
-) -> Result<Option<Vec<u8>>, ConfigError> {
-    let (var, path) = match env(signal_var).filter(|v| !v.is_empty()) {
-        Some(p) => (signal_var, p),
-        None => match env("OTEL_EXPORTER_OTLP_CERTIFICATE").filter(|v| !v.is_empty()) {
-            Some(p) => ("OTEL_EXPORTER_OTLP_CERTIFICATE", p),
-            None => return Ok(None),
-        },
-    };
-    let path = PathBuf::from(path);
-    let pem = std::fs::read(&path).map_err(|e| ConfigError::BadCertificate {
-        var,
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
-    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-        return Err(ConfigError::BadCertificate {
-            var,
-            path,
-            reason: "no PEM certificate in it".into(),
-        });
-    }
-    Ok(Some(pem))
-}
-
-/// The OTLP exporter ignores bad compression and timeout values with a
-/// warning (as the OTel spec allows); we refuse them, like any other bad input.
-fn check_otlp_env(env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-    for var in [
-        "OTEL_EXPORTER_OTLP_COMPRESSION",
-        "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
-        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
-    ] {
-        if let Some(v) = env(var).filter(|v| !v.trim().is_empty())
-            && !matches!(v.trim().to_ascii_lowercase().as_str(), "gzip" | "none")
-        {
-            return Err(ConfigError::BadValue {
-                var,
-                value: v,
-                expected: "`gzip` or `none`",
-            });
-        }
-    }
-    for var in [
-        "OTEL_EXPORTER_OTLP_TIMEOUT",
-        "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
-        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-    ] {
-        if let Some(v) = env(var).filter(|v| !v.trim().is_empty())
-            && !v.trim().parse::<u64>().is_ok_and(|ms| ms > 0)
-        {
-            return Err(ConfigError::BadMillis { var, value: v });
-        }
-    }
-    Ok(())
-}
-
 impl RunArgs {
     /// Resolves flags and the environment (through `env`) into settings.
     pub fn resolve(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
@@ -564,13 +513,10 @@ impl RunArgs {
             (true, Some(n)) => Some(n as usize),
             (false, n) => Some(n.map_or(DEFAULT_MAX_POINTS_PER_REQUEST, |n| n as usize)),
         };
-        // An explicit endpoint (flag or standard variable) wins over Google's default.
-        let endpoint_for = |signal_var: &str| {
-            self.otlp_endpoint.clone().or_else(|| {
-                let set = |k: &str| env(k).is_some_and(|v| !v.trim().is_empty());
-                (google && !set(signal_var) && !set("OTEL_EXPORTER_OTLP_ENDPOINT"))
-                    .then(|| GOOGLE_TELEMETRY_ENDPOINT.to_string())
-            })
+        let flags = |max_points_per_request| otlp::Flags {
+            endpoint: self.otlp_endpoint.as_deref(),
+            auth: self.otlp_auth,
+            max_points_per_request,
         };
 
         let export_interval = match self.metric_export_interval {
@@ -580,7 +526,7 @@ impl RunArgs {
                     Ok(ms) if ms > 0 => Duration::from_millis(ms),
                     _ => {
                         return Err(ConfigError::BadMillis {
-                            var: "OTEL_METRIC_EXPORT_INTERVAL",
+                            var: "OTEL_METRIC_EXPORT_INTERVAL".into(),
                             value: v,
                         });
                     }
@@ -589,29 +535,12 @@ impl RunArgs {
             },
         };
 
-        if otlp_metrics_on || traces_on {
-            check_otlp_env(env)?;
-        }
-        let otlp_metrics = if otlp_metrics_on {
-            Some(OtlpSettings {
-                endpoint: endpoint_for("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"),
-                ca_pem: read_ca(env, "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE")?,
-                max_points_per_request,
-                auth: self.otlp_auth,
-            })
-        } else {
-            None
-        };
-        let otlp_traces = if traces_on {
-            Some(OtlpSettings {
-                endpoint: endpoint_for("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
-                ca_pem: read_ca(env, "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")?,
-                max_points_per_request: None,
-                auth: self.otlp_auth,
-            })
-        } else {
-            None
-        };
+        let otlp_metrics = otlp_metrics_on
+            .then(|| otlp::resolve(otlp::Signal::Metrics, &flags(max_points_per_request), env))
+            .transpose()?;
+        let otlp_traces = traces_on
+            .then(|| otlp::resolve(otlp::Signal::Traces, &flags(None), env))
+            .transpose()?;
 
         if let Some(path) = &self.auth_token_file {
             if self.auth_kubernetes {
@@ -902,7 +831,7 @@ mod tests {
         };
         let s = google(&[], &[]).unwrap();
         let m = s.otlp_metrics.as_ref().unwrap();
-        assert_eq!(m.endpoint.as_deref(), Some(GOOGLE_TELEMETRY_ENDPOINT));
+        assert_eq!(m.endpoint, GOOGLE_TELEMETRY_ENDPOINT);
         assert_eq!(m.max_points_per_request, Some(GOOGLE_MAX_POINTS_PER_REQUEST));
         assert_eq!(m.auth, OtlpAuth::Google);
         assert!(s.otlp_traces.is_none(), "own traces are opt-in in Google mode");
@@ -910,9 +839,9 @@ mod tests {
 
         // A standard variable or the flag wins over Google's endpoint.
         let s = google(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://proxy:443")]).unwrap();
-        assert_eq!(s.otlp_metrics.unwrap().endpoint, None, "left to the variable");
+        assert_eq!(s.otlp_metrics.unwrap().endpoint, "https://proxy:443");
         let s = google(&["--otlp-endpoint", "https://x:443"], &[]).unwrap();
-        assert_eq!(s.otlp_metrics.unwrap().endpoint.as_deref(), Some("https://x:443"));
+        assert_eq!(s.otlp_metrics.unwrap().endpoint, "https://x:443");
 
         let s = google(
             &[
@@ -954,7 +883,7 @@ mod tests {
 
         // Without Google mode nothing changes.
         let s = args(&[]).resolve(&env_of(&[])).unwrap();
-        assert_eq!(s.otlp_metrics.unwrap().endpoint, None);
+        assert_eq!(s.otlp_metrics.unwrap().endpoint, otlp::DEFAULT_ENDPOINT);
         assert!(s.otlp_traces.is_some());
     }
 }
