@@ -27,7 +27,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[serde(default)]
 pub struct Node {
     /// Name, uid, labels, creation and deletion times: decoding skips the
-    /// rest (see [`slim_metadata`]).
+    /// rest (see `slim_metadata`).
     #[serde(deserialize_with = "slim_metadata")]
     pub metadata: ObjectMeta,
     /// `spec`.

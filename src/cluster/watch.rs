@@ -165,7 +165,7 @@ pub async fn run(client: Client, mut feed: Feed, keep_label: KeepLabel, api_time
     warn!("node watcher stopped");
 }
 
-/// Spawns [`run`] on the runtime. Each (re)list is its own root span: a span
+/// Spawns `run` on the runtime. Each (re)list is its own root span: a span
 /// for the watcher's whole life would never end, and traces under it never close.
 pub fn spawn(
     client: Client,

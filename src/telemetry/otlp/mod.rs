@@ -77,7 +77,7 @@ pub(super) fn tls_config(settings: &OtlpSettings) -> ClientTlsConfig {
 
 /// Builds the OTLP metric exporter, wrapped to count and log failures.
 ///
-/// Always ours (`telemetry::client`), never the SDK's: requests must stay
+/// Always ours ([`client`]), never the SDK's: requests must stay
 /// under a receiver's message limit however large the cluster, which needs
 /// splitting, and the per-node families are sent from their encoded cache.
 ///
