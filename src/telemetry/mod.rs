@@ -290,6 +290,27 @@ impl Inner {
         crate::memory::release_free_memory();
     }
 
+    /// Waits after a change until the view has stayed still for [`QUIET`],
+    /// for at most [`MOST_SETTLING`]. A zone outage arrives as thousands of
+    /// events over a second or so, and each touches a shard: a pass started
+    /// in the middle of the burst writes nearly every shard, and the pass
+    /// after it writes them all again. One pass after the burst shows the
+    /// outage sooner. A lone flip waits [`QUIET`], as before; steady churn
+    /// waits at most [`MOST_SETTLING`].
+    async fn settle(&self) {
+        let health = self.sources.view.health();
+        let started = tokio::time::Instant::now();
+        let mut seen = health.generation();
+        loop {
+            tokio::time::sleep(QUIET).await;
+            let now = health.generation();
+            if now == seen || started.elapsed() >= MOST_SETTLING {
+                return;
+            }
+            seen = now;
+        }
+    }
+
     /// Waits (a bounded time) until the node section shows the view as it
     /// is now, so that a scrape right after a change (or right after the
     /// first sync) does not get the rendering from before it.
@@ -574,8 +595,7 @@ impl Telemetry {
             if changes.changed().await.is_err() {
                 return;
             }
-            // Let a burst of events (a relist, a zone failing) land before rendering.
-            tokio::time::sleep(RENDER_DEBOUNCE).await;
+            self.inner.settle().await;
         }
     }
 
@@ -651,8 +671,10 @@ fn unix_nanos(t: std::time::SystemTime) -> u64 {
 /// the previous rendering is served.
 const CATCH_UP: Duration = Duration::from_secs(2);
 
-/// How long the renderer waits after a change for more to arrive.
-const RENDER_DEBOUNCE: Duration = Duration::from_millis(50);
+/// How long the view must stay still after a change before a pass starts.
+const QUIET: Duration = Duration::from_millis(50);
+/// The longest a pass waits for the view to stay still.
+const MOST_SETTLING: Duration = Duration::from_millis(500);
 
 /// Checks the OTLP metric exporter's configuration (endpoint, headers,
 /// compression) without connecting: the channel is lazy and dropped unused.

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use opentelemetry_proto::tonic::{
     collector::metrics::v1::ExportMetricsServiceRequest,
     common::v1::InstrumentationScope,
-    metrics::v1::{Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, number_data_point},
+    metrics::v1::{Metric, ResourceMetrics, ScopeMetrics, number_data_point},
     resource::v1::Resource,
 };
 use prost::{
@@ -35,6 +35,15 @@ const POINT_START_TIME: u32 = 2;
 const POINT_TIME: u32 = 3;
 
 /// Bytes the two timestamps add to a point: a one-byte key and eight bytes each.
+const POINT_AS_DOUBLE: u32 = 4;
+const POINT_AS_INT: u32 = 6;
+const POINT_ATTRIBUTES: u32 = 7;
+const KEY_VALUE_KEY: u32 = 1;
+const KEY_VALUE_VALUE: u32 = 2;
+const ANY_STRING: u32 = 1;
+const ANY_BOOL: u32 = 2;
+const ANY_INT: u32 = 3;
+const ANY_DOUBLE: u32 = 4;
 const TIMES_LEN: usize = 18;
 
 /// One export request, encoded.
@@ -172,18 +181,66 @@ impl Descriptor {
 }
 
 /// A point of `attrs` (sorted by key, each key once, as the SDK collects
-/// them) with `value`, encoded without timestamps as opentelemetry-proto
-/// converts a collected point: straight from readings, for the OTLP cache.
-pub fn encode_point(attrs: &[opentelemetry::KeyValue], value: number_data_point::Value) -> Vec<u8> {
-    NumberDataPoint {
-        attributes: attrs.iter().map(Into::into).collect(),
-        start_time_unix_nano: 0,
-        time_unix_nano: 0,
-        exemplars: Vec::new(),
-        flags: 0,
-        value: Some(value),
+/// them) with `value`, encoded without timestamps into `out` (cleared
+/// first): the bytes prost writes for opentelemetry-proto's conversion of a
+/// collected point, written straight from the readings without building the
+/// message (its attribute keys and values would each be a new `String`).
+pub fn encode_point(attrs: &[opentelemetry::KeyValue], value: number_data_point::Value, out: &mut Vec<u8>) {
+    use number_data_point::Value as V;
+    use opentelemetry::Value as A;
+    out.clear();
+    // prost writes fields in tag order: the value (4 or 6) before the attributes (7).
+    match value {
+        V::AsDouble(v) => prost::encoding::double::encode(POINT_AS_DOUBLE, &v, out),
+        V::AsInt(v) => prost::encoding::sfixed64::encode(POINT_AS_INT, &v, out),
     }
-    .encode_to_vec()
+    for kv in attrs {
+        let key = kv.key.as_str();
+        // AnyValue: the one field of its oneof (string 1, bool 2, int 3, double 4).
+        let any_len = match &kv.value {
+            A::String(v) => field_len(ANY_STRING, v.as_str().len()),
+            A::Bool(_) => 2,
+            A::I64(v) => 1 + encoded_len_varint(*v as u64),
+            A::F64(_) => 9,
+            // Arrays (no family emits one) take prost's way.
+            other => {
+                let attr = opentelemetry_proto::tonic::common::v1::KeyValue::from(
+                    &opentelemetry::KeyValue::new(kv.key.clone(), other.clone()),
+                );
+                encode_key(POINT_ATTRIBUTES, WireType::LengthDelimited, out);
+                encode_varint(attr.encoded_len() as u64, out);
+                attr.encode_raw(out);
+                continue;
+            }
+        };
+        // proto3 leaves an empty string out; the AnyValue oneof is always written.
+        let key_len = if key.is_empty() {
+            0
+        } else {
+            field_len(KEY_VALUE_KEY, key.len())
+        };
+        let kv_len = key_len + field_len(KEY_VALUE_VALUE, any_len);
+        encode_key(POINT_ATTRIBUTES, WireType::LengthDelimited, out);
+        encode_varint(kv_len as u64, out);
+        if !key.is_empty() {
+            encode_key(KEY_VALUE_KEY, WireType::LengthDelimited, out);
+            encode_varint(key.len() as u64, out);
+            out.extend_from_slice(key.as_bytes());
+        }
+        encode_key(KEY_VALUE_VALUE, WireType::LengthDelimited, out);
+        encode_varint(any_len as u64, out);
+        match &kv.value {
+            A::String(v) => {
+                encode_key(ANY_STRING, WireType::LengthDelimited, out);
+                encode_varint(v.as_str().len() as u64, out);
+                out.extend_from_slice(v.as_str().as_bytes());
+            }
+            A::Bool(v) => prost::encoding::bool::encode(ANY_BOOL, v, out),
+            A::I64(v) => prost::encoding::int64::encode(ANY_INT, v, out),
+            A::F64(v) => prost::encoding::double::encode(ANY_DOUBLE, v, out),
+            _ => {}
+        }
+    }
 }
 
 /// The descriptor of a metric with no data yet: a gauge, or a cumulative monotonic sum.
@@ -209,7 +266,7 @@ pub fn descriptor(name: &str, description: &str, unit: &str, monotonic_sum: bool
 
 #[cfg(test)]
 /// A data point without its timestamps, encoded: what stays the same from one export to the next.
-pub fn point_body(point: &mut NumberDataPoint) -> Vec<u8> {
+pub fn point_body(point: &mut opentelemetry_proto::tonic::metrics::v1::NumberDataPoint) -> Vec<u8> {
     point.start_time_unix_nano = 0;
     point.time_unix_nano = 0;
     point.encode_to_vec()
@@ -359,7 +416,7 @@ mod tests {
     use super::*;
     use opentelemetry_proto::tonic::{
         common::v1::{AnyValue, KeyValue, any_value},
-        metrics::v1::{AggregationTemporality, Gauge, Sum, metric::Data, number_data_point},
+        metrics::v1::{AggregationTemporality, Gauge, NumberDataPoint, Sum, metric::Data, number_data_point},
     };
 
     fn point(node: &str, v: i64) -> NumberDataPoint {
@@ -508,5 +565,44 @@ mod tests {
         );
         assert!(!w.finish());
         assert_eq!(sent, 1);
+    }
+
+    #[test]
+    fn points_written_directly_are_the_bytes_prost_writes() {
+        use opentelemetry::{KeyValue as K, Value};
+        let attrs = vec![
+            K::new("k8s.node.name", "node-1"),
+            K::new("", "no key"),
+            K::new("empty", ""),
+            K::new("long", "x".repeat(300)),
+            K::new("non-ascii", "zone ✓ \"q\""),
+            K::new("int", -7i64),
+            K::new("big", i64::MAX),
+            K::new("flag", true),
+            K::new("no", false),
+            K::new("ratio", 0.25),
+            K::new("zero", 0.0),
+            K::new("list", Value::Array(vec![1i64, 2].into())),
+        ];
+        let mut out = Vec::new();
+        for value in [
+            number_data_point::Value::AsInt(1),
+            number_data_point::Value::AsInt(0),
+            number_data_point::Value::AsInt(-1),
+            number_data_point::Value::AsDouble(0.0),
+            number_data_point::Value::AsDouble(-0.0),
+            number_data_point::Value::AsDouble(1e21),
+        ] {
+            for n in [0, 1, attrs.len()] {
+                let want = NumberDataPoint {
+                    attributes: attrs[..n].iter().map(Into::into).collect(),
+                    value: Some(value),
+                    ..Default::default()
+                }
+                .encode_to_vec();
+                encode_point(&attrs[..n], value, &mut out);
+                assert_eq!(out, want, "{n} attributes, {value:?}");
+            }
+        }
     }
 }

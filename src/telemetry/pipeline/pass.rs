@@ -26,7 +26,6 @@ use std::{
 };
 
 use flate2::{Compression, read::DeflateDecoder, write::DeflateEncoder};
-use opentelemetry::KeyValue;
 use opentelemetry_proto::tonic::{
     collector::metrics::v1::ExportMetricsServiceRequest, metrics::v1::number_data_point,
 };
@@ -300,14 +299,23 @@ impl OtlpSnapshot {
     }
 }
 
-/// One family's points for the nodes of a shard.
-type Points = Vec<(f64, Vec<KeyValue>)>;
-
 /// Per family: the shard's text segment and OTLP points, for whichever outputs are on.
 type Written = Vec<(Option<Segment>, Option<OtlpShard>)>;
 
+/// One family's output for a shard, in plain bytes until it is compressed.
+#[derive(Default)]
+struct Plain {
+    /// Text samples.
+    text: Vec<u8>,
+    /// OTLP points, each a varint length and the point encoded without timestamps.
+    otlp: Vec<u8>,
+    points: usize,
+}
+
 /// The readings of `nodes` (a shard, sorted by name), written for the outputs
 /// on: `names` (the families' Prometheus names) for text, `otlp` for the cache.
+/// Each point is written both ways as soon as a family emits it, into plain
+/// buffers that are compressed once at the end, family by family.
 fn write_shard(
     families: &[Family],
     ctx: &Ctx<'_>,
@@ -315,13 +323,17 @@ fn write_shard(
     names: Option<&[String]>,
     otlp: bool,
 ) -> io::Result<Written> {
-    let mut points: Vec<Points> = families.iter().map(|_| Vec::new()).collect();
+    let mut plain: Vec<Plain> = families.iter().map(|_| Plain::default()).collect();
+    let mut samples = exposition::SampleWriter::default();
+    let mut body = Vec::new();
+    let mut failed: Option<io::Error> = None;
     for node in nodes {
         // The attributes every point of the node starts with: built once, shared by every family.
         let Some(base) = ctx.node_attrs(node) else {
             continue;
         };
-        for (family, points) in families.iter().zip(points.iter_mut()) {
+        for (f, (family, out)) in families.iter().zip(plain.iter_mut()).enumerate() {
+            let integer = family.kind != Kind::FloatGauge;
             (family.points)(ctx, node, &base, &mut |v, mut attrs| {
                 // What the SDK does to a measurement before any exporter sees it.
                 if !v.is_finite() {
@@ -329,30 +341,43 @@ fn write_shard(
                 }
                 attrs.sort_unstable_by(|a, b| a.key.cmp(&b.key));
                 attrs.dedup_by(|a, b| a.key == b.key);
-                points.push((v, attrs));
+                out.points += 1;
+                if let Some(names) = names {
+                    // Integer instruments hold what `v as u64` made of the reading.
+                    let v = if integer { (v as u64) as f64 } else { v };
+                    if let Err(e) = samples.write(&mut out.text, &names[f], &attrs, v) {
+                        failed.get_or_insert(e);
+                    }
+                }
+                if otlp {
+                    // As opentelemetry-proto converts them: an integer instrument's value as `as_int`.
+                    let value = if integer {
+                        number_data_point::Value::AsInt(i64::try_from(v as u64).unwrap_or_default())
+                    } else {
+                        number_data_point::Value::AsDouble(v)
+                    };
+                    wire::encode_point(&attrs, value, &mut body);
+                    encode_varint(body.len() as u64, &mut out.otlp);
+                    out.otlp.extend_from_slice(&body);
+                }
             });
         }
     }
-    let mut samples = exposition::SampleWriter::default();
-    families
-        .iter()
-        .zip(points)
-        .enumerate()
-        .map(|(f, (family, points))| {
-            let integer = family.kind != Kind::FloatGauge;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    plain
+        .into_iter()
+        .map(|p| {
             let text = match names {
-                Some(names) => Some(Segment::render(|out| {
-                    for (v, attrs) in &points {
-                        // Integer instruments hold what `v as u64` made of the reading.
-                        let v = if integer { (*v as u64) as f64 } else { *v };
-                        samples.write(out, &names[f], attrs, v)?;
-                    }
-                    Ok(points.len())
+                Some(_) => Some(Segment::render(|out| {
+                    out.write_all(&p.text)?;
+                    Ok(p.points)
                 })?),
                 None => None,
             };
             let encoded = if otlp {
-                Some(encode(&points, integer)?)
+                Some(deflate(&p.otlp, p.points)?)
             } else {
                 None
             };
@@ -361,31 +386,18 @@ fn write_shard(
         .collect()
 }
 
-/// `points` encoded for the OTLP cache, as opentelemetry-proto converts
-/// them: an integer instrument's value as `as_int`, a float's as `as_double`.
-fn encode(points: &Points, integer: bool) -> io::Result<OtlpShard> {
-    if points.is_empty() {
+/// A family's OTLP points for a shard, deflated.
+fn deflate(points: &[u8], count: usize) -> io::Result<OtlpShard> {
+    if count == 0 {
         return Ok(OtlpShard::default());
     }
     // Level 1, as for the text: a full pass (a zone outage dirties every shard) is mostly compression.
-    let mut out = DeflateEncoder::new(Vec::new(), Compression::fast());
-    let mut record = Vec::new();
-    for (v, attrs) in points {
-        let value = if integer {
-            number_data_point::Value::AsInt(i64::try_from(*v as u64).unwrap_or_default())
-        } else {
-            number_data_point::Value::AsDouble(*v)
-        };
-        let body = wire::encode_point(attrs, value);
-        record.clear();
-        encode_varint(body.len() as u64, &mut record);
-        out.write_all(&record)?;
-        out.write_all(&body)?;
-    }
+    let mut out = DeflateEncoder::new(Vec::with_capacity(points.len() / 4), Compression::fast());
+    out.write_all(points)?;
     let mut deflated = out.finish()?;
     deflated.shrink_to_fit();
     Ok(OtlpShard {
         deflated,
-        points: points.len(),
+        points: count,
     })
 }
