@@ -217,14 +217,21 @@ def ready_values(run):
     return values
 
 
-def ready_value(run, node):
-    return ready_values(run).get(node)
+def first_showing(run, pred):
+    """Scrapes until one shows what `pred` wants of the k8s_node_ready values;
+    returns when that scrape started. The data was on /metrics by then (a
+    gzip scrape is served in milliseconds), and the scrape before it, started
+    one read earlier, did not show it yet; Python's reading the body up to
+    that family (~0.4 s at 50,000 nodes) is not the exporter's latency."""
+    while True:
+        started = time.monotonic()
+        if pred(ready_values(run)):
+            return started
 
 
-def all_ready_equal(run, nodes, want):
-    """True if a scrape shows k8s_node_ready == want for every node in `nodes`."""
-    values = ready_values(run)
-    return all(values.get(n) == want for n in nodes)
+def all_equal(nodes, want):
+    """A predicate: k8s_node_ready == want for every node in `nodes`."""
+    return lambda values: all(values.get(n) == want for n in nodes)
 
 
 def measure(nodes, args, workdir, first=False):
@@ -280,15 +287,11 @@ def measure(nodes, args, workdir, first=False):
         _, answer = post(f"{run.api}/fake/outage?fraction={args.outage_fraction}&status=False")
         last_event = time.monotonic()
         down = json.loads(answer)["nodes"]
-        while not all_ready_equal(run, down, 0.0):
-            pass
         result["outage_nodes"] = len(down)
-        result["outage_visible_ms"] = 1000 * (time.monotonic() - last_event)
+        result["outage_visible_ms"] = 1000 * (first_showing(run, all_equal(down, 0.0)) - last_event)
         post(f"{run.api}/fake/outage?fraction={args.outage_fraction}&status=True")
         last_event = time.monotonic()
-        while not all_ready_equal(run, down, 1.0):
-            pass
-        result["recovery_visible_ms"] = 1000 * (time.monotonic() - last_event)
+        result["recovery_visible_ms"] = 1000 * (first_showing(run, all_equal(down, 1.0)) - last_event)
 
         # Idle: the scrape interval and the OTLP interval of the targets.
         cpu0, t0 = cpu_seconds(run.pid), time.monotonic()
@@ -308,9 +311,7 @@ def measure(nodes, args, workdir, first=False):
             for status, want in (("False", 0.0), ("True", 1.0)):
                 t = time.monotonic()
                 run.set_ready(node, status)
-                while ready_value(run, node) != want:
-                    pass
-                fresh.append(time.monotonic() - t)
+                fresh.append(first_showing(run, lambda v: v.get(node) == want) - t)
         result["freshness_p50_ms"] = 1000 * percentile(fresh, 50)
         result["freshness_p99_ms"] = 1000 * percentile(fresh, 99)
 
@@ -408,12 +409,12 @@ ROWS = [
     ("/metrics body, gzip (served)", "metrics_gzip_bytes", "{:,.0f} B"),
     ("OTLP cycle, the first (every node collected and encoded)", "otlp_first_export_ms", "{:.0f} ms"),
     ("OTLP cycle after it (median: cached points + changed shards, sent)", "otlp_export_ms", "{:.0f} ms"),
-    ("freshness p50 (flip → scrape shows it)", "freshness_p50_ms", "{:.0f} ms"),
+    ("freshness p50 (flip → the first scrape that shows it starts)", "freshness_p50_ms", "{:.0f} ms"),
     ("freshness p99", "freshness_p99_ms", "{:.0f} ms"),
     ("zone outage: nodes set NotReady at once", "outage_nodes", "{:,.0f}"),
-    ("zone outage visible on /metrics (after the last event)", "outage_visible_ms", "{:.0f} ms"),
+    ("zone outage on /metrics (last event → the first scrape that shows every node starts)", "outage_visible_ms", "{:.0f} ms"),
     ("zone outage: the first OTLP cycle after it", "outage_otlp_export_ms", "{:.0f} ms"),
-    ("recovery visible on /metrics (after the last event)", "recovery_visible_ms", "{:.0f} ms"),
+    ("recovery on /metrics (the same)", "recovery_visible_ms", "{:.0f} ms"),
     ("run length", "run_minutes", "{:.1f} min"),
     ("LIST requests (pages) / full LISTs", ("api_lists", "api_full_lists"), "{:.0f} / {:.0f}"),
     ("relists (kube_node_status_watch_restarts_total)", "watch_restarts", "{:.0f}"),

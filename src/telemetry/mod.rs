@@ -51,6 +51,7 @@ use pipeline::{
     families::{self, Family},
     instruments::{self, Capacity, Group, Sources},
     pass::{Outputs, Pass},
+    shards::SHARDS,
 };
 use prometheus::{body::Section, text as exposition};
 
@@ -148,6 +149,8 @@ struct Inner {
     current: RwLock<Arc<Pipelines>>,
     /// The one pass that writes the per-node families for both outputs, and what it keeps.
     pass: std::sync::Mutex<Pass>,
+    /// What a pass over every shard took last (estimated from one over many), in ms.
+    full_pass_ms: std::sync::atomic::AtomicU64,
     /// The last rendered node section of `/metrics`.
     section: RwLock<Arc<Section>>,
     /// The view generation the last rendered section shows.
@@ -237,10 +240,14 @@ impl Inner {
     /// whose nodes changed. Returns the pass, still locked, for its caller to
     /// read what it needs. Blocking.
     fn run_pass(&self) -> std::sync::MutexGuard<'_, Pass> {
-        let started = Instant::now();
         let mut pass = self.pass.lock().unwrap_or_else(|e| e.into_inner());
+        let started = Instant::now();
         match pass.run(&self.families, &self.sources, &self.resource) {
             Ok(done) => {
+                if done.shards >= SHARDS / 4 {
+                    let full = started.elapsed().as_millis() as u64 * SHARDS as u64 / done.shards as u64;
+                    self.full_pass_ms.store(full, Ordering::Relaxed);
+                }
                 let work = &self.sources.work;
                 let shards = done.shards as u64;
                 if self.streaming() {
@@ -290,21 +297,25 @@ impl Inner {
         crate::memory::release_free_memory();
     }
 
-    /// Waits after a change until the view has stayed still for [`QUIET`],
-    /// for at most [`MOST_SETTLING`]. A zone outage arrives as thousands of
-    /// events over a second or so, and each touches a shard: a pass started
-    /// in the middle of the burst writes nearly every shard, and the pass
-    /// after it writes them all again. One pass after the burst shows the
-    /// outage sooner. A lone flip waits [`QUIET`], as before; steady churn
-    /// waits at most [`MOST_SETTLING`].
+    /// Waits after a change until the view has stayed still for [`QUIET`].
+    /// A zone outage arrives as thousands of events over a second or more,
+    /// and they touch every shard: a pass started in the middle of the burst
+    /// writes every shard, competes with the watch for the cores while the
+    /// rest arrives, and the pass after it writes every shard again. One pass
+    /// after the burst shows the outage sooner. A lone flip waits [`QUIET`];
+    /// a stream of changes that never pauses waits at most twice what a full
+    /// pass costs (measured, at least [`LEAST_SETTLING`]): what is not yet
+    /// shown is never older than what showing it costs, give or take.
     async fn settle(&self) {
         let health = self.sources.view.health();
         let started = tokio::time::Instant::now();
+        let full = Duration::from_millis(self.full_pass_ms.load(Ordering::Relaxed));
+        let most = (2 * full).clamp(LEAST_SETTLING, MOST_SETTLING);
         let mut seen = health.generation();
         loop {
             tokio::time::sleep(QUIET).await;
             let now = health.generation();
-            if now == seen || started.elapsed() >= MOST_SETTLING {
+            if now == seen || started.elapsed() >= most {
                 return;
             }
             seen = now;
@@ -501,6 +512,7 @@ impl Telemetry {
                 otlp: None,
             })),
             pass: std::sync::Mutex::new(pass),
+            full_pass_ms: Default::default(),
             section: RwLock::new(Arc::new(Section::empty())),
             rendered: tokio::sync::watch::Sender::new(0),
             rendered_synced: AtomicBool::new(false),
@@ -673,8 +685,11 @@ const CATCH_UP: Duration = Duration::from_secs(2);
 
 /// How long the view must stay still after a change before a pass starts.
 const QUIET: Duration = Duration::from_millis(50);
-/// The longest a pass waits for the view to stay still.
-const MOST_SETTLING: Duration = Duration::from_millis(500);
+/// A pass waits for the view to stay still at least this long before it
+/// starts anyway, and at most [`MOST_SETTLING`].
+const LEAST_SETTLING: Duration = Duration::from_millis(500);
+/// The longest a pass waits for the view to stay still, however large the cluster.
+const MOST_SETTLING: Duration = Duration::from_secs(5);
 
 /// Checks the OTLP metric exporter's configuration (endpoint, headers,
 /// compression) without connecting: the channel is lazy and dropped unused.
