@@ -31,6 +31,7 @@ VALUE_SETS = {
                            "relabelings": [{"action": "labeldrop", "regex": "pod"}]},
         "podMonitor": {"enabled": True},
         "prometheusRule": {"enabled": True},
+        "gmpRules": {"enabled": True},
         "podDisruptionBudget": {"enabled": True},
         "networkPolicy": {"enabled": True, "ingressFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]},
         "collector": {"enabled": True},
@@ -47,6 +48,10 @@ VALUE_SETS = {
         "extraEnv": [{"name": "RUST_LOG", "value": "info"}],
     },
     "gmp-only": {"podMonitoring": {"enabled": True}},
+    "gmp-alerting": {"podMonitoring": {"enabled": True}, "gmpRules": {"enabled": True}},
+    "gmp-cluster-rules": {"podMonitoring": {"enabled": True}, "metricNaming": "kube-state-metrics",
+                          "gmpRules": {"enabled": True, "scope": "cluster", "labels": {"team": "platform"}},
+                          "alerts": {"notReadyFor": "5m", "flapThreshold": 6}},
     "kube-rbac-auth": {"metricsAuth": {"enabled": True, "kubernetes": True}, "serviceMonitor": {"enabled": True},
                        "tls": {"enabled": True, "secretName": "kns-serving-cert"}, "podMonitoring": {"enabled": True}},
     "high-availability": {"replicas": 2, "metricsAuth": {"enabled": True, "secretName": "kns-scrape-token"},
@@ -330,16 +335,55 @@ def promtool(*args, stdin=""):
     return out.returncode, out.stdout + out.stderr
 
 
+ALERTS = {"NodeNotReady", "NodeUnreachable", "NodeUnderPressure", "NodeReadinessFlapping",
+          "KubeNodeStatusExporterDown", "KubeNodeStatusWatchErrors", "KubeNodeStatusViewStale",
+          "KubeNodeStatusNoLeader"}
+
+
+@pytest.mark.parametrize("scope", ["namespace", "cluster"])
 @pytest.mark.parametrize("naming", ["otel", "kube-state-metrics"])
-def test_alert_rules_pass_promtool(naming, tmp_path):
-    objects = render({"prometheusRule": {"enabled": True}, "metricNaming": naming})
+def test_alert_rules_are_written_once_and_pass_promtool_as_prometheusrule_and_gmp_rules(naming, scope, tmp_path):
+    objects = render({"prometheusRule": {"enabled": True}, "gmpRules": {"enabled": True, "scope": scope},
+                      "metricNaming": naming})
     rule = next(o for _, o in objects if o["kind"] == "PrometheusRule")
+    gmp = next(o for _, o in objects if o["apiVersion"] == "monitoring.googleapis.com/v1" and "Rules" in o["kind"])
+    assert gmp["kind"] == ("ClusterRules" if scope == "cluster" else "Rules")
+    assert ("namespace" in gmp["metadata"]) == (scope == "namespace")
+    assert gmp["spec"]["groups"] == rule["spec"]["groups"], "the same rules both ways"
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
-    assert alerts == {"NodeNotReady", "NodeReadinessFlapping", "KubeNodeStatusExporterDown", "KubeNodeStatusWatchErrors"}
+    assert alerts == ALERTS
     path = tmp_path / "rules.yml"
-    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    path.write_text(yaml.safe_dump({"groups": gmp["spec"]["groups"]}))
     code, output = promtool("check", "rules", str(path))
     assert code == 0, output
+
+
+RULE_TESTS = ROOT / "tests" / "rules"
+
+
+def rule_unit_tests(naming, tmp_path, **values):
+    """Runs tests/rules/<naming>.test.yaml against the chart's rules (as GMP
+    Rules: the same groups as the PrometheusRule, asserted above)."""
+    objects = render({"gmpRules": {"enabled": True}, "metricNaming": naming, **values})
+    rules = next(o for _, o in objects if o["kind"] == "Rules")
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": rules["spec"]["groups"]}))
+    test = tmp_path / f"{naming}.test.yaml"
+    test.write_text((RULE_TESTS / f"{naming}.test.yaml").read_text())
+    return promtool("test", "rules", str(test))
+
+
+@pytest.mark.parametrize("naming", ["otel", "kube-state-metrics"])
+def test_every_alert_fires_where_it_should_and_stays_quiet_elsewhere(naming, tmp_path):
+    text = (RULE_TESTS / f"{naming}.test.yaml").read_text()
+    tested = set(re.findall(r"alertname: (\w+)", text))
+    assert tested == ALERTS, f"alerts without a unit test: {ALERTS - tested}"
+    code, output = rule_unit_tests(naming, tmp_path)
+    assert code == 0, output
+
+
+def test_the_alert_unit_tests_can_fail(tmp_path):
+    code, output = rule_unit_tests("otel", tmp_path, alerts={"notReadyFor": "25m"})
+    assert code != 0 and "NodeNotReady" in output, output
 
 
 COLLECTOR_CONFIGS = sorted((ROOT / "otel-collector").glob("*.yaml"))
@@ -458,6 +502,87 @@ def test_the_crd_validation_can_fail():
     sm["spec"]["endpoints"][0]["interval"] = "often"
     code, output = validate_custom_resources([sm])
     assert code == 1 and "ServiceMonitor" in output
+
+
+GMP_CRDS = ROOT / "tests" / "chart" / "crds" / "gmp"
+
+
+def gmp_schemas():
+    """(apiVersion, kind) → openAPIV3Schema, from the vendored GMP CRDs."""
+    schemas = {}
+    for path in sorted(GMP_CRDS.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        for version in crd["spec"]["versions"]:
+            key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
+            schemas[key] = version["schema"]["openAPIV3Schema"]
+    return schemas
+
+
+def unknown_fields(value, schema, path):
+    """Fields the schema does not define: the API server would drop them
+    without a word (a typo'd field is a setting that never applies)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    found = []
+    if isinstance(value, dict) and "properties" in schema:
+        for key, sub in value.items():
+            if key in schema["properties"]:
+                found += unknown_fields(sub, schema["properties"][key], f"{path}.{key}")
+            elif not schema.get("additionalProperties"):
+                found.append(f"{path}.{key}: not in the schema")
+    elif isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
+        for key, sub in value.items():
+            found += unknown_fields(sub, schema["additionalProperties"], f"{path}.{key}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, sub in enumerate(value):
+            found += unknown_fields(sub, schema["items"], f"{path}[{i}]")
+    return found
+
+
+# The CRDs mark durations `format: duration`; GMP takes Prometheus durations ("30s", "1h30m").
+PROMETHEUS_DURATION = re.compile(r"^(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?$")
+
+
+def gmp_problems(objects):
+    import jsonschema
+    formats = jsonschema.FormatChecker()
+    formats.checks("duration")(lambda v: not isinstance(v, str) or (v != "" and bool(PROMETHEUS_DURATION.match(v))))
+    schemas = gmp_schemas()
+    problems = []
+    for obj in objects:
+        name = f"{obj['kind']}/{obj['metadata']['name']}"
+        schema = schemas.get((obj["apiVersion"], obj["kind"]))
+        if schema is None:
+            problems.append(f"{name}: no CRD for {obj['apiVersion']}")
+            continue
+        for e in jsonschema.Draft7Validator(schema, format_checker=formats).iter_errors(obj):
+            problems.append(f"{name}: {'.'.join(map(str, e.absolute_path))}: {e.message}")
+        problems += unknown_fields(obj, schema, name)
+    return problems
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_gmp_resources_validate_against_gmps_own_crds(values):
+    gmp = [o for _, o in render(values) if o["apiVersion"].startswith("monitoring.googleapis.com/")]
+    assert not gmp_problems(gmp)
+
+
+def test_every_gmp_kind_the_chart_renders_is_checked():
+    rendered = {o["kind"] for values in VALUE_SETS.values() for _, o in render(values)
+                if o["apiVersion"].startswith("monitoring.googleapis.com/")}
+    assert rendered == {"PodMonitoring", "Rules", "ClusterRules"}, rendered
+    assert {k for _, k in gmp_schemas()} >= rendered
+
+
+def test_the_gmp_validation_can_fail():
+    objects = [o for _, o in render(VALUE_SETS["gmp-alerting"]) if o["apiVersion"].startswith("monitoring.googleapis.com/")]
+    pm = copy.deepcopy(next(o for o in objects if o["kind"] == "PodMonitoring"))
+    pm["spec"]["endpoints"][0]["interval"] = "often"
+    rules = copy.deepcopy(next(o for o in objects if o["kind"] == "Rules"))
+    rules["spec"]["groups"][0]["rules"][0]["alertname"] = "typo"
+    problems = gmp_problems([pm, rules])
+    assert any("PodMonitoring" in p and "interval" in p for p in problems), problems
+    assert any("Rules" in p and "alertname: not in the schema" in p for p in problems), problems
 
 
 def test_security_scan_has_no_failed_checks(tmp_path):

@@ -1,0 +1,94 @@
+{{/*
+The alerting rules, written once: rendered as a Prometheus Operator
+PrometheusRule (prometheusrule.yaml) and as Google Managed Prometheus Rules or
+ClusterRules (gmp-rules.yaml). Expressions follow metricNaming. The settings
+(for, thresholds) are under .Values.alerts.
+*/}}
+{{- define "kns.ruleGroups" -}}
+{{- $fullname := include "kns.fullname" . }}
+{{- $ksm := eq .Values.metricNaming "kube-state-metrics" }}
+{{- $a := .Values.alerts }}
+{{- $node := ternary "node" "k8s_node_name" $ksm }}
+{{- $nodeLabel := printf "{{ $labels.%s }}" $node }}
+- name: kube-node-status.nodes
+  rules:
+    - alert: NodeNotReady
+      {{- if $ksm }}
+      expr: kube_node_status_condition{condition="Ready",status="true"} == 0 unless on (node) kube_node_spec_unschedulable == 1
+      {{- else }}
+      expr: k8s_node_ready == 0 unless on (k8s_node_name) k8s_node_unschedulable == 1
+      {{- end }}
+      for: {{ $a.notReadyFor }}
+      labels:
+        severity: warning
+      annotations:
+        summary: Node {{ $nodeLabel }} is not Ready and not cordoned.
+        description: The node has not been Ready for {{ $a.notReadyFor }}, and nobody cordoned it.
+    - alert: NodeUnreachable
+      {{- if $ksm }}
+      expr: kube_node_spec_taint{key="node.kubernetes.io/unreachable"} == 1 unless on (node) kube_node_spec_unschedulable == 1
+      {{- else }}
+      expr: k8s_node_taint{k8s_node_taint_key="node.kubernetes.io/unreachable"} == 1 unless on (k8s_node_name) k8s_node_unschedulable == 1
+      {{- end }}
+      for: {{ $a.unreachableFor }}
+      labels:
+        severity: warning
+      annotations:
+        summary: Node {{ $nodeLabel }} is unreachable (its kubelet stopped posting status).
+        description: The node controller tainted the node node.kubernetes.io/unreachable {{ $a.unreachableFor }} ago; its pods are being evicted.
+    - alert: NodeUnderPressure
+      {{- if $ksm }}
+      expr: kube_node_status_condition{condition=~"MemoryPressure|DiskPressure|PIDPressure",status="true"} == 1
+      {{- else }}
+      expr: k8s_node_condition_status{k8s_node_condition_type=~"MemoryPressure|DiskPressure|PIDPressure",k8s_node_condition_status="true"} == 1
+      {{- end }}
+      for: {{ $a.pressureFor }}
+      labels:
+        severity: warning
+      annotations:
+        summary: Node {{ $nodeLabel }} reports {{ if $ksm }}{{ "{{ $labels.condition }}" }}{{ else }}{{ "{{ $labels.k8s_node_condition_type }}" }}{{ end }}.
+        description: The kubelet has reported the pressure for {{ $a.pressureFor }}; it is evicting pods or refusing new ones.
+    - alert: NodeReadinessFlapping
+      {{- if $ksm }}
+      expr: increase(kube_node_status_condition_transitions_total{condition="Ready"}[1h]) > {{ $a.flapThreshold }}
+      {{- else }}
+      expr: increase(k8s_node_condition_transitions_total{k8s_node_condition_type="Ready"}[1h]) > {{ $a.flapThreshold }}
+      {{- end }}
+      for: 5m
+      labels:
+        severity: warning
+      annotations:
+        summary: Node {{ $nodeLabel }} changed Ready status more than {{ $a.flapThreshold }} times in an hour.
+- name: kube-node-status.exporter
+  rules:
+    - alert: KubeNodeStatusExporterDown
+      expr: absent(up{job=~"{{ $fullname }}|{{ .Release.Namespace }}/{{ $fullname }}"} == 1)
+      for: 5m
+      labels:
+        severity: warning
+      annotations:
+        summary: kube-node-status is not being scraped; node readiness is not monitored.
+    - alert: KubeNodeStatusWatchErrors
+      expr: sum by (namespace, pod) (rate(kube_node_status_watch_errors_total[5m])) > 0 and on (namespace, pod) kube_node_status_view_age_seconds > 0
+      for: 10m
+      labels:
+        severity: warning
+      annotations:
+        summary: kube-node-status cannot watch nodes; its readings are getting stale.
+        description: The node watch has been failing for 10 minutes. Check the exporter's log for the error (a missing RBAC permission is named there).
+    - alert: KubeNodeStatusViewStale
+      expr: max by (namespace, pod) (kube_node_status_view_age_seconds) > {{ $a.staleAfterSeconds }}
+      labels:
+        severity: critical
+      annotations:
+        summary: kube-node-status has not seen the node API for over {{ $a.staleAfterSeconds }} s; node readings are stale.
+        description: Readings show the cluster as it was when the watch broke. /readyz fails too; check the exporter's log and the API server.
+    - alert: KubeNodeStatusNoLeader
+      expr: max(kube_node_status_leader) == 0
+      for: 2m
+      labels:
+        severity: warning
+      annotations:
+        summary: No kube-node-status replica holds the leader Lease; node readings are exported by none.
+        description: Every replica reports kube_node_status_leader 0 (with --leader-election). Check that the Lease can be written (RBAC on coordination.k8s.io leases).
+{{- end }}
