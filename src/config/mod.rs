@@ -272,6 +272,12 @@ pub struct RunArgs {
     /// How often to export over OTLP (e.g. 30s). [default: OTEL_METRIC_EXPORT_INTERVAL in ms, else 60s]
     #[arg(long, env = "KNS_METRIC_EXPORT_INTERVAL", value_parser = humantime::parse_duration)]
     pub metric_export_interval: Option<Duration>,
+
+    /// How often Prometheus (or GMP) scrapes /metrics. Changes nothing the
+    /// exporter does: the start-up log line that reports the series served
+    /// gives the samples a month they mean at this interval.
+    #[arg(long, env = "KNS_SCRAPE_INTERVAL", default_value = "30s", value_parser = parse_positive_duration)]
+    pub scrape_interval: Duration,
 }
 
 /// Where the Kubernetes client configuration comes from.
@@ -336,6 +342,8 @@ pub struct Settings {
     pub otlp_traces: Option<OtlpSettings>,
     /// Interval of OTLP metric exports.
     pub export_interval: Duration,
+    /// How often `/metrics` is scraped, for the cost the start-up log reports.
+    pub scrape_interval: Duration,
     /// Resource identity.
     pub resource: ResourceSettings,
     /// What to read and how to name it.
@@ -632,6 +640,7 @@ impl RunArgs {
             otlp_metrics,
             otlp_traces,
             export_interval,
+            scrape_interval: self.scrape_interval,
             readings,
             resource: ResourceSettings {
                 cluster_name: non_empty(&self.cluster_name),

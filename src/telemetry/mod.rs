@@ -151,6 +151,8 @@ struct Inner {
     pass: std::sync::Mutex<Pass>,
     /// What a pass over every shard took last (estimated from one over many), in ms.
     full_pass_ms: std::sync::atomic::AtomicU64,
+    /// True once the cost of the synced view has been logged.
+    cost_announced: AtomicBool,
     /// The last rendered node section of `/metrics`.
     section: RwLock<Arc<Section>>,
     /// The view generation the last rendered section shows.
@@ -241,6 +243,8 @@ impl Inner {
     /// read what it needs. Blocking.
     fn run_pass(&self) -> std::sync::MutexGuard<'_, Pass> {
         let mut pass = self.pass.lock().unwrap_or_else(|e| e.into_inner());
+        // Read before the pass: a pass that started before the sync may have missed its nodes.
+        let synced = self.sources.view.health().is_synced();
         let started = Instant::now();
         match pass.run(&self.families, &self.sources, &self.resource) {
             Ok(done) => {
@@ -256,6 +260,14 @@ impl Inner {
                 if self.otlp.is_some() {
                     work.encoded.fetch_add(shards, Ordering::Relaxed);
                 }
+                let series: Vec<(String, u64)> = pass
+                    .series(&self.families)
+                    .map(|(name, count)| (name.to_string(), count as u64))
+                    .collect();
+                if synced {
+                    self.announce_cost(&series);
+                }
+                *work.series.lock().unwrap_or_else(|e| e.into_inner()) = series;
                 if done.shards > 0 {
                     debug!(
                         shards = done.shards,
@@ -272,6 +284,39 @@ impl Inner {
             }
         }
         pass
+    }
+
+    /// Says once, after the first pass over the synced view (call it only
+    /// for a pass that started synced), how many series
+    /// the readings are and what that means in samples a month: at the
+    /// scrape interval `--scrape-interval` names for `/metrics`, at the export
+    /// interval for OTLP. Managed backends bill per sample.
+    fn announce_cost(&self, series: &[(String, u64)]) {
+        if self.cost_announced.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let total: u64 = series.iter().map(|(_, c)| c).sum();
+        let nodes = self.sources.view.nodes().len().max(1) as u64;
+        let per_month =
+            |every: Duration| (total as f64 * MONTH.as_secs_f64() / every.as_secs_f64().max(1.0)) as u64;
+        let prometheus = self
+            .settings
+            .prometheus
+            .then(|| per_month(self.settings.scrape_interval));
+        let otlp = self
+            .otlp
+            .is_some()
+            .then(|| per_month(self.settings.export_interval));
+        info!(
+            series = total,
+            nodes,
+            series_per_node = format!("{:.1}", total as f64 / nodes as f64),
+            scrape_interval = ?self.settings.scrape_interval,
+            samples_per_month_scraped = prometheus,
+            samples_per_month_otlp = otlp,
+            "what the readings cost: kube_node_status_series has it by family; \
+             --metric-allowlist/--metric-denylist make it smaller"
+        );
     }
 
     /// True when `/metrics` is served from the pass's node section.
@@ -513,6 +558,7 @@ impl Telemetry {
             })),
             pass: std::sync::Mutex::new(pass),
             full_pass_ms: Default::default(),
+            cost_announced: AtomicBool::new(false),
             section: RwLock::new(Arc::new(Section::empty())),
             rendered: tokio::sync::watch::Sender::new(0),
             rendered_synced: AtomicBool::new(false),
@@ -682,6 +728,9 @@ fn unix_nanos(t: std::time::SystemTime) -> u64 {
 /// The longest a scrape waits for the renderer to show a change; past it,
 /// the previous rendering is served.
 const CATCH_UP: Duration = Duration::from_secs(2);
+
+/// A month, for samples-a-month figures: 30.44 days.
+const MONTH: Duration = Duration::from_secs(2_630_016);
 
 /// How long the view must stay still after a change before a pass starts.
 const QUIET: Duration = Duration::from_millis(50);

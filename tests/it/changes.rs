@@ -418,3 +418,54 @@ async fn a_zone_outage_and_autoscaler_churn_reach_both_outputs() {
     .await;
     autoscaler.abort();
 }
+
+/// `kube_node_status_series` says what `/metrics` serves: per family the
+/// lines of that family, and in all every line but self-telemetry and
+/// `target_info`; the start-up log says it once, with the samples a month.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_series_self_metric_counts_what_metrics_serves() {
+    let api = fake_api(25).await;
+    let (exporter, _receiver) = start(&api).await;
+    let samples = exporter
+        .wait_for("the series self-metric", T, |s| {
+            s.iter().any(|x| x.name == "kube_node_status_series")
+        })
+        .await;
+    let counted: BTreeMap<String, f64> = samples
+        .iter()
+        .filter(|x| x.name == "kube_node_status_series")
+        .map(|x| (x.labels["family"].clone(), x.value))
+        .collect();
+    let served = samples
+        .iter()
+        .filter(|x| !x.name.starts_with("kube_node_status_") && x.name != "target_info")
+        .count();
+    assert_eq!(counted.values().sum::<f64>(), served as f64, "{counted:?}");
+    let lines = |name: &str| samples.iter().filter(|x| x.name == name).count() as f64;
+    assert_eq!(counted["k8s.node.ready"], lines("k8s_node_ready"));
+    assert_eq!(counted["k8s.node.ready"], 25.0);
+    assert_eq!(
+        counted["k8s.node.condition.status"],
+        lines("k8s_node_condition_status")
+    );
+    assert_eq!(counted["k8s.cluster.nodes"], lines("k8s_cluster_nodes"));
+    // A deleted node takes its series with it.
+    assert!(api.delete_node(&api.node_names()[0]));
+    exporter
+        .wait_for("the deleted node's series gone from the count", T, |s| {
+            value(s, "kube_node_status_series", &[("family", "k8s.node.ready")]) == Some(24.0)
+        })
+        .await;
+    let logs = exporter.logs();
+    let announced: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("what the readings cost"))
+        .collect();
+    assert_eq!(announced.len(), 1, "{logs}");
+    assert!(announced[0].contains(&served.to_string()), "{}", announced[0]);
+    assert!(
+        announced[0].contains("samples_per_month_scraped="),
+        "{}",
+        announced[0]
+    );
+}

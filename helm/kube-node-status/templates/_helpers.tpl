@@ -59,3 +59,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "kns.tokenSecret" -}}
 {{- if and .Values.metricsAuth.enabled (not .Values.metricsAuth.kubernetes) }}{{ .Values.metricsAuth.secretName }}{{ end }}
 {{- end }}
+
+{{/*
+The interval /metrics is scraped at: the PodMonitoring's, else the
+ServiceMonitor's or PodMonitor's, else Prometheus's common 30s.
+*/}}
+{{- define "kns.scrapeInterval" -}}
+{{- if .Values.podMonitoring.enabled -}}{{ .Values.podMonitoring.interval }}
+{{- else if .Values.serviceMonitor.enabled -}}{{ .Values.serviceMonitor.interval }}
+{{- else if .Values.podMonitor.enabled -}}{{ .Values.podMonitor.interval }}
+{{- else -}}30s
+{{- end -}}
+{{- end }}

@@ -148,8 +148,24 @@ pub fn cluster(sources: &Sources, resource: &Resource) -> Option<ResourceMetrics
     })
 }
 
+/// The data points of each metric in a collection, by instrument name.
+pub fn points_per_metric(rm: &ResourceMetrics) -> Vec<(String, usize)> {
+    rm.scope_metrics()
+        .flat_map(|s| s.metrics())
+        .map(|m| (m.name().to_string(), metric_points(m)))
+        .collect()
+}
+
 /// The data points in a collection.
 pub fn point_count(rm: &ResourceMetrics) -> usize {
+    rm.scope_metrics()
+        .flat_map(|s| s.metrics())
+        .map(metric_points)
+        .sum()
+}
+
+/// The data points of one metric.
+fn metric_points(m: &opentelemetry_sdk::metrics::data::Metric) -> usize {
     use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
     fn count<T>(d: &MetricData<T>) -> usize {
         match d {
@@ -159,12 +175,9 @@ pub fn point_count(rm: &ResourceMetrics) -> usize {
             MetricData::ExponentialHistogram(h) => h.data_points().count(),
         }
     }
-    rm.scope_metrics()
-        .flat_map(|s| s.metrics())
-        .map(|m| match m.data() {
-            AggregatedMetrics::F64(d) => count(d),
-            AggregatedMetrics::U64(d) => count(d),
-            AggregatedMetrics::I64(d) => count(d),
-        })
-        .sum()
+    match m.data() {
+        AggregatedMetrics::F64(d) => count(d),
+        AggregatedMetrics::U64(d) => count(d),
+        AggregatedMetrics::I64(d) => count(d),
+    }
 }

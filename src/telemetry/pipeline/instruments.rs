@@ -47,6 +47,8 @@ pub mod names {
     pub const LEADER: &str = "kube_node_status.leader";
     /// Shards of nodes whose readings were written again, by output.
     pub const SHARDS_WRITTEN: &str = "kube_node_status.shards.written";
+    /// Series served, by family.
+    pub const SERIES: &str = "kube_node_status.series";
 }
 
 /// What the outputs redid since start: shards of nodes whose readings were
@@ -57,6 +59,8 @@ pub struct Work {
     pub rendered: std::sync::atomic::AtomicU64,
     /// Shards of the OTLP cache collected and encoded.
     pub encoded: std::sync::atomic::AtomicU64,
+    /// The series each family serves, as of the last pass (empty before it).
+    pub series: std::sync::Mutex<Vec<(String, u64)>>,
 }
 
 /// The cardinality limits a provider was built with, and a way to ask for more.
@@ -380,6 +384,23 @@ fn register_self_telemetry(meter: &Meter, sources: &Sources) {
                 use std::sync::atomic::Ordering::Relaxed;
                 obs.observe(work.rendered.load(Relaxed), &[KeyValue::new("output", "prometheus")]);
                 obs.observe(work.encoded.load(Relaxed), &[KeyValue::new("output", "otlp")]);
+            })
+            .build();
+    }
+    if on(names::SERIES) {
+        let work = sources.work.clone();
+        meter
+            .u64_observable_gauge(names::SERIES)
+            .with_unit("{series}")
+            .with_description(
+                "Series each metric family serves (node and cluster readings; self-telemetry and target_info \
+                 not counted), by family: what the readings cost in samples per scrape or export",
+            )
+            .with_callback(move |obs| {
+                let series = work.series.lock().unwrap_or_else(|e| e.into_inner());
+                for (family, count) in series.iter() {
+                    obs.observe(*count, &[KeyValue::new("family", family.clone())]);
+                }
             })
             .build();
     }

@@ -101,6 +101,10 @@ pub struct Pass {
     otlp: Option<Otlp>,
     /// False until a pass has written every shard, and after [`Pass::invalidate`].
     primed: bool,
+    /// Per family, per shard: its points (series) as of the last pass.
+    series: Vec<Vec<usize>>,
+    /// The cluster-wide readings of the last pass: instrument name and points.
+    cluster_series: Vec<(String, usize)>,
 }
 
 /// The OTLP cache as of one pass: cheap to take, read without holding the pass.
@@ -157,6 +161,8 @@ impl Pass {
             text,
             otlp,
             primed: false,
+            series: families.iter().map(|_| vec![0; SHARDS]).collect(),
+            cluster_series: Vec::new(),
         })
     }
 
@@ -204,9 +210,9 @@ impl Pass {
         let written = shards::map(&work, |nodes| write_shard(families, &ctx, nodes, names, otlp));
         let mut done = Done::default();
         for ((shard, _), families) in work.iter().zip(written) {
-            for (f, (segment, encoded)) in families?.into_iter().enumerate() {
-                done.points += segment.as_ref().map_or(0, |s| s.points);
-                done.points += encoded.as_ref().map_or(0, |e| e.points);
+            for (f, (points, segment, encoded)) in families?.into_iter().enumerate() {
+                done.points += points;
+                self.series[f][*shard] = points;
                 if let (Some(text), Some(segment)) = (self.text.as_mut(), segment) {
                     text.samples[f][*shard] = segment;
                 }
@@ -231,7 +237,23 @@ impl Pass {
         if let Some(o) = self.otlp.as_mut() {
             o.cluster = cluster.as_ref().map(ExportMetricsServiceRequest::from);
         }
+        self.cluster_series = cluster
+            .as_ref()
+            .map(collect::points_per_metric)
+            .unwrap_or_default();
         Ok(done)
+    }
+
+    /// The series each family serves as of the last pass (per-node families
+    /// in `families`' order, by instrument name), then the cluster-wide
+    /// readings: what `/metrics` carries besides self-telemetry, and what an
+    /// OTLP export carries.
+    pub fn series<'a>(&'a self, families: &'a [Family]) -> impl Iterator<Item = (&'a str, usize)> + 'a {
+        families
+            .iter()
+            .zip(&self.series)
+            .map(|(f, shards)| (f.name, shards.iter().sum()))
+            .chain(self.cluster_series.iter().map(|(n, c)| (n.as_str(), *c)))
     }
 
     /// The node section of `/metrics` as of the last pass: each family's
@@ -299,8 +321,8 @@ impl OtlpSnapshot {
     }
 }
 
-/// Per family: the shard's text segment and OTLP points, for whichever outputs are on.
-type Written = Vec<(Option<Segment>, Option<OtlpShard>)>;
+/// Per family: the shard's points, its text segment and OTLP points, for whichever outputs are on.
+type Written = Vec<(usize, Option<Segment>, Option<OtlpShard>)>;
 
 /// One family's output for a shard, in plain bytes until it is compressed.
 #[derive(Default)]
@@ -381,7 +403,7 @@ fn write_shard(
             } else {
                 None
             };
-            Ok((text, encoded))
+            Ok((p.points, text, encoded))
         })
         .collect()
 }
