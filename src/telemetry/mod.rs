@@ -231,6 +231,11 @@ impl Inner {
     }
 
     fn demand(&self) -> Demand {
+        // Only the reference encoder sizes anything by the cluster: without
+        // it, no snapshot of every node after every change.
+        if self.sizing.is_empty() {
+            return Demand::new();
+        }
         demand(&self.sizing, &self.sources.view.nodes())
     }
 
@@ -321,7 +326,7 @@ impl Inner {
 
     /// True when `/metrics` is served from the pass's node section.
     fn streaming(&self) -> bool {
-        self.settings.prometheus && self.settings.prometheus_encoder == PrometheusEncoder::Streaming
+        streaming(&self.settings)
     }
 
     /// Brings the node section of `/metrics` up to date with the view. Blocking.
@@ -531,7 +536,7 @@ impl Telemetry {
             None => None,
         };
         let outputs = Outputs {
-            text: settings.prometheus && settings.prometheus_encoder == PrometheusEncoder::Streaming,
+            text: streaming(settings),
             otlp: otlp.is_some(),
         };
         let pass = Pass::new(&families, outputs).map_err(RenderError::from)?;
@@ -587,8 +592,7 @@ impl Telemetry {
     /// Runs the telemetry's loops until the process stops: the resizer, the
     /// `/metrics` renderer and the OTLP exporter.
     pub async fn run(self) {
-        let streaming = self.inner.settings.prometheus
-            && self.inner.settings.prometheus_encoder == PrometheusEncoder::Streaming;
+        let streaming = self.inner.streaming();
         tokio::join!(
             self.clone().resize_loop(),
             async {
@@ -718,6 +722,11 @@ impl Telemetry {
         let current = self.inner.current();
         let _ = tokio::task::spawn_blocking(move || current.shutdown()).await;
     }
+}
+
+/// True when `/metrics` is on and served from the pass's node section.
+fn streaming(settings: &Settings) -> bool {
+    settings.prometheus && settings.prometheus_encoder == PrometheusEncoder::Streaming
 }
 
 fn unix_nanos(t: std::time::SystemTime) -> u64 {
