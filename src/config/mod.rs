@@ -5,6 +5,9 @@
 //! `OTEL_EXPORTER_OTLP_*`), it is honoured too; an explicit flag wins.
 
 pub mod otlp;
+pub mod profile;
+
+pub use profile::{Group, MetricProfile};
 
 use std::{borrow::Cow, net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -249,6 +252,23 @@ pub struct RunArgs {
     #[arg(long, env = "KNS_CONDITIONS", value_delimiter = ',')]
     pub conditions: Vec<String>,
 
+    /// Which families to read: `readiness` (what the shipped alerts and the
+    /// dashboard's readiness panels need, about 2 series a healthy node; sparse
+    /// readings on), `standard` (readiness and metadata, no resources) or `full`.
+    /// --metric-allowlist/--metric-denylist and --conditions narrow it further.
+    #[arg(long, env = "KNS_METRIC_PROFILE", value_enum, default_value_t = MetricProfile::Full)]
+    pub metric_profile: MetricProfile,
+
+    /// Send condition statuses and their transition times only while a condition
+    /// shows a problem (Ready not True, any other condition not False), as one
+    /// series of value 1 with the status it holds, and `unschedulable` only while
+    /// the node is cordoned. Queries of the form `… == 1` work unchanged; ones that
+    /// look for the healthy status (`status="true"` of Ready, `unschedulable == 0`)
+    /// find nothing. [default: on in the readiness profile, off otherwise: one-hot,
+    /// every status of every condition, as the semantic conventions ask]
+    #[arg(long, env = "KNS_SPARSE_READINGS", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    pub sparse_readings: Option<bool>,
+
     /// Only report metrics whose name (in the active naming) fully matches this regex.
     #[arg(long, env = "KNS_METRIC_ALLOWLIST")]
     pub metric_allowlist: Option<String>,
@@ -363,6 +383,10 @@ pub struct ReadingSettings {
     pub allow: Option<regex::Regex>,
     /// Metric names to drop (full match); wins over `allow`.
     pub deny: Option<regex::Regex>,
+    /// The family set.
+    pub profile: MetricProfile,
+    /// Problem-only condition statuses and cordons instead of one-hot and 0/1.
+    pub sparse: bool,
 }
 
 impl ReadingSettings {
@@ -373,9 +397,20 @@ impl ReadingSettings {
         self.allow.as_ref().is_none_or(hit) && !self.deny.as_ref().is_some_and(hit)
     }
 
+    /// True when the per-node family `name` of `group` is to be computed: the
+    /// profile reads its group and the allow/deny lists let its name through.
+    pub fn family_enabled(&self, name: &str, group: Group) -> bool {
+        self.profile.includes(group) && self.enabled(name)
+    }
+
     /// True when condition type `type_` is to be reported.
     pub fn condition_enabled(&self, type_: &str) -> bool {
         self.conditions.as_ref().is_none_or(|c| c.contains(type_))
+    }
+
+    /// True when the transitions of condition type `type_` are to be reported.
+    pub fn transitions_enabled(&self, type_: &str) -> bool {
+        self.condition_enabled(type_) && self.profile.counts_transitions_of(type_)
     }
 }
 
@@ -612,6 +647,10 @@ impl RunArgs {
             conditions: (!conditions.is_empty()).then_some(conditions),
             allow: full_match("--metric-allowlist", &self.metric_allowlist)?,
             deny: full_match("--metric-denylist", &self.metric_denylist)?,
+            profile: self.metric_profile,
+            sparse: self
+                .sparse_readings
+                .unwrap_or_else(|| self.metric_profile.sparse_by_default()),
         };
 
         Ok(Settings {
@@ -734,6 +773,35 @@ mod tests {
                 .map(|s| (s.prometheus, s.otlp_metrics.is_some(), s.otlp_traces.is_some()));
             assert_eq!(got, *want, "{flags:?} {env:?}");
         }
+    }
+
+    #[test]
+    fn the_profile_sets_sparse_readings_unless_told() {
+        let cases: &[(&[&str], (MetricProfile, bool))] = &[
+            (&[], (MetricProfile::Full, false)),
+            (
+                &["--metric-profile", "readiness"],
+                (MetricProfile::Readiness, true),
+            ),
+            (
+                &["--metric-profile", "readiness", "--sparse-readings=false"],
+                (MetricProfile::Readiness, false),
+            ),
+            (
+                &["--metric-profile", "standard"],
+                (MetricProfile::Standard, false),
+            ),
+            (&["--sparse-readings"], (MetricProfile::Full, true)),
+            (&["--sparse-readings", "true"], (MetricProfile::Full, true)),
+        ];
+        for (flags, want) in cases {
+            let r = args(flags).resolve(&env_of(&[])).expect("valid").readings;
+            assert_eq!((r.profile, r.sparse), *want, "{flags:?}");
+        }
+        let mut argv = vec!["kube-node-status", "--metric-profile", "cheap"];
+        assert!(Cli::try_parse_from(&argv).is_err());
+        argv = vec!["kube-node-status", "--sparse-readings=maybe"];
+        assert!(Cli::try_parse_from(&argv).is_err());
     }
 
     #[test]

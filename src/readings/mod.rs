@@ -65,6 +65,21 @@ pub struct ConditionReading<'a> {
     pub last_transition: Option<f64>,
 }
 
+impl ConditionReading<'_> {
+    /// True while the condition shows a problem: Ready that is not `True`, or
+    /// any other condition that is not `False`. Every other condition the
+    /// kubelet and node-problem-detector set names a problem (`MemoryPressure`,
+    /// `KernelDeadlock`…), so `True` is bad, and `Unknown` is bad for all: the
+    /// kubelet stopped reporting.
+    pub fn is_unhealthy(&self) -> bool {
+        if self.type_ == READY {
+            self.status != ConditionStatus::True
+        } else {
+            self.status != ConditionStatus::False
+        }
+    }
+}
+
 /// The node's name, or `None` for an object no reading can be attached to.
 pub fn node_name(node: &Node) -> Option<&str> {
     node.metadata.name.as_deref().filter(|n| !n.is_empty())
@@ -392,6 +407,30 @@ mod tests {
             ConditionStatus::ALL.map(ConditionStatus::as_str),
             ["true", "false", "unknown"]
         );
+    }
+
+    #[test]
+    fn a_condition_is_unhealthy_when_it_shows_a_problem() {
+        use ConditionStatus::*;
+        let cases = [
+            ("Ready", True, false),
+            ("Ready", False, true),
+            ("Ready", Unknown, true),
+            ("MemoryPressure", True, true),
+            ("MemoryPressure", False, false),
+            ("MemoryPressure", Unknown, true),
+            ("KernelDeadlock", True, true),
+            ("KernelDeadlock", False, false),
+            ("NetworkUnavailable", False, false),
+        ];
+        for (type_, status, unhealthy) in cases {
+            let c = ConditionReading {
+                type_,
+                status,
+                last_transition: None,
+            };
+            assert_eq!(c.is_unhealthy(), unhealthy, "{type_} {status:?}");
+        }
     }
 
     #[test]

@@ -313,6 +313,8 @@ impl Inner {
             .is_some()
             .then(|| per_month(self.settings.export_interval));
         info!(
+            profile = self.settings.readings.profile.as_str(),
+            sparse_readings = self.settings.readings.sparse,
             series = total,
             nodes,
             series_per_node = format!("{:.1}", total as f64 / nodes as f64),
@@ -320,7 +322,7 @@ impl Inner {
             samples_per_month_scraped = prometheus,
             samples_per_month_otlp = otlp,
             "what the readings cost: kube_node_status_series has it by family; \
-             --metric-allowlist/--metric-denylist make it smaller"
+             --metric-profile, --metric-allowlist/--metric-denylist make it smaller"
         );
     }
 
@@ -513,10 +515,7 @@ impl Telemetry {
         google: Option<Arc<GoogleAuth>>,
     ) -> Result<Telemetry, TelemetryError> {
         let readings = Arc::new(settings.readings.clone());
-        let families: Vec<Family> = families::node_families(readings.naming)
-            .into_iter()
-            .filter(|f| readings.enabled(f.name))
-            .collect();
+        let families: Vec<Family> = families::enabled_families(&readings);
         // Per-node families stay on a long-lived provider only behind the
         // reference encoder, so only it needs limits sized to the cluster.
         let reference = settings.prometheus && settings.prometheus_encoder == PrometheusEncoder::Reference;

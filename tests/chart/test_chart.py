@@ -305,6 +305,46 @@ def test_google_mode_passes_its_flags_and_refuses_what_cannot_work():
             render(bad)
 
 
+def exporter_args(values):
+    deploy = next(o for _, o in render(values) if o["kind"] == "Deployment")
+    return deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+@pytest.mark.parametrize("values,profile", [
+    ({}, "full"),
+    ({"serviceMonitor": {"enabled": True}}, "full"),
+    ({"collector": {"enabled": True, "config": "gateway.yaml"}}, "full"),
+    # Google Cloud bills every sample: the cheap profile unless told otherwise.
+    (VALUE_SETS["gmp-only"], "readiness"),
+    (VALUE_SETS["gmp-alerting"], "readiness"),
+    (VALUE_SETS["google-telemetry-api"], "readiness"),
+    (VALUE_SETS["sidecar"], "readiness"),
+    ({"collector": {"enabled": True}}, "readiness"),
+    (dict(VALUE_SETS["gmp-only"], metricProfile="standard"), "standard"),
+    ({"metricProfile": "readiness"}, "readiness"),
+])
+def test_the_profile_is_cheap_where_google_bills_each_sample(values, profile):
+    args = exporter_args(values)
+    assert f"--metric-profile={profile}" in args, args
+    assert not any(a.startswith("--sparse-readings") for a in args), "the profile's own default"
+
+
+def test_sparse_readings_is_passed_only_when_set():
+    assert "--sparse-readings=false" in exporter_args({"podMonitoring": {"enabled": True}, "sparseReadings": False})
+    assert "--sparse-readings=true" in exporter_args({"metricProfile": "full", "sparseReadings": True})
+    with pytest.raises(helm_python.HelmError):
+        render({"metricProfile": "cheap"})
+
+
+def test_the_notes_say_which_profile_and_why():
+    with helm_python.Chart.load(str(CHART)) as chart:
+        gmp = chart.render(copy.deepcopy(VALUE_SETS["gmp-only"]), name="kns", namespace="m", is_install=True)
+        plain = chart.render({}, name="kns", namespace="m", is_install=True)
+    notes = lambda out: next(t for n, t in out.items() if n.endswith("NOTES.txt"))
+    assert "Metric profile: readiness, chosen because the readings go to Google Cloud" in notes(gmp)
+    assert "Metric profile: full." in notes(plain)
+
+
 def test_unknown_values_are_rejected_by_the_schema():
     for bad in [{"bogus": 1}, {"replicas": 0}, {"leaderElection": {"leaseDuration": "1.5s"}},
                 {"metricsAuth": {"enabled": True}}, {"metricNaming": "prometheus"}, {"collector": {"config": "nope.yaml"}},
@@ -335,9 +375,10 @@ def promtool(*args, stdin=""):
     return out.returncode, out.stdout + out.stderr
 
 
-ALERTS = {"NodeNotReady", "NodeUnreachable", "NodeUnderPressure", "NodeReadinessFlapping",
-          "KubeNodeStatusExporterDown", "KubeNodeStatusWatchErrors", "KubeNodeStatusViewStale",
-          "KubeNodeStatusNoLeader"}
+NODE_ALERTS = {"NodeNotReady", "NodeUnreachable", "NodeUnderPressure", "NodeReadinessFlapping"}
+EXPORTER_ALERTS = {"KubeNodeStatusExporterDown", "KubeNodeStatusWatchErrors", "KubeNodeStatusViewStale",
+                   "KubeNodeStatusNoLeader"}
+ALERTS = NODE_ALERTS | EXPORTER_ALERTS
 
 
 @pytest.mark.parametrize("scope", ["namespace", "cluster"])
@@ -359,30 +400,45 @@ def test_alert_rules_are_written_once_and_pass_promtool_as_prometheusrule_and_gm
 
 
 RULE_TESTS = ROOT / "tests" / "rules"
+# The node alerts' series differ by profile: one-hot (full, standard) or sparse (readiness).
+PROFILES = ["full", "readiness"]
 
 
-def rule_unit_tests(naming, tmp_path, **values):
-    """Runs tests/rules/<naming>.test.yaml against the chart's rules (as GMP
-    Rules: the same groups as the PrometheusRule, asserted above)."""
+def rule_unit_tests(naming, profile, tmp_path, **values):
+    """Runs tests/rules/<naming>.<profile>.test.yaml and exporter.test.yaml
+    against the chart's rules (as GMP Rules: the same groups as the
+    PrometheusRule, asserted above)."""
     objects = render({"gmpRules": {"enabled": True}, "metricNaming": naming, **values})
     rules = next(o for _, o in objects if o["kind"] == "Rules")
     (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": rules["spec"]["groups"]}))
-    test = tmp_path / f"{naming}.test.yaml"
-    test.write_text((RULE_TESTS / f"{naming}.test.yaml").read_text())
-    return promtool("test", "rules", str(test))
+    files = []
+    for name in [f"{naming}.{profile}.test.yaml", "exporter.test.yaml"]:
+        (tmp_path / name).write_text((RULE_TESTS / name).read_text())
+        files.append(str(tmp_path / name))
+    return promtool("test", "rules", *files)
 
 
+def alerts_tested_in(name):
+    return set(re.findall(r"alertname: (\w+)", (RULE_TESTS / name).read_text()))
+
+
+def test_every_rule_test_file_is_run():
+    run = {f"{n}.{p}.test.yaml" for n in ["otel", "kube-state-metrics"] for p in PROFILES} | {"exporter.test.yaml"}
+    assert {p.name for p in RULE_TESTS.glob("*.yaml")} == run
+
+
+@pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("naming", ["otel", "kube-state-metrics"])
-def test_every_alert_fires_where_it_should_and_stays_quiet_elsewhere(naming, tmp_path):
-    text = (RULE_TESTS / f"{naming}.test.yaml").read_text()
-    tested = set(re.findall(r"alertname: (\w+)", text))
-    assert tested == ALERTS, f"alerts without a unit test: {ALERTS - tested}"
-    code, output = rule_unit_tests(naming, tmp_path)
+def test_every_alert_fires_where_it_should_and_stays_quiet_elsewhere(naming, profile, tmp_path):
+    assert alerts_tested_in(f"{naming}.{profile}.test.yaml") == NODE_ALERTS
+    assert alerts_tested_in("exporter.test.yaml") == EXPORTER_ALERTS
+    code, output = rule_unit_tests(naming, profile, tmp_path)
     assert code == 0, output
 
 
-def test_the_alert_unit_tests_can_fail(tmp_path):
-    code, output = rule_unit_tests("otel", tmp_path, alerts={"notReadyFor": "25m"})
+@pytest.mark.parametrize("profile", PROFILES)
+def test_the_alert_unit_tests_can_fail(profile, tmp_path):
+    code, output = rule_unit_tests("otel", profile, tmp_path, alerts={"notReadyFor": "25m"})
     assert code != 0 and "NodeNotReady" in output, output
 
 

@@ -15,4 +15,5 @@ mod image;
 mod leader;
 mod node_picture;
 mod peers;
+mod profiles;
 mod tls;

@@ -71,3 +71,21 @@ ServiceMonitor's or PodMonitor's, else Prometheus's common 30s.
 {{- else -}}30s
 {{- end -}}
 {{- end }}
+
+{{/*
+The metric profile: metricProfile when set; otherwise readiness when the
+readings go to Google Cloud, which bills every sample (a PodMonitoring or GMP
+rules, the Telemetry API, or a collector sidecar config that sends to Google),
+and full elsewhere.
+*/}}
+{{- define "kns.metricProfile" -}}
+{{- if .Values.metricProfile -}}{{ .Values.metricProfile }}
+{{- else if include "kns.toGoogle" . -}}readiness
+{{- else -}}full
+{{- end -}}
+{{- end }}
+
+{{/* Non-empty when the chart sends the readings to Google Cloud. */}}
+{{- define "kns.toGoogle" -}}
+{{- if or .Values.podMonitoring.enabled .Values.gmpRules.enabled (eq .Values.otlp.auth "google") (and .Values.collector.enabled (hasPrefix "sidecar-" .Values.collector.config)) }}true{{ end }}
+{{- end }}

@@ -2,7 +2,9 @@
 The alerting rules, written once: rendered as a Prometheus Operator
 PrometheusRule (prometheusrule.yaml) and as Google Managed Prometheus Rules or
 ClusterRules (gmp-rules.yaml). Expressions follow metricNaming. The settings
-(for, thresholds) are under .Values.alerts.
+(for, thresholds) are under .Values.alerts. Every expression asks for
+what is wrong (`== 1` of a problem), never for the healthy state, so it works
+on one-hot and sparse readings alike (--sparse-readings, the readiness profile).
 */}}
 {{- define "kns.ruleGroups" -}}
 {{- $fullname := include "kns.fullname" . }}
@@ -14,7 +16,7 @@ ClusterRules (gmp-rules.yaml). Expressions follow metricNaming. The settings
   rules:
     - alert: NodeNotReady
       {{- if $ksm }}
-      expr: kube_node_status_condition{condition="Ready",status="true"} == 0 unless on (node) kube_node_spec_unschedulable == 1
+      expr: kube_node_status_condition{condition="Ready",status!="true"} == 1 unless on (node) kube_node_spec_unschedulable == 1
       {{- else }}
       expr: k8s_node_ready == 0 unless on (k8s_node_name) k8s_node_unschedulable == 1
       {{- end }}

@@ -10,7 +10,7 @@ use opentelemetry::{Key, KeyValue, Value};
 
 use crate::{
     cluster::{Node, Transitions},
-    config::{Naming, ReadingSettings},
+    config::{Group, Naming, ReadingSettings},
     readings::{self, ConditionStatus, ResourceList, labels::sanitize},
 };
 
@@ -42,6 +42,8 @@ pub struct Family {
     pub help: &'static str,
     /// Gauge or counter.
     pub kind: Kind,
+    /// What it is about, for the metric profiles.
+    pub group: Group,
     /// The points of one node.
     pub points: PointsFn,
     /// An upper bound of the points of one node, cheap to compute: sizes the cardinality limit.
@@ -183,7 +185,7 @@ fn per_node(
     name: &'static str,
     unit: &'static str,
     help: &'static str,
-    kind: Kind,
+    (kind, group): (Kind, Group),
     value: fn(&Node) -> Option<f64>,
 ) -> Family {
     Family {
@@ -191,6 +193,7 @@ fn per_node(
         unit,
         help,
         kind,
+        group,
         points: Box::new(move |_, node, base, emit| {
             if let Some(v) = value(node) {
                 emit(v, base.to_vec());
@@ -205,12 +208,27 @@ fn condition_status(naming: Naming) -> Family {
         name: pick(naming, "k8s.node.condition.status", "kube_node_status_condition"),
         unit: unit(naming, "{node}"),
         help: "Status of each node condition, one-hot: for every condition present on a node, \
-               1 for its current status (true, false or unknown) and 0 for the other two",
+               1 for its current status (true, false or unknown) and 0 for the other two \
+               (with --sparse-readings: only a condition that shows a problem, 1 for its status)",
         kind: Kind::IntGauge,
+        group: Group::Readiness,
         points: Box::new(|ctx, node, base, emit| {
             let base = base.to_vec();
             let k = ctx.keys();
             for c in reported_conditions(ctx, node) {
+                if ctx.settings.sparse {
+                    if c.is_unhealthy() {
+                        let attrs = with(
+                            base.clone(),
+                            [
+                                KeyValue::new(k.condition, shared(c.type_)),
+                                KeyValue::new(k.status, c.status.as_str()),
+                            ],
+                        );
+                        emit(1.0, attrs);
+                    }
+                    continue;
+                }
                 for s in ConditionStatus::ALL {
                     let attrs = with(
                         base.clone(),
@@ -235,11 +253,16 @@ fn condition_last_transition(naming: Naming) -> Family {
             "kube_node_status_condition_last_transition_time",
         ),
         unit: unit(naming, "s"),
-        help: "When each node condition last changed status (lastTransitionTime), in Unix seconds",
+        help: "When each node condition last changed status (lastTransitionTime), in Unix seconds \
+               (with --sparse-readings: only for a condition that shows a problem)",
         kind: Kind::FloatGauge,
+        group: Group::Readiness,
         points: Box::new(|ctx, node, base, emit| {
             let base = base.to_vec();
             for c in reported_conditions(ctx, node) {
+                if ctx.settings.sparse && !c.is_unhealthy() {
+                    continue;
+                }
                 if let Some(t) = c.last_transition {
                     emit(
                         t,
@@ -266,10 +289,14 @@ fn condition_transitions(naming: Naming) -> Family {
         help: "Status changes of each node condition seen in watch events since this exporter started, \
                including flaps shorter than any scrape interval",
         kind: Kind::Counter,
+        group: Group::Readiness,
         points: Box::new(|ctx, node, base, emit| {
             let base = base.to_vec();
             let name = readings::node_name(node).unwrap_or_default();
-            for c in reported_conditions(ctx, node) {
+            let counted = readings::conditions(node)
+                .into_iter()
+                .filter(|c| ctx.settings.transitions_enabled(c.type_));
+            for c in counted {
                 let count = ctx.transitions.get(name, c.type_).unwrap_or(0);
                 emit(
                     count as f64,
@@ -284,16 +311,38 @@ fn condition_transitions(naming: Naming) -> Family {
     }
 }
 
+fn unschedulable(naming: Naming) -> Family {
+    Family {
+        name: pick(naming, "k8s.node.unschedulable", "kube_node_spec_unschedulable"),
+        unit: unit(naming, "{node}"),
+        help: "1 if the node is cordoned (spec.unschedulable), otherwise 0 \
+               (with --sparse-readings: only cordoned nodes, as 1)",
+        kind: Kind::IntGauge,
+        group: Group::Readiness,
+        points: Box::new(|ctx, node, base, emit| {
+            let cordoned = readings::unschedulable(node);
+            if cordoned || !ctx.settings.sparse {
+                emit(f64::from(u8::from(cordoned)), base.to_vec());
+            }
+        }),
+        count: one,
+    }
+}
+
 fn taint(naming: Naming) -> Family {
     Family {
         name: pick(naming, "k8s.node.taint", "kube_node_spec_taint"),
         unit: unit(naming, "{taint}"),
         help: "1 for each taint of a node, with its key, value and effect",
         kind: Kind::IntGauge,
+        group: Group::Readiness,
         points: Box::new(|ctx, node, base, emit| {
             let base = base.to_vec();
             let [key, value, effect] = ctx.keys().taint;
-            for t in readings::taints(node) {
+            let read = readings::taints(node)
+                .into_iter()
+                .filter(|t| ctx.settings.profile.reads_taint(t.key));
+            for t in read {
                 let attrs = with(
                     base.clone(),
                     [
@@ -321,6 +370,7 @@ fn info(naming: Naming) -> Family {
         help: "Always 1; its attributes describe the node: kubelet and container runtime versions, \
                kernel, OS image, architecture, provider ID and internal IP",
         kind: Kind::IntGauge,
+        group: Group::Metadata,
         points: Box::new(move |_, node, base, emit| {
             let base = base.to_vec();
             let i = readings::info(node);
@@ -364,6 +414,7 @@ fn role(naming: Naming) -> Family {
         unit: unit(naming, "{role}"),
         help: "1 for each role of a node, from its node-role.kubernetes.io/<role> labels",
         kind: Kind::IntGauge,
+        group: Group::Metadata,
         points: Box::new(|ctx, node, base, emit| {
             let base = base.to_vec();
             for r in readings::roles(node) {
@@ -384,6 +435,7 @@ fn labels() -> Family {
         unit: "",
         help: "Always 1; its label_* attributes are the node labels selected by --node-labels",
         kind: Kind::IntGauge,
+        group: Group::Metadata,
         points: Box::new(|_, _, base, emit| {
             emit(1.0, base.to_vec());
         }),
@@ -465,6 +517,7 @@ fn named_resource(list: ResourceList, index: usize) -> Family {
         unit,
         help: helps[slot(list)],
         kind: Kind::FloatGauge,
+        group: Group::Resources,
         points: Box::new(move |_, node, base, emit| {
             if let Some(value) = readings::resource(node, list, resource) {
                 emit(value, base.to_vec());
@@ -486,6 +539,7 @@ fn extended_resources(list: ResourceList) -> Family {
              (e.g. nvidia.com/gpu), in the resource's base unit",
         ][slot(list)],
         kind: Kind::FloatGauge,
+        group: Group::Resources,
         points: Box::new(move |ctx, node, base, emit| {
             let base = base.to_vec();
             for r in readings::resources(node, list) {
@@ -521,6 +575,7 @@ fn ksm_resources(list: ResourceList) -> Family {
             "Capacity of the node, by resource, in the unit named by the unit label",
         ][slot(list)],
         kind: Kind::FloatGauge,
+        group: Group::Resources,
         points: Box::new(move |_, node, base, emit| {
             let base = base.to_vec();
             for r in readings::resources(node, list) {
@@ -558,18 +613,12 @@ pub fn node_families(naming: Naming) -> Vec<Family> {
             pick(naming, "k8s.node.ready", "kube_node_status_ready"),
             unit(naming, "{node}"),
             "1 if the node's Ready condition is True, otherwise 0 (also when it has no Ready condition)",
-            Kind::IntGauge,
+            (Kind::IntGauge, Group::Readiness),
             |n| Some(f64::from(u8::from(readings::is_ready(n)))),
         ),
         condition_last_transition(naming),
         condition_transitions(naming),
-        per_node(
-            pick(naming, "k8s.node.unschedulable", "kube_node_spec_unschedulable"),
-            unit(naming, "{node}"),
-            "1 if the node is cordoned (spec.unschedulable), otherwise 0",
-            Kind::IntGauge,
-            |n| Some(f64::from(u8::from(readings::unschedulable(n)))),
-        ),
+        unschedulable(naming),
         taint(naming),
         info(naming),
         role(naming),
@@ -577,7 +626,7 @@ pub fn node_families(naming: Naming) -> Vec<Family> {
             pick(naming, "k8s.node.created", "kube_node_created"),
             unit(naming, "s"),
             "When the node object was created, in Unix seconds",
-            Kind::FloatGauge,
+            (Kind::FloatGauge, Group::Metadata),
             readings::created,
         ),
         per_node(
@@ -588,7 +637,7 @@ pub fn node_families(naming: Naming) -> Vec<Family> {
             ),
             unit(naming, "s"),
             "When deletion of the node was requested, in Unix seconds; only while it is terminating",
-            Kind::FloatGauge,
+            (Kind::FloatGauge, Group::Metadata),
             readings::deletion_timestamp,
         ),
     ];
@@ -605,6 +654,15 @@ pub fn node_families(naming: Naming) -> Vec<Family> {
         out.push(labels());
     }
     out
+}
+
+/// The per-node families `settings` read: of the naming mode, in the
+/// profile, through the allow and deny lists.
+pub fn enabled_families(settings: &ReadingSettings) -> Vec<Family> {
+    node_families(settings.naming)
+        .into_iter()
+        .filter(|f| settings.family_enabled(f.name, f.group))
+        .collect()
 }
 
 /// Names of the cluster-level instruments in a naming mode: (nodes by Ready status, not-ready fraction).
@@ -627,6 +685,171 @@ pub fn status_key(naming: Naming) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::MetricProfile;
+
+    /// Every point of `node` under `settings`, as "name{attr=value,…} value"
+    /// without the node name (the same on every point).
+    fn points_of(settings: &ReadingSettings, node: &Node) -> Vec<String> {
+        let transitions = Transitions::default();
+        let ctx = Ctx {
+            settings,
+            transitions: &transitions,
+        };
+        let base = ctx.node_attrs(node).expect("a named node");
+        let mut out = Vec::new();
+        for family in enabled_families(settings) {
+            (family.points)(&ctx, node, &base, &mut |value, attrs| {
+                let attrs: Vec<String> = attrs[1..]
+                    .iter()
+                    .map(|kv| format!("{}={}", kv.key, kv.value))
+                    .collect();
+                out.push(format!("{}{{{}}} {value}", family.name, attrs.join(",")));
+            });
+        }
+        out.sort();
+        out
+    }
+
+    fn node(conditions: &[(&str, &str)], cordoned: bool, taints: &[&str]) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {
+                "unschedulable": cordoned,
+                "taints": taints.iter().map(|k| serde_json::json!({"key": k, "effect": "NoSchedule"})).collect::<Vec<_>>(),
+            },
+            "status": {
+                "conditions": conditions.iter().map(|(t, s)| serde_json::json!({
+                    "type": t, "status": s, "lastTransitionTime": "2026-01-01T00:00:10Z",
+                })).collect::<Vec<_>>(),
+                "allocatable": {"cpu": "4"},
+                "capacity": {"cpu": "4"},
+                "nodeInfo": {"kubeletVersion": "v1.31.0"},
+            },
+        }))
+        .expect("a valid Node")
+    }
+
+    fn settings(profile: MetricProfile, sparse: bool) -> ReadingSettings {
+        ReadingSettings {
+            profile,
+            sparse,
+            ..Default::default()
+        }
+    }
+
+    const HEALTHY: [(&str, &str); 3] = [
+        ("Ready", "True"),
+        ("MemoryPressure", "False"),
+        ("KernelDeadlock", "False"),
+    ];
+
+    #[test]
+    fn readiness_reads_two_series_of_a_healthy_node() {
+        let healthy = node(&HEALTHY, false, &["nvidia.com/gpu"]);
+        assert_eq!(
+            points_of(&settings(MetricProfile::Readiness, true), &healthy),
+            [
+                "k8s.node.condition.transitions{k8s.node.condition.type=Ready} 0",
+                "k8s.node.ready{} 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn readiness_reads_what_each_alert_needs_of_a_node_in_trouble() {
+        let sick = node(
+            &[
+                ("Ready", "Unknown"),
+                ("MemoryPressure", "True"),
+                ("KernelDeadlock", "False"),
+            ],
+            true,
+            &["node.kubernetes.io/unreachable", "nvidia.com/gpu"],
+        );
+        assert_eq!(
+            points_of(&settings(MetricProfile::Readiness, true), &sick),
+            [
+                "k8s.node.condition.last_transition_time{k8s.node.condition.type=MemoryPressure} 1767225610",
+                "k8s.node.condition.last_transition_time{k8s.node.condition.type=Ready} 1767225610",
+                "k8s.node.condition.status{k8s.node.condition.type=MemoryPressure,k8s.node.condition.status=true} 1",
+                "k8s.node.condition.status{k8s.node.condition.type=Ready,k8s.node.condition.status=unknown} 1",
+                "k8s.node.condition.transitions{k8s.node.condition.type=Ready} 0",
+                "k8s.node.ready{} 0",
+                "k8s.node.taint{k8s.node.taint.key=node.kubernetes.io/unreachable,k8s.node.taint.value=,k8s.node.taint.effect=NoSchedule} 1",
+                "k8s.node.unschedulable{} 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn one_hot_unless_sparse_and_profiles_pick_groups() {
+        let healthy = node(&HEALTHY, false, &["nvidia.com/gpu"]);
+        let names = |p: &[String]| {
+            p.iter()
+                .map(|l| l.split('{').next().unwrap_or_default().to_string())
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        // The readiness families, one-hot: three statuses of each condition, cordon 0, every taint.
+        let dense = points_of(&settings(MetricProfile::Readiness, false), &healthy);
+        assert_eq!(
+            dense
+                .iter()
+                .filter(|p| p.starts_with("k8s.node.condition.status{"))
+                .count(),
+            9
+        );
+        assert!(dense.contains(&"k8s.node.unschedulable{} 0".to_string()));
+        assert!(
+            !dense.iter().any(|p| p.starts_with("k8s.node.taint{")),
+            "{dense:?}"
+        );
+        // Standard adds metadata, full adds resources; sparse applies to any profile.
+        let standard = points_of(&settings(MetricProfile::Standard, false), &healthy);
+        assert!(names(&standard).contains("k8s.node.info") && names(&standard).contains("k8s.node.created"));
+        assert!(
+            !names(&standard)
+                .iter()
+                .any(|n| n.contains("allocatable") || n.contains("capacity"))
+        );
+        assert!(
+            standard
+                .iter()
+                .any(|p| p.starts_with("k8s.node.taint{k8s.node.taint.key=nvidia.com/gpu"))
+        );
+        assert_eq!(
+            standard
+                .iter()
+                .filter(|p| p.starts_with("k8s.node.condition.transitions{"))
+                .count(),
+            3
+        );
+        let full = points_of(&settings(MetricProfile::Full, false), &healthy);
+        assert!(names(&full).contains("k8s.node.cpu.allocatable"));
+        let full_sparse = points_of(&settings(MetricProfile::Full, true), &healthy);
+        assert!(
+            !full_sparse
+                .iter()
+                .any(|p| p.starts_with("k8s.node.condition.status{"))
+        );
+        assert_eq!(
+            full.len() - full_sparse.len(),
+            9 + 3 + 1,
+            "statuses, transition times, cordon"
+        );
+    }
+
+    #[test]
+    fn the_allowlist_narrows_a_profile() {
+        let healthy = node(&HEALTHY, false, &[]);
+        let mut s = settings(MetricProfile::Readiness, true);
+        s.allow = Some(regex::Regex::new("^(?:k8s\\.node\\.ready)$").expect("a regex"));
+        assert_eq!(points_of(&s, &healthy), ["k8s.node.ready{} 1"]);
+        s.allow = Some(regex::Regex::new("^(?:k8s\\.node\\.info)$").expect("a regex"));
+        assert!(
+            points_of(&s, &healthy).is_empty(),
+            "info is not in the readiness profile"
+        );
+    }
 
     #[test]
     fn names_are_unique_and_ksm_names_carry_no_unit() {

@@ -139,10 +139,8 @@ pub enum Group {
 /// Registers the instruments of `group` on `meter`.
 pub fn register(meter: &Meter, group: Group, sources: &Sources, capacity: &Capacity) {
     if group == Group::All {
-        for family in families::node_families(sources.settings.naming) {
-            if sources.settings.enabled(family.name) {
-                register_family(meter, family, sources, capacity);
-            }
+        for family in families::enabled_families(&sources.settings) {
+            register_family(meter, family, sources, capacity);
         }
         register_cluster_readings(meter, sources);
     }

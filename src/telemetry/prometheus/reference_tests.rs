@@ -222,9 +222,11 @@ mod pipeline {
     const NOW: &str = "2026-11-27T00:00:00Z";
     const LABELS: &str = "topology.kubernetes.io/zone,example.com/*";
 
-    fn settings(encoder: &str, naming: &str) -> crate::config::Settings {
+    fn settings(encoder: &str, naming: &str, profile: &str) -> crate::config::Settings {
         let cli = crate::cli::Cli::try_parse_from([
             "kube-node-status",
+            "--metric-profile",
+            profile,
             "--metrics-exporter",
             "prometheus",
             "--prometheus-encoder",
@@ -349,7 +351,15 @@ mod pipeline {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn streaming_equals_the_reference_through_flips_deletes_and_re_adds() {
-        for naming in ["otel", "kube-state-metrics"] {
+        // Full is one-hot; readiness is sparse: series come and go on a node that stays.
+        for (naming, profile) in [
+            ("otel", "full"),
+            ("kube-state-metrics", "full"),
+            ("otel", "readiness"),
+            ("kube-state-metrics", "readiness"),
+        ] {
+            let naming_profile = format!("{naming}, {profile}");
+            let naming = naming_profile.as_str();
             let (view, mut writer) = View::new();
             let mut nodes: Vec<Value> = (0..300).map(|i| hostile(i, 1)).collect();
             writer.apply(&Event::Init);
@@ -358,7 +368,7 @@ mod pipeline {
             }
             writer.apply(&Event::InitDone);
             let start = |encoder: &str| {
-                let settings = settings(encoder, naming);
+                let settings = settings(encoder, naming.split(',').next().unwrap_or_default(), profile);
                 let resource = build_resource(&settings.resource, &|_| None);
                 Telemetry::start(&settings, resource, view.clone(), Leadership::sole(), None)
                     .expect("telemetry")
@@ -383,6 +393,18 @@ mod pipeline {
             }
             let flipped = check(&streaming, &reference, &format!("{naming}: after flips")).await;
             assert_ne!(first, flipped, "{naming}: the flips changed nothing");
+
+            // And back: in the readiness profile their problem series end.
+            set(&mut nodes[7], "Ready", "True");
+            set(&mut nodes[8], "Ready", "True");
+            set(&mut nodes[9], "MemoryPressure", "False");
+            nodes[10]["spec"]["taints"] = json!([]);
+            nodes[11]["spec"]["unschedulable"] = json!(false);
+            for n in &nodes[7..=11] {
+                apply(&mut writer, n);
+            }
+            let recovered = check(&streaming, &reference, &format!("{naming}: after recovery")).await;
+            assert_ne!(flipped, recovered, "{naming}: the recovery changed nothing");
 
             // Deleted, then back under the same name with other values.
             let gone = node(nodes[20].clone());

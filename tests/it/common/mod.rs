@@ -4,6 +4,7 @@
 pub mod failover;
 pub mod gcp;
 pub mod otlp;
+pub mod prometheus;
 
 use std::{
     collections::BTreeMap,
