@@ -173,7 +173,14 @@ async fn readiness_alerts_fire_and_resolve(naming: &str) {
     let n = api.node_names();
     let exporter = Exporter::start_ready(
         &api.kubeconfig(),
-        &["--metric-naming", naming, "--metric-profile", "readiness"],
+        &[
+            "--metric-naming",
+            naming,
+            "--metric-profile",
+            "readiness",
+            "--node-labels",
+            "topology.kubernetes.io/zone,cloud.google.com/gke-nodepool",
+        ],
         &[("OTEL_METRICS_EXPORTER", "prometheus")],
     )
     .await;
@@ -219,6 +226,10 @@ async fn readiness_alerts_fire_and_resolve(naming: &str) {
     )
     .await;
 
+    if naming == "otel" {
+        dashboard_panels_show_the_trouble(prom).await;
+    }
+
     // Recovery ends the sparse series; Prometheus marks them stale and the alerts resolve.
     assert!(api.set_condition(&n[0], "Ready", "True"));
     assert!(api.set_condition(&n[2], "MemoryPressure", "False"));
@@ -239,6 +250,35 @@ async fn readiness_alerts_fire_and_resolve(naming: &str) {
         2 * 5,
         "{names:?}"
     );
+}
+
+/// Every node panel of the shipped dashboard (OTel naming) has data in the
+/// readiness profile while nodes are in trouble: the panels cost.md says
+/// the profile keeps.
+async fn dashboard_panels_show_the_trouble(prom: std::net::SocketAddr) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/helm/kube-node-status/dashboards/kube-node-status.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("the dashboard")).expect("JSON");
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let title = panel["title"].as_str().unwrap_or_default();
+        if title == "Exporter health" {
+            continue;
+        }
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("an expression");
+            let start = Instant::now();
+            while query_series(prom, expr).await.is_empty() {
+                assert!(start.elapsed() < T, "panel {title:?}: no data for {expr}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 9, "{checked} panel queries");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
