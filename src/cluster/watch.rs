@@ -38,7 +38,6 @@ pub fn strip(node: &mut Node, keep_label: &dyn Fn(&str) -> bool) {
     meta.owner_references = None;
     meta.finalizers = None;
     meta.generate_name = None;
-    meta.uid = None;
     meta.self_link = None;
     if let Some(labels) = meta.labels.as_mut() {
         labels.retain(|k, _| keep_label(k));
@@ -319,7 +318,11 @@ mod tests {
         );
         assert!(node.metadata.annotations.is_none());
         assert!(node.metadata.managed_fields.is_none());
-        assert!(node.metadata.uid.is_none());
+        assert_eq!(
+            node.metadata.uid.as_deref(),
+            Some("u"),
+            "the k8s.node entity's identity"
+        );
         let status = node.status.as_ref().unwrap();
         let addresses = status.addresses.as_ref().unwrap();
         assert_eq!(addresses.len(), 1);

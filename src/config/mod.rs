@@ -244,7 +244,9 @@ pub struct RunArgs {
     pub metric_naming: Naming,
 
     /// Node labels to add to every per-node series: a comma list of keys or globs,
-    /// e.g. `topology.kubernetes.io/zone,cloud.google.com/gke-nodepool`.
+    /// e.g. `topology.kubernetes.io/zone,cloud.google.com/gke-nodepool`. OTLP carries
+    /// `k8s.node.label.<key>` with the key as it is; /metrics sanitizes it
+    /// (`k8s_node_label_topology_kubernetes_io_zone`).
     #[arg(long, env = "KNS_NODE_LABELS", value_delimiter = ',')]
     pub node_labels: Vec<String>,
 
@@ -643,7 +645,15 @@ impl RunArgs {
             .collect();
         let readings = ReadingSettings {
             naming: self.metric_naming,
-            node_labels: crate::readings::labels::LabelSelector::new(&self.node_labels)?,
+            node_labels: crate::readings::labels::LabelSelector::new(
+                &self.node_labels,
+                match (self.metric_naming, self.otlp_auth) {
+                    (Naming::Otel, OtlpAuth::None) => crate::readings::labels::LabelKeys::Semconv,
+                    // The Telemetry API refuses `/` and `-` in attribute keys.
+                    (Naming::Otel, OtlpAuth::Google) => crate::readings::labels::LabelKeys::SemconvGoogle,
+                    (Naming::KubeStateMetrics, _) => crate::readings::labels::LabelKeys::KubeStateMetrics,
+                },
+            )?,
             conditions: (!conditions.is_empty()).then_some(conditions),
             allow: full_match("--metric-allowlist", &self.metric_allowlist)?,
             deny: full_match("--metric-denylist", &self.metric_denylist)?,

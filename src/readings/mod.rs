@@ -80,6 +80,12 @@ impl ConditionReading<'_> {
     }
 }
 
+/// The node's uid, the identity of the `k8s.node` entity: a node deleted and
+/// registered again under its name is another node.
+pub fn node_uid(node: &Node) -> Option<&str> {
+    node.metadata.uid.as_deref().filter(|u| !u.is_empty())
+}
+
 /// The node's name, or `None` for an object no reading can be attached to.
 pub fn node_name(node: &Node) -> Option<&str> {
     node.metadata.name.as_deref().filter(|n| !n.is_empty())
@@ -742,7 +748,8 @@ mod tests {
         // A very long label value is kept whole when selected (it is the user's label).
         let node: Node = serde_json::from_value(json!({"metadata": {"name": "a", "labels": {"team": long}}}))
             .expect("decodes");
-        let selector = labels::LabelSelector::new(&["team".to_string()]).expect("valid");
+        let selector =
+            labels::LabelSelector::new(&["team".to_string()], labels::LabelKeys::Semconv).expect("valid");
         let selected = selector.select(&node);
         assert_eq!(selected.len(), 1);
         assert_eq!(selected[0].1.len(), 100_000);

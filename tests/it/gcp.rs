@@ -138,9 +138,14 @@ fn points(m: &Metric) -> Vec<(u64, BTreeMap<String, String>, String)> {
     };
     dps.iter()
         .map(|dp| {
+            // The node's uid is on every per-node point; /metrics keeps it on the info series only.
+            let named = dp.attributes.iter().any(|kv| kv.key == "k8s.node.name");
+            let uid = dp.attributes.iter().any(|kv| kv.key == "k8s.node.uid");
+            assert_eq!(named, uid, "{}: k8s.node.uid on every per-node point", m.name);
             let attrs = dp
                 .attributes
                 .iter()
+                .filter(|kv| kv.key != "k8s.node.uid" || m.name == "k8s.node.info")
                 .map(|kv| (sanitize(&kv.key), otlp::any_value(&kv.value)))
                 .collect();
             let v = match dp.value {

@@ -225,7 +225,7 @@ async fn rotel_collector_receives_the_same_readings_as_metrics() {
     let endpoint = format!("http://{grpc}");
     let exporter = Exporter::start_ready(
         &api.kubeconfig(),
-        &[],
+        &["--node-labels", "topology.kubernetes.io/zone"],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
@@ -233,6 +233,13 @@ async fn rotel_collector_receives_the_same_readings_as_metrics() {
     )
     .await;
     let samples = exporter.scrape().await;
+    // /metrics: the label sanitized, as every Prometheus translation does.
+    assert!(
+        samples.iter().any(|s| s.name == "k8s_node_ready"
+            && s.labels
+                .contains_key("k8s_node_label_topology_kubernetes_io_zone")),
+        "the sanitized label on /metrics"
+    );
 
     let start = Instant::now();
     let exports = loop {
@@ -265,10 +272,35 @@ async fn rotel_collector_receives_the_same_readings_as_metrics() {
             .filter(|e| e.iter().any(|p| p.metric == otel))
             .collect();
         assert!(blocks.len() >= 2, "rotel received {otel} {} times", blocks.len());
+        // Every per-node point carries the node's uid; /metrics keeps it on the info series only.
         let received: BTreeSet<RotelPoint> = blocks[blocks.len() - 2]
             .iter()
             .filter(|p| p.metric == otel)
-            .cloned()
+            .map(|p| {
+                let mut p = p.clone();
+                let named = p.attrs.iter().any(|(k, _)| k == "k8s.node.name");
+                let before = p.attrs.len();
+                p.attrs.retain(|(k, _)| k != "k8s.node.uid");
+                assert_eq!(
+                    named,
+                    p.attrs.len() < before,
+                    "{otel}: the uid on a node's point only: {p:?}"
+                );
+                // The semantic conventions' key, the label key as it is.
+                assert_eq!(
+                    named,
+                    p.attrs
+                        .iter()
+                        .any(|(k, _)| k == "k8s.node.label.topology.kubernetes.io/zone"),
+                    "{otel}: the raw label key: {p:?}"
+                );
+                // Compared with /metrics as the Prometheus translation names it.
+                for (k, _) in p.attrs.iter_mut() {
+                    *k = k.replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', ".");
+                }
+                p.attrs.sort();
+                p
+            })
             .collect();
         assert!(!received.is_empty(), "rotel received no {otel}");
         assert_eq!(

@@ -44,6 +44,10 @@ pub struct Family {
     pub kind: Kind,
     /// What it is about, for the metric profiles.
     pub group: Group,
+    /// Whether `/metrics` keeps the node's uid on its series (only the info
+    /// series: on every series it would add a quarter to the body, for a
+    /// label that names nothing a query filters on).
+    pub uid_on_metrics: bool,
     /// The points of one node.
     pub points: PointsFn,
     /// An upper bound of the points of one node, cheap to compute: sizes the cardinality limit.
@@ -66,7 +70,7 @@ struct Keys {
     taint: [&'static str; 3],
     role: &'static str,
     resource: &'static str,
-    label_prefix: &'static str,
+    uid: &'static str,
 }
 
 const OTEL_KEYS: Keys = Keys {
@@ -80,7 +84,7 @@ const OTEL_KEYS: Keys = Keys {
     ],
     role: "k8s.node.role",
     resource: "k8s.node.resource.name",
-    label_prefix: "k8s.node.label.",
+    uid: "k8s.node.uid",
 };
 
 const KSM_KEYS: Keys = Keys {
@@ -90,7 +94,7 @@ const KSM_KEYS: Keys = Keys {
     taint: ["key", "value", "effect"],
     role: "role",
     resource: "resource",
-    label_prefix: "label_",
+    uid: "uid",
 };
 
 fn keys(naming: Naming) -> &'static Keys {
@@ -101,19 +105,24 @@ fn keys(naming: Naming) -> &'static Keys {
 }
 
 impl Ctx<'_> {
-    /// The attributes every point of `node` starts with: its name, then the
-    /// allowlisted labels. `None` for a node without a name, which has no points.
+    /// The attributes every point of `node` starts with: its name, its uid
+    /// (the `k8s.node` entity's identity; `/metrics` keeps it only on the
+    /// info series, see [`strip_for_metrics`]), then the allowlisted labels.
+    /// `None` for a node without a name, which has no points.
     pub fn node_attrs(&self, node: &Node) -> Option<Vec<KeyValue>> {
         let name = readings::node_name(node)?;
         let k = keys(self.settings.naming);
         let labels = self.settings.node_labels.select(node);
-        let mut attrs = Vec::with_capacity(1 + labels.len() + 3);
+        let mut attrs = Vec::with_capacity(2 + labels.len() + 3);
         // Reference-counted: every point of the node clones these, and a
         // clone of an `Arc<str>` is a count, not an allocation.
         attrs.push(KeyValue::new(k.node, Arc::<str>::from(name)));
+        if let Some(uid) = readings::node_uid(node) {
+            attrs.push(KeyValue::new(k.uid, Arc::<str>::from(uid)));
+        }
         for (key, value) in labels {
             attrs.push(KeyValue::new(
-                Key::from(Arc::<str>::from(format!("{}{key}", k.label_prefix))),
+                Key::from(Arc::<str>::from(key)),
                 Arc::<str>::from(value),
             ));
         }
@@ -122,6 +131,16 @@ impl Ctx<'_> {
 
     fn keys(&self) -> &'static Keys {
         keys(self.settings.naming)
+    }
+}
+
+/// Drops the node's uid from the attributes of a point of `family` bound for
+/// `/metrics`, unless the family keeps it there (the info series): both
+/// Prometheus encoders call this, OTLP never does.
+pub fn strip_for_metrics(family: &Family, naming: Naming, attrs: &mut Vec<KeyValue>) {
+    if !family.uid_on_metrics {
+        let uid = keys(naming).uid;
+        attrs.retain(|kv| kv.key.as_str() != uid);
     }
 }
 
@@ -194,6 +213,7 @@ fn per_node(
         help,
         kind,
         group,
+        uid_on_metrics: false,
         points: Box::new(move |_, node, base, emit| {
             if let Some(v) = value(node) {
                 emit(v, base.to_vec());
@@ -212,6 +232,7 @@ fn condition_status(naming: Naming) -> Family {
                (with --sparse-readings: only a condition that shows a problem, 1 for its status)",
         kind: Kind::IntGauge,
         group: Group::Readiness,
+        uid_on_metrics: false,
         points: Box::new(|ctx, node, base, emit| {
             let base = base.to_vec();
             let k = ctx.keys();
@@ -257,6 +278,7 @@ fn condition_last_transition(naming: Naming) -> Family {
                (with --sparse-readings: only for a condition that shows a problem)",
         kind: Kind::FloatGauge,
         group: Group::Readiness,
+        uid_on_metrics: false,
         points: Box::new(|ctx, node, base, emit| {
             let base = base.to_vec();
             for c in reported_conditions(ctx, node) {
@@ -290,6 +312,7 @@ fn condition_transitions(naming: Naming) -> Family {
                including flaps shorter than any scrape interval",
         kind: Kind::Counter,
         group: Group::Readiness,
+        uid_on_metrics: false,
         points: Box::new(|ctx, node, base, emit| {
             let base = base.to_vec();
             let name = readings::node_name(node).unwrap_or_default();
@@ -319,6 +342,7 @@ fn unschedulable(naming: Naming) -> Family {
                (with --sparse-readings: only cordoned nodes, as 1)",
         kind: Kind::IntGauge,
         group: Group::Readiness,
+        uid_on_metrics: false,
         points: Box::new(|ctx, node, base, emit| {
             let cordoned = readings::unschedulable(node);
             if cordoned || !ctx.settings.sparse {
@@ -336,6 +360,7 @@ fn taint(naming: Naming) -> Family {
         help: "1 for each taint of a node, with its key, value and effect",
         kind: Kind::IntGauge,
         group: Group::Readiness,
+        uid_on_metrics: false,
         points: Box::new(|ctx, node, base, emit| {
             let base = base.to_vec();
             let [key, value, effect] = ctx.keys().taint;
@@ -371,6 +396,7 @@ fn info(naming: Naming) -> Family {
                kernel, OS image, architecture, provider ID and internal IP",
         kind: Kind::IntGauge,
         group: Group::Metadata,
+        uid_on_metrics: true,
         points: Box::new(move |_, node, base, emit| {
             let base = base.to_vec();
             let i = readings::info(node);
@@ -415,6 +441,7 @@ fn role(naming: Naming) -> Family {
         help: "1 for each role of a node, from its node-role.kubernetes.io/<role> labels",
         kind: Kind::IntGauge,
         group: Group::Metadata,
+        uid_on_metrics: false,
         points: Box::new(|ctx, node, base, emit| {
             let base = base.to_vec();
             for r in readings::roles(node) {
@@ -436,6 +463,7 @@ fn labels() -> Family {
         help: "Always 1; its label_* attributes are the node labels selected by --node-labels",
         kind: Kind::IntGauge,
         group: Group::Metadata,
+        uid_on_metrics: false,
         points: Box::new(|_, _, base, emit| {
             emit(1.0, base.to_vec());
         }),
@@ -518,6 +546,7 @@ fn named_resource(list: ResourceList, index: usize) -> Family {
         help: helps[slot(list)],
         kind: Kind::FloatGauge,
         group: Group::Resources,
+        uid_on_metrics: false,
         points: Box::new(move |_, node, base, emit| {
             if let Some(value) = readings::resource(node, list, resource) {
                 emit(value, base.to_vec());
@@ -540,6 +569,7 @@ fn extended_resources(list: ResourceList) -> Family {
         ][slot(list)],
         kind: Kind::FloatGauge,
         group: Group::Resources,
+        uid_on_metrics: false,
         points: Box::new(move |ctx, node, base, emit| {
             let base = base.to_vec();
             for r in readings::resources(node, list) {
@@ -576,6 +606,7 @@ fn ksm_resources(list: ResourceList) -> Family {
         ][slot(list)],
         kind: Kind::FloatGauge,
         group: Group::Resources,
+        uid_on_metrics: false,
         points: Box::new(move |_, node, base, emit| {
             let base = base.to_vec();
             for r in readings::resources(node, list) {

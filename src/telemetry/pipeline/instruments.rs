@@ -191,7 +191,12 @@ fn register_family(meter: &Meter, family: Family, sources: &Sources, capacity: &
         if !sources.leadership.is_leader() {
             return None;
         }
-        let points = family_points(&family, &sources);
+        // The long-lived provider of node families feeds only the reference
+        // `/metrics` encoder: its points carry what `/metrics` carries.
+        let mut points = family_points(&family, &sources);
+        for (_, attrs) in points.iter_mut() {
+            families::strip_for_metrics(&family, sources.settings.naming, attrs);
+        }
         cap.admits(family.name, points.len()).then_some(points)
     });
 }

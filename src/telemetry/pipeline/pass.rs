@@ -34,7 +34,7 @@ use prost::encoding::{decode_varint, encode_varint};
 
 use super::{
     collect,
-    families::{Ctx, Family, Kind},
+    families::{self, Ctx, Family, Kind},
     instruments::Sources,
     shards::{self, SHARDS, shard_of},
 };
@@ -364,13 +364,6 @@ fn write_shard(
                 attrs.sort_unstable_by(|a, b| a.key.cmp(&b.key));
                 attrs.dedup_by(|a, b| a.key == b.key);
                 out.points += 1;
-                if let Some(names) = names {
-                    // Integer instruments hold what `v as u64` made of the reading.
-                    let v = if integer { (v as u64) as f64 } else { v };
-                    if let Err(e) = samples.write(&mut out.text, &names[f], &attrs, v) {
-                        failed.get_or_insert(e);
-                    }
-                }
                 if otlp {
                     // As opentelemetry-proto converts them: an integer instrument's value as `as_int`.
                     let value = if integer {
@@ -381,6 +374,14 @@ fn write_shard(
                     wire::encode_point(&attrs, value, &mut body);
                     encode_varint(body.len() as u64, &mut out.otlp);
                     out.otlp.extend_from_slice(&body);
+                }
+                if let Some(names) = names {
+                    families::strip_for_metrics(family, ctx.settings.naming, &mut attrs);
+                    // Integer instruments hold what `v as u64` made of the reading.
+                    let v = if integer { (v as u64) as f64 } else { v };
+                    if let Err(e) = samples.write(&mut out.text, &names[f], &attrs, v) {
+                        failed.get_or_insert(e);
+                    }
                 }
             });
         }

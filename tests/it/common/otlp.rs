@@ -86,7 +86,10 @@ pub const RESERVED_ATTRIBUTES: [&str; 6] = [
 pub struct Received {
     /// When set, every metric export must pass it (else UNAUTHENTICATED or what it returns).
     pub auth: Arc<std::sync::OnceLock<AuthCheck>>,
-    /// When non-zero, requests with more points are refused with INVALID_ARGUMENT.
+    /// When non-zero, the receiver stands in for Google's Telemetry API:
+    /// requests with more points, or with names or attribute keys the API
+    /// refuses, are refused with INVALID_ARGUMENT. A plain OTLP receiver
+    /// (the Collector) takes any attribute key.
     pub max_points: Arc<std::sync::atomic::AtomicUsize>,
     /// Refuse every metric export with PERMISSION_DENIED.
     pub deny: Arc<std::sync::atomic::AtomicBool>,
@@ -160,10 +163,11 @@ impl MetricsService for Received {
     }
 }
 
-/// What Google's Telemetry API checks that we can check here: a non-empty
-/// `service.instance.id`, at most `max_points` points (0: any), and no point
-/// attribute named like a monitored-resource label.
+/// A non-empty `service.instance.id`; and with `max_points` set, what Google's
+/// Telemetry API checks that we can check here: at most `max_points` points,
+/// its name rules, and no point attribute named like a monitored-resource label.
 pub fn check_request(req: &ExportMetricsServiceRequest, max_points: usize) -> Result<(), String> {
+    let google = max_points > 0;
     if max_points > 0 && request_points(req) > max_points {
         return Err(format!(
             "{} points in one request, more than {max_points}",
@@ -204,6 +208,9 @@ pub fn check_request(req: &ExportMetricsServiceRequest, max_points: usize) -> Re
                     .collect(),
                 _ => Vec::new(),
             };
+            if !google {
+                continue;
+            }
             if let Some(bad) = attrs.iter().find(|a| RESERVED_ATTRIBUTES.contains(a)) {
                 return Err(format!("{}: point attribute {bad:?} is reserved", m.name));
             }
