@@ -214,12 +214,17 @@ pub async fn run(
         address = %bound,
         prometheus = settings.prometheus,
         otlp = settings.otlp_metrics.is_some(),
+        condition_logs = settings.otlp_logs.is_some(),
         tls = settings.tls.is_some(),
         "serving /metrics, /healthz and /readyz"
     );
 
     let selector = settings.readings.node_labels.clone();
     let keep_label: cluster::KeepLabel = Arc::new(move |k| crate::readings::reads_label(k, &selector));
+    let mut feed = feed;
+    if let Some(sink) = telemetry.condition_sink() {
+        feed.set_sink(sink);
+    }
     let watcher = cluster::spawn_watcher(client, feed, keep_label, settings.api_timeout);
     let elector = settings
         .lease

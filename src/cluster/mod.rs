@@ -5,6 +5,7 @@
 
 mod api_observer;
 mod changes;
+pub mod condition_changes;
 mod feed;
 mod health;
 mod node;
@@ -13,6 +14,7 @@ mod watch;
 
 pub use api_observer::ApiObserverLayer;
 pub use changes::Changes;
+pub use condition_changes::{ConditionChange, ConditionSink};
 pub use feed::Feed;
 pub use health::{ApiVerb, ErrorReason, EventKind, Health, WatchStats};
 pub use node::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, ResourceList, Taint};

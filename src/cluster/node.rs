@@ -118,7 +118,9 @@ pub struct NodeStatus {
     pub allocatable: Option<ResourceList>,
 }
 
-/// One condition: heartbeat, reason and message are neither read nor kept.
+/// One condition: the heartbeat is neither read nor kept; reason and message
+/// are read for condition-change records and taken off before the node is
+/// stored (`condition_changes::take_details`).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct NodeCondition {
@@ -129,6 +131,12 @@ pub struct NodeCondition {
     pub status: CompactString,
     /// When the status last changed.
     pub last_transition_time: Option<Time>,
+    /// Why, machine-readable; only on the way in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<CompactString>,
+    /// Why, for people; only on the way in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// `status.nodeInfo`, the fields readings read.

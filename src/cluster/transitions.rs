@@ -19,7 +19,7 @@ pub struct Transitions {
 }
 
 /// The raw status of each condition type (first entry wins, as in the readings).
-fn statuses(node: &Node) -> Vec<(&str, &str)> {
+pub(super) fn statuses(node: &Node) -> Vec<(&str, &str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
     for c in node
         .status

@@ -9,12 +9,12 @@ use super::node::{Node, ResourceList};
 use futures::StreamExt;
 use kube::{
     Api, Client,
-    runtime::{WatchStreamExt, watcher},
+    runtime::{WatchStreamExt, watcher, watcher::Event},
 };
 use tracing::{Span, debug, info, info_span, warn};
 
 use super::{
-    Feed,
+    Feed, condition_changes,
     health::{ErrorReason, EventKind},
 };
 
@@ -119,8 +119,13 @@ pub async fn run(client: Client, mut feed: Feed, keep_label: KeepLabel, api_time
     let mut listed = 0u64;
     while let Some(item) = stream.next().await {
         match item {
-            Ok(event) => {
-                let kind = feed.apply(&event);
+            Ok(mut event) => {
+                // Reasons and messages serve condition-change records; the view keeps statuses.
+                let details = match &mut event {
+                    Event::Apply(node) | Event::InitApply(node) => condition_changes::take_details(node),
+                    _ => Vec::new(),
+                };
+                let kind = feed.apply_detailed(&event, &details);
                 match kind {
                     EventKind::Init => {
                         let relist = health.stats().events(EventKind::Init) > 0;
@@ -201,6 +206,8 @@ mod tests {
         change(&mut json);
         let mut node: Node = serde_json::from_value(json).expect("decodes");
         strip(&mut node, &|k| k.starts_with("topology.kubernetes.io/"));
+        // The watch loop takes reasons and messages off before the feed stores the node.
+        condition_changes::take_details(&mut node);
         node
     }
 

@@ -228,6 +228,16 @@ pub struct RunArgs {
     #[arg(long, env = "KNS_TRACES_EXPORTER")]
     pub traces_exporter: Option<String>,
 
+    /// Node condition changes as OTLP log records (with reason and message): `otlp` or `none`.
+    /// [default: OTEL_LOGS_EXPORTER, else otlp when OTLP metrics are on]
+    #[arg(long, env = "KNS_LOGS_EXPORTER")]
+    pub logs_exporter: Option<String>,
+
+    /// Condition-change records kept while the collector cannot take them; when
+    /// full the oldest are dropped (counted in kube_node_status_logs_dropped_total).
+    #[arg(long, env = "KNS_LOGS_QUEUE_SIZE", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub logs_queue_size: u64,
+
     /// OTLP gRPC endpoint, e.g. http://collector:4317 or https://….
     /// [default: OTEL_EXPORTER_OTLP_METRICS_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4317]
     #[arg(long, env = "KNS_OTLP_ENDPOINT")]
@@ -362,6 +372,10 @@ pub struct Settings {
     pub otlp_metrics: Option<OtlpSettings>,
     /// Export own spans over OTLP.
     pub otlp_traces: Option<OtlpSettings>,
+    /// Export node condition changes as OTLP log records.
+    pub otlp_logs: Option<OtlpSettings>,
+    /// How many condition-change records wait for the collector at most.
+    pub logs_queue_size: usize,
     /// Interval of OTLP metric exports.
     pub export_interval: Duration,
     /// How often `/metrics` is scraped, for the cost the start-up log reports.
@@ -433,6 +447,7 @@ pub struct ResourceSettings {
 
 const METRICS_EXPORTERS: &str = "`otlp`, `prometheus` or `none`";
 const TRACES_EXPORTERS: &str = "`otlp` or `none`";
+const LOGS_EXPORTERS: &str = "`otlp` or `none`";
 const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A duration above zero.
@@ -541,6 +556,13 @@ impl RunArgs {
                 None => otlp_metrics_on && self.otlp_auth != OtlpAuth::Google,
             },
         };
+        let logs_on = match &self.logs_exporter {
+            Some(v) => !parse_exporters("--logs-exporter", v, &["otlp"], LOGS_EXPORTERS)?.is_empty(),
+            None => match env("OTEL_LOGS_EXPORTER").filter(|v| !v.trim().is_empty()) {
+                Some(v) => !parse_exporters("OTEL_LOGS_EXPORTER", &v, &["otlp"], LOGS_EXPORTERS)?.is_empty(),
+                None => otlp_metrics_on,
+            },
+        };
         let google = self.otlp_auth == OtlpAuth::Google;
         if google && !otlp_metrics_on && !traces_on {
             return Err(ConfigError::Google(
@@ -585,6 +607,9 @@ impl RunArgs {
             .transpose()?;
         let otlp_traces = traces_on
             .then(|| otlp::resolve(otlp::Signal::Traces, &flags(None), env))
+            .transpose()?;
+        let otlp_logs = logs_on
+            .then(|| otlp::resolve(otlp::Signal::Logs, &flags(None), env))
             .transpose()?;
 
         if let Some(path) = &self.auth_token_file {
@@ -688,6 +713,8 @@ impl RunArgs {
             prometheus_encoder: self.prometheus_encoder,
             otlp_metrics,
             otlp_traces,
+            otlp_logs,
+            logs_queue_size: usize::try_from(self.logs_queue_size).unwrap_or(usize::MAX),
             export_interval,
             scrape_interval: self.scrape_interval,
             readings,

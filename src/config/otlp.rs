@@ -16,6 +16,8 @@ pub enum Signal {
     Metrics,
     /// Our own spans (`OTEL_EXPORTER_OTLP_TRACES_*`).
     Traces,
+    /// Node condition changes as log records (`OTEL_EXPORTER_OTLP_LOGS_*`).
+    Logs,
 }
 
 impl Signal {
@@ -23,6 +25,7 @@ impl Signal {
         match self {
             Signal::Metrics => "OTEL_EXPORTER_OTLP_METRICS_",
             Signal::Traces => "OTEL_EXPORTER_OTLP_TRACES_",
+            Signal::Logs => "OTEL_EXPORTER_OTLP_LOGS_",
         }
     }
 }

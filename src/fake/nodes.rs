@@ -30,17 +30,24 @@ pub fn name(i: usize) -> String {
     )
 }
 
-fn condition(type_: &str, status: &str, now: &str) -> Value {
-    let (reason, message) = match (type_, status) {
+/// The reason and message a kubelet gives a condition in `status`.
+pub fn reason_and_message(type_: &str, status: &str) -> (&'static str, &'static str) {
+    match (type_, status) {
         ("Ready", "True") => ("KubeletReady", "kubelet is posting ready status"),
+        ("Ready", "Unknown") => ("NodeStatusUnknown", "Kubelet stopped posting node status."),
         ("Ready", _) => (
             "KubeletNotReady",
             "container runtime network not ready: NetworkReady=false",
         ),
         ("NetworkUnavailable", _) => ("RouteCreated", "RouteController created a route"),
         (_, "False") => ("KubeletHasNoPressure", "kubelet has no pressure"),
-        _ => ("Unknown", "condition is unknown"),
-    };
+        (_, "True") => ("KubeletHasPressure", "kubelet is under pressure"),
+        _ => ("NodeStatusUnknown", "Kubelet stopped posting node status."),
+    }
+}
+
+fn condition(type_: &str, status: &str, now: &str) -> Value {
+    let (reason, message) = reason_and_message(type_, status);
     json!({
         "type": type_,
         "status": status,

@@ -166,17 +166,22 @@ impl Shared {
             *conditions = json!([]);
         }
         let list = conditions.as_array_mut().expect("made an array above");
+        let (reason, message) = super::nodes::reason_and_message(type_, status);
         match list.iter_mut().find(|c| c["type"] == type_) {
             Some(c) => {
                 if c["status"] != status {
+                    // A new status comes with its own reason and message, as a kubelet gives them.
                     c["lastTransitionTime"] = json!(now);
+                    c["reason"] = json!(reason);
+                    c["message"] = json!(message);
                 }
                 c["status"] = json!(status);
                 c["lastHeartbeatTime"] = json!(now);
             }
-            None => list.push(
-                json!({"type": type_, "status": status, "lastHeartbeatTime": now, "lastTransitionTime": now}),
-            ),
+            None => list.push(json!({
+                "type": type_, "status": status, "lastHeartbeatTime": now, "lastTransitionTime": now,
+                "reason": reason, "message": message,
+            })),
         }
         self.publish(store, "MODIFIED", node);
         true

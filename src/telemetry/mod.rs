@@ -8,6 +8,7 @@
 //! the view at that moment.
 
 mod google;
+mod logs;
 mod otlp;
 mod pipeline;
 mod prometheus;
@@ -142,6 +143,8 @@ struct Inner {
     settings: Settings,
     resource: Resource,
     sources: Sources,
+    /// Node condition changes as OTLP log records, when on.
+    logs: Option<logs::Logs>,
     /// The enabled per-node families, for the short-lived collections.
     families: Vec<Family>,
     /// (instrument name, points per node) of the per-node families on long-lived providers.
@@ -525,6 +528,16 @@ impl Telemetry {
             Vec::new()
         };
         let export = Arc::new(ExportStats::default());
+        let logs = match &settings.otlp_logs {
+            Some(o) => Some(logs::Logs::start(
+                o,
+                settings.logs_queue_size,
+                &resource,
+                leadership.clone(),
+                google.clone(),
+            )?),
+            None => None,
+        };
         let otlp = match &settings.otlp_metrics {
             Some(o) => Some(otlp::metric_exporter(
                 o,
@@ -552,7 +565,9 @@ impl Telemetry {
                 settings: readings,
                 leadership,
                 work: Arc::default(),
+                logs: logs.as_ref().map(logs::Logs::stats),
             },
+            logs,
             families,
             sizing,
             current: RwLock::new(Arc::new(Pipelines {
@@ -713,8 +728,17 @@ impl Telemetry {
         }
     }
 
-    /// Exports over OTLP one last time, then shuts every provider and exporter down.
+    /// Where the watch hands node condition changes, when they are exported as log records.
+    pub fn condition_sink(&self) -> Option<Arc<dyn crate::cluster::ConditionSink>> {
+        self.inner.logs.as_ref().map(logs::Logs::sink)
+    }
+
+    /// Sends the waiting log records and exports over OTLP one last time,
+    /// then shuts every provider and exporter down.
     pub async fn shutdown(&self) {
+        if let Some(logs) = &self.inner.logs {
+            logs.flush().await;
+        }
         if let Some(exporter) = &self.inner.otlp {
             self.inner.export_cycle(exporter).await;
         }

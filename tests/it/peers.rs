@@ -913,3 +913,106 @@ async fn third_party_emulator_kmock_outage_keeps_readings_flips_readyz_and_resum
         0.0
     );
 }
+
+/// The log records in rotel's `--debug-log logs --debug-log-verbosity detailed`
+/// output, each as its lines.
+fn rotel_log_records(log: &str) -> Vec<String> {
+    log.split("LogRecord #").skip(1).map(str::to_string).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotel_receives_one_log_record_per_condition_change_with_its_reason_and_message() {
+    let api = fake_api(3).await;
+    let names = api.node_names();
+    let dir = tempfile::tempdir().unwrap();
+    let rotel_log = dir.path().join("rotel.log");
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let _rotel = KillOnDrop(
+        Command::new(peer("rotel-agent"))
+            .args([
+                "start",
+                "--otlp-grpc-endpoint",
+                &grpc,
+                "--otlp-http-endpoint",
+                &http,
+            ])
+            .args([
+                "--exporter",
+                "blackhole",
+                "--debug-log",
+                "logs",
+                "--debug-log-verbosity",
+                "detailed",
+            ])
+            .stdout(std::fs::File::create(&rotel_log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rotel-agent starts"),
+    );
+    let endpoint = format!("http://{grpc}");
+    let _exporter = Exporter::start_ready(
+        &api.kubeconfig(),
+        &["--traces-exporter", "none"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+        ],
+    )
+    .await;
+    let records = |n: usize| {
+        let rotel_log = rotel_log.clone();
+        async move {
+            let start = Instant::now();
+            loop {
+                let got = rotel_log_records(&std::fs::read_to_string(&rotel_log).unwrap_or_default());
+                if got.len() >= n {
+                    return got;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "rotel logged {} records, want {n}",
+                    got.len()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // Nothing at start-up: three export intervals pass with no record.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        rotel_log_records(&std::fs::read_to_string(&rotel_log).unwrap_or_default()).len(),
+        0
+    );
+
+    assert!(api.set_condition(&names[0], "Ready", "False"));
+    let got = records(1).await;
+    let r = &got[0];
+    for want in [
+        "EventName: k8s.node.condition.change",
+        "SeverityText: WARN",
+        "Body: Str(container runtime network not ready: NetworkReady=false)",
+        &format!("k8s.node.name: Str({})", names[0]),
+        "k8s.node.condition.type: Str(Ready)",
+        "k8s.node.condition.status: Str(false)",
+        "k8s.node.condition.previous_status: Str(true)",
+        "k8s.node.condition.reason: Str(KubeletNotReady)",
+        "k8s.node.uid: Str(",
+    ] {
+        assert!(r.contains(want), "{want:?} not in the record rotel logged:\n{r}");
+    }
+    assert!(api.set_condition(&names[0], "Ready", "True"));
+    let got = records(2).await;
+    assert!(
+        got[1].contains("SeverityText: INFO")
+            && got[1].contains("Body: Str(kubelet is posting ready status)"),
+        "{}",
+        got[1]
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        rotel_log_records(&std::fs::read_to_string(&rotel_log).unwrap_or_default()).len(),
+        2,
+        "one record per change"
+    );
+}

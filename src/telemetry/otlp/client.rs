@@ -39,7 +39,7 @@ pub const CONCURRENCY: usize = 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
 /// The settings' headers as gRPC metadata.
-fn metadata(headers: &[(String, String)]) -> Result<MetadataMap, ConfigError> {
+pub(crate) fn metadata(headers: &[(String, String)]) -> Result<MetadataMap, ConfigError> {
     let mut map = MetadataMap::new();
     for (k, v) in headers {
         let bad = || {
@@ -175,7 +175,7 @@ impl MetricsClient {
 }
 
 /// The OTLP spec's retryable codes; RESOURCE_EXHAUSTED only when the receiver says when.
-fn retryable(status: &Status) -> bool {
+pub(crate) fn retryable(status: &Status) -> bool {
     match status.code() {
         Code::Cancelled
         | Code::DeadlineExceeded

@@ -67,7 +67,7 @@ impl ExportStats {
 /// TLS for `https://` endpoints: webpki roots (tonic's default store is
 /// empty) plus any CA from `OTEL_EXPORTER_OTLP_CERTIFICATE`. Ignored by tonic
 /// for `http://` endpoints.
-pub(super) fn tls_config(settings: &OtlpSettings) -> ClientTlsConfig {
+pub(crate) fn tls_config(settings: &OtlpSettings) -> ClientTlsConfig {
     let tls = ClientTlsConfig::new().with_webpki_roots();
     match &settings.ca_pem {
         Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),

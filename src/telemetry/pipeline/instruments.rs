@@ -49,6 +49,10 @@ pub mod names {
     pub const SHARDS_WRITTEN: &str = "kube_node_status.shards.written";
     /// Series served, by family.
     pub const SERIES: &str = "kube_node_status.series";
+    /// Condition-change log records, by what became of them.
+    pub const LOG_RECORDS: &str = "kube_node_status.logs.records";
+    /// Condition-change log records waiting for the collector.
+    pub const LOG_QUEUED: &str = "kube_node_status.logs.queued";
 }
 
 /// What the outputs redid since start: shards of nodes whose readings were
@@ -124,6 +128,8 @@ pub struct Sources {
     pub leadership: Leadership,
     /// What the outputs redid.
     pub work: Arc<Work>,
+    /// What became of the condition-change log records, when they are on.
+    pub logs: Option<Arc<crate::telemetry::logs::LogStats>>,
 }
 
 /// Which instruments a long-lived provider carries.
@@ -372,6 +378,31 @@ fn register_self_telemetry(meter: &Meter, sources: &Sources) {
                  (also counted as failures)",
             )
             .with_callback(move |obs| obs.observe(export.denied(), &[]))
+            .build();
+    }
+    if let Some(logs) = sources.logs.clone().filter(|_| on(names::LOG_RECORDS)) {
+        meter
+            .u64_observable_counter(names::LOG_RECORDS)
+            .with_unit("{record}")
+            .with_description(
+                "Node condition-change log records: exported (the collector took them), dropped (oldest \
+                 first, the queue being full while the collector was away) or refused (for good)",
+            )
+            .with_callback(move |obs| {
+                obs.observe(logs.exported(), &[KeyValue::new("outcome", "exported")]);
+                obs.observe(logs.dropped(), &[KeyValue::new("outcome", "dropped")]);
+                obs.observe(logs.refused(), &[KeyValue::new("outcome", "refused")]);
+            })
+            .build();
+    }
+    if let Some(logs) = sources.logs.clone().filter(|_| on(names::LOG_QUEUED)) {
+        meter
+            .u64_observable_gauge(names::LOG_QUEUED)
+            .with_unit("{record}")
+            .with_description(
+                "Node condition-change log records waiting for the collector (at most --logs-queue-size)",
+            )
+            .with_callback(move |obs| obs.observe(logs.queued(), &[]))
             .build();
     }
     if on(names::SHARDS_WRITTEN) {

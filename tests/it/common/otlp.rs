@@ -9,6 +9,10 @@ use std::{
 
 use opentelemetry_proto::tonic::{
     collector::{
+        logs::v1::{
+            ExportLogsServiceRequest, ExportLogsServiceResponse,
+            logs_service_server::{LogsService, LogsServiceServer},
+        },
         metrics::v1::{
             ExportMetricsServiceRequest, ExportMetricsServiceResponse,
             metrics_service_server::{MetricsService, MetricsServiceServer},
@@ -99,6 +103,10 @@ pub struct Received {
     pub denied: Arc<std::sync::atomic::AtomicUsize>,
     pub metrics: Arc<Mutex<Vec<(Instant, ExportMetricsServiceRequest)>>>,
     pub spans: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+    /// Every log export request, in order.
+    pub logs: Arc<Mutex<Vec<ExportLogsServiceRequest>>>,
+    /// Refuse every log export with UNAVAILABLE (a collector that is down for logs).
+    pub logs_down: Arc<std::sync::atomic::AtomicBool>,
     /// The gRPC metadata (headers) of each metric export, in order.
     pub headers: Arc<Mutex<Vec<BTreeMap<String, String>>>>,
     /// How many of the next metric exports to refuse with UNAVAILABLE (and a RetryInfo).
@@ -226,6 +234,20 @@ pub fn check_request(req: &ExportMetricsServiceRequest, max_points: usize) -> Re
 }
 
 #[tonic::async_trait]
+impl LogsService for Received {
+    async fn export(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        if self.logs_down.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Status::unavailable("down"));
+        }
+        self.logs.lock().unwrap().push(request.into_inner());
+        Ok(Response::new(ExportLogsServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
 impl TraceService for Received {
     async fn export(
         &self,
@@ -271,12 +293,29 @@ impl Receiver {
                 MetricsServiceServer::new(received.clone())
                     .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
             )
-            .add_service(TraceServiceServer::new(received.clone()));
+            .add_service(TraceServiceServer::new(received.clone()))
+            .add_service(
+                LogsServiceServer::new(received.clone())
+                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+            );
         let incoming = tokio_stream_from(listener);
         let task = tokio::spawn(async move {
             let _ = router.serve_with_incoming(incoming).await;
         });
         Receiver { addr, received, task }
+    }
+
+    /// Every log record received so far, in order.
+    pub fn log_records(&self) -> Vec<opentelemetry_proto::tonic::logs::v1::LogRecord> {
+        self.received
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| &r.resource_logs)
+            .flat_map(|rl| &rl.scope_logs)
+            .flat_map(|sl| sl.log_records.clone())
+            .collect()
     }
 
     /// Number of metric export requests so far.

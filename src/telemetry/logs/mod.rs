@@ -1,0 +1,213 @@
+//! Node condition changes as OTLP log records, with the reason and message
+//! the node gave: the "why" a metric label cannot carry.
+//!
+//! The watch hands each change to a bounded [`LogQueue`] (leader only); a
+//! task sends what waits in batches, retrying while the collector is down.
+//! Records are built from opentelemetry-proto's types and sent with its
+//! generated client over the same channel setup (TLS, headers, gzip, Google
+//! credentials) as the metrics. The SDK's batch processor is not used: when
+//! full it drops the newest records, and an operator wants the newest.
+
+pub mod queue;
+pub mod record;
+
+use std::{sync::Arc, time::Duration};
+
+use opentelemetry_proto::tonic::{
+    collector::logs::v1::{ExportLogsServiceRequest, logs_service_client::LogsServiceClient},
+    common::v1::InstrumentationScope,
+    logs::v1::{ResourceLogs, ScopeLogs},
+    resource::v1::Resource,
+};
+use tonic::{
+    Status,
+    codec::CompressionEncoding,
+    service::interceptor::InterceptedService,
+    transport::{Channel, Endpoint},
+};
+use tracing::{info, warn};
+
+pub use queue::{LogQueue, LogStats};
+
+use crate::{
+    cluster::{ConditionChange, ConditionSink},
+    config::{ConfigError, OtlpSettings},
+    leader::Leadership,
+    telemetry::google::{GoogleAuth, RequestHeaders},
+};
+
+/// Records per request at most.
+const BATCH: usize = 512;
+/// How long the sender waits after a record arrives, so that a burst (a zone
+/// outage) goes in one request instead of one each.
+const LINGER: Duration = Duration::from_millis(200);
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+type Client = LogsServiceClient<InterceptedService<Channel, RequestHeaders>>;
+
+/// The log pipeline: the queue the watch fills and the task that empties it.
+pub struct Logs {
+    queue: Arc<LogQueue>,
+    stats: Arc<LogStats>,
+    sender: Sender,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct Sender {
+    client: Client,
+    google: Option<Arc<GoogleAuth>>,
+    origin: Arc<(Resource, InstrumentationScope)>,
+    timeout: Duration,
+}
+
+impl Logs {
+    /// Starts it: records go to `settings`' endpoint with `resource` (the
+    /// metrics' resource), at most `capacity` waiting. Call inside the runtime.
+    pub fn start(
+        settings: &OtlpSettings,
+        capacity: usize,
+        resource: &opentelemetry_sdk::Resource,
+        leadership: Leadership,
+        google: Option<Arc<GoogleAuth>>,
+    ) -> Result<Logs, ConfigError> {
+        let endpoint = settings.endpoint.clone();
+        let channel = Endpoint::from_shared(endpoint.clone())
+            .map_err(|e| ConfigError::Otlp(format!("invalid endpoint {endpoint:?}: {e}")))?
+            .tls_config(super::otlp::tls_config(settings))
+            .map_err(|e| ConfigError::Otlp(format!("TLS for {endpoint:?}: {e}")))?
+            .timeout(settings.timeout)
+            .connect_lazy();
+        let headers = RequestHeaders::new(super::otlp::client::metadata(&settings.headers)?, google.clone());
+        let mut client = LogsServiceClient::new(InterceptedService::new(channel, headers));
+        if settings.gzip {
+            client = client.send_compressed(CompressionEncoding::Gzip);
+        }
+        let stats = Arc::new(LogStats::default());
+        let queue = Arc::new(LogQueue::new(capacity, leadership, stats.clone()));
+        let scope = InstrumentationScope {
+            name: "kube-node-status".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        };
+        let sender = Sender {
+            client,
+            google,
+            origin: Arc::new((resource.into(), scope)),
+            timeout: settings.timeout,
+        };
+        let task = tokio::spawn(run(queue.clone(), sender.clone(), stats.clone()));
+        Ok(Logs {
+            queue,
+            stats,
+            sender,
+            task,
+        })
+    }
+
+    /// Where the watch hands condition changes.
+    pub fn sink(&self) -> Arc<dyn ConditionSink> {
+        self.queue.clone()
+    }
+
+    /// The counters self-telemetry reports.
+    pub fn stats(&self) -> Arc<LogStats> {
+        self.stats.clone()
+    }
+
+    /// On shutdown: stops the task and sends what waits, once, without retrying.
+    pub async fn flush(&self) {
+        self.task.abort();
+        while !self.queue.is_empty() {
+            let batch = self.queue.take(BATCH);
+            let n = batch.len();
+            match self.sender.send(&batch).await {
+                Ok(()) => self.stats.on_exported(n),
+                Err(status) => {
+                    warn!(code = ?status.code(), records = n, "could not send the last condition-change records");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Sender {
+    async fn send(&self, batch: &[ConditionChange]) -> Result<(), Status> {
+        if let Some(google) = &self.google {
+            let _ = google.refresh().await;
+        }
+        let (resource, scope) = &*self.origin;
+        let request = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(resource.clone()),
+                scope_logs: vec![ScopeLogs {
+                    scope: Some(scope.clone()),
+                    log_records: batch.iter().map(record::record).collect(),
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        };
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(self.timeout);
+        let response = self.client.clone().export(request).await?.into_inner();
+        if let Some(partial) = response.partial_success.filter(|p| p.rejected_log_records > 0) {
+            warn!(rejected = partial.rejected_log_records, message = %partial.error_message, "the collector rejected some condition-change records");
+        }
+        Ok(())
+    }
+}
+
+/// Sends what the queue holds, in batches, until aborted. A retryable failure
+/// puts the batch back and waits, doubling up to [`MAX_BACKOFF`]; meanwhile
+/// the queue keeps the newest records.
+async fn run(queue: Arc<LogQueue>, sender: Sender, stats: Arc<LogStats>) {
+    let mut backoff = FIRST_BACKOFF;
+    let mut failing = false;
+    loop {
+        if queue.is_empty() {
+            queue.arrived.notified().await;
+            tokio::time::sleep(LINGER).await;
+        }
+        let batch = queue.take(BATCH);
+        if batch.is_empty() {
+            continue;
+        }
+        let n = batch.len();
+        match sender.send(&batch).await {
+            Ok(()) => {
+                stats.on_exported(n);
+                if failing {
+                    info!("the collector takes condition-change records again");
+                    failing = false;
+                }
+                backoff = FIRST_BACKOFF;
+            }
+            Err(status) if super::otlp::client::retryable(&status) => {
+                if !failing {
+                    warn!(code = ?status.code(), error = %status.message(), "cannot send condition-change records; keeping the newest and retrying");
+                    failing = true;
+                }
+                queue.put_back(batch);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(status) => {
+                stats.on_refused(n);
+                // Google's Telemetry API writes log records to Cloud Logging, which takes another role.
+                let hint = (sender.google.is_some() && status.code() == tonic::Code::PermissionDenied).then_some(
+                    "grant the exporter's service account roles/logging.logWriter, or set --logs-exporter none; see docs/gcp.md",
+                );
+                warn!(
+                    code = ?status.code(),
+                    error = %status.message(),
+                    hint,
+                    records = n,
+                    "the collector refused condition-change records"
+                );
+            }
+        }
+    }
+}
