@@ -301,6 +301,13 @@ pub struct RunArgs {
     #[arg(long, env = "KNS_OTLP_AUTH", value_enum, default_value_t = OtlpAuth::None)]
     pub otlp_auth: OtlpAuth,
 
+    /// Send each node's points under an OTLP Resource of its own carrying
+    /// `k8s.node.name`, `k8s.node.uid` and the cluster attributes (the `k8s.node`
+    /// entity, as the Collector's k8sclusterreceiver does), instead of one
+    /// resource for the exporter with the node on every point. Not with --otlp-auth google.
+    #[arg(long, env = "KNS_OTLP_RESOURCE_PER_NODE", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub otlp_resource_per_node: bool,
+
     /// How often to export over OTLP (e.g. 30s). [default: OTEL_METRIC_EXPORT_INTERVAL in ms, else 60s]
     #[arg(long, env = "KNS_METRIC_EXPORT_INTERVAL", value_parser = humantime::parse_duration)]
     pub metric_export_interval: Option<Duration>,
@@ -378,6 +385,8 @@ pub struct Settings {
     pub logs_queue_size: usize,
     /// Interval of OTLP metric exports.
     pub export_interval: Duration,
+    /// Each node's OTLP points under a resource of its own.
+    pub resource_per_node: bool,
     /// How often `/metrics` is scraped, for the cost the start-up log reports.
     pub scrape_interval: Duration,
     /// Resource identity.
@@ -564,6 +573,14 @@ impl RunArgs {
             },
         };
         let google = self.otlp_auth == OtlpAuth::Google;
+        if google && self.otlp_resource_per_node {
+            return Err(ConfigError::Google(
+                "--otlp-resource-per-node: the Telemetry API maps each resource to one prometheus_target \
+                 (location, cluster, namespace, job, instance), which has no node; keep the default, the \
+                 node on every point"
+                    .into(),
+            ));
+        }
         if google && !otlp_metrics_on && !traces_on {
             return Err(ConfigError::Google(
                 "no OTLP exporter is on; add otlp to --metrics-exporter or OTEL_METRICS_EXPORTER".into(),
@@ -714,6 +731,7 @@ impl RunArgs {
             otlp_metrics,
             otlp_traces,
             otlp_logs,
+            resource_per_node: self.otlp_resource_per_node,
             logs_queue_size: usize::try_from(self.logs_queue_size).unwrap_or(usize::MAX),
             export_interval,
             scrape_interval: self.scrape_interval,

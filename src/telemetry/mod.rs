@@ -458,6 +458,30 @@ impl Inner {
             cached_bytes = cache.stored_bytes(),
             "writing an OTLP export from the cache"
         );
+        if self.settings.resource_per_node {
+            // A follower sends its self-telemetry only, as below.
+            if self.sources.leadership.is_leader() {
+                let scope = opentelemetry::InstrumentationScope::builder(collect::METER).build();
+                let keys = families::node_keys(self.settings.readings.naming);
+                match cache.per_node(
+                    &(&self.resource).into(),
+                    &(&scope, None).into(),
+                    keys,
+                    (now, self.started),
+                ) {
+                    Ok(request) => {
+                        for part in chunks::split(request, max) {
+                            if !sink(wire::Part::encode(&part)) {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "reading the OTLP cache"),
+                }
+            }
+            self.write_rest(cache.cluster, own, max, sink);
+            return;
+        }
         let mut writer = wire::Writer::new(&self.origin, max, now, self.started, &mut sink);
         // A follower keeps its cache current (a takeover exports at once) but sends none of it.
         let open = if !self.sources.leadership.is_leader() {
@@ -474,15 +498,24 @@ impl Inner {
         if !open {
             return;
         }
-        let cluster = cache.cluster.into_iter();
+        self.write_rest(cache.cluster, own, max, sink);
+    }
+
+    /// Writes the cluster-wide readings and the self-telemetry, under the exporter's resource.
+    fn write_rest(
+        &self,
+        cluster: Option<opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest>,
+        own: &SharedReader,
+        max: usize,
+        mut sink: impl FnMut(wire::Part) -> bool,
+    ) {
         let own = own
             .collect()
             .map_err(|e| warn!(error = %e, "collecting self-telemetry for OTLP"))
             .map(|rm| {
                 opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest::from(&rm)
             });
-        let rest = cluster.chain(own);
-        for request in rest {
+        for request in cluster.into_iter().chain(own) {
             for part in chunks::split(request, max) {
                 if !sink(wire::Part::encode(&part)) {
                     return;

@@ -329,6 +329,14 @@ def test_the_profile_is_cheap_where_google_bills_each_sample(values, profile):
     assert not any(a.startswith("--sparse-readings") for a in args), "the profile's own default"
 
 
+def test_resource_per_node_is_passed_and_refused_in_google_mode():
+    assert "--otlp-resource-per-node" in exporter_args({"metricsExporter": "prometheus,otlp",
+                                                        "otlp": {"resourcePerNode": True}})
+    assert "--otlp-resource-per-node" not in exporter_args({})
+    with pytest.raises(helm_python.HelmError):
+        render(dict(VALUE_SETS["google-telemetry-api"], otlp={"auth": "google", "resourcePerNode": True}))
+
+
 def test_sparse_readings_is_passed_only_when_set():
     assert "--sparse-readings=false" in exporter_args({"podMonitoring": {"enabled": True}, "sparseReadings": False})
     assert "--sparse-readings=true" in exporter_args({"metricProfile": "full", "sparseReadings": True})

@@ -971,3 +971,102 @@ async fn otlp_collections_are_split_into_small_requests_and_failed_parts_retried
         "the refused parts were retried within the interval"
     );
 }
+
+/// `--otlp-resource-per-node`: each node's points under a resource of its
+/// own (`k8s.node.name`, `k8s.node.uid`, and the cluster's attributes), the
+/// node no longer on its points; cluster readings stay under the exporter's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_per_node_sends_each_node_under_its_own_resource() {
+    use std::collections::BTreeSet;
+    let api = common::fake_api(4).await;
+    let names: BTreeSet<String> = api.node_names().into_iter().collect();
+    let receiver = otlp::Receiver::start(None).await;
+    let endpoint = format!("http://{}", receiver.addr);
+    let _exporter = Exporter::start_ready(
+        &api.kubeconfig(),
+        &[
+            "--otlp-resource-per-node",
+            "--cluster-name",
+            "prod",
+            "--traces-exporter",
+            "none",
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+        ],
+    )
+    .await;
+    let string = |v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>| otlp::any_value(v);
+    let start = std::time::Instant::now();
+    loop {
+        let requests: Vec<_> = receiver
+            .received
+            .metrics
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, r)| r.clone())
+            .collect();
+        let mut nodes = BTreeSet::new();
+        let mut cluster_under_exporter = false;
+        for rm in requests.iter().flat_map(|r| &r.resource_metrics) {
+            let attrs: std::collections::BTreeMap<String, String> = rm
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .map(|kv| (kv.key.clone(), string(&kv.value)))
+                .collect();
+            assert_eq!(
+                attrs.get("k8s.cluster.name").map(String::as_str),
+                Some("prod"),
+                "{attrs:?}"
+            );
+            let metrics: Vec<_> = rm.scope_metrics.iter().flat_map(|sm| &sm.metrics).collect();
+            match attrs.get("k8s.node.name") {
+                Some(node) => {
+                    assert!(
+                        attrs.get("k8s.node.uid").is_some_and(|u| !u.is_empty()),
+                        "{attrs:?}"
+                    );
+                    for m in &metrics {
+                        assert!(
+                            m.name.starts_with("k8s.node."),
+                            "{} under a node's resource",
+                            m.name
+                        );
+                        for (point, _) in otlp::points(
+                            &opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest {
+                                resource_metrics: vec![rm.clone()],
+                            },
+                            &m.name,
+                        ) {
+                            assert!(!point.contains_key("k8s.node.name") && !point.contains_key("k8s.node.uid"), "{point:?}");
+                        }
+                    }
+                    nodes.insert(node.clone());
+                }
+                None => {
+                    cluster_under_exporter |= metrics.iter().any(|m| m.name == "k8s.cluster.nodes");
+                    assert!(
+                        !metrics.iter().any(|m| m.name == "k8s.node.ready"),
+                        "a node metric under the exporter's resource"
+                    );
+                }
+            }
+        }
+        if nodes == names && cluster_under_exporter {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "node resources {nodes:?}, want {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Google's Telemetry API has no node in its monitored resource: refused in one line.
+    let (code, stderr) = common::run_to_exit(&["--otlp-auth", "google", "--otlp-resource-per-node"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--otlp-resource-per-node"), "{stderr}");
+}

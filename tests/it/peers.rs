@@ -1016,3 +1016,71 @@ async fn rotel_receives_one_log_record_per_condition_change_with_its_reason_and_
         "one record per change"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotel_receives_one_resource_per_node_when_asked() {
+    let api = fake_api(4).await;
+    let names = api.node_names();
+    let dir = tempfile::tempdir().unwrap();
+    let rotel_log = dir.path().join("rotel.log");
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let _rotel = KillOnDrop(
+        Command::new(peer("rotel-agent"))
+            .args([
+                "start",
+                "--otlp-grpc-endpoint",
+                &grpc,
+                "--otlp-http-endpoint",
+                &http,
+            ])
+            .args([
+                "--exporter",
+                "blackhole",
+                "--debug-log",
+                "metrics",
+                "--debug-log-verbosity",
+                "detailed",
+            ])
+            .stdout(std::fs::File::create(&rotel_log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rotel-agent starts"),
+    );
+    let endpoint = format!("http://{grpc}");
+    let _exporter = Exporter::start_ready(
+        &api.kubeconfig(),
+        &[
+            "--otlp-resource-per-node",
+            "--traces-exporter",
+            "none",
+            "--logs-exporter",
+            "none",
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+        ],
+    )
+    .await;
+    let start = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(&rotel_log).unwrap_or_default();
+        // Each node's resource block names it among the resource attributes.
+        let resources: Vec<&str> = log.split("ResourceMetrics #").skip(1).collect();
+        let with_node = |name: &str| {
+            resources.iter().any(|r| {
+                let attrs = r.split("ScopeMetrics #").next().unwrap_or_default();
+                attrs.contains(&format!("k8s.node.name: Str({name})")) && attrs.contains("k8s.node.uid: Str(")
+            })
+        };
+        if names.iter().all(|n| with_node(n)) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "rotel did not log a resource per node:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

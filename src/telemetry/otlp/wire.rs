@@ -165,6 +165,33 @@ impl Descriptor {
         Some(Descriptor { metric, shape })
     }
 
+    /// The metric with `points` as its data: for requests built whole (one
+    /// resource per node) instead of written piece by piece.
+    pub fn metric_with(
+        &self,
+        points: Vec<opentelemetry_proto::tonic::metrics::v1::NumberDataPoint>,
+    ) -> Metric {
+        use opentelemetry_proto::tonic::metrics::v1::{Gauge, Sum, metric::Data};
+        let mut metric = Metric::decode(self.metric.as_slice()).unwrap_or_default();
+        metric.data = Some(match self.shape {
+            Shape::Gauge => Data::Gauge(Gauge { data_points: points }),
+            Shape::Sum {
+                temporality,
+                monotonic,
+            } => Data::Sum(Sum {
+                data_points: points,
+                aggregation_temporality: temporality,
+                is_monotonic: monotonic,
+            }),
+        });
+        metric
+    }
+
+    /// True for a sum, whose points carry a start time.
+    pub fn is_sum(&self) -> bool {
+        matches!(self.shape, Shape::Sum { .. })
+    }
+
     /// The fields of the gauge or sum message that follow its points.
     fn trailer(&self) -> Vec<u8> {
         let mut out = Vec::new();

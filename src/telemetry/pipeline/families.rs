@@ -134,6 +134,12 @@ impl Ctx<'_> {
     }
 }
 
+/// The point attribute keys of a node's name and uid in a naming mode.
+pub fn node_keys(naming: Naming) -> (&'static str, &'static str) {
+    let k = keys(naming);
+    (k.node, k.uid)
+}
+
 /// Drops the node's uid from the attributes of a point of `family` bound for
 /// `/metrics`, unless the family keeps it there (the info series): both
 /// Prometheus encoders call this, OTLP never does.

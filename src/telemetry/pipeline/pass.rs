@@ -27,9 +27,13 @@ use std::{
 
 use flate2::{Compression, read::DeflateDecoder, write::DeflateEncoder};
 use opentelemetry_proto::tonic::{
-    collector::metrics::v1::ExportMetricsServiceRequest, metrics::v1::number_data_point,
+    collector::metrics::v1::ExportMetricsServiceRequest,
+    common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
+    metrics::v1::{NumberDataPoint, ResourceMetrics, ScopeMetrics, number_data_point},
+    resource::v1::Resource as ProtoResource,
 };
 use opentelemetry_sdk::Resource;
+use prost::Message;
 use prost::encoding::{decode_varint, encode_varint};
 
 use super::{
@@ -290,6 +294,92 @@ impl OtlpSnapshot {
     /// Bytes the cache holds.
     pub fn stored_bytes(&self) -> usize {
         self.shards.iter().flatten().map(|s| s.deflated.len()).sum()
+    }
+
+    /// Every cached point under a resource of its node's own: `base` plus
+    /// `k8s.node.name` and `k8s.node.uid` (taken off the points, where they
+    /// are `node_key` and `uid_key`), as the `k8s.node` entity and the
+    /// Collector's k8sclusterreceiver put them. Points without a node stay
+    /// under `base`. Timestamps are `now`, and `start` for sums.
+    pub fn per_node(
+        &self,
+        base: &ProtoResource,
+        scope: &InstrumentationScope,
+        (node_key, uid_key): (&str, &str),
+        (now, start): (u64, u64),
+    ) -> io::Result<ExportMetricsServiceRequest> {
+        // node → (uid, family index → points), nodes in name order.
+        type Points = BTreeMap<usize, Vec<NumberDataPoint>>;
+        let mut nodes: BTreeMap<String, (Option<AnyValue>, Points)> = BTreeMap::new();
+        let mut plain = Vec::new();
+        for (f, (descriptor, shards)) in self.descriptors.iter().zip(&self.shards).enumerate() {
+            for shard in shards.iter().filter(|s| s.points > 0) {
+                plain.clear();
+                DeflateDecoder::new(shard.deflated.as_slice()).read_to_end(&mut plain)?;
+                let mut rest = plain.as_slice();
+                while !rest.is_empty() {
+                    let len = decode_varint(&mut rest).map_err(io::Error::other)? as usize;
+                    let body = rest
+                        .get(..len)
+                        .ok_or_else(|| io::Error::other("truncated point in the OTLP cache"))?;
+                    rest = &rest[len..];
+                    let mut point = NumberDataPoint::decode(body).map_err(io::Error::other)?;
+                    point.time_unix_nano = now;
+                    if descriptor.is_sum() {
+                        point.start_time_unix_nano = start;
+                    }
+                    let take = |point: &mut NumberDataPoint, key: &str| {
+                        let at = point.attributes.iter().position(|kv| kv.key == key)?;
+                        point.attributes.remove(at).value
+                    };
+                    let name = match take(&mut point, node_key).and_then(|v| v.value) {
+                        Some(any_value::Value::StringValue(name)) => name,
+                        _ => String::new(),
+                    };
+                    let uid = take(&mut point, uid_key);
+                    let entry = nodes.entry(name).or_default();
+                    if entry.0.is_none() {
+                        entry.0 = uid;
+                    }
+                    entry.1.entry(f).or_default().push(point);
+                }
+            }
+        }
+        let resource_metrics = nodes
+            .into_iter()
+            .map(|(name, (uid, families))| {
+                let mut resource = base.clone();
+                if !name.is_empty() {
+                    resource.attributes.push(KeyValue {
+                        key: "k8s.node.name".into(),
+                        value: Some(AnyValue {
+                            value: Some(any_value::Value::StringValue(name)),
+                        }),
+                        ..Default::default()
+                    });
+                }
+                if let Some(uid) = uid {
+                    resource.attributes.push(KeyValue {
+                        key: "k8s.node.uid".into(),
+                        value: Some(uid),
+                        ..Default::default()
+                    });
+                }
+                ResourceMetrics {
+                    resource: Some(resource),
+                    scope_metrics: vec![ScopeMetrics {
+                        scope: Some(scope.clone()),
+                        metrics: families
+                            .into_iter()
+                            .map(|(f, points)| self.descriptors[f].metric_with(points))
+                            .collect(),
+                        schema_url: String::new(),
+                    }],
+                    schema_url: String::new(),
+                }
+            })
+            .collect();
+        Ok(ExportMetricsServiceRequest { resource_metrics })
     }
 
     /// Writes every cached point, family after family. False if the writer's sink stopped taking parts.
