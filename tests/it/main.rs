@@ -17,4 +17,5 @@ mod leader;
 mod node_picture;
 mod peers;
 mod profiles;
+mod semconv;
 mod tls;
