@@ -189,6 +189,58 @@ fn scrape_points(samples: &[Sample], prom_name: &str, otel_name: &str) -> BTreeS
         .collect()
 }
 
+/// The rotel collector on loopback, printing what it receives of `signal`
+/// (`metrics` or `logs`) in detail to its log, and dropping it.
+struct Rotel {
+    /// `http://…` of its OTLP/gRPC endpoint.
+    endpoint: String,
+    log: std::path::PathBuf,
+    _process: KillOnDrop,
+    _dir: tempfile::TempDir,
+}
+
+impl Rotel {
+    fn start(signal: &str) -> Rotel {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("rotel.log");
+        let grpc = format!("127.0.0.1:{}", free_port());
+        let http = format!("127.0.0.1:{}", free_port());
+        let process = KillOnDrop(
+            Command::new(peer("rotel-agent"))
+                .args([
+                    "start",
+                    "--otlp-grpc-endpoint",
+                    &grpc,
+                    "--otlp-http-endpoint",
+                    &http,
+                ])
+                .args([
+                    "--exporter",
+                    "blackhole",
+                    "--debug-log",
+                    signal,
+                    "--debug-log-verbosity",
+                    "detailed",
+                ])
+                .stdout(std::fs::File::create(&log).unwrap())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("rotel-agent starts"),
+        );
+        Rotel {
+            endpoint: format!("http://{grpc}"),
+            log,
+            _process: process,
+            _dir: dir,
+        }
+    }
+
+    /// What it has printed so far.
+    fn printed(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotel_collector_receives_the_same_readings_as_metrics() {
     let api = fake_api(5).await;
@@ -196,33 +248,8 @@ async fn rotel_collector_receives_the_same_readings_as_metrics() {
     api.set_condition(&names[4], "Ready", "Unknown");
     api.set_condition(&names[0], "Ready", "False");
 
-    let dir = tempfile::tempdir().unwrap();
-    let rotel_log = dir.path().join("rotel.log");
-    let grpc = format!("127.0.0.1:{}", free_port());
-    let http = format!("127.0.0.1:{}", free_port());
-    let _rotel = KillOnDrop(
-        Command::new(peer("rotel-agent"))
-            .args([
-                "start",
-                "--otlp-grpc-endpoint",
-                &grpc,
-                "--otlp-http-endpoint",
-                &http,
-            ])
-            .args([
-                "--exporter",
-                "blackhole",
-                "--debug-log",
-                "metrics",
-                "--debug-log-verbosity",
-                "detailed",
-            ])
-            .stdout(std::fs::File::create(&rotel_log).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("rotel-agent starts"),
-    );
-    let endpoint = format!("http://{grpc}");
+    let rotel = Rotel::start("metrics");
+    let endpoint = rotel.endpoint.clone();
     let exporter = Exporter::start_ready(
         &api.kubeconfig(),
         &["--node-labels", "topology.kubernetes.io/zone"],
@@ -243,7 +270,7 @@ async fn rotel_collector_receives_the_same_readings_as_metrics() {
 
     let start = Instant::now();
     let exports = loop {
-        let exports = parse_rotel(&std::fs::read_to_string(&rotel_log).unwrap_or_default());
+        let exports = parse_rotel(&rotel.printed());
         // The last block may still be being written: wait for three complete ones after sync.
         let synced = exports
             .iter()
@@ -924,33 +951,8 @@ fn rotel_log_records(log: &str) -> Vec<String> {
 async fn rotel_receives_one_log_record_per_condition_change_with_its_reason_and_message() {
     let api = fake_api(3).await;
     let names = api.node_names();
-    let dir = tempfile::tempdir().unwrap();
-    let rotel_log = dir.path().join("rotel.log");
-    let grpc = format!("127.0.0.1:{}", free_port());
-    let http = format!("127.0.0.1:{}", free_port());
-    let _rotel = KillOnDrop(
-        Command::new(peer("rotel-agent"))
-            .args([
-                "start",
-                "--otlp-grpc-endpoint",
-                &grpc,
-                "--otlp-http-endpoint",
-                &http,
-            ])
-            .args([
-                "--exporter",
-                "blackhole",
-                "--debug-log",
-                "logs",
-                "--debug-log-verbosity",
-                "detailed",
-            ])
-            .stdout(std::fs::File::create(&rotel_log).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("rotel-agent starts"),
-    );
-    let endpoint = format!("http://{grpc}");
+    let rotel = Rotel::start("logs");
+    let endpoint = rotel.endpoint.clone();
     let _exporter = Exporter::start_ready(
         &api.kubeconfig(),
         &["--traces-exporter", "none"],
@@ -961,11 +963,11 @@ async fn rotel_receives_one_log_record_per_condition_change_with_its_reason_and_
     )
     .await;
     let records = |n: usize| {
-        let rotel_log = rotel_log.clone();
+        let rotel = &rotel;
         async move {
             let start = Instant::now();
             loop {
-                let got = rotel_log_records(&std::fs::read_to_string(&rotel_log).unwrap_or_default());
+                let got = rotel_log_records(&rotel.printed());
                 if got.len() >= n {
                     return got;
                 }
@@ -980,10 +982,7 @@ async fn rotel_receives_one_log_record_per_condition_change_with_its_reason_and_
     };
     // Nothing at start-up: three export intervals pass with no record.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        rotel_log_records(&std::fs::read_to_string(&rotel_log).unwrap_or_default()).len(),
-        0
-    );
+    assert_eq!(rotel_log_records(&rotel.printed()).len(), 0);
 
     assert!(api.set_condition(&names[0], "Ready", "False"));
     let got = records(1).await;
@@ -1011,7 +1010,7 @@ async fn rotel_receives_one_log_record_per_condition_change_with_its_reason_and_
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
-        rotel_log_records(&std::fs::read_to_string(&rotel_log).unwrap_or_default()).len(),
+        rotel_log_records(&rotel.printed()).len(),
         2,
         "one record per change"
     );
@@ -1021,33 +1020,8 @@ async fn rotel_receives_one_log_record_per_condition_change_with_its_reason_and_
 async fn rotel_receives_one_resource_per_node_when_asked() {
     let api = fake_api(4).await;
     let names = api.node_names();
-    let dir = tempfile::tempdir().unwrap();
-    let rotel_log = dir.path().join("rotel.log");
-    let grpc = format!("127.0.0.1:{}", free_port());
-    let http = format!("127.0.0.1:{}", free_port());
-    let _rotel = KillOnDrop(
-        Command::new(peer("rotel-agent"))
-            .args([
-                "start",
-                "--otlp-grpc-endpoint",
-                &grpc,
-                "--otlp-http-endpoint",
-                &http,
-            ])
-            .args([
-                "--exporter",
-                "blackhole",
-                "--debug-log",
-                "metrics",
-                "--debug-log-verbosity",
-                "detailed",
-            ])
-            .stdout(std::fs::File::create(&rotel_log).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("rotel-agent starts"),
-    );
-    let endpoint = format!("http://{grpc}");
+    let rotel = Rotel::start("metrics");
+    let endpoint = rotel.endpoint.clone();
     let _exporter = Exporter::start_ready(
         &api.kubeconfig(),
         &[
@@ -1065,7 +1039,7 @@ async fn rotel_receives_one_resource_per_node_when_asked() {
     .await;
     let start = Instant::now();
     loop {
-        let log = std::fs::read_to_string(&rotel_log).unwrap_or_default();
+        let log = rotel.printed();
         // Each node's resource block names it among the resource attributes.
         let resources: Vec<&str> = log.split("ResourceMetrics #").skip(1).collect();
         let with_node = |name: &str| {

@@ -314,15 +314,7 @@ impl OtlpSnapshot {
         let mut plain = Vec::new();
         for (f, (descriptor, shards)) in self.descriptors.iter().zip(&self.shards).enumerate() {
             for shard in shards.iter().filter(|s| s.points > 0) {
-                plain.clear();
-                DeflateDecoder::new(shard.deflated.as_slice()).read_to_end(&mut plain)?;
-                let mut rest = plain.as_slice();
-                while !rest.is_empty() {
-                    let len = decode_varint(&mut rest).map_err(io::Error::other)? as usize;
-                    let body = rest
-                        .get(..len)
-                        .ok_or_else(|| io::Error::other("truncated point in the OTLP cache"))?;
-                    rest = &rest[len..];
+                shard.each_point(&mut plain, |body| {
                     let mut point = NumberDataPoint::decode(body).map_err(io::Error::other)?;
                     point.time_unix_nano = now;
                     if descriptor.is_sum() {
@@ -342,7 +334,8 @@ impl OtlpSnapshot {
                         entry.0 = uid;
                     }
                     entry.1.entry(f).or_default().push(point);
-                }
+                    Ok(true)
+                })?;
             }
         }
         let resource_metrics = nodes
@@ -391,18 +384,8 @@ impl OtlpSnapshot {
             }
             writer.begin(descriptor);
             for shard in shards.iter().filter(|s| s.points > 0) {
-                plain.clear();
-                DeflateDecoder::new(shard.deflated.as_slice()).read_to_end(&mut plain)?;
-                let mut rest = plain.as_slice();
-                while !rest.is_empty() {
-                    let len = decode_varint(&mut rest).map_err(io::Error::other)? as usize;
-                    let body = rest
-                        .get(..len)
-                        .ok_or_else(|| io::Error::other("truncated point in the OTLP cache"))?;
-                    rest = &rest[len..];
-                    if !writer.point(body) {
-                        return Ok(false);
-                    }
+                if !shard.each_point(&mut plain, |body| Ok(writer.point(body)))? {
+                    return Ok(false);
                 }
             }
             writer.end();
@@ -497,6 +480,31 @@ fn write_shard(
             Ok((p.points, text, encoded))
         })
         .collect()
+}
+
+impl OtlpShard {
+    /// Calls `f` with each cached point (encoded without timestamps), inflated
+    /// into `plain`, until it returns false; false then.
+    fn each_point(
+        &self,
+        plain: &mut Vec<u8>,
+        mut f: impl FnMut(&[u8]) -> io::Result<bool>,
+    ) -> io::Result<bool> {
+        plain.clear();
+        DeflateDecoder::new(self.deflated.as_slice()).read_to_end(plain)?;
+        let mut rest = plain.as_slice();
+        while !rest.is_empty() {
+            let len = decode_varint(&mut rest).map_err(io::Error::other)? as usize;
+            let body = rest
+                .get(..len)
+                .ok_or_else(|| io::Error::other("truncated point in the OTLP cache"))?;
+            rest = &rest[len..];
+            if !f(body)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// A family's OTLP points for a shard, deflated.
