@@ -3,8 +3,11 @@
 #![no_main]
 
 use kube_node_status::{
-    cluster::{Node, strip},
-    readings::{self, ClusterSummary, ResourceList, labels::LabelSelector},
+    cluster::{Node, condition_changes, strip},
+    readings::{
+        self, ClusterSummary, ResourceList,
+        labels::{LabelKeys, LabelSelector},
+    },
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -15,6 +18,11 @@ fuzz_target!(|data: &[u8]| {
     strip(&mut node, &|k| {
         k.starts_with(readings::ROLE_LABEL_PREFIX) || k.len() % 2 == 0
     });
+    // What the watch loop does before storing; a node compared with itself has changed nothing.
+    let details = condition_changes::take_details(&mut node);
+    assert!(
+        condition_changes::changes(Some(&node), &node, &details, std::time::SystemTime::now()).is_empty()
+    );
     let _ = readings::node_name(&node);
     let conditions = readings::conditions(&node);
     // One reading per condition type, whatever the object repeats.
@@ -33,8 +41,14 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = (readings::created(&node), readings::deletion_timestamp(&node));
     let _ = readings::roles(&node);
-    if let Ok(selector) = LabelSelector::new(&["*".to_string()]) {
-        let _ = selector.select(&node);
+    for keys in [
+        LabelKeys::Semconv,
+        LabelKeys::SemconvGoogle,
+        LabelKeys::KubeStateMetrics,
+    ] {
+        if let Ok(selector) = LabelSelector::new(&["*".to_string()], keys) {
+            let _ = selector.select(&node);
+        }
     }
     let summary = ClusterSummary::of([&node]);
     assert_eq!(summary.total(), 1);

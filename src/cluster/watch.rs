@@ -26,7 +26,9 @@ pub type KeepLabel = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 /// labels `keep_label` accepts.
 ///
 /// Decoding into [`Node`] already leaves out images, managed fields' contents
-/// below metadata, condition messages and every field no reading reads; what
+/// below metadata and every field no reading reads (condition reasons and
+/// messages are decoded, and taken off by the watch loop once the condition
+/// changes they explain are found: `condition_changes::take_details`); what
 /// is left to drop is metadata (which must stay k8s-openapi's `ObjectMeta`
 /// for the reflector) and addresses no reading reads. Vectors are shrunk to
 /// fit: serde grows them by doubling, and each stored node keeps its slack.
