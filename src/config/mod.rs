@@ -455,8 +455,25 @@ pub struct ResourceSettings {
 }
 
 const METRICS_EXPORTERS: &str = "`otlp`, `prometheus` or `none`";
-const TRACES_EXPORTERS: &str = "`otlp` or `none`";
-const LOGS_EXPORTERS: &str = "`otlp` or `none`";
+const OTLP_ONLY_EXPORTERS: &str = "`otlp` or `none`";
+
+/// Whether a signal that only OTLP carries (traces, logs) is exported: its
+/// flag, else its `OTEL_*_EXPORTER` variable (`otlp` or `none`), else `default`.
+fn otlp_only_exporter(
+    (flag, value): (&'static str, Option<&str>),
+    var: &'static str,
+    env: &dyn Fn(&str) -> Option<String>,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    let (name, value) = match value {
+        Some(v) => (flag, v.to_string()),
+        None => match env(var).filter(|v| !v.trim().is_empty()) {
+            Some(v) => (var, v),
+            None => return Ok(default),
+        },
+    };
+    Ok(!parse_exporters(name, &value, &["otlp"], OTLP_ONLY_EXPORTERS)?.is_empty())
+}
 const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A duration above zero.
@@ -554,24 +571,20 @@ impl RunArgs {
         let metrics = parse_exporters(var, &value, &["otlp", "prometheus"], METRICS_EXPORTERS)?;
         let otlp_metrics_on = metrics.contains(&"otlp");
 
-        let traces_on = match &self.traces_exporter {
-            Some(v) => !parse_exporters("--traces-exporter", v, &["otlp"], TRACES_EXPORTERS)?.is_empty(),
-            None => match env("OTEL_TRACES_EXPORTER").filter(|v| !v.trim().is_empty()) {
-                Some(v) => {
-                    !parse_exporters("OTEL_TRACES_EXPORTER", &v, &["otlp"], TRACES_EXPORTERS)?.is_empty()
-                }
-                // Our own spans are for debugging the exporter; sending them to Cloud
-                // Trace needs another role, so Google mode asks for them explicitly.
-                None => otlp_metrics_on && self.otlp_auth != OtlpAuth::Google,
-            },
-        };
-        let logs_on = match &self.logs_exporter {
-            Some(v) => !parse_exporters("--logs-exporter", v, &["otlp"], LOGS_EXPORTERS)?.is_empty(),
-            None => match env("OTEL_LOGS_EXPORTER").filter(|v| !v.trim().is_empty()) {
-                Some(v) => !parse_exporters("OTEL_LOGS_EXPORTER", &v, &["otlp"], LOGS_EXPORTERS)?.is_empty(),
-                None => otlp_metrics_on,
-            },
-        };
+        // Our own spans are for debugging the exporter; sending them to Cloud
+        // Trace needs another role, so Google mode asks for them explicitly.
+        let traces_on = otlp_only_exporter(
+            ("--traces-exporter", self.traces_exporter.as_deref()),
+            "OTEL_TRACES_EXPORTER",
+            env,
+            otlp_metrics_on && self.otlp_auth != OtlpAuth::Google,
+        )?;
+        let logs_on = otlp_only_exporter(
+            ("--logs-exporter", self.logs_exporter.as_deref()),
+            "OTEL_LOGS_EXPORTER",
+            env,
+            otlp_metrics_on,
+        )?;
         let google = self.otlp_auth == OtlpAuth::Google;
         if google && self.otlp_resource_per_node {
             return Err(ConfigError::Google(
