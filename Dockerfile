@@ -8,17 +8,27 @@
 #     -t ghcr.io/OWNER/kube-node-status:VERSION --push .
 #
 # Each platform builds natively (under QEMU emulation for the foreign one), so
-# no cross toolchain is involved. The runtime is distroless: no shell, no
-# package manager, a numeric non-root user.
+# no cross toolchain is involved. The multi-arch build is documented, not
+# tested: CI builds and checks linux/amd64 only (scripts/build-image).
+#
+# The runtime is distroless: no shell, no package manager, a numeric non-root
+# user. Both base images come from build arguments, so a release can pin them
+# by digest (docs/install.md), for example
+#   --build-arg RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot@sha256:<digest>
 
 # At least the crate's rust-version (Cargo.toml); tests/it/image.rs checks it.
 ARG RUST_VERSION=1.95.0
+ARG BUILDER_IMAGE=rust:${RUST_VERSION}-slim-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
-FROM rust:${RUST_VERSION}-slim-bookworm AS builder
+FROM ${BUILDER_IMAGE} AS builder
 WORKDIR /src
 
 # Dependencies first, in their own layer: rebuilt only when the manifests change.
+# Cargo reads every target the manifest declares, so the bench's source comes
+# along (it needs the fake-apiserver feature and is never built here).
 COPY Cargo.toml Cargo.lock ./
+COPY benches ./benches
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
@@ -32,7 +42,7 @@ RUN touch src/main.rs src/lib.rs \
     && cp target/release/kube-node-status /kube-node-status \
     && /kube-node-status --version
 
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM ${RUNTIME_IMAGE}
 
 ARG VERSION=dev
 ARG REVISION=unknown
