@@ -400,7 +400,7 @@ async fn elect(api: Api<Lease>, settings: LeaseSettings, leadership: Leadership)
                         kube::Error::Api(s) if s.code == 403 => warn!(
                             lease = %settings.name,
                             namespace = api.namespace().unwrap_or_default(),
-                            "forbidden to use the leader Lease: grant get and update on leases named {} in coordination.k8s.io (and create, unless the Lease exists); exporting nothing until then",
+                            "forbidden to use the leader Lease: grant get and patch on leases named {} in coordination.k8s.io (and create, unless the Lease exists); exporting nothing until then",
                             settings.name
                         ),
                         e => {

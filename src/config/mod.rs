@@ -234,7 +234,7 @@ pub struct RunArgs {
     pub logs_exporter: Option<String>,
 
     /// Condition-change records kept while the collector cannot take them; when
-    /// full the oldest are dropped (counted in kube_node_status_logs_dropped_total).
+    /// full the oldest are dropped (counted in kube_node_status_logs_records_total{outcome="dropped"}).
     #[arg(long, env = "KNS_LOGS_QUEUE_SIZE", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub logs_queue_size: u64,
 

@@ -28,8 +28,8 @@ pub enum LabelKeys {
     Semconv,
     /// `k8s.node.label.<key>` with every character Google's Telemetry API
     /// refuses in an attribute key (other than ASCII letters, digits, `_` and
-    /// `.`) as `_`: `k8s.node.label.topology.kubernetes.io_zone`. Its
-    /// Prometheus name in Cloud Monitoring is the same as `/metrics`'.
+    /// `.`) as `_`: `k8s.node.label.topology.kubernetes.io_zone`. Cloud
+    /// Monitoring keeps the dots, so PromQL quotes it as a label name.
     SemconvGoogle,
     /// `label_<key>` as kube-state-metrics spells it: sanitized, then snake-cased.
     KubeStateMetrics,

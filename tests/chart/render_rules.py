@@ -15,6 +15,8 @@ CHART = pathlib.Path(__file__).resolve().parents[2] / "helm" / "kube-node-status
 
 values = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
 values["gmpRules"] = {"enabled": True}
+# GMP rules read what a PodMonitoring scrapes; the chart refuses them without one.
+values["podMonitoring"] = {"enabled": True}
 with helm_python.Chart.load(str(CHART)) as chart:
     out = chart.render(values, name="kns", namespace="monitoring", is_install=True)
 rules = [doc for name, text in out.items() if not name.endswith("NOTES.txt")

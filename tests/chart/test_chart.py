@@ -53,13 +53,17 @@ VALUE_SETS = {
                           "gmpRules": {"enabled": True, "scope": "cluster", "labels": {"team": "platform"}},
                           "alerts": {"notReadyFor": "5m", "flapThreshold": 6}},
     "kube-rbac-auth": {"metricsAuth": {"enabled": True, "kubernetes": True}, "serviceMonitor": {"enabled": True},
-                       "tls": {"enabled": True, "secretName": "kns-serving-cert"}, "podMonitoring": {"enabled": True}},
+                       "tls": {"enabled": True, "secretName": "kns-serving-cert", "caSecretName": "kns-ca"},
+                       "podMonitoring": {"enabled": True}, "podMonitor": {"enabled": True}},
     "high-availability": {"replicas": 2, "metricsAuth": {"enabled": True, "secretName": "kns-scrape-token"},
-                          "tls": {"enabled": True, "secretName": "kns-serving-cert"},
+                          "tls": {"enabled": True, "secretName": "kns-serving-cert", "caSecretName": "kns-ca"},
                           "podMonitoring": {"enabled": True}, "serviceMonitor": {"enabled": True},
                           "podMonitor": {"enabled": True}},
     "prometheus-operator-only": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
     "sidecar": {"collector": {"enabled": True, "config": "sidecar-telemetry-api.yaml"}},
+    "gateway": {"collector": {"enabled": True, "config": "gateway.yaml", "env": [
+        {"name": "OTLP_BACKEND_ENDPOINT", "value": "otel-gateway.monitoring.svc:4317"},
+        {"name": "PROMETHEUS_REMOTE_WRITE_URL", "value": "http://prometheus.monitoring.svc:9090/api/v1/write"}]}},
     "kube-state-metrics-naming": {"metricNaming": "kube-state-metrics", "prometheusRule": {"enabled": True}},
     "google-telemetry-api": {"metricsExporter": "prometheus,otlp", "otlp": {"auth": "google"},
                              "serviceAccount": {"annotations": {
@@ -148,7 +152,7 @@ def test_two_replicas_elect_a_leader_on_a_lease_only_they_may_write():
     role = next(o for _, o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-leader-election"))
     assert role["metadata"]["namespace"] == "monitoring"
     assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                              "resourceNames": ["kns-kube-node-status"], "verbs": ["get", "update"]}]
+                              "resourceNames": ["kns-kube-node-status"], "verbs": ["get", "patch"]}]
     binding = next(o for _, o in objects if o["kind"] == "RoleBinding" and o["roleRef"]["name"] == role["metadata"]["name"])
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"], "namespace": "monitoring"}]
     pdb = next(o for _, o in objects if o["kind"] == "PodDisruptionBudget")
@@ -170,7 +174,8 @@ def test_scrape_token_is_mounted_and_sent_by_every_scraper():
     assert "--auth-token-file=/var/run/kube-node-status/auth/token" in c["args"]
     assert {"name": "metrics-auth", "mountPath": "/var/run/kube-node-status/auth", "readOnly": True} in c["volumeMounts"]
     volume = next(v for v in pod["volumes"] if v["name"] == "metrics-auth")
-    assert volume["secret"] == {"secretName": "kns-scrape-token", "items": [{"key": "token", "path": "token"}]}
+    assert volume["secret"] == {"secretName": "kns-scrape-token", "defaultMode": 0o440,
+                                "items": [{"key": "token", "path": "token"}]}
     pm = next(o for _, o in objects if o["kind"] == "PodMonitoring")
     assert pm["spec"]["endpoints"][0]["authorization"] == {
         "type": "Bearer", "credentials": {"secret": {"name": "kns-scrape-token", "key": "token"}}}
@@ -181,7 +186,7 @@ def test_scrape_token_is_mounted_and_sent_by_every_scraper():
     # Managed Prometheus's collector may read that one Secret and no other.
     role = next(o for _, o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-gmp-scrape-token"))
     assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"],
-                              "resourceNames": ["kns-scrape-token", "kns-serving-cert"],
+                              "resourceNames": ["kns-scrape-token", "kns-ca"],
                               "verbs": ["get", "list", "watch"]}]
     binding = next(o for _, o in objects if o["kind"] == "RoleBinding" and o["roleRef"]["name"] == role["metadata"]["name"])
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "collector", "namespace": "gmp-system"}]
@@ -198,14 +203,15 @@ def test_tls_serves_the_secret_and_every_scraper_verifies_it():
     assert {"name": "tls", "mountPath": "/var/run/kube-node-status/tls", "readOnly": True} in c["volumeMounts"]
     volume = next(v for v in pod["volumes"] if v["name"] == "tls")
     assert volume["secret"]["secretName"] == "kns-serving-cert"
+    assert volume["secret"]["defaultMode"] == 0o440
     server_name = "kns-kube-node-status.monitoring.svc"
     pm = next(o for _, o in objects if o["kind"] == "PodMonitoring")["spec"]["endpoints"][0]
     assert pm["scheme"] == "https"
-    assert pm["tls"] == {"serverName": server_name, "ca": {"secret": {"name": "kns-serving-cert", "key": "ca.crt"}}}
+    assert pm["tls"] == {"serverName": server_name, "ca": {"secret": {"name": "kns-ca", "key": "ca.crt"}}}
     for kind, field in [("ServiceMonitor", "endpoints"), ("PodMonitor", "podMetricsEndpoints")]:
         ep = next(o for _, o in objects if o["kind"] == kind)["spec"][field][0]
         assert ep["scheme"] == "https", kind
-        assert ep["tlsConfig"] == {"serverName": server_name, "ca": {"secret": {"name": "kns-serving-cert", "key": "ca.crt"}}}
+        assert ep["tlsConfig"] == {"serverName": server_name, "ca": {"secret": {"name": "kns-ca", "key": "ca.crt"}}}
     test_pod = next(o for _, o in objects if o["kind"] == "Pod")
     script = test_pod["spec"]["containers"][0]["args"][0]
     assert "https://" in script and "Authorization: Bearer" in script
@@ -228,10 +234,65 @@ def test_kubernetes_auth_reviews_tokens_and_offers_a_reader_role():
     assert {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]} in exporter_role["rules"]
     reader = next(o for _, o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"].endswith("-metrics-reader"))
     assert reader["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+    # The monitors cannot send their own service-account token: the chart makes
+    # a scraper identity, bound to the reader role, and every monitor sends its token.
+    sa = next(o for _, o in objects if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == "kns-kube-node-status-scraper")
+    secret = next(o for _, o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == sa["metadata"]["name"])
+    assert secret["type"] == "kubernetes.io/service-account-token"
+    assert secret["metadata"]["annotations"] == {"kubernetes.io/service-account.name": sa["metadata"]["name"]}
+    binding = next(o for _, o in objects if o["kind"] == "ClusterRoleBinding" and o["roleRef"]["name"] == reader["metadata"]["name"])
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "monitoring"}]
+    sent = {"name": secret["metadata"]["name"], "key": "token"}
     sm = next(o for _, o in objects if o["kind"] == "ServiceMonitor")["spec"]["endpoints"][0]
-    assert "authorization" not in sm, "scrapers send their own service-account token"
+    assert sm["authorization"] == {"type": "Bearer", "credentials": sent}
+    assert next(o for _, o in objects if o["kind"] == "PodMonitor")["spec"]["podMetricsEndpoints"][0]["authorization"] == {
+        "type": "Bearer", "credentials": sent}
+    pm = next(o for _, o in objects if o["kind"] == "PodMonitoring")["spec"]["endpoints"][0]
+    assert pm["authorization"] == {"type": "Bearer", "credentials": {"secret": sent}}
     gmp_role = next(o for _, o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-gmp-scrape-token"))
-    assert gmp_role["rules"][0]["resourceNames"] == ["kns-serving-cert"]
+    assert gmp_role["rules"][0]["resourceNames"] == [secret["metadata"]["name"], "kns-ca"]
+    test_pod = next(o for _, o in objects if o["kind"] == "Pod")
+    assert test_pod["spec"]["volumes"][0]["secret"]["secretName"] == secret["metadata"]["name"]
+
+
+REFUSED = {
+    "kubernetes review without TLS": ({"metricsAuth": {"enabled": True, "kubernetes": True}}, "metricsAuth.kubernetes needs tls.enabled"),
+    "GMP reading the serving key": ({"podMonitoring": {"enabled": True}, "tls": {"enabled": True, "secretName": "s"}},
+                                    "needs tls.caSecretName"),
+    "GMP rules over OTLP (Telemetry API)": ({"gmpRules": {"enabled": True}, "metricsExporter": "prometheus,otlp",
+                                             "otlp": {"auth": "google"}}, "gmpRules needs podMonitoring.enabled"),
+    "GMP rules over a sidecar": ({"gmpRules": {"enabled": True}, "collector": {"enabled": True}},
+                                 "gmpRules needs podMonitoring.enabled"),
+    "gateway without its backends": ({"collector": {"enabled": True, "config": "gateway.yaml"}},
+                                     "needs OTLP_BACKEND_ENDPOINT and PROMETHEUS_REMOTE_WRITE_URL"),
+}
+
+
+@pytest.mark.parametrize("values,message", REFUSED.values(), ids=REFUSED.keys())
+def test_combinations_that_cannot_work_are_refused_naming_the_values(values, message):
+    with pytest.raises(helm_python.HelmError) as refused:
+        render(values)
+    assert message in str(refused.value)
+
+
+def test_gateway_collector_gets_its_backends():
+    pod = next(o for _, o in render(VALUE_SETS["gateway"]) if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    collector = next(c for c in pod["containers"] if c["name"] == "otel-collector")
+    assert {e["name"] for e in collector["env"]} == {"OTLP_BACKEND_ENDPOINT", "PROMETHEUS_REMOTE_WRITE_URL"}
+
+
+def test_the_notes_and_helm_test_find_the_leader_with_any_replica_count():
+    for replicas in (1, 2, 3):
+        with helm_python.Chart.load(str(CHART)) as chart:
+            notes = chart.render({"replicas": replicas}, name="kns", namespace="monitoring", is_install=True)
+        notes = next(v for k, v in notes.items() if k.endswith("NOTES.txt"))
+        if replicas > 1:
+            assert "get lease kns-kube-node-status -o jsonpath='{.spec.holderIdentity}'" in notes
+            assert 'port-forward "pod/$leader"' in notes
+        else:
+            assert "port-forward service/kns-kube-node-status" in notes
+        script = next(o for _, o in render({"replicas": replicas}) if o["kind"] == "Pod")["spec"]["containers"][0]["args"][0]
+        assert "for i in $(seq 1 60)" in script and "grep -q '^k8s_node_ready'" in script
 
 
 def test_two_releases_have_disjoint_cluster_scoped_names():
@@ -313,7 +374,7 @@ def exporter_args(values):
 @pytest.mark.parametrize("values,profile", [
     ({}, "full"),
     ({"serviceMonitor": {"enabled": True}}, "full"),
-    ({"collector": {"enabled": True, "config": "gateway.yaml"}}, "full"),
+    (VALUE_SETS["gateway"], "full"),
     # Google Cloud bills every sample: the cheap profile unless told otherwise.
     (VALUE_SETS["gmp-only"], "readiness"),
     (VALUE_SETS["gmp-alerting"], "readiness"),
@@ -393,6 +454,7 @@ ALERTS = NODE_ALERTS | EXPORTER_ALERTS
 @pytest.mark.parametrize("naming", ["otel", "kube-state-metrics"])
 def test_alert_rules_are_written_once_and_pass_promtool_as_prometheusrule_and_gmp_rules(naming, scope, tmp_path):
     objects = render({"prometheusRule": {"enabled": True}, "gmpRules": {"enabled": True, "scope": scope},
+                      "podMonitoring": {"enabled": True},
                       "metricNaming": naming})
     rule = next(o for _, o in objects if o["kind"] == "PrometheusRule")
     gmp = next(o for _, o in objects if o["apiVersion"] == "monitoring.googleapis.com/v1" and "Rules" in o["kind"])
@@ -416,7 +478,7 @@ def rule_unit_tests(naming, profile, tmp_path, **values):
     """Runs tests/rules/<naming>.<profile>.test.yaml and exporter.test.yaml
     against the chart's rules (as GMP Rules: the same groups as the
     PrometheusRule, asserted above)."""
-    objects = render({"gmpRules": {"enabled": True}, "metricNaming": naming, **values})
+    objects = render({"gmpRules": {"enabled": True}, "podMonitoring": {"enabled": True}, "metricNaming": naming, **values})
     rules = next(o for _, o in objects if o["kind"] == "Rules")
     (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": rules["spec"]["groups"]}))
     files = []

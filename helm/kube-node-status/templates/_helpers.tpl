@@ -55,6 +55,49 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s.%s.svc" (include "kns.fullname" .) .Release.Namespace) .Values.tls.serverName }}
 {{- end }}
 
+{{/* The scraper service account of metricsAuth.kubernetes, and its token Secret. */}}
+{{- define "kns.scraperName" -}}
+{{- printf "%s-scraper" (include "kns.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The Secret whose token the chart's monitors send, empty when /metrics is open. */}}
+{{- define "kns.scrapeSecretName" -}}
+{{- if .Values.metricsAuth.enabled }}{{ if .Values.metricsAuth.kubernetes }}{{ include "kns.scraperName" . }}{{ else }}{{ .Values.metricsAuth.secretName }}{{ end }}{{ end }}
+{{- end }}
+
+{{/* The key of that Secret. */}}
+{{- define "kns.scrapeSecretKey" -}}
+{{- if .Values.metricsAuth.kubernetes }}token{{ else }}{{ .Values.metricsAuth.secretKey }}{{ end }}
+{{- end }}
+
+{{/* The Secret scrapers read the CA from. */}}
+{{- define "kns.caSecretName" -}}
+{{- default .Values.tls.secretName .Values.tls.caSecretName }}
+{{- end }}
+
+{{/*
+Refuses value combinations that render but cannot work, each in one message
+naming the values. Included once, by the Deployment.
+*/}}
+{{- define "kns.validate" -}}
+{{- if and .Values.metricsAuth.enabled .Values.metricsAuth.kubernetes (not .Values.tls.enabled) }}
+{{- fail "metricsAuth.kubernetes needs tls.enabled: scrapers then send service-account tokens that are valid against the API server, which must not cross the pod network in cleartext" }}
+{{- end }}
+{{- if and .Values.podMonitoring.enabled .Values.tls.enabled (not .Values.tls.caSecretName) }}
+{{- fail "podMonitoring with tls.enabled needs tls.caSecretName: a Secret holding only ca.crt. GMP's collector must be allowed to read the Secret its PodMonitoring names, and RBAC grants a Secret whole, so tls.secretName would give it tls.key" }}
+{{- end }}
+{{- if and .Values.gmpRules.enabled (not .Values.podMonitoring.enabled) }}
+{{- fail "gmpRules needs podMonitoring.enabled: the rules read the names /metrics serves (k8s_node_ready, *_total, up), and over OTLP (otlp.auth=google, a sidecar-* collector config) Google stores other names and no up, so no alert could fire and KubeNodeStatusExporterDown would fire forever" }}
+{{- end }}
+{{- if and .Values.collector.enabled (eq .Values.collector.config "gateway.yaml") }}
+{{- $names := list }}
+{{- range .Values.collector.env }}{{ $names = append $names .name }}{{ end }}
+{{- if not (and (has "OTLP_BACKEND_ENDPOINT" $names) (has "PROMETHEUS_REMOTE_WRITE_URL" $names)) }}
+{{- fail "collector.config=gateway.yaml needs OTLP_BACKEND_ENDPOINT and PROMETHEUS_REMOTE_WRITE_URL in collector.env: the collector cannot start without them" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Non-empty when scrapes carry the token of a shared Secret (metricsAuth without kubernetes). */}}
 {{- define "kns.tokenSecret" -}}
 {{- if and .Values.metricsAuth.enabled (not .Values.metricsAuth.kubernetes) }}{{ .Values.metricsAuth.secretName }}{{ end }}

@@ -86,11 +86,20 @@ on one-hot and sparse readings alike (--sparse-readings, the readiness profile).
         summary: kube-node-status has not seen the node API for over {{ $a.staleAfterSeconds }} s; node readings are stale.
         description: Readings show the cluster as it was when the watch broke. /readyz fails too; check the exporter's log and the API server.
     - alert: KubeNodeStatusNoLeader
-      expr: max(kube_node_status_leader) == 0
+      expr: sum by (namespace, job) (kube_node_status_leader) == 0
       for: 2m
       labels:
         severity: warning
       annotations:
-        summary: No kube-node-status replica holds the leader Lease; node readings are exported by none.
-        description: Every replica reports kube_node_status_leader 0 (with --leader-election). Check that the Lease can be written (RBAC on coordination.k8s.io leases).
+        summary: kube-node-status has {{ "{{ $value }}" }} replicas holding the leader Lease, not one; node readings are exported by none or by several.
+        description: With --leader-election exactly one replica reports kube_node_status_leader 1. With none, check that the Lease can be written (RBAC on coordination.k8s.io leases); with several, check each replica's log for when it became the leader.
+    {{- /* Several leaders: held for longer than Managed Prometheus's 5-minute lookback, which has no staleness markers, so a replaced leader's last 1 beside its successor's during a rollout does not fire it. */}}
+    - alert: KubeNodeStatusNoLeader
+      expr: sum by (namespace, job) (kube_node_status_leader) > 1
+      for: 6m
+      labels:
+        severity: warning
+      annotations:
+        summary: kube-node-status has {{ "{{ $value }}" }} replicas holding the leader Lease, not one; node readings are exported by none or by several.
+        description: With --leader-election exactly one replica reports kube_node_status_leader 1. With none, check that the Lease can be written (RBAC on coordination.k8s.io leases); with several, check each replica's log for when it became the leader.
 {{- end }}
