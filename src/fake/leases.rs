@@ -33,6 +33,22 @@ pub struct Leases {
 }
 
 impl Leases {
+    /// Stores `lease` as `kubectl apply` would create it (a chart's Lease):
+    /// false if it has no name or namespace.
+    pub fn put(&self, mut lease: Value) -> bool {
+        let (Some(ns), Some(name)) = (
+            lease["metadata"]["namespace"].as_str().map(str::to_string),
+            lease["metadata"]["name"].as_str().map(str::to_string),
+        ) else {
+            return false;
+        };
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (rv, map) = &mut *inner;
+        stamp(&mut lease, rv, &ns, &name, None);
+        map.insert((ns, name), lease);
+        true
+    }
+
     /// The stored Lease, if any.
     pub fn get(&self, namespace: &str, name: &str) -> Option<Value> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());

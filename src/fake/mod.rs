@@ -9,10 +9,12 @@
 mod gate;
 mod leases;
 mod nodes;
+mod rbac;
 mod reviews;
 mod server;
 
 pub use nodes::{KUBELET_CONDITIONS, NPD_CONDITIONS, name as node_name, node as generated_node};
+pub use rbac::{Attributes, Policy, Subject, attributes as request_attributes};
 pub use reviews::Reviews;
 pub use server::{FakeApiServer, FakeOptions, FakeStats};
 
@@ -74,6 +76,7 @@ impl ClusterArgs {
             token: self.token.clone(),
             history: self.history,
             bookmark_interval: self.bookmark_interval,
+            rbac: None,
         }
     }
 }

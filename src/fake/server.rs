@@ -55,6 +55,9 @@ pub struct FakeOptions {
     pub history: usize,
     /// How often watches get a BOOKMARK.
     pub bookmark_interval: Duration,
+    /// RBAC as a real API server enforces it for one service account
+    /// (`None`: every request is allowed).
+    pub rbac: Option<Arc<super::rbac::Policy>>,
 }
 
 impl Default for FakeOptions {
@@ -65,6 +68,7 @@ impl Default for FakeOptions {
             token: None,
             history: 10_000,
             bookmark_interval: Duration::from_secs(10),
+            rbac: None,
         }
     }
 }
@@ -111,6 +115,8 @@ pub(super) struct Shared {
     pub(super) leases: Arc<Leases>,
     /// Tokens and /metrics readers, for TokenReview and SubjectAccessReview.
     pub(super) reviews: Arc<Reviews>,
+    /// RBAC in force, if any.
+    rbac: Option<Arc<super::rbac::Policy>>,
     history: usize,
     bookmark_interval: Duration,
     lists: AtomicU64,
@@ -322,6 +328,7 @@ impl FakeApiServer {
             reviews: Arc::default(),
             history: options.history.max(1),
             bookmark_interval: options.bookmark_interval,
+            rbac: options.rbac.clone(),
             lists: AtomicU64::new(0),
             full_lists: AtomicU64::new(0),
             watches: AtomicU64::new(0),
@@ -499,7 +506,13 @@ impl FakeApiServer {
         &self.shared.reviews
     }
 
-    /// The Lease `namespace/name` as stored, if it exists.
+    /// Creates or replaces a Lease, as applying a chart's manifest does
+    /// (false without a name and namespace).
+    pub fn put_lease(&self, lease: Value) -> bool {
+        self.shared.leases.put(lease)
+    }
+
+    /// The Lease `namespace/name`, as stored.
     pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
         self.shared.leases.get(namespace, name)
     }
@@ -659,7 +672,7 @@ impl Drop for FakeApiServer {
 }
 
 fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/api/v1/nodes", get(list_or_watch))
         .route("/api/v1/nodes/{name}", get(get_node))
         .route(
@@ -678,7 +691,14 @@ fn router(shared: Arc<Shared>) -> Router {
             shared.gate.clone(),
             shared.reviews.clone(),
         ))
-        .with_state(shared)
+        .with_state(shared.clone());
+    match &shared.rbac {
+        Some(policy) => api.layer(axum::middleware::from_fn_with_state(
+            policy.clone(),
+            super::rbac::authorize,
+        )),
+        None => api,
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

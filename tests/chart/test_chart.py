@@ -555,6 +555,19 @@ def test_packaging_script_yields_an_archive_and_an_index_helm_accepts(tmp_path):
     assert entry["digest"]
 
 
+def test_helm_show_readme_gives_the_quickstart():
+    readme = helm_python.show(str(CHART), output_format="readme")
+    quickstart = readme.split("## Quickstart", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    commands = [line for line in quickstart.strip().splitlines() if line.strip()]
+    assert [c.split()[:2] for c in commands] == [["helm", "repo"], ["helm", "install"], ["helm", "test"]], commands
+    # The values it names are the chart's.
+    for key in re.findall(r"`([a-zA-Z]+(?:\.[a-zA-Z]+)+)=", readme):
+        node = yaml.safe_load((CHART / "values.yaml").read_text())
+        for part in key.split("."):
+            assert part in node, key
+            node = node[part]
+
+
 DASHBOARD = CHART / "dashboards" / "kube-node-status.json"
 PROMQL_WORDS = {
     "sum", "min", "max", "avg", "count", "by", "without", "on", "ignoring", "group_left", "group_right",

@@ -1,6 +1,9 @@
 //! The Dockerfile stays honest without a Docker engine: every path it copies
 //! exists and is not excluded from the build context, its Rust is new enough
 //! for the crate, it runs as a numeric non-root user, and hadolint is clean.
+//! And the image itself: scripts/build-image builds it with podman from a
+//! clean clone, and `the_built_image_runs_as_the_chart_expects` checks what
+//! was built (scripts/test runs it with the image's name in KNS_IMAGE).
 
 use crate::common;
 
@@ -86,8 +89,9 @@ fn builder_rust_is_at_least_the_crate_rust_version() {
         "builder Rust {pinned} < crate rust-version {wanted}"
     );
     assert!(
-        text.contains("FROM rust:${RUST_VERSION}-"),
-        "the builder uses the pinned version"
+        text.contains("ARG BUILDER_IMAGE=rust:${RUST_VERSION}-")
+            && text.contains("FROM ${BUILDER_IMAGE} AS builder"),
+        "the builder uses the pinned version, overridable by digest"
     );
     assert!(text.contains("cargo build --release --locked"));
 }
@@ -97,10 +101,11 @@ fn runtime_is_distroless_non_root_and_runs_the_binary() {
     let ins = instructions(&dockerfile());
     let last_from = ins.iter().rposition(|i| i.starts_with("FROM ")).unwrap();
     let runtime = &ins[last_from..];
+    assert_eq!(runtime[0], "FROM ${RUNTIME_IMAGE}");
     assert!(
-        runtime[0].starts_with("FROM gcr.io/distroless/"),
-        "{}",
-        runtime[0]
+        ins.iter()
+            .any(|i| i.starts_with("ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot")),
+        "the runtime defaults to distroless"
     );
     assert!(runtime.iter().any(|i| i == "USER 65532:65532"));
     assert!(
@@ -129,4 +134,113 @@ fn hadolint_is_clean() {
         out.status.success() && findings.trim().is_empty(),
         "hadolint:\n{findings}"
     );
+}
+
+/// `podman` with the storage scripts/build-image uses.
+fn podman(args: &[&str]) -> String {
+    let out = std::process::Command::new("podman")
+        .args(["--storage-driver", "vfs"])
+        .args(args)
+        .output()
+        .expect("podman runs (scripts/install-test-peers installs it)");
+    assert!(
+        out.status.success(),
+        "podman {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+/// Files named like a shell anywhere under `root`.
+fn shells(root: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() {
+                stack.push(path);
+            } else if ["sh", "bash", "dash", "ash", "busybox", "zsh"]
+                .contains(&e.file_name().to_string_lossy().as_ref())
+            {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+#[ignore = "needs the image built by scripts/build-image; scripts/test runs it with KNS_IMAGE set"]
+fn the_built_image_runs_as_the_chart_expects() {
+    let image = std::env::var("KNS_IMAGE").expect("KNS_IMAGE names the image scripts/build-image built");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&podman(&["image", "inspect", &image])).expect("JSON");
+    let config = &inspect[0]["Config"];
+    // What the chart's pod spec relies on: runAsUser 65532 (runAsNonRoot
+    // needs a numeric user), the container port, and the entrypoint its args follow.
+    assert_eq!(config["User"], "65532:65532");
+    assert_eq!(
+        config["Entrypoint"],
+        serde_json::json!(["/usr/local/bin/kube-node-status"])
+    );
+    assert!(config["ExposedPorts"].get("9464/tcp").is_some(), "{config}");
+    let labels = &config["Labels"];
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    let version = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("version = "))
+        .map(|v| v.trim_matches('"'))
+        .unwrap();
+    assert_eq!(labels["org.opencontainers.image.version"], version);
+    assert_eq!(labels["org.opencontainers.image.licenses"], "Apache-2.0");
+    assert_eq!(labels["org.opencontainers.image.title"], "kube-node-status");
+    let revision = labels["org.opencontainers.image.revision"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit()),
+        "{revision}"
+    );
+
+    let mount = podman(&["image", "mount", &image]).trim().to_string();
+    let rootfs = Path::new(&mount);
+    let found = shells(rootfs);
+    let run = |args: &[&str]| {
+        std::process::Command::new("chroot")
+            .arg("--userspec=65532:65532")
+            .arg(rootfs)
+            .arg("/usr/local/bin/kube-node-status")
+            .args(args)
+            .output()
+            .expect("chroot runs")
+    };
+    let version_out = run(&["--version"]);
+    let help = run(&["--help"]);
+    podman(&["image", "unmount", &image]);
+    assert!(found.is_empty(), "a shell in a distroless image: {found:?}");
+    assert!(
+        version_out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&version_out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&version_out.stdout).trim(),
+        format!("kube-node-status {version}")
+    );
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--metrics-exporter"), "{help}");
+    assert!(
+        !help.contains("fake-apiserver"),
+        "the release image leaves the fake API server out:\n{help}"
+    );
+    let size: u64 = podman(&["image", "inspect", "--format", "{{.Size}}", &image])
+        .trim()
+        .parse()
+        .expect("a size");
+    println!("image {image}: {:.1} MiB", size as f64 / 1048576.0);
 }

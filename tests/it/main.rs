@@ -13,6 +13,7 @@ mod fake_apiserver;
 mod faults;
 mod gcp;
 mod image;
+mod install;
 mod leader;
 mod node_picture;
 mod peers;

@@ -12,14 +12,27 @@ on one-hot and sparse readings alike (--sparse-readings, the readiness profile).
 {{- $a := .Values.alerts }}
 {{- $node := ternary "node" "k8s_node_name" $ksm }}
 {{- $nodeLabel := printf "{{ $labels.%s }}" $node }}
+{{- /*
+A failover or rollout moves the node series to another pod and instance. So
+every node alert reads them without those labels (its identity, and so its
+`for` and firing state, carries over), and across the gap between the old
+leader's last scrape and the new leader's first (the Lease handover, then one
+scrape interval) it reads each series' last value within alerts.failoverBridge.
+That fallback holds only while no replica serves node readings at all, so a
+deleted or recovered node is never held: "S(x)" below is a node series x,
+read live or as its last value.
+*/}}
+{{- $ready := ternary "kube_node_status_ready" "k8s_node_ready" $ksm }}
+{{- $live := "max without (instance, pod) (${1})" }}
+{{- $last := printf "max without (instance, pod) (last_over_time(${1}[%s]))" $a.failoverBridge }}
+{{- $gap := printf "unless on (job, namespace) count by (job, namespace) (%s)" $ready }}
+{{- $notReady := ternary "S(kube_node_status_condition{condition=\"Ready\",status!=\"true\"}) == 1 unless on (node) S(kube_node_spec_unschedulable) == 1" "S(k8s_node_ready) == 0 unless on (k8s_node_name) S(k8s_node_unschedulable) == 1" $ksm }}
+{{- $unreachable := ternary "S(kube_node_spec_taint{key=\"node.kubernetes.io/unreachable\"}) == 1 unless on (node) S(kube_node_spec_unschedulable) == 1" "S(k8s_node_taint{k8s_node_taint_key=\"node.kubernetes.io/unreachable\"}) == 1 unless on (k8s_node_name) S(k8s_node_unschedulable) == 1" $ksm }}
+{{- $pressure := ternary "S(kube_node_status_condition{condition=~\"MemoryPressure|DiskPressure|PIDPressure\",status=\"true\"}) == 1" "S(k8s_node_condition_status{k8s_node_condition_type=~\"MemoryPressure|DiskPressure|PIDPressure\",k8s_node_condition_status=\"true\"}) == 1" $ksm }}
 - name: kube-node-status.nodes
   rules:
     - alert: NodeNotReady
-      {{- if $ksm }}
-      expr: kube_node_status_condition{condition="Ready",status!="true"} == 1 unless on (node) kube_node_spec_unschedulable == 1
-      {{- else }}
-      expr: k8s_node_ready == 0 unless on (k8s_node_name) k8s_node_unschedulable == 1
-      {{- end }}
+      expr: ({{ regexReplaceAll "S\\(([^)]*)\\)" $notReady $live }}) or (({{ regexReplaceAll "S\\(([^)]*)\\)" $notReady $last }}) {{ $gap }})
       for: {{ $a.notReadyFor }}
       labels:
         severity: warning
@@ -27,11 +40,7 @@ on one-hot and sparse readings alike (--sparse-readings, the readiness profile).
         summary: Node {{ $nodeLabel }} is not Ready and not cordoned.
         description: The node has not been Ready for {{ $a.notReadyFor }}, and nobody cordoned it.
     - alert: NodeUnreachable
-      {{- if $ksm }}
-      expr: kube_node_spec_taint{key="node.kubernetes.io/unreachable"} == 1 unless on (node) kube_node_spec_unschedulable == 1
-      {{- else }}
-      expr: k8s_node_taint{k8s_node_taint_key="node.kubernetes.io/unreachable"} == 1 unless on (k8s_node_name) k8s_node_unschedulable == 1
-      {{- end }}
+      expr: ({{ regexReplaceAll "S\\(([^)]*)\\)" $unreachable $live }}) or (({{ regexReplaceAll "S\\(([^)]*)\\)" $unreachable $last }}) {{ $gap }})
       for: {{ $a.unreachableFor }}
       labels:
         severity: warning
@@ -39,11 +48,7 @@ on one-hot and sparse readings alike (--sparse-readings, the readiness profile).
         summary: Node {{ $nodeLabel }} is unreachable (its kubelet stopped posting status).
         description: The node controller tainted the node node.kubernetes.io/unreachable {{ $a.unreachableFor }} ago; its pods are being evicted.
     - alert: NodeUnderPressure
-      {{- if $ksm }}
-      expr: kube_node_status_condition{condition=~"MemoryPressure|DiskPressure|PIDPressure",status="true"} == 1
-      {{- else }}
-      expr: k8s_node_condition_status{k8s_node_condition_type=~"MemoryPressure|DiskPressure|PIDPressure",k8s_node_condition_status="true"} == 1
-      {{- end }}
+      expr: ({{ regexReplaceAll "S\\(([^)]*)\\)" $pressure $live }}) or (({{ regexReplaceAll "S\\(([^)]*)\\)" $pressure $last }}) {{ $gap }})
       for: {{ $a.pressureFor }}
       labels:
         severity: warning
@@ -52,9 +57,9 @@ on one-hot and sparse readings alike (--sparse-readings, the readiness profile).
         description: The kubelet has reported the pressure for {{ $a.pressureFor }}; it is evicting pods or refusing new ones.
     - alert: NodeReadinessFlapping
       {{- if $ksm }}
-      expr: increase(kube_node_status_condition_transitions_total{condition="Ready"}[1h]) > {{ $a.flapThreshold }}
+      expr: max without (instance, pod) (increase(kube_node_status_condition_transitions_total{condition="Ready"}[1h])) > {{ $a.flapThreshold }}
       {{- else }}
-      expr: increase(k8s_node_condition_transitions_total{k8s_node_condition_type="Ready"}[1h]) > {{ $a.flapThreshold }}
+      expr: max without (instance, pod) (increase(k8s_node_condition_transitions_total{k8s_node_condition_type="Ready"}[1h])) > {{ $a.flapThreshold }}
       {{- end }}
       for: 5m
       labels:

@@ -1,0 +1,214 @@
+//! The chart as it installs: rendered by the real Helm engine, the exporter
+//! run with exactly the container's rendered args and env, against a fake API
+//! server that enforces the RBAC the chart renders for the exporter's service
+//! account (a verb the chart does not grant is 403, as on a real cluster).
+
+use std::{collections::BTreeMap, process::Command, time::Duration};
+
+use kube_node_status::fake::{FakeApiServer, FakeOptions, Policy, Subject};
+use serde_json::{Value, json};
+
+use crate::common::{self, Exporter, peer};
+
+/// Every object the chart renders for `values` (release kns in monitoring).
+pub fn render(values: &Value) -> Vec<Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/chart/render_objects.py");
+    let out = Command::new(peer("python3"))
+        .arg(script)
+        .arg(values.to_string())
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "rendering the chart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the objects as JSON")
+}
+
+/// The exporter container of the rendered Deployment, and the pod's service account.
+fn exporter_container(objects: &[Value]) -> (Value, String) {
+    let deploy = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("a Deployment");
+    let pod = &deploy["spec"]["template"]["spec"];
+    let container = pod["containers"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "kube-node-status"))
+        .expect("the exporter container")
+        .clone();
+    (
+        container,
+        pod["serviceAccountName"]
+            .as_str()
+            .expect("a service account")
+            .to_string(),
+    )
+}
+
+/// The container's environment as the kubelet sets it for pod `pod`: the
+/// downward API's fields, then each value with `$(VAR)` expanded.
+fn pod_env(container: &Value, pod: &str) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    for var in container["env"].as_array().into_iter().flatten() {
+        let name = var["name"].as_str().expect("env name").to_string();
+        let value = if let Some(v) = var["value"].as_str() {
+            let mut v = v.to_string();
+            for (k, set) in &env {
+                v = v.replace(&format!("$({k})"), set);
+            }
+            v
+        } else {
+            match var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                Some("metadata.name") => pod.to_string(),
+                Some("metadata.namespace") => "monitoring".to_string(),
+                other => panic!("env {name}: a source the harness does not know: {other:?}"),
+            }
+        };
+        env.push((name, value));
+    }
+    env
+}
+
+/// The rendered args, less `--listen-address` (each replica here listens on a
+/// loopback port of its own; the rendered one must be the container port).
+fn args_for_loopback(container: &Value) -> Vec<String> {
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("string args").to_string())
+        .collect();
+    let port = container["ports"][0]["containerPort"]
+        .as_u64()
+        .expect("a container port");
+    assert!(
+        args.contains(&format!("--listen-address=0.0.0.0:{port}")),
+        "the exporter listens on its container port: {args:?}"
+    );
+    args.into_iter()
+        .filter(|a| !a.starts_with("--listen-address"))
+        .collect()
+}
+
+/// A fake API server with `nodes` nodes, the chart's RBAC for the exporter's
+/// service account in force, and the chart's Leases created.
+async fn api_as_installed(objects: &[Value], nodes: usize) -> FakeApiServer {
+    let (_, account) = exporter_container(objects);
+    let policy = Policy::from_objects(
+        objects,
+        Subject {
+            namespace: "monitoring".into(),
+            name: account,
+        },
+    );
+    let api = FakeApiServer::start(FakeOptions {
+        nodes,
+        bookmark_interval: Duration::from_millis(500),
+        rbac: Some(policy.into()),
+        ..Default::default()
+    })
+    .await
+    .expect("fake API server starts");
+    for lease in objects.iter().filter(|o| o["kind"] == "Lease") {
+        assert!(api.put_lease(lease.clone()), "{lease}");
+    }
+    api
+}
+
+/// Starts `replicas` exporters as the chart's pods kns-0, kns-1, ….
+fn start_replicas(api: &FakeApiServer, objects: &[Value], replicas: usize) -> Vec<Exporter> {
+    let (container, _) = exporter_container(objects);
+    let args = args_for_loopback(&container);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    (0..replicas)
+        .map(|i| {
+            let env = pod_env(&container, &format!("kns-{i}"));
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            Exporter::start(&api.kubeconfig(), &args, &env)
+        })
+        .collect()
+}
+
+/// Each replica's `kube_node_status_leader`, and how many nodes it reports Ready readings for.
+async fn roles(replicas: &[Exporter]) -> Vec<(Option<f64>, usize)> {
+    let mut out = Vec::new();
+    for r in replicas {
+        let (status, body) = r.get("/metrics").await;
+        let samples = if status == 200 {
+            common::parse(&body)
+        } else {
+            Vec::new()
+        };
+        let leader = common::value(&samples, "kube_node_status_leader", &[]);
+        let nodes = samples.iter().filter(|s| s.name == "k8s_node_ready").count();
+        out.push((leader, nodes));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_with_the_charts_rbac_elect_one_leader_that_exports_every_node() {
+    let objects = render(&json!({"replicas": 2}));
+    let api = api_as_installed(&objects, 20).await;
+    let replicas = start_replicas(&api, &objects, 2);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = roles(&replicas).await;
+        let leaders: Vec<_> = seen.iter().filter(|(l, _)| *l == Some(1.0)).collect();
+        if leaders.len() == 1 && leaders[0].1 == 20 {
+            let follower = seen
+                .iter()
+                .find(|(l, _)| *l == Some(0.0))
+                .expect("the other follows");
+            assert_eq!(follower.1, 0, "a follower exports no node readings");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no replica led with the chart's RBAC: {seen:?}\n{}\n{}",
+            replicas[0].logs(),
+            replicas[1].logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for r in &replicas {
+        assert!(!r.logs().contains("forbidden"), "{}", r.logs());
+    }
+}
+
+/// The enforcement can fail: with the Role the chart used to render (get and
+/// update, while the Lease is written with PATCH), every replica is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_patch_on_the_lease_no_replica_leads() {
+    let mut objects = render(&json!({"replicas": 2}));
+    let mut changed = 0;
+    for o in objects.iter_mut().filter(|o| o["kind"] == "Role") {
+        for rule in o["rules"].as_array_mut().into_iter().flatten() {
+            if rule["resources"] == json!(["leases"]) {
+                rule["verbs"] = json!(["get", "update"]);
+                changed += 1;
+            }
+        }
+    }
+    assert_eq!(changed, 1, "the leader-election Role");
+    let api = api_as_installed(&objects, 5).await;
+    let replicas = start_replicas(&api, &objects, 2);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for r in &replicas {
+        while !r
+            .logs()
+            .contains("forbidden to use the leader Lease: grant get and patch")
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never refused:\n{}",
+                r.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let seen: BTreeMap<usize, _> = roles(&replicas).await.into_iter().enumerate().collect();
+    assert!(seen.values().all(|(l, n)| *l == Some(0.0) && *n == 0), "{seen:?}");
+}
