@@ -142,6 +142,10 @@ impl Pipelines {
 struct Inner {
     settings: Settings,
     resource: Resource,
+    /// The resource of the node and cluster readings: the exporter's, with a
+    /// `service.instance.id` that stays the same across leaders
+    /// ([`resource::readings`]), so a failover does not double their series.
+    readings_resource: Resource,
     sources: Sources,
     /// Node condition changes as OTLP log records, when on.
     logs: Option<logs::Logs>,
@@ -464,7 +468,7 @@ impl Inner {
                 let scope = opentelemetry::InstrumentationScope::builder(collect::METER).build();
                 let keys = families::node_keys(self.settings.readings.naming);
                 match cache.per_node(
-                    &(&self.resource).into(),
+                    &(&self.readings_resource).into(),
                     &(&scope, None).into(),
                     keys,
                     (now, self.started),
@@ -501,14 +505,21 @@ impl Inner {
         self.write_rest(cache.cluster, own, max, sink);
     }
 
-    /// Writes the cluster-wide readings and the self-telemetry, under the exporter's resource.
+    /// Writes the cluster-wide readings, under the readings' resource, and
+    /// the self-telemetry, under this replica's.
     fn write_rest(
         &self,
-        cluster: Option<opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest>,
+        mut cluster: Option<opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest>,
         own: &SharedReader,
         max: usize,
         mut sink: impl FnMut(wire::Part) -> bool,
     ) {
+        if let Some(request) = &mut cluster {
+            let readings = opentelemetry_proto::tonic::resource::v1::Resource::from(&self.readings_resource);
+            for rm in &mut request.resource_metrics {
+                rm.resource = Some(readings.clone());
+            }
+        }
         let own = own
             .collect()
             .map_err(|e| warn!(error = %e, "collecting self-telemetry for OTLP"))
@@ -585,13 +596,15 @@ impl Telemetry {
             otlp: otlp.is_some(),
         };
         let pass = Pass::new(&families, outputs).map_err(RenderError::from)?;
-        let origin = wire::Origin::of(&resource, collect::METER);
+        let readings_resource = resource::readings(&resource, settings.lease.as_ref());
+        let origin = wire::Origin::of(&readings_resource, collect::METER);
         let project = resource
             .get(&opentelemetry::Key::from_static_str("gcp.project_id"))
             .map(|v| v.to_string());
         let inner = Inner {
             settings: settings.clone(),
             resource,
+            readings_resource,
             sources: Sources {
                 view,
                 export,

@@ -34,6 +34,45 @@ pub fn build(settings: &ResourceSettings, env: &dyn Fn(&str) -> Option<String>) 
     builder.build()
 }
 
+/// Resource attributes that differ from one replica to the next.
+pub const PER_REPLICA: &[&str] = &[
+    "k8s.pod.name",
+    "k8s.pod.uid",
+    "host.name",
+    "host.id",
+    "process.pid",
+];
+
+/// The resource of the node and cluster readings. With leader election the
+/// replica that exports them changes at every failover and rollout; were
+/// `service.instance.id` the pod's, a backend would hold the old leader's
+/// series beside the new one's for its lookback (5 minutes in Cloud
+/// Monitoring's PromQL) and every count over nodes would double. So it is the
+/// Lease's `namespace/name`, the same for every leader; only one replica
+/// exports at a time. The attributes that name the pod or its host
+/// ([`PER_REPLICA`], set by the chart's `OTEL_RESOURCE_ATTRIBUTES`) go too, for
+/// a backend that keeps them as labels. Self-telemetry keeps them all.
+pub fn readings(resource: &Resource, lease: Option<&crate::leader::LeaseSettings>) -> Resource {
+    let Some(lease) = lease else {
+        return resource.clone();
+    };
+    let id = match &lease.namespace {
+        Some(ns) => format!("{ns}/{}", lease.name),
+        None => lease.name.clone(),
+    };
+    let attributes = resource
+        .iter()
+        .filter(|(k, _)| k.as_str() != "service.instance.id" && !PER_REPLICA.contains(&k.as_str()))
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+        .chain([KeyValue::new("service.instance.id", id)]);
+    match resource.schema_url() {
+        Some(url) => Resource::builder_empty()
+            .with_schema_url(attributes, url.to_string())
+            .build(),
+        None => Resource::builder_empty().with_attributes(attributes).build(),
+    }
+}
+
 /// [`build`], completed in Google mode with what the Telemetry API needs
 /// (detected from the credentials and the metadata server), with warnings
 /// to log. Fails if the project or the location stays unknown.
@@ -53,6 +92,56 @@ pub async fn resolve(
 mod tests {
     use super::*;
     use opentelemetry::Key;
+
+    #[test]
+    fn readings_carry_the_lease_as_their_instance_under_leader_election() {
+        let settings = ResourceSettings {
+            instance_id: "kns-0".into(),
+            cluster_name: Some("prod".into()),
+            ..Default::default()
+        };
+        // As the chart's OTEL_RESOURCE_ATTRIBUTES adds them.
+        let own = Resource::builder_empty()
+            .with_attributes(
+                build(&settings, &|_| None)
+                    .iter()
+                    .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+            )
+            .with_attributes([
+                KeyValue::new("k8s.namespace.name", "monitoring"),
+                KeyValue::new("k8s.pod.name", "kns-0"),
+            ])
+            .build();
+        assert_eq!(get(&own, "k8s.pod.name").as_deref(), Some("kns-0"));
+        let lease = |namespace: Option<&str>| crate::leader::LeaseSettings {
+            name: "kns-kube-node-status".into(),
+            namespace: namespace.map(str::to_string),
+            duration: std::time::Duration::from_secs(15),
+            identity: "kns-0_0000abcd".into(),
+        };
+        let r = readings(&own, Some(&lease(Some("monitoring"))));
+        assert_eq!(
+            get(&r, "service.instance.id").as_deref(),
+            Some("monitoring/kns-kube-node-status")
+        );
+        assert_eq!(get(&r, "k8s.cluster.name").as_deref(), Some("prod"));
+        assert_eq!(get(&r, "k8s.namespace.name").as_deref(), Some("monitoring"));
+        assert_eq!(get(&r, "k8s.pod.name"), None, "the pod is the replica's");
+        assert_eq!(
+            r.len(),
+            own.len() - 1,
+            "only the instance changes and the pod goes"
+        );
+        assert_eq!(
+            get(&readings(&own, Some(&lease(None))), "service.instance.id").as_deref(),
+            Some("kns-kube-node-status")
+        );
+        // Without leader election the one replica is the instance.
+        assert_eq!(
+            get(&readings(&own, None), "service.instance.id").as_deref(),
+            Some("kns-0")
+        );
+    }
 
     fn get(r: &Resource, key: &'static str) -> Option<String> {
         r.get(&Key::from_static_str(key)).map(|v| v.to_string())

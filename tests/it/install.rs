@@ -212,3 +212,178 @@ async fn without_patch_on_the_lease_no_replica_leads() {
     let seen: BTreeMap<usize, _> = roles(&replicas).await.into_iter().enumerate().collect();
     assert!(seen.values().all(|(l, n)| *l == Some(0.0) && *n == 0), "{seen:?}");
 }
+
+/// The rules of the rendered PrometheusRule, as a Prometheus rule file.
+fn prometheus_rules(objects: &[Value]) -> String {
+    let rule = objects
+        .iter()
+        .find(|o| o["kind"] == "PrometheusRule")
+        .expect("a PrometheusRule");
+    serde_yaml_ng::to_string(&json!({"groups": rule["spec"]["groups"]})).expect("YAML")
+}
+
+/// Scrape configs as the rendered ServiceMonitor makes the Prometheus
+/// Operator scrape each replica: job from the Service, the pod's labels.
+fn service_monitor_scrapes(objects: &[Value], replicas: &[(&str, std::net::SocketAddr)]) -> String {
+    let monitor = objects
+        .iter()
+        .find(|o| o["kind"] == "ServiceMonitor")
+        .expect("a ServiceMonitor");
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["path"], "/metrics");
+    let service = objects
+        .iter()
+        .find(|o| o["kind"] == "Service")
+        .and_then(|s| s["metadata"]["name"].as_str())
+        .expect("a Service");
+    let mut out = format!(
+        "- job_name: {service}\n  honor_labels: {}\n  static_configs:\n",
+        endpoint["honorLabels"].as_bool().unwrap_or(false)
+    );
+    for (pod, addr) in replicas {
+        out.push_str(&format!(
+            "  - targets: ['{addr}']\n    labels: {{namespace: monitoring, pod: {pod}, service: {service}, endpoint: metrics, container: kube-node-status}}\n"
+        ));
+    }
+    out
+}
+
+/// Prometheus's active alerts for `alertname`: node → (state, activeAt).
+async fn alerts(prom: std::net::SocketAddr, alertname: &str) -> BTreeMap<String, (String, String)> {
+    let (status, body) = common::http_get(prom, "/api/v1/alerts", &[])
+        .await
+        .expect("Prometheus answers");
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("JSON");
+    v["data"]["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["labels"]["alertname"] == alertname)
+        .map(|a| {
+            (
+                a["labels"]["k8s_node_name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                (
+                    a["state"].as_str().unwrap_or_default().to_string(),
+                    a["activeAt"].as_str().unwrap_or_default().to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// A firing alert stays firing, and a pending one pending, through the
+/// leader's death: same labels, same activeAt, never resolved, in a real
+/// Prometheus with the chart's rules, scraping both replicas as the rendered
+/// ServiceMonitor says. The leader is killed (SIGKILL), so the follower takes
+/// over only when the Lease expires: the longest gap there is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_survive_the_leaders_death_in_prometheus() {
+    let objects = render(&json!({
+        "replicas": 2,
+        "leaderElection": {"leaseDuration": "4s"},
+        "serviceMonitor": {"enabled": true},
+        "prometheusRule": {"enabled": true},
+        "alerts": {"notReadyFor": "2s", "pressureFor": "10m"},
+    }));
+    let api = api_as_installed(&objects, 6).await;
+    let n = api.node_names();
+    let replicas = start_replicas(&api, &objects, 2);
+    let targets = [("kns-0", replicas[0].addr), ("kns-1", replicas[1].addr)];
+    let prometheus = common::prometheus::Prometheus::start_with(
+        &service_monitor_scrapes(&objects, &targets),
+        Some(&prometheus_rules(&objects)),
+    )
+    .await;
+    let prom = prometheus.addr;
+    common::prometheus::wait_query(
+        prom,
+        "count(k8s_node_ready == 1)",
+        &[6.0],
+        Duration::from_secs(60),
+    )
+    .await;
+
+    // n0 NotReady long enough to fire; n2 under memory pressure, pending for 10 minutes.
+    assert!(api.set_condition(&n[0], "Ready", "False"));
+    assert!(api.set_condition(&n[2], "MemoryPressure", "True"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (fired, pending) = loop {
+        let fired = alerts(prom, "NodeNotReady").await;
+        let pending = alerts(prom, "NodeUnderPressure").await;
+        if fired.get(&n[0]).is_some_and(|(s, _)| s == "firing")
+            && pending.get(&n[2]).is_some_and(|(s, _)| s == "pending")
+        {
+            break (fired[&n[0]].clone(), pending[&n[2]].clone());
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{fired:?} {pending:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+
+    let leader = roles(&replicas)
+        .await
+        .iter()
+        .position(|(l, _)| *l == Some(1.0))
+        .expect("a leader");
+    let follower_pod = format!("kns-{}", 1 - leader);
+    replicas[leader].signal("KILL");
+    let killed = tokio::time::Instant::now();
+    // Until the follower's node readings have been scraped and five more
+    // evaluations have run on them, every look at the alerts must find both
+    // as they were.
+    let mut looks = 0;
+    let mut taken_over: Option<tokio::time::Instant> = None;
+    loop {
+        let now_fired = alerts(prom, "NodeNotReady").await;
+        let now_pending = alerts(prom, "NodeUnderPressure").await;
+        assert_eq!(
+            now_fired.get(&n[0]),
+            Some(&fired),
+            "NodeNotReady after the kill: {now_fired:?}"
+        );
+        assert_eq!(
+            now_pending.get(&n[2]),
+            Some(&pending),
+            "NodeUnderPressure after the kill: {now_pending:?}"
+        );
+        looks += 1;
+        if taken_over.is_none() {
+            let served =
+                common::prometheus::query(prom, &format!("count(k8s_node_ready{{pod=\"{follower_pod}\"}})"))
+                    .await;
+            if served == [6.0] {
+                taken_over = Some(tokio::time::Instant::now());
+                println!(
+                    "the follower's readings reached Prometheus {:?} after the kill",
+                    killed.elapsed()
+                );
+            }
+        }
+        if taken_over.is_some_and(|t| t.elapsed() > Duration::from_secs(5)) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(90),
+            "the follower never took over:\n{}",
+            replicas[1 - leader].logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(looks > 10, "{looks} looks");
+    // And the alerts still resolve: n0 Ready again, the pressure gone.
+    assert!(api.set_condition(&n[0], "Ready", "True"));
+    assert!(api.set_condition(&n[2], "MemoryPressure", "False"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !(alerts(prom, "NodeNotReady").await.is_empty()
+        && alerts(prom, "NodeUnderPressure").await.is_empty())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the alerts never resolved"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -103,11 +103,19 @@ async fn wait_exporting(want: &Replica, timeout: Duration) -> Duration {
 /// that one exported at a time and each takeover was within the lease, and
 /// returns the names of the leaders in order.
 pub async fn never_two_exporters(kubeconfig: &str) -> Vec<String> {
-    let receiver = Receiver::start(None).await;
-    let otlp = format!("http://{}", receiver.addr);
+    // A receiver per replica: node points carry the same identity whoever
+    // leads (the Lease's), so which receiver got them says who sent them.
+    let mut receivers: Vec<(String, Receiver)> = Vec::new();
+    for name in ["replica-a", "replica-b", "replica-c"] {
+        receivers.push((name.to_string(), Receiver::start(None).await));
+    }
+    let otlp = |name: &str| {
+        let (_, r) = receivers.iter().find(|(n, _)| n == name).expect("a receiver");
+        format!("http://{}", r.addr)
+    };
     let replicas: Arc<Mutex<Vec<(String, std::net::SocketAddr)>>> = Arc::default();
-    let mut a = start("replica-a", kubeconfig, &otlp);
-    let mut b = start("replica-b", kubeconfig, &otlp);
+    let mut a = start("replica-a", kubeconfig, &otlp("replica-a"));
+    let mut b = start("replica-b", kubeconfig, &otlp("replica-b"));
     replicas.lock().unwrap().extend([
         (a.name.clone(), a.exporter.addr),
         (b.name.clone(), b.exporter.addr),
@@ -173,7 +181,7 @@ pub async fn never_two_exporters(kubeconfig: &str) -> Vec<String> {
         "takeover after a kill took {took:?} (lease {LEASE:?})"
     );
     // It comes back (a new pod) and follows.
-    let c = start("replica-c", kubeconfig, &otlp);
+    let c = start("replica-c", kubeconfig, &otlp("replica-c"));
     replicas.lock().unwrap().push((c.name.clone(), c.exporter.addr));
     c.exporter
         .wait_for("the new replica's self-telemetry", Duration::from_secs(10), |s| {
@@ -231,22 +239,37 @@ pub async fn never_two_exporters(kubeconfig: &str) -> Vec<String> {
 
     // Never two exporters over OTLP either: ordered by their time, the node
     // points come in one stretch per leadership, in the order leaders took over.
+    // And whoever leads, the node and cluster readings carry one identity,
+    // the Lease's, so a backend sees one series through every failover (the
+    // pod's name would make it hold two for its lookback); self-telemetry
+    // carries the replica's.
     let mut points: Vec<(u64, String)> = Vec::new();
-    for (_, req) in receiver.received.metrics.lock().unwrap().iter() {
-        for rm in &req.resource_metrics {
-            let instance = rm
-                .resource
-                .as_ref()
-                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.instance.id"))
-                .map(|kv| super::otlp::any_value(&kv.value))
-                .unwrap_or_default();
-            for m in rm.scope_metrics.iter().flat_map(|sm| &sm.metrics) {
-                if m.name.starts_with("k8s.node.") {
-                    points.extend(
-                        super::otlp::point_times(m)
-                            .into_iter()
-                            .map(|t| (t, instance.clone())),
-                    );
+    for (replica, receiver) in &receivers {
+        for (_, req) in receiver.received.metrics.lock().unwrap().iter() {
+            for rm in &req.resource_metrics {
+                let instance = rm
+                    .resource
+                    .as_ref()
+                    .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.instance.id"))
+                    .map(|kv| super::otlp::any_value(&kv.value))
+                    .unwrap_or_default();
+                for m in rm.scope_metrics.iter().flat_map(|sm| &sm.metrics) {
+                    if m.name.starts_with("k8s.node.") || m.name.starts_with("k8s.cluster.") {
+                        assert_eq!(
+                            instance, "monitoring/kube-node-status",
+                            "{} from {replica}",
+                            m.name
+                        );
+                    } else if m.name.starts_with("kube_node_status.") {
+                        assert_eq!(&instance, replica, "{} from {replica}", m.name);
+                    }
+                    if m.name.starts_with("k8s.node.") {
+                        points.extend(
+                            super::otlp::point_times(m)
+                                .into_iter()
+                                .map(|t| (t, replica.clone())),
+                        );
+                    }
                 }
             }
         }

@@ -63,10 +63,16 @@ pub struct Prometheus {
 impl Prometheus {
     /// Starts it scraping `target`, with `rules` (checked by promtool first) if given.
     pub async fn start(target: std::net::SocketAddr, rules: Option<&str>) -> Prometheus {
+        let scrape = format!("- job_name: kube-node-status\n  static_configs:\n  - targets: ['{target}']\n");
+        Prometheus::start_with(&scrape, rules).await
+    }
+
+    /// Starts it with `scrape_configs` (YAML list items), scraping and
+    /// evaluating every second, with `rules` (checked by promtool first) if given.
+    pub async fn start_with(scrape_configs: &str, rules: Option<&str>) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let mut config = format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-             scrape_configs:\n- job_name: kube-node-status\n  static_configs:\n  - targets: ['{target}']\n"
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n{scrape_configs}"
         );
         if let Some(rules) = rules {
             let path = dir.path().join("rules.yml");
