@@ -3,28 +3,12 @@
 //! server that enforces the RBAC the chart renders for the exporter's service
 //! account (a verb the chart does not grant is 403, as on a real cluster).
 
-use std::{collections::BTreeMap, process::Command, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use kube_node_status::fake::{FakeApiServer, FakeOptions, Policy, Subject};
 use serde_json::{Value, json};
 
-use crate::common::{self, Exporter, peer};
-
-/// Every object the chart renders for `values` (release kns in monitoring).
-pub fn render(values: &Value) -> Vec<Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/chart/render_objects.py");
-    let out = Command::new(peer("python3"))
-        .arg(script)
-        .arg(values.to_string())
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "rendering the chart: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("the objects as JSON")
-}
+use crate::common::{self, Exporter, chart::render};
 
 /// The exporter container of the rendered Deployment, and the pod's service account.
 fn exporter_container(objects: &[Value]) -> (Value, String) {

@@ -226,9 +226,7 @@ async fn readiness_alerts_fire_and_resolve(naming: &str) {
     )
     .await;
 
-    if naming == "otel" {
-        dashboard_panels_show_the_trouble(prom).await;
-    }
+    dashboard_panels_show_the_trouble(prom, naming).await;
 
     // Recovery ends the sparse series; Prometheus marks them stale and the alerts resolve.
     assert!(api.set_condition(&n[0], "Ready", "True"));
@@ -252,16 +250,27 @@ async fn readiness_alerts_fire_and_resolve(naming: &str) {
     );
 }
 
-/// Every node panel of the shipped dashboard (OTel naming) has data in the
-/// readiness profile while nodes are in trouble: the panels cost.md says
-/// the profile keeps.
-async fn dashboard_panels_show_the_trouble(prom: std::net::SocketAddr) {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/helm/kube-node-status/dashboards/kube-node-status.json"
-    );
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("the dashboard")).expect("JSON");
+/// Every node panel of the shipped dashboard, as the chart renders it for
+/// `naming`, has data in the readiness profile while nodes are in trouble:
+/// the panels cost.md says the profile keeps.
+async fn dashboard_panels_show_the_trouble(prom: std::net::SocketAddr, naming: &str) {
+    let objects =
+        crate::common::chart::render(&json!({"grafanaDashboard": {"enabled": true}, "metricNaming": naming}));
+    let map = objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "ConfigMap"
+                && o["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("-dashboard"))
+        })
+        .expect("the dashboard ConfigMap");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        map["data"]["kube-node-status.json"]
+            .as_str()
+            .expect("the dashboard"),
+    )
+    .expect("JSON");
     let mut checked = 0;
     for panel in dashboard["panels"].as_array().expect("panels") {
         let title = panel["title"].as_str().unwrap_or_default();

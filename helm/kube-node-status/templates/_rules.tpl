@@ -70,7 +70,7 @@ read live or as its last value.
   rules:
     - alert: KubeNodeStatusExporterDown
       expr: absent(up{job=~"{{ $fullname }}|{{ .Release.Namespace }}/{{ $fullname }}"} == 1)
-      for: 5m
+      for: {{ $a.exporterDownFor }}
       labels:
         severity: warning
       annotations:
@@ -92,7 +92,7 @@ read live or as its last value.
         description: Readings show the cluster as it was when the watch broke. /readyz fails too; check the exporter's log and the API server.
     - alert: KubeNodeStatusNoLeader
       expr: sum by (namespace, job) (kube_node_status_leader) == 0
-      for: 2m
+      for: {{ $a.noLeaderFor }}
       labels:
         severity: warning
       annotations:

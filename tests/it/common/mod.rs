@@ -1,6 +1,7 @@
 //! Shared harness for the integration tests: the real binary, a fake API
 //! server, an in-test OTLP receiver, and a small exposition parser.
 
+pub mod chart;
 pub mod failover;
 pub mod gcp;
 pub mod otlp;
