@@ -16,6 +16,7 @@ mod image;
 mod install;
 mod leader;
 mod node_picture;
+mod paths;
 mod peers;
 mod profiles;
 mod semconv;

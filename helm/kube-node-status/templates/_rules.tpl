@@ -61,7 +61,7 @@ read live or as its last value.
       {{- else }}
       expr: max without (instance, pod) (increase(k8s_node_condition_transitions_total{k8s_node_condition_type="Ready"}[1h])) > {{ $a.flapThreshold }}
       {{- end }}
-      for: 5m
+      for: {{ $a.flapFor }}
       labels:
         severity: warning
       annotations:
@@ -77,7 +77,7 @@ read live or as its last value.
         summary: kube-node-status is not being scraped; node readiness is not monitored.
     - alert: KubeNodeStatusWatchErrors
       expr: sum by (namespace, pod) (rate(kube_node_status_watch_errors_total[5m])) > 0 and on (namespace, pod) kube_node_status_view_age_seconds > 0
-      for: 10m
+      for: {{ $a.watchErrorsFor }}
       labels:
         severity: warning
       annotations:

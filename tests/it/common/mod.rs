@@ -236,11 +236,21 @@ pub fn binary() -> &'static str {
 impl Exporter {
     /// Starts `kube-node-status --listen-address 127.0.0.1:PORT` with `KUBECONFIG` set to `kubeconfig`.
     pub fn start(kubeconfig: &str, args: &[&str], env: &[(&str, &str)]) -> Exporter {
+        Exporter::start_at(
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+            kubeconfig,
+            args,
+            env,
+        )
+    }
+
+    /// Starts like [`start`](Self::start), listening on `addr` (a replica
+    /// restarted where its scraper looks for it).
+    pub fn start_at(addr: SocketAddr, kubeconfig: &str, args: &[&str], env: &[(&str, &str)]) -> Exporter {
         let dir = tempfile::tempdir().unwrap();
         let kc = dir.path().join("kubeconfig");
         std::fs::write(&kc, kubeconfig).unwrap();
         let log = dir.path().join("exporter.log");
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut cmd = Command::new(binary());
         cmd.arg("--listen-address").arg(addr.to_string()).args(args);
         for var in [

@@ -39,6 +39,11 @@ pub struct TestCa {
 
 impl TestCa {
     pub fn new() -> TestCa {
+        TestCa::for_name("localhost")
+    }
+
+    /// A CA and a server certificate for the DNS name `name`.
+    pub fn for_name(name: &str) -> TestCa {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -48,7 +53,7 @@ impl TestCa {
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let server_key = rcgen::KeyPair::generate().unwrap();
-        let server = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        let server = rcgen::CertificateParams::new(vec![name.to_string()])
             .unwrap()
             .signed_by(&server_key, &issuer)
             .unwrap();
@@ -62,6 +67,11 @@ impl TestCa {
     /// (certificate PEM, key PEM) for [`Receiver::start`].
     pub fn server_pair(&self) -> (String, String) {
         (self.server_pem.clone(), self.server_key_pem.clone())
+    }
+
+    /// The CA certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
     }
 
     /// Writes the CA certificate to `dir/ca.pem` and returns its path.
