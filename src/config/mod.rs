@@ -114,6 +114,16 @@ pub enum OtlpAuth {
     Google,
 }
 
+/// How node-label attribute keys are spelled over OTLP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OtlpLabelKeys {
+    /// The semantic conventions' raw key: `k8s.node.label.topology.kubernetes.io/zone`.
+    Semconv,
+    /// What Google's Telemetry API takes (`/` and `-` as `_`):
+    /// `k8s.node.label.topology.kubernetes.io_zone`.
+    Google,
+}
+
 /// Google's Telemetry API, the default endpoint of `--otlp-auth google`.
 pub const GOOGLE_TELEMETRY_ENDPOINT: &str = "https://telemetry.googleapis.com:443";
 /// The Telemetry API refuses requests with more data points than this.
@@ -300,6 +310,12 @@ pub struct RunArgs {
     /// 200 points per request, own traces off unless asked for).
     #[arg(long, env = "KNS_OTLP_AUTH", value_enum, default_value_t = OtlpAuth::None)]
     pub otlp_auth: OtlpAuth,
+
+    /// Node-label attribute keys over OTLP: `semconv` (the key as it is) or `google`
+    /// (`/` and `-` as `_`, which Google's Telemetry API requires: set it when a collector
+    /// forwards to that API). [default: google with --otlp-auth google, else semconv]
+    #[arg(long, env = "KNS_OTLP_LABEL_KEYS", value_enum)]
+    pub otlp_label_keys: Option<OtlpLabelKeys>,
 
     /// Send each node's points under an OTLP Resource of its own carrying
     /// `k8s.node.name`, `k8s.node.uid` and the cluster attributes (the `k8s.node`
@@ -702,10 +718,18 @@ impl RunArgs {
             naming: self.metric_naming,
             node_labels: crate::readings::labels::LabelSelector::new(
                 &self.node_labels,
-                match (self.metric_naming, self.otlp_auth) {
-                    (Naming::Otel, OtlpAuth::None) => crate::readings::labels::LabelKeys::Semconv,
+                match (
+                    self.metric_naming,
+                    self.otlp_label_keys.unwrap_or(match self.otlp_auth {
+                        OtlpAuth::None => OtlpLabelKeys::Semconv,
+                        OtlpAuth::Google => OtlpLabelKeys::Google,
+                    }),
+                ) {
+                    (Naming::Otel, OtlpLabelKeys::Semconv) => crate::readings::labels::LabelKeys::Semconv,
                     // The Telemetry API refuses `/` and `-` in attribute keys.
-                    (Naming::Otel, OtlpAuth::Google) => crate::readings::labels::LabelKeys::SemconvGoogle,
+                    (Naming::Otel, OtlpLabelKeys::Google) => {
+                        crate::readings::labels::LabelKeys::SemconvGoogle
+                    }
                     (Naming::KubeStateMetrics, _) => crate::readings::labels::LabelKeys::KubeStateMetrics,
                 },
             )?,

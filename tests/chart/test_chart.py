@@ -275,6 +275,12 @@ def test_combinations_that_cannot_work_are_refused_naming_the_values(values, mes
     assert message in str(refused.value)
 
 
+def test_a_sidecar_to_the_telemetry_api_spells_label_keys_as_that_api_takes_them():
+    assert "--otlp-label-keys=google" in exporter_args(VALUE_SETS["sidecar"])
+    assert not any(a.startswith("--otlp-label-keys") for a in exporter_args({"collector": {"enabled": True}}))
+    assert not any(a.startswith("--otlp-label-keys") for a in exporter_args({}))
+
+
 def test_gateway_collector_gets_its_backends():
     pod = next(o for _, o in render(VALUE_SETS["gateway"]) if o["kind"] == "Deployment")["spec"]["template"]["spec"]
     collector = next(c for c in pod["containers"] if c["name"] == "otel-collector")

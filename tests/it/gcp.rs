@@ -737,3 +737,95 @@ async fn the_stand_in_receiver_refuses_what_the_telemetry_api_refuses() {
         assert!(status.message().contains(why), "{}", status.message());
     }
 }
+
+/// Runs the exporter as the chart renders it for `values` (exactly its args
+/// and env, plus what points it at the stand-ins: the Telemetry API's
+/// endpoint and CA, the metadata server), and waits until every node's
+/// readiness arrived at the Telemetry API stand-in, nothing refused.
+async fn as_the_chart_installs_it(values: serde_json::Value, google_mode: bool) {
+    let google = FakeGoogle::start(Duration::from_secs(3600)).await;
+    // The sidecar, not the exporter, authenticates to Google there.
+    let (receiver, ca) = if google_mode {
+        telemetry_api_checking_tokens(&google).await
+    } else {
+        telemetry_api(Arc::new(|_| Ok(()))).await
+    };
+    let objects = common::chart::render(&values);
+    let (container, _) = common::chart::exporter_container(&objects);
+    let args = common::chart::args_for_loopback(&container);
+    assert_eq!(
+        args.contains(&"--otlp-auth=google".to_string()),
+        google_mode,
+        "{args:?}"
+    );
+    let mut env = common::chart::pod_env(&container, "kns-0");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write_ca(dir.path());
+    let rendered_endpoint = env
+        .iter()
+        .find(|(k, _)| k == "OTEL_EXPORTER_OTLP_ENDPOINT")
+        .map(|(_, v)| v.clone());
+    // The sidecar's own address stands for the sidecar, which forwards
+    // unchanged (otlp receiver → otlp/telemetry-api exporter); in Google
+    // mode the exporter picks Google's endpoint itself.
+    assert_eq!(
+        rendered_endpoint.as_deref(),
+        (!google_mode).then_some("http://localhost:4317"),
+        "{env:?}"
+    );
+    env.retain(|(k, _)| k != "OTEL_EXPORTER_OTLP_ENDPOINT");
+    env.extend(tls_env(&receiver, &ca_file));
+    env.push(("GCE_METADATA_HOST".into(), google.host()));
+    let api = fake_api(20).await;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let exporter = Exporter::start(&api.kubeconfig(), &args, &refs(&env));
+    let start = Instant::now();
+    loop {
+        let requests = requests(&receiver);
+        let ready: BTreeSet<String> = reading_metrics(&requests)
+            .filter(|m| m.name == "k8s.node.ready")
+            .flat_map(points)
+            .filter_map(|(_, attrs, _)| attrs.get("k8s_node_name").cloned())
+            .collect();
+        assert_none_refused(&receiver, &exporter);
+        if ready.len() == 20 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} nodes arrived\n{}",
+            ready.len(),
+            exporter.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// (e) Straight to the Telemetry API, as the chart installs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_direct_telemetry_api_as_the_chart_installs_it() {
+    as_the_chart_installs_it(
+        serde_json::json!({
+            "metricsExporter": "prometheus,otlp", "otlp": {"auth": "google", "exportInterval": "1s"},
+            "clusterName": "kns-test-cluster", "clusterLocation": "europe-west1-b", "gcpProjectId": "kns-test-project",
+            "nodeLabels": ["topology.kubernetes.io/zone", "cloud.google.com/gke-nodepool"],
+        }),
+        true,
+    )
+    .await;
+}
+
+/// (d) Through the collector sidecar that forwards to the Telemetry API: what
+/// the exporter sends must be what that API takes (its attribute-key rules).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_sidecar_to_the_telemetry_api_as_the_chart_installs_it() {
+    as_the_chart_installs_it(
+        serde_json::json!({
+            "collector": {"enabled": true, "config": "sidecar-telemetry-api.yaml"},
+            "otlp": {"exportInterval": "1s"},
+            "nodeLabels": ["topology.kubernetes.io/zone", "cloud.google.com/gke-nodepool"],
+        }),
+        false,
+    )
+    .await;
+}

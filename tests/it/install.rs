@@ -8,73 +8,10 @@ use std::{collections::BTreeMap, time::Duration};
 use kube_node_status::fake::{FakeApiServer, FakeOptions, Policy, Subject};
 use serde_json::{Value, json};
 
-use crate::common::{self, Exporter, chart::render};
-
-/// The exporter container of the rendered Deployment, and the pod's service account.
-fn exporter_container(objects: &[Value]) -> (Value, String) {
-    let deploy = objects
-        .iter()
-        .find(|o| o["kind"] == "Deployment")
-        .expect("a Deployment");
-    let pod = &deploy["spec"]["template"]["spec"];
-    let container = pod["containers"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["name"] == "kube-node-status"))
-        .expect("the exporter container")
-        .clone();
-    (
-        container,
-        pod["serviceAccountName"]
-            .as_str()
-            .expect("a service account")
-            .to_string(),
-    )
-}
-
-/// The container's environment as the kubelet sets it for pod `pod`: the
-/// downward API's fields, then each value with `$(VAR)` expanded.
-fn pod_env(container: &Value, pod: &str) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = Vec::new();
-    for var in container["env"].as_array().into_iter().flatten() {
-        let name = var["name"].as_str().expect("env name").to_string();
-        let value = if let Some(v) = var["value"].as_str() {
-            let mut v = v.to_string();
-            for (k, set) in &env {
-                v = v.replace(&format!("$({k})"), set);
-            }
-            v
-        } else {
-            match var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
-                Some("metadata.name") => pod.to_string(),
-                Some("metadata.namespace") => "monitoring".to_string(),
-                other => panic!("env {name}: a source the harness does not know: {other:?}"),
-            }
-        };
-        env.push((name, value));
-    }
-    env
-}
-
-/// The rendered args, less `--listen-address` (each replica here listens on a
-/// loopback port of its own; the rendered one must be the container port).
-fn args_for_loopback(container: &Value) -> Vec<String> {
-    let args: Vec<String> = container["args"]
-        .as_array()
-        .expect("args")
-        .iter()
-        .map(|a| a.as_str().expect("string args").to_string())
-        .collect();
-    let port = container["ports"][0]["containerPort"]
-        .as_u64()
-        .expect("a container port");
-    assert!(
-        args.contains(&format!("--listen-address=0.0.0.0:{port}")),
-        "the exporter listens on its container port: {args:?}"
-    );
-    args.into_iter()
-        .filter(|a| !a.starts_with("--listen-address"))
-        .collect()
-}
+use crate::common::{
+    self, Exporter,
+    chart::{args_for_loopback, exporter_container, pod_env, render},
+};
 
 /// A fake API server with `nodes` nodes, the chart's RBAC for the exporter's
 /// service account in force, and the chart's Leases created.

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use crate::common::{
     self, Exporter,
-    chart::render,
+    chart::{pod_env, render},
     free_port,
     otlp::TestCa,
     prometheus::{Prometheus, query_series},
@@ -349,26 +349,6 @@ fn service_name(objects: &[Value]) -> String {
         .and_then(|s| s["metadata"]["name"].as_str())
         .expect("a Service")
         .to_string()
-}
-
-/// The container's environment as the kubelet sets it for pod `pod`.
-fn pod_env(container: &Value, pod: &str) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = Vec::new();
-    for var in container["env"].as_array().into_iter().flatten() {
-        let name = var["name"].as_str().expect("env name").to_string();
-        let value = match var["value"].as_str() {
-            Some(v) => env
-                .iter()
-                .fold(v.to_string(), |v, (k, set)| v.replace(&format!("$({k})"), set)),
-            None => match var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
-                Some("metadata.name") => pod.to_string(),
-                Some("metadata.namespace") => "monitoring".to_string(),
-                other => panic!("env {name}: an unknown source {other:?}"),
-            },
-        };
-        env.push((name, value));
-    }
-    env
 }
 
 /// The rules of the rendered PrometheusRule, else GMP Rules, as a rule file.
