@@ -116,8 +116,14 @@ impl Policy {
                 .flatten()
                 .any(|s| match field(s, &["kind"]) {
                     Some("ServiceAccount") => {
+                        // A ClusterRoleBinding's subject must name its namespace.
+                        let namespace = if cluster_wide {
+                            field(s, &["namespace"])
+                        } else {
+                            Some(field(s, &["namespace"]).unwrap_or(binding_ns))
+                        };
                         field(s, &["name"]) == Some(subject.name.as_str())
-                            && field(s, &["namespace"]).unwrap_or(binding_ns) == subject.namespace
+                            && namespace == Some(subject.namespace.as_str())
                     }
                     Some("Group") => {
                         let group = field(s, &["name"]).unwrap_or_default();
@@ -175,12 +181,14 @@ impl Policy {
                 matches!(
                     path.as_str(),
                     "/version" | "/api" | "/apis" | "/healthz" | "/readyz" | "/livez"
-                ) || self.rules.iter().any(|r| {
-                    any(&r.verbs, verb)
-                        && r.non_resource_urls
-                            .iter()
-                            .any(|u| u == path || u.strip_suffix('*').is_some_and(|p| path.starts_with(p)))
-                })
+                ) || path.starts_with("/api/")
+                    || path.starts_with("/apis/")
+                    || self.rules.iter().any(|r| {
+                        any(&r.verbs, verb)
+                            && r.non_resource_urls.iter().any(|u| {
+                                u == path || u.strip_suffix('*').is_some_and(|p| path.starts_with(p))
+                            })
+                    })
             }
             Attributes::Resource {
                 verb,
@@ -261,9 +269,13 @@ pub fn attributes(method: &Method, path: &str, query: Option<&str>) -> Attribute
         [resource, name, sub, ..] => (format!("{resource}/{sub}"), Some(name.to_string())),
         [] => (String::new(), None),
     };
+    // As the API server reads it: any value but "0" and "false" is a watch.
     let watching = query.is_some_and(|q| {
-        q.split('&')
-            .any(|kv| kv == "watch=true" || kv == "watch=1" || kv == "watch")
+        q.split('&').any(|kv| match kv.split_once('=') {
+            Some(("watch", v)) => !matches!(v, "0" | "false" | "False"),
+            None => kv == "watch",
+            _ => false,
+        })
     });
     let verb = match *method {
         Method::GET | Method::HEAD if watching => "watch",

@@ -48,7 +48,8 @@ pub const PER_REPLICA: &[&str] = &[
 /// `service.instance.id` the pod's, a backend would hold the old leader's
 /// series beside the new one's for its lookback (5 minutes in Cloud
 /// Monitoring's PromQL) and every count over nodes would double. So it is the
-/// Lease's `namespace/name`, the same for every leader; only one replica
+/// cluster's name (when known) and the Lease's namespace and name,
+/// `cluster/namespace/name`, the same for every leader; only one replica
 /// exports at a time. The attributes that name the pod or its host
 /// ([`PER_REPLICA`], set by the chart's `OTEL_RESOURCE_ATTRIBUTES`) go too, for
 /// a backend that keeps them as labels. Self-telemetry keeps them all.
@@ -56,10 +57,16 @@ pub fn readings(resource: &Resource, lease: Option<&crate::leader::LeaseSettings
     let Some(lease) = lease else {
         return resource.clone();
     };
-    let id = match &lease.namespace {
-        Some(ns) => format!("{ns}/{}", lease.name),
-        None => lease.name.clone(),
-    };
+    // The cluster too, when known: two clusters' releases of the same name
+    // in the same namespace must not write one series in a shared backend.
+    let cluster = resource
+        .get(&opentelemetry::Key::from_static_str("k8s.cluster.name"))
+        .map(|c| c.to_string());
+    let id = [cluster, lease.namespace.clone(), Some(lease.name.clone())]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("/");
     let attributes = resource
         .iter()
         .filter(|(k, _)| k.as_str() != "service.instance.id" && !PER_REPLICA.contains(&k.as_str()))
@@ -122,7 +129,7 @@ mod tests {
         let r = readings(&own, Some(&lease(Some("monitoring"))));
         assert_eq!(
             get(&r, "service.instance.id").as_deref(),
-            Some("monitoring/kns-kube-node-status")
+            Some("prod/monitoring/kns-kube-node-status")
         );
         assert_eq!(get(&r, "k8s.cluster.name").as_deref(), Some("prod"));
         assert_eq!(get(&r, "k8s.namespace.name").as_deref(), Some("monitoring"));
@@ -134,7 +141,7 @@ mod tests {
         );
         assert_eq!(
             get(&readings(&own, Some(&lease(None))), "service.instance.id").as_deref(),
-            Some("kns-kube-node-status")
+            Some("prod/kns-kube-node-status")
         );
         // Without leader election the one replica is the instance.
         assert_eq!(

@@ -251,8 +251,14 @@ def test_kubernetes_auth_reviews_tokens_and_offers_a_reader_role():
     assert pm["authorization"] == {"type": "Bearer", "credentials": {"secret": sent}}
     gmp_role = next(o for _, o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-gmp-scrape-token"))
     assert gmp_role["rules"][0]["resourceNames"] == [secret["metadata"]["name"], "kns-ca"]
+    # The helm test pod sends no API-valid token over TLS it cannot verify.
     test_pod = next(o for _, o in objects if o["kind"] == "Pod")
-    assert test_pod["spec"]["volumes"][0]["secret"]["secretName"] == secret["metadata"]["name"]
+    assert "volumes" not in test_pod["spec"]
+    assert "Authorization" not in test_pod["spec"]["containers"][0]["args"][0]
+    # A long release name: the scraper's objects never take the exporter's names.
+    long = render(VALUE_SETS["kube-rbac-auth"], name="node-readiness-exporter-production-europe-west1")
+    names = [(o["kind"], o["metadata"]["name"]) for _, o in long]
+    assert len(names) == len(set(names)), sorted(names)
 
 
 REFUSED = {
@@ -265,6 +271,14 @@ REFUSED = {
                                  "gmpRules needs podMonitoring.enabled"),
     "gateway without its backends": ({"collector": {"enabled": True, "config": "gateway.yaml"}},
                                      "needs OTLP_BACKEND_ENDPOINT and PROMETHEUS_REMOTE_WRITE_URL"),
+    "a monitor without /metrics": ({"serviceMonitor": {"enabled": True}, "metricsExporter": "otlp"},
+                                   "serves no /metrics"),
+    "rules without /metrics": ({"prometheusRule": {"enabled": True}, "metricsExporter": "none"}, "serves no /metrics"),
+    "rules without the ready reading": ({"prometheusRule": {"enabled": True}, "metricDenylist": "k8s\\.node\\.ready"},
+                                        "leave out k8s.node.ready"),
+    "rules with an allowlist that leaves it out": ({"prometheusRule": {"enabled": True}, "metricNaming": "kube-state-metrics",
+                                                   "metricAllowlist": "kube_node_status_condition"},
+                                                  "leave out kube_node_status_ready"),
 }
 
 

@@ -57,7 +57,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* The scraper service account of metricsAuth.kubernetes, and its token Secret. */}}
 {{- define "kns.scraperName" -}}
-{{- printf "%s-scraper" (include "kns.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- /* Cut before the suffix, so that a long name never ends up the exporter's own. */}}
+{{- printf "%s-scraper" (include "kns.fullname" . | trunc 55 | trimSuffix "-") }}
 {{- end }}
 
 {{/* The Secret whose token the chart's monitors send, empty when /metrics is open. */}}
@@ -85,6 +86,14 @@ naming the values. Included once, by the Deployment.
 {{- end }}
 {{- if and .Values.podMonitoring.enabled .Values.tls.enabled (not .Values.tls.caSecretName) }}
 {{- fail "podMonitoring with tls.enabled needs tls.caSecretName: a Secret holding only ca.crt. GMP's collector must be allowed to read the Secret its PodMonitoring names, and RBAC grants a Secret whole, so tls.secretName would give it tls.key" }}
+{{- end }}
+{{- $scraped := or .Values.serviceMonitor.enabled .Values.podMonitor.enabled .Values.podMonitoring.enabled }}
+{{- if and (or $scraped .Values.prometheusRule.enabled .Values.gmpRules.enabled) (not (has "prometheus" (splitList "," .Values.metricsExporter))) }}
+{{- fail (printf "metricsExporter=%s serves no /metrics, which serviceMonitor, podMonitor, podMonitoring, prometheusRule and gmpRules read: add prometheus to metricsExporter, or turn those off" .Values.metricsExporter) }}
+{{- end }}
+{{- $ready := ternary "kube_node_status_ready" "k8s.node.ready" (eq .Values.metricNaming "kube-state-metrics") }}
+{{- if and (or .Values.prometheusRule.enabled .Values.gmpRules.enabled) (or (and .Values.metricDenylist (regexMatch (printf "^(?:%s)$" .Values.metricDenylist) $ready)) (and .Values.metricAllowlist (not (regexMatch (printf "^(?:%s)$" .Values.metricAllowlist) $ready)))) }}
+{{- fail (printf "metricAllowlist/metricDenylist leave out %s, which the alert rules (prometheusRule, gmpRules) read to tell a failover's gap from a healthy cluster" $ready) }}
 {{- end }}
 {{- if and .Values.gmpRules.enabled (not .Values.podMonitoring.enabled) }}
 {{- fail "gmpRules needs podMonitoring.enabled: the rules read the names /metrics serves (k8s_node_ready, *_total, up), and over OTLP (otlp.auth=google, a sidecar-* collector config) Google stores other names and no up, so no alert could fire and KubeNodeStatusExporterDown would fire forever" }}

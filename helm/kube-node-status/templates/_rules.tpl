@@ -20,11 +20,19 @@ leader's last scrape and the new leader's first (the Lease handover, then one
 scrape interval) it reads each series' last value within alerts.failoverBridge.
 That fallback holds only while no replica serves node readings at all, so a
 deleted or recovered node is never held: "S(x)" below is a node series x,
-read live or as its last value.
+read live or as its last value. Live, each node's series is the newest
+sample among the replicas' (Managed Prometheus has no staleness markers and
+keeps a replaced leader's last values for 5 minutes: a max over both would
+let the old leader's "Ready" hide a node the new one sees NotReady).
+NodeNotReady in kube-state-metrics naming also reads without `status`, so
+that Ready going False to Unknown is the same alert, not a new one.
 */}}
 {{- $ready := ternary "kube_node_status_ready" "k8s_node_ready" $ksm }}
-{{- $live := "max without (instance, pod) (${1})" }}
+{{- $newest := "${1} and (timestamp(${1}) == ignoring (instance, pod) group_left max without (instance, pod) (timestamp(${1})))" }}
+{{- $live := printf "max without (instance, pod) (%s)" $newest }}
 {{- $last := printf "max without (instance, pod) (last_over_time(${1}[%s]))" $a.failoverBridge }}
+{{- $liveNotReady := ternary (printf "max without (instance, pod, status) (%s)" $newest) $live $ksm }}
+{{- $lastNotReady := ternary (printf "max without (instance, pod, status) (last_over_time(${1}[%s]))" $a.failoverBridge) $last $ksm }}
 {{- $gap := printf "unless on (job, namespace) count by (job, namespace) (%s)" $ready }}
 {{- $notReady := ternary "S(kube_node_status_condition{condition=\"Ready\",status!=\"true\"}) == 1 unless on (node) S(kube_node_spec_unschedulable) == 1" "S(k8s_node_ready) == 0 unless on (k8s_node_name) S(k8s_node_unschedulable) == 1" $ksm }}
 {{- $unreachable := ternary "S(kube_node_spec_taint{key=\"node.kubernetes.io/unreachable\"}) == 1 unless on (node) S(kube_node_spec_unschedulable) == 1" "S(k8s_node_taint{k8s_node_taint_key=\"node.kubernetes.io/unreachable\"}) == 1 unless on (k8s_node_name) S(k8s_node_unschedulable) == 1" $ksm }}
@@ -32,7 +40,7 @@ read live or as its last value.
 - name: kube-node-status.nodes
   rules:
     - alert: NodeNotReady
-      expr: ({{ regexReplaceAll "S\\(([^)]*)\\)" $notReady $live }}) or (({{ regexReplaceAll "S\\(([^)]*)\\)" $notReady $last }}) {{ $gap }})
+      expr: ({{ regexReplaceAll "S\\(([^)]*)\\)" $notReady $liveNotReady }}) or (({{ regexReplaceAll "S\\(([^)]*)\\)" $notReady $lastNotReady }}) {{ $gap }})
       for: {{ $a.notReadyFor }}
       labels:
         severity: warning
@@ -69,7 +77,7 @@ read live or as its last value.
 - name: kube-node-status.exporter
   rules:
     - alert: KubeNodeStatusExporterDown
-      expr: absent(up{job=~"{{ $fullname }}|{{ .Release.Namespace }}/{{ $fullname }}"} == 1)
+      expr: absent(up{job=~"{{ $fullname }}|{{ .Release.Namespace }}/{{ $fullname }}",namespace="{{ .Release.Namespace }}"} == 1)
       for: {{ $a.exporterDownFor }}
       labels:
         severity: warning
