@@ -15,6 +15,7 @@ mod gcp;
 mod image;
 mod install;
 mod leader;
+mod names;
 mod node_picture;
 mod paths;
 mod peers;
