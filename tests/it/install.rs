@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::common::{
     self, Exporter,
-    chart::{args_for_loopback, exporter_container, pod_env, render},
+    chart::{args_for_loopback, exporter_container, pod_env, render, rule_file},
 };
 
 /// A fake API server with `nodes` nodes, the chart's RBAC for the exporter's
@@ -134,15 +134,6 @@ async fn without_patch_on_the_lease_no_replica_leads() {
     assert!(seen.values().all(|(l, n)| *l == Some(0.0) && *n == 0), "{seen:?}");
 }
 
-/// The rules of the rendered PrometheusRule, as a Prometheus rule file.
-fn prometheus_rules(objects: &[Value]) -> String {
-    let rule = objects
-        .iter()
-        .find(|o| o["kind"] == "PrometheusRule")
-        .expect("a PrometheusRule");
-    serde_yaml_ng::to_string(&json!({"groups": rule["spec"]["groups"]})).expect("YAML")
-}
-
 /// Scrape configs as the rendered ServiceMonitor makes the Prometheus
 /// Operator scrape each replica: job from the Service, the pod's labels.
 fn service_monitor_scrapes(objects: &[Value], replicas: &[(&str, std::net::SocketAddr)]) -> String {
@@ -171,26 +162,15 @@ fn service_monitor_scrapes(objects: &[Value], replicas: &[(&str, std::net::Socke
 
 /// Prometheus's active alerts for `alertname`: node → (state, activeAt).
 async fn alerts(prom: std::net::SocketAddr, alertname: &str) -> BTreeMap<String, (String, String)> {
-    let (status, body) = common::http_get(prom, "/api/v1/alerts", &[])
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    common::prometheus::alerts(prom)
         .await
-        .expect("Prometheus answers");
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).expect("JSON");
-    v["data"]["alerts"]
-        .as_array()
-        .into_iter()
-        .flatten()
+        .iter()
         .filter(|a| a["labels"]["alertname"] == alertname)
         .map(|a| {
             (
-                a["labels"]["k8s_node_name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                (
-                    a["state"].as_str().unwrap_or_default().to_string(),
-                    a["activeAt"].as_str().unwrap_or_default().to_string(),
-                ),
+                text(&a["labels"]["k8s_node_name"]),
+                (text(&a["state"]), text(&a["activeAt"])),
             )
         })
         .collect()
@@ -216,7 +196,7 @@ async fn alerts_survive_the_leaders_death_in_prometheus() {
     let targets = [("kns-0", replicas[0].addr), ("kns-1", replicas[1].addr)];
     let prometheus = common::prometheus::Prometheus::start_with(
         &service_monitor_scrapes(&objects, &targets),
-        Some(&prometheus_rules(&objects)),
+        Some(&rule_file(&objects)),
     )
     .await;
     let prom = prometheus.addr;

@@ -10,7 +10,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::{Exporter, chart::render, fake_api, parse};
+use crate::common::{
+    Exporter,
+    chart::{dashboard, render},
+    fake_api, parse,
+};
 
 /// What docs name but this exporter deliberately does not serve: the Go
 /// tool's metrics, in the migration table of docs/metrics.md.
@@ -131,9 +135,7 @@ fn unknown(text: &str, names: &BTreeSet<String>, labels: &BTreeSet<String>) -> B
 
 /// The expressions of the chart's rules and dashboard for `naming`.
 fn chart_queries(naming: &str) -> String {
-    let objects = render(&json!({
-        "metricNaming": naming, "prometheusRule": {"enabled": true}, "grafanaDashboard": {"enabled": true},
-    }));
+    let objects = render(&json!({"metricNaming": naming, "prometheusRule": {"enabled": true}}));
     let mut out = String::new();
     for o in &objects {
         if o["kind"] == "PrometheusRule" {
@@ -144,19 +146,11 @@ fn chart_queries(naming: &str) -> String {
                 }
             }
         }
-        if o["kind"] == "ConfigMap"
-            && o["metadata"]["name"]
-                .as_str()
-                .is_some_and(|n| n.ends_with("-dashboard"))
-        {
-            let dashboard: Value =
-                serde_json::from_str(o["data"]["kube-node-status.json"].as_str().unwrap()).unwrap();
-            for panel in dashboard["panels"].as_array().into_iter().flatten() {
-                for target in panel["targets"].as_array().into_iter().flatten() {
-                    out.push_str(target["expr"].as_str().unwrap_or_default());
-                    out.push('\n');
-                }
-            }
+    }
+    for (_, queries) in dashboard(naming) {
+        for q in queries {
+            out.push_str(&q);
+            out.push('\n');
         }
     }
     assert!(out.lines().count() > 15, "rules and panels: {out}");

@@ -22,10 +22,10 @@ use serde_json::{Value, json};
 
 use crate::common::{
     self, Exporter,
-    chart::{pod_env, render},
+    chart::{dashboard, find, pod_env, render, rule_file},
     free_port,
     otlp::TestCa,
-    prometheus::{Prometheus, query_series},
+    prometheus::{Prometheus, alerts, query_series},
 };
 
 const T: Duration = Duration::from_secs(60);
@@ -38,10 +38,6 @@ fn fast_alerts() -> Value {
         "flapThreshold": 4, "staleAfterSeconds": 3, "exporterDownFor": "1s", "noLeaderFor": "1s",
         "watchErrorsFor": "1s",
     })
-}
-
-fn find<'a>(objects: &'a [Value], kind: &str) -> Option<&'a Value> {
-    objects.iter().find(|o| o["kind"] == kind)
 }
 
 /// A path, installed: the API, the replicas, the scraper.
@@ -160,7 +156,7 @@ impl Install {
             .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
             .collect();
         let scrape = scrape_configs(&objects, &addrs, &secrets, dir.path());
-        let mut rules = rule_groups(&objects);
+        let mut rules = rule_file(&objects);
         if let Some(extra) = extra_rules {
             rules.push_str(extra);
         }
@@ -211,26 +207,17 @@ impl Install {
 
     /// Active alerts: (alertname, node or "", state).
     async fn alerts(&self) -> BTreeSet<(String, String, String)> {
-        let (status, body) = common::http_get(self.prometheus.addr, "/api/v1/alerts", &[])
+        alerts(self.prometheus.addr)
             .await
-            .expect("Prometheus answers");
-        assert_eq!(status, 200, "{body}");
-        let v: Value = serde_json::from_str(&body).expect("JSON");
-        v["data"]["alerts"]
-            .as_array()
-            .into_iter()
-            .flatten()
+            .iter()
             .map(|a| {
                 let l = &a["labels"];
                 let node = l["k8s_node_name"]
                     .as_str()
                     .or(l["node"].as_str())
                     .unwrap_or_default();
-                (
-                    l["alertname"].as_str().unwrap_or_default().to_string(),
-                    node.to_string(),
-                    a["state"].as_str().unwrap_or_default().to_string(),
-                )
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+                (text(&l["alertname"]), node.to_string(), text(&a["state"]))
             })
             .collect()
     }
@@ -310,32 +297,15 @@ impl Install {
 
     /// Every panel of the dashboard the chart renders for this naming has data.
     async fn dashboard_has_data(&self) {
-        let objects = render(&json!({"grafanaDashboard": {"enabled": true}, "metricNaming": self.naming}));
-        let map = objects
-            .iter()
-            .find(|o| {
-                o["kind"] == "ConfigMap"
-                    && o["metadata"]["name"]
-                        .as_str()
-                        .is_some_and(|n| n.ends_with("-dashboard"))
-            })
-            .expect("the dashboard");
-        let dashboard: Value =
-            serde_json::from_str(map["data"]["kube-node-status.json"].as_str().unwrap()).unwrap();
-        for panel in dashboard["panels"].as_array().expect("panels") {
-            for target in panel["targets"].as_array().into_iter().flatten() {
-                let expr = target["expr"].as_str().expect("an expression");
+        for (title, queries) in dashboard(self.naming) {
+            for expr in queries {
                 // Error counters exist once something failed; nothing has yet.
                 if expr.contains("_errors_total") || expr.contains("_failures_total") {
                     continue;
                 }
                 let start = std::time::Instant::now();
-                while query_series(self.prometheus.addr, expr).await.is_empty() {
-                    assert!(
-                        start.elapsed() < T,
-                        "panel {}: no data for {expr}",
-                        panel["title"]
-                    );
+                while query_series(self.prometheus.addr, &expr).await.is_empty() {
+                    assert!(start.elapsed() < T, "panel {title:?}: no data for {expr}");
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             }
@@ -349,15 +319,6 @@ fn service_name(objects: &[Value]) -> String {
         .and_then(|s| s["metadata"]["name"].as_str())
         .expect("a Service")
         .to_string()
-}
-
-/// The rules of the rendered PrometheusRule, else GMP Rules, as a rule file.
-fn rule_groups(objects: &[Value]) -> String {
-    let rules = find(objects, "PrometheusRule")
-        .or_else(|| find(objects, "Rules"))
-        .or_else(|| find(objects, "ClusterRules"))
-        .expect("rules");
-    serde_yaml_ng::to_string(&json!({"groups": rules["spec"]["groups"]})).unwrap()
 }
 
 /// A monitor's relabel configs in Prometheus' own spelling.
@@ -462,6 +423,13 @@ fn scrape_configs(
     let yaml = serde_yaml_ng::to_string(&json!([config])).unwrap();
     // scrape_configs items, as Prometheus::start_with takes them.
     yaml
+}
+
+/// Installs `values` and runs the scenario, with `extra_rules` loaded beside
+/// the chart's and `extra_alerts` (alert, node index) expected to fire with its own.
+async fn path(values: Value, naming: &'static str, extra_rules: Option<&str>, extra_alerts: &[(&str, &str)]) {
+    let mut install = Install::new(values, naming, extra_rules).await;
+    exercise(&mut install, extra_alerts).await;
 }
 
 /// The scenario every path runs: healthy and quiet; nodes in trouble and
@@ -612,43 +580,36 @@ fn node_labels() -> Value {
 /// (a) The Prometheus Operator, the full profile, OpenTelemetry naming.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_prometheus_operator_otel_full() {
-    let mut install = Install::new(
-        json!({
-            "serviceMonitor": {"enabled": true}, "prometheusRule": {"enabled": true},
-            "metricProfile": "full", "nodeLabels": node_labels(), "alerts": fast_alerts(),
-        }),
-        "otel",
-        None,
-    )
-    .await;
-    exercise(&mut install, &[]).await;
+    let values = json!({
+        "serviceMonitor": {"enabled": true}, "prometheusRule": {"enabled": true},
+        "metricProfile": "full", "nodeLabels": node_labels(), "alerts": fast_alerts(),
+    });
+    path(values, "otel", None, &[]).await;
 }
 
 /// (b) The same in kube-state-metrics naming, with kube-prometheus' own node
 /// rules, and the job relabelling docs/install.md tells users to add.
+/// kube-prometheus' KubeNodeNotReady does not spare a cordoned node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_kube_state_metrics_naming_with_kube_prometheus_rules() {
     let relabel = json!([{"action": "replace", "targetLabel": "job", "replacement": "kube-state-metrics"}]);
-    let mut install = Install::new(
-        json!({
-            "serviceMonitor": {"enabled": true, "metricRelabelings": relabel}, "prometheusRule": {"enabled": true},
-            "metricNaming": "kube-state-metrics", "metricProfile": "full", "nodeLabels": node_labels(),
-            "alerts": fast_alerts(),
-        }),
+    let values = json!({
+        "serviceMonitor": {"enabled": true, "metricRelabelings": relabel}, "prometheusRule": {"enabled": true},
+        "metricNaming": "kube-state-metrics", "metricProfile": "full", "nodeLabels": node_labels(),
+        "alerts": fast_alerts(),
+    });
+    let theirs = [
+        ("KubeNodeNotReady", "0"),
+        ("KubeNodeNotReady", "1"),
+        ("KubeNodeNotReady", "3"),
+        ("KubeNodeUnreachable", "3"),
+        ("KubeNodeReadinessFlapping", "4"),
+    ];
+    path(
+        values,
         "kube-state-metrics",
         Some(&kube_prometheus_node_rules()),
-    )
-    .await;
-    // kube-prometheus' KubeNodeNotReady does not spare a cordoned node.
-    exercise(
-        &mut install,
-        &[
-            ("KubeNodeNotReady", "0"),
-            ("KubeNodeNotReady", "1"),
-            ("KubeNodeNotReady", "3"),
-            ("KubeNodeUnreachable", "3"),
-            ("KubeNodeReadinessFlapping", "4"),
-        ],
+        &theirs,
     )
     .await;
 }
@@ -657,11 +618,11 @@ async fn path_kube_state_metrics_naming_with_kube_prometheus_rules() {
 /// chart picks for it, GMP Rules.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_gmp_podmonitoring_readiness_with_gmp_rules() {
-    let objects_values = json!({
+    let values = json!({
         "podMonitoring": {"enabled": true}, "gmpRules": {"enabled": true},
         "nodeLabels": node_labels(), "alerts": fast_alerts(),
     });
-    let mut install = Install::new(objects_values, "otel", None).await;
+    let mut install = Install::new(values, "otel", None).await;
     let args = &install.args;
     assert!(
         args.contains(&"--metric-profile=readiness".to_string()),
@@ -673,33 +634,23 @@ async fn path_gmp_podmonitoring_readiness_with_gmp_rules() {
 /// (f) Two replicas electing a leader, with the rendered Role on the Lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_two_replicas_with_leader_election() {
-    let mut install = Install::new(
-        json!({
-            "replicas": 2, "leaderElection": {"leaseDuration": "4s"},
-            "serviceMonitor": {"enabled": true}, "prometheusRule": {"enabled": true},
-            "alerts": fast_alerts(),
-        }),
-        "otel",
-        None,
-    )
-    .await;
-    exercise(&mut install, &[]).await;
+    let values = json!({
+        "replicas": 2, "leaderElection": {"leaseDuration": "4s"},
+        "serviceMonitor": {"enabled": true}, "prometheusRule": {"enabled": true},
+        "alerts": fast_alerts(),
+    });
+    path(values, "otel", None, &[]).await;
 }
 
 /// (g) A scrape token from a Secret, sent by a PodMonitor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_scrape_token_from_a_secret() {
-    let mut install = Install::new(
-        json!({
-            "metricsAuth": {"enabled": true, "secretName": "kns-scrape-token"},
-            "podMonitor": {"enabled": true}, "prometheusRule": {"enabled": true},
-            "alerts": fast_alerts(),
-        }),
-        "otel",
-        None,
-    )
-    .await;
-    exercise(&mut install, &[]).await;
+    let values = json!({
+        "metricsAuth": {"enabled": true, "secretName": "kns-scrape-token"},
+        "podMonitor": {"enabled": true}, "prometheusRule": {"enabled": true},
+        "alerts": fast_alerts(),
+    });
+    path(values, "otel", None, &[]).await;
 }
 
 /// (g, h) Kubernetes token review over TLS: the ServiceMonitor sends the
@@ -707,17 +658,13 @@ async fn path_scrape_token_from_a_secret() {
 /// binding, and verifies the serving certificate against the CA Secret.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_kubernetes_token_review_over_tls() {
-    let mut install = Install::new(
-        json!({
-            "metricsAuth": {"enabled": true, "kubernetes": true},
-            "tls": {"enabled": true, "secretName": "kns-serving-cert", "caSecretName": "kns-ca"},
-            "serviceMonitor": {"enabled": true}, "prometheusRule": {"enabled": true},
-            "alerts": fast_alerts(),
-        }),
-        "otel",
-        None,
-    )
-    .await;
+    let values = json!({
+        "metricsAuth": {"enabled": true, "kubernetes": true},
+        "tls": {"enabled": true, "secretName": "kns-serving-cert", "caSecretName": "kns-ca"},
+        "serviceMonitor": {"enabled": true}, "prometheusRule": {"enabled": true},
+        "alerts": fast_alerts(),
+    });
+    let mut install = Install::new(values, "otel", None).await;
     exercise(&mut install, &[]).await;
     assert!(
         install.api.reviews().count() > 0,
@@ -729,16 +676,11 @@ async fn path_kubernetes_token_review_over_tls() {
 /// from a Secret of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_tls_and_token_with_podmonitoring() {
-    let mut install = Install::new(
-        json!({
-            "metricsAuth": {"enabled": true, "secretName": "kns-scrape-token"},
-            "tls": {"enabled": true, "secretName": "kns-serving-cert", "caSecretName": "kns-ca"},
-            "podMonitoring": {"enabled": true}, "gmpRules": {"enabled": true},
-            "alerts": fast_alerts(),
-        }),
-        "otel",
-        None,
-    )
-    .await;
-    exercise(&mut install, &[]).await;
+    let values = json!({
+        "metricsAuth": {"enabled": true, "secretName": "kns-scrape-token"},
+        "tls": {"enabled": true, "secretName": "kns-serving-cert", "caSecretName": "kns-ca"},
+        "podMonitoring": {"enabled": true}, "gmpRules": {"enabled": true},
+        "alerts": fast_alerts(),
+    });
+    path(values, "otel", None, &[]).await;
 }

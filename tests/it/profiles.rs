@@ -5,14 +5,13 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    process::Command,
     time::{Duration, Instant},
 };
 
 use serde_json::json;
 
 use crate::common::{
-    Exporter, Sample, fake_api, peer,
+    Exporter, Sample, fake_api,
     prometheus::{Prometheus, query_series, wait_query},
 };
 
@@ -121,19 +120,10 @@ fn chart_rules(naming: &str) -> String {
     let values = json!({
         "metricNaming": naming,
         "alerts": {"notReadyFor": "1s", "unreachableFor": "1s", "pressureFor": "1s", "flapThreshold": 4},
+        "gmpRules": {"enabled": true},
+        "podMonitoring": {"enabled": true},
     });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/chart/render_rules.py");
-    let out = Command::new(peer("python3"))
-        .arg(script)
-        .arg(values.to_string())
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "rendering the chart's rules: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8 rules")
+    crate::common::chart::rule_file(&crate::common::chart::render(&values))
 }
 
 /// The node alerts Prometheus holds: (alert, node, state).
@@ -254,33 +244,14 @@ async fn readiness_alerts_fire_and_resolve(naming: &str) {
 /// `naming`, has data in the readiness profile while nodes are in trouble:
 /// the panels cost.md says the profile keeps.
 async fn dashboard_panels_show_the_trouble(prom: std::net::SocketAddr, naming: &str) {
-    let objects =
-        crate::common::chart::render(&json!({"grafanaDashboard": {"enabled": true}, "metricNaming": naming}));
-    let map = objects
-        .iter()
-        .find(|o| {
-            o["kind"] == "ConfigMap"
-                && o["metadata"]["name"]
-                    .as_str()
-                    .is_some_and(|n| n.ends_with("-dashboard"))
-        })
-        .expect("the dashboard ConfigMap");
-    let dashboard: serde_json::Value = serde_json::from_str(
-        map["data"]["kube-node-status.json"]
-            .as_str()
-            .expect("the dashboard"),
-    )
-    .expect("JSON");
     let mut checked = 0;
-    for panel in dashboard["panels"].as_array().expect("panels") {
-        let title = panel["title"].as_str().unwrap_or_default();
+    for (title, queries) in crate::common::chart::dashboard(naming) {
         if title == "Exporter health" {
             continue;
         }
-        for target in panel["targets"].as_array().into_iter().flatten() {
-            let expr = target["expr"].as_str().expect("an expression");
+        for expr in queries {
             let start = Instant::now();
-            while query_series(prom, expr).await.is_empty() {
+            while query_series(prom, &expr).await.is_empty() {
                 assert!(start.elapsed() < T, "panel {title:?}: no data for {expr}");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }

@@ -84,3 +84,51 @@ pub fn args_for_loopback(container: &Value) -> Vec<String> {
         .filter(|a| !a.starts_with("--listen-address"))
         .collect()
 }
+
+/// The first rendered object of `kind`.
+pub fn find<'a>(objects: &'a [Value], kind: &str) -> Option<&'a Value> {
+    objects.iter().find(|o| o["kind"] == kind)
+}
+
+/// The dashboard the chart renders for `naming`: each panel's title and its queries.
+pub fn dashboard(naming: &str) -> Vec<(String, Vec<String>)> {
+    let objects = render(&serde_json::json!({"grafanaDashboard": {"enabled": true}, "metricNaming": naming}));
+    let map = objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "ConfigMap"
+                && o["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("-dashboard"))
+        })
+        .expect("the dashboard ConfigMap");
+    let dashboard: Value = serde_json::from_str(
+        map["data"]["kube-node-status.json"]
+            .as_str()
+            .expect("the dashboard"),
+    )
+    .expect("JSON");
+    dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .map(|p| {
+            let queries = p["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| t["expr"].as_str().expect("an expression").to_string())
+                .collect();
+            (p["title"].as_str().unwrap_or_default().to_string(), queries)
+        })
+        .collect()
+}
+
+/// The groups of the rendered PrometheusRule, else GMP Rules, as a Prometheus rule file.
+pub fn rule_file(objects: &[Value]) -> String {
+    let rules = find(objects, "PrometheusRule")
+        .or_else(|| find(objects, "Rules"))
+        .or_else(|| find(objects, "ClusterRules"))
+        .expect("rules");
+    serde_yaml_ng::to_string(&serde_json::json!({"groups": rules["spec"]["groups"]})).expect("YAML")
+}

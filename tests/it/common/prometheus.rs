@@ -173,3 +173,13 @@ pub async fn query_series_at(
         })
         .collect()
 }
+
+/// Prometheus's active alerts (pending and firing), as its API lists them.
+pub async fn alerts(prom: std::net::SocketAddr) -> Vec<serde_json::Value> {
+    let (status, body) = http_get(prom, "/api/v1/alerts", &[])
+        .await
+        .expect("Prometheus answers");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    v["data"]["alerts"].as_array().cloned().unwrap_or_default()
+}
