@@ -5,38 +5,13 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use kube_node_status::fake::{FakeApiServer, FakeOptions, Policy, Subject};
+use kube_node_status::fake::FakeApiServer;
 use serde_json::{Value, json};
 
 use crate::common::{
     self, Exporter,
-    chart::{args_for_loopback, exporter_container, pod_env, render, rule_file},
+    chart::{api_as_installed, args_for_loopback, exporter_container, pod_env, render, rule_file},
 };
-
-/// A fake API server with `nodes` nodes, the chart's RBAC for the exporter's
-/// service account in force, and the chart's Leases created.
-async fn api_as_installed(objects: &[Value], nodes: usize) -> FakeApiServer {
-    let (_, account) = exporter_container(objects);
-    let policy = Policy::from_objects(
-        objects,
-        Subject {
-            namespace: "monitoring".into(),
-            name: account,
-        },
-    );
-    let api = FakeApiServer::start(FakeOptions {
-        nodes,
-        bookmark_interval: Duration::from_millis(500),
-        rbac: Some(policy.into()),
-        ..Default::default()
-    })
-    .await
-    .expect("fake API server starts");
-    for lease in objects.iter().filter(|o| o["kind"] == "Lease") {
-        assert!(api.put_lease(lease.clone()), "{lease}");
-    }
-    api
-}
 
 /// Starts `replicas` exporters as the chart's pods kns-0, kns-1, ….
 fn start_replicas(api: &FakeApiServer, objects: &[Value], replicas: usize) -> Vec<Exporter> {

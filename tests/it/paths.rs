@@ -17,12 +17,12 @@
 
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
-use kube_node_status::fake::{Attributes, FakeApiServer, FakeOptions, Policy, Subject};
+use kube_node_status::fake::{Attributes, FakeApiServer, Policy, Subject};
 use serde_json::{Value, json};
 
 use crate::common::{
     self, Exporter,
-    chart::{dashboard, find, pod_env, render, rule_file},
+    chart::{api_as_installed, dashboard, find, pod_env, render, rule_file},
     free_port,
     otlp::TestCa,
     prometheus::{Prometheus, alerts, query_series},
@@ -68,7 +68,6 @@ impl Install {
             .as_array()
             .and_then(|c| c.iter().find(|c| c["name"] == "kube-node-status"))
             .expect("the exporter container");
-        let account = pod["serviceAccountName"].as_str().expect("a service account");
         let dir = tempfile::tempdir().unwrap();
         let server_name = format!("{}.monitoring.svc", service_name(&objects));
         let secrets = Secrets {
@@ -110,24 +109,7 @@ impl Install {
         // The API as installed: the rendered RBAC, the rendered Lease, and
         // the scraper's token known to TokenReview, allowed /metrics only if
         // the rendered bindings allow it.
-        let policy = Policy::from_objects(
-            &objects,
-            Subject {
-                namespace: "monitoring".into(),
-                name: account.to_string(),
-            },
-        );
-        let api = FakeApiServer::start(FakeOptions {
-            nodes: NODES,
-            bookmark_interval: Duration::from_millis(500),
-            rbac: Some(policy.into()),
-            ..Default::default()
-        })
-        .await
-        .expect("fake API server starts");
-        for lease in objects.iter().filter(|o| o["kind"] == "Lease") {
-            assert!(api.put_lease(lease.clone()));
-        }
+        let api = api_as_installed(&objects, NODES).await;
         if let Some(scraper) = objects.iter().find(|o| {
             o["kind"] == "ServiceAccount"
                 && o["metadata"]["name"]

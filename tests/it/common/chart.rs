@@ -1,7 +1,8 @@
 //! The chart as the real Helm engine renders it (tests/chart/render_objects.py).
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
+use kube_node_status::fake::{FakeApiServer, FakeOptions, Policy, Subject};
 use serde_json::Value;
 
 use super::peer;
@@ -131,4 +132,29 @@ pub fn rule_file(objects: &[Value]) -> String {
         .or_else(|| find(objects, "ClusterRules"))
         .expect("rules");
     serde_yaml_ng::to_string(&serde_json::json!({"groups": rules["spec"]["groups"]})).expect("YAML")
+}
+
+/// A fake API server with `nodes` nodes, the chart's RBAC for the exporter's
+/// service account in force, and the chart's Leases created.
+pub async fn api_as_installed(objects: &[Value], nodes: usize) -> FakeApiServer {
+    let (_, account) = exporter_container(objects);
+    let policy = Policy::from_objects(
+        objects,
+        Subject {
+            namespace: "monitoring".into(),
+            name: account,
+        },
+    );
+    let api = FakeApiServer::start(FakeOptions {
+        nodes,
+        bookmark_interval: Duration::from_millis(500),
+        rbac: Some(policy.into()),
+        ..Default::default()
+    })
+    .await
+    .expect("fake API server starts");
+    for lease in objects.iter().filter(|o| o["kind"] == "Lease") {
+        assert!(api.put_lease(lease.clone()), "{lease}");
+    }
+    api
 }
