@@ -24,6 +24,7 @@ use crate::common::{
     self, Exporter,
     chart::{api_as_installed, dashboard, find, pod_env, render, rule_file},
     free_port,
+    monitors::{Secrets, scrape_configs, service_name},
     otlp::TestCa,
     prometheus::{Prometheus, alerts, query_series},
 };
@@ -50,13 +51,6 @@ struct Install {
     replicas: Vec<(SocketAddr, Option<Exporter>)>,
     prometheus: Prometheus,
     naming: &'static str,
-}
-
-/// The Secret data a path needs: a scrape token, a serving certificate.
-struct Secrets {
-    token: String,
-    ca: TestCa,
-    scraper_token: String,
 }
 
 impl Install {
@@ -293,118 +287,6 @@ impl Install {
             }
         }
     }
-}
-
-/// The Service's name: the ServiceMonitor's job, the serving certificate's name.
-fn service_name(objects: &[Value]) -> String {
-    find(objects, "Service")
-        .and_then(|s| s["metadata"]["name"].as_str())
-        .expect("a Service")
-        .to_string()
-}
-
-/// A monitor's relabel configs in Prometheus' own spelling.
-fn relabelings(list: &Value) -> Value {
-    let key = |k: &str| match k {
-        "sourceLabels" => "source_labels".to_string(),
-        "targetLabel" => "target_label".to_string(),
-        other => other.to_string(),
-    };
-    Value::Array(
-        list.as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| {
-                Value::Object(
-                    r.as_object()
-                        .unwrap()
-                        .iter()
-                        .map(|(k, v)| (key(k), v.clone()))
-                        .collect(),
-                )
-            })
-            .collect(),
-    )
-}
-
-/// Prometheus' scrape config for what the rendered monitor says: the
-/// Prometheus Operator's ServiceMonitor or PodMonitor, or GMP's PodMonitoring
-/// (its collector is Prometheus), each replica a target with the labels that
-/// scraper gives it.
-fn scrape_configs(
-    objects: &[Value],
-    replicas: &[SocketAddr],
-    secrets: &Secrets,
-    dir: &std::path::Path,
-) -> String {
-    let (monitor, endpoint, job) = if let Some(m) = find(objects, "ServiceMonitor") {
-        (m, &m["spec"]["endpoints"][0], service_name(objects))
-    } else if let Some(m) = find(objects, "PodMonitor") {
-        let job = format!("monitoring/{}", m["metadata"]["name"].as_str().unwrap());
-        (m, &m["spec"]["podMetricsEndpoints"][0], job)
-    } else {
-        let m = find(objects, "PodMonitoring").expect("a monitor");
-        (
-            m,
-            &m["spec"]["endpoints"][0],
-            m["metadata"]["name"].as_str().unwrap().to_string(),
-        )
-    };
-    let gmp = monitor["kind"] == "PodMonitoring";
-    assert_eq!(endpoint["path"], "/metrics");
-    assert_eq!(endpoint["port"], "metrics");
-    let mut config = json!({
-        "job_name": job,
-        "scheme": endpoint["scheme"].as_str().unwrap_or("http"),
-        "honor_labels": endpoint["honorLabels"].as_bool().unwrap_or(false),
-        "metric_relabel_configs": relabelings(&endpoint["metricRelabelings"]),
-        "relabel_configs": relabelings(&endpoint["relabelings"]),
-    });
-    let tls = if gmp {
-        &endpoint["tls"]
-    } else {
-        &endpoint["tlsConfig"]
-    };
-    if tls.is_object() {
-        // The CA comes from the Secret the monitor names, which the chart must have made readable.
-        assert!(tls["ca"]["secret"]["key"] == "ca.crt", "{tls}");
-        let ca = dir.join("scraper-ca.pem");
-        std::fs::write(&ca, secrets.ca.ca_pem()).unwrap();
-        config["tls_config"] = json!({"ca_file": ca, "server_name": tls["serverName"]});
-    }
-    if let Some(credentials) = endpoint["authorization"]["credentials"].as_object() {
-        let secret = if gmp {
-            &credentials["secret"]
-        } else {
-            &Value::Object(credentials.clone())
-        };
-        let name = secret["name"].as_str().unwrap();
-        let token = if name.ends_with("-scraper") {
-            &secrets.scraper_token
-        } else {
-            &secrets.token
-        };
-        let file = dir.join("scraper-token");
-        std::fs::write(&file, token).unwrap();
-        config["authorization"] = json!({"type": "Bearer", "credentials_file": file});
-    }
-    let service = service_name(objects);
-    config["static_configs"] = replicas
-        .iter()
-        .enumerate()
-        .map(|(i, addr)| {
-            let pod = format!("kns-{i}");
-            let labels = if gmp {
-                json!({"namespace": "monitoring", "instance": format!("{pod}:metrics"), "cluster": "test"})
-            } else {
-                json!({"namespace": "monitoring", "pod": pod, "service": service, "endpoint": "metrics", "container": "kube-node-status"})
-            };
-            json!({"targets": [addr.to_string()], "labels": labels})
-        })
-        .collect();
-    let yaml = serde_yaml_ng::to_string(&json!([config])).unwrap();
-    // scrape_configs items, as Prometheus::start_with takes them.
-    yaml
 }
 
 /// Installs `values` and runs the scenario, with `extra_rules` loaded beside

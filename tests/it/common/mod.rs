@@ -4,6 +4,7 @@
 pub mod chart;
 pub mod failover;
 pub mod gcp;
+pub mod monitors;
 pub mod otlp;
 pub mod prometheus;
 
