@@ -229,7 +229,7 @@ def test_kubernetes_auth_reviews_tokens_and_offers_a_reader_role():
     assert "--auth-kubernetes" in c["args"]
     assert not any(a.startswith("--auth-token-file") for a in c["args"])
     assert not any(m["name"] == "metrics-auth" for m in c.get("volumeMounts", []))
-    exporter_role = next(o for _, o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "kns-kube-node-status")
+    exporter_role = next(o for _, o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "kns-kube-node-status-monitoring")
     assert {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]} in exporter_role["rules"]
     assert {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]} in exporter_role["rules"]
     reader = next(o for _, o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"].endswith("-metrics-reader"))
@@ -320,6 +320,11 @@ def test_two_releases_have_disjoint_cluster_scoped_names():
     a = {o["metadata"]["name"] for _, o in render({}, name="one") if o["kind"] in cluster_scoped}
     b = {o["metadata"]["name"] for _, o in render({}, name="two") if o["kind"] in cluster_scoped}
     assert a and b and not a & b
+    # The same release name in two namespaces, with every cluster-scoped object there is.
+    values = VALUE_SETS["kube-rbac-auth"]
+    a = {(o["kind"], o["metadata"]["name"]) for _, o in render(values, name="kns", namespace="a") if o["kind"] in cluster_scoped}
+    b = {(o["kind"], o["metadata"]["name"]) for _, o in render(values, name="kns", namespace="b") if o["kind"] in cluster_scoped}
+    assert len(a) == 4 and len(b) == 4 and not a & b, (a, b)
 
 
 @pytest.mark.parametrize("values", [VALUE_SETS["defaults"], VALUE_SETS["sidecar"]], ids=["defaults", "sidecar"])

@@ -55,6 +55,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s.%s.svc" (include "kns.fullname" .) .Release.Namespace) .Values.tls.serverName }}
 {{- end }}
 
+{{/*
+The name of the release's cluster-scoped objects (ClusterRoles and their
+bindings): the full name and the namespace, so that releases of one name in
+two namespaces do not claim the same objects. Cut before the namespace is
+added, so that a long name keeps it.
+*/}}
+{{- define "kns.clusterName" -}}
+{{- printf "%s-%s" (include "kns.fullname" . | trunc (int (sub 62 (len .Release.Namespace)))) .Release.Namespace | trimSuffix "-" }}
+{{- end }}
+
 {{/* The scraper service account of metricsAuth.kubernetes, and its token Secret. */}}
 {{- define "kns.scraperName" -}}
 {{- /* Cut before the suffix, so that a long name never ends up the exporter's own. */}}
