@@ -423,7 +423,9 @@ fn info(naming: Naming) -> Family {
                     ("os_image", i.os_image),
                     ("container_runtime_version", i.container_runtime_version),
                     ("kubelet_version", i.kubelet_version),
-                    ("kubeproxy_version", i.kube_proxy_version),
+                    // kube-state-metrics has reported this since the field was
+                    // deprecated upstream (kubelets stopped setting it reliably).
+                    ("kubeproxy_version", "deprecated"),
                     ("provider_id", i.provider_id),
                     ("pod_cidr", i.pod_cidr),
                     ("system_uuid", i.system_uuid),
@@ -593,12 +595,14 @@ fn extended_resources(list: ResourceList) -> Family {
     }
 }
 
-/// kube-state-metrics' unit label for a resource.
+/// kube-state-metrics' unit label for a resource, as its node store gives it
+/// (`internal/store/utils.go`): storage, memory, huge pages and attachable
+/// volumes in bytes, cpu in cores, pods and extended resources as integers.
 fn ksm_unit(resource: &str) -> &'static str {
     match resource {
         "cpu" => "core",
-        "memory" | "ephemeral-storage" => "byte",
-        r if r.starts_with("hugepages-") => "byte",
+        "memory" | "ephemeral-storage" | "storage" => "byte",
+        r if r.starts_with("hugepages-") || r.starts_with("attachable-volumes-") => "byte",
         _ => "integer",
     }
 }
@@ -725,6 +729,22 @@ pub fn status_key(naming: Naming) -> &'static str {
 mod tests {
     use super::*;
     use crate::config::MetricProfile;
+
+    #[test]
+    fn units_are_kube_state_metrics_own() {
+        for (resource, unit) in [
+            ("cpu", "core"),
+            ("memory", "byte"),
+            ("ephemeral-storage", "byte"),
+            ("storage", "byte"),
+            ("hugepages-2Mi", "byte"),
+            ("attachable-volumes-gce-pd", "byte"),
+            ("pods", "integer"),
+            ("nvidia.com/gpu", "integer"),
+        ] {
+            assert_eq!(ksm_unit(resource), unit, "{resource}");
+        }
+    }
 
     /// Every point of `node` under `settings`, as "name{attr=value,…} value"
     /// without the node name (the same on every point).
