@@ -124,6 +124,16 @@ pub enum OtlpLabelKeys {
     Google,
 }
 
+impl OtlpAuth {
+    /// The label-key spelling the receiver this authenticates to takes.
+    fn label_keys(self) -> OtlpLabelKeys {
+        match self {
+            OtlpAuth::None => OtlpLabelKeys::Semconv,
+            OtlpAuth::Google => OtlpLabelKeys::Google,
+        }
+    }
+}
+
 /// Google's Telemetry API, the default endpoint of `--otlp-auth google`.
 pub const GOOGLE_TELEMETRY_ENDPOINT: &str = "https://telemetry.googleapis.com:443";
 /// The Telemetry API refuses requests with more data points than this.
@@ -720,10 +730,7 @@ impl RunArgs {
                 &self.node_labels,
                 match (
                     self.metric_naming,
-                    self.otlp_label_keys.unwrap_or(match self.otlp_auth {
-                        OtlpAuth::None => OtlpLabelKeys::Semconv,
-                        OtlpAuth::Google => OtlpLabelKeys::Google,
-                    }),
+                    self.otlp_label_keys.unwrap_or(self.otlp_auth.label_keys()),
                 ) {
                     (Naming::Otel, OtlpLabelKeys::Semconv) => crate::readings::labels::LabelKeys::Semconv,
                     // The Telemetry API refuses `/` and `-` in attribute keys.

@@ -14,7 +14,7 @@ mod reviews;
 mod server;
 
 pub use nodes::{KUBELET_CONDITIONS, NPD_CONDITIONS, name as node_name, node as generated_node};
-pub use rbac::{Attributes, Policy, Subject, attributes as request_attributes};
+pub use rbac::{Attributes, Policy, Subject};
 pub use reviews::Reviews;
 pub use server::{FakeApiServer, FakeOptions, FakeStats};
 

@@ -145,7 +145,7 @@ struct Inner {
     /// The resource of the node and cluster readings: the exporter's, with a
     /// `service.instance.id` that stays the same across leaders
     /// ([`resource::readings`]), so a failover does not double their series.
-    readings_resource: Resource,
+    readings_resource: opentelemetry_proto::tonic::resource::v1::Resource,
     sources: Sources,
     /// Node condition changes as OTLP log records, when on.
     logs: Option<logs::Logs>,
@@ -468,7 +468,7 @@ impl Inner {
                 let scope = opentelemetry::InstrumentationScope::builder(collect::METER).build();
                 let keys = families::node_keys(self.settings.readings.naming);
                 match cache.per_node(
-                    &(&self.readings_resource).into(),
+                    &self.readings_resource,
                     &(&scope, None).into(),
                     keys,
                     (now, self.started),
@@ -515,9 +515,8 @@ impl Inner {
         mut sink: impl FnMut(wire::Part) -> bool,
     ) {
         if let Some(request) = &mut cluster {
-            let readings = opentelemetry_proto::tonic::resource::v1::Resource::from(&self.readings_resource);
             for rm in &mut request.resource_metrics {
-                rm.resource = Some(readings.clone());
+                rm.resource = Some(self.readings_resource.clone());
             }
         }
         let own = own
@@ -604,7 +603,7 @@ impl Telemetry {
         let inner = Inner {
             settings: settings.clone(),
             resource,
-            readings_resource,
+            readings_resource: (&readings_resource).into(),
             sources: Sources {
                 view,
                 export,
