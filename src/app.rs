@@ -9,7 +9,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
 };
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     auth::{Authenticator, Reviewer},
@@ -17,6 +17,7 @@ use crate::{
     config::{ConfigError, KubeSource, Settings},
     http::{self, HttpState},
     leader::{Elector, Leadership},
+    tasks::{self, Task},
     telemetry::Telemetry,
 };
 
@@ -157,6 +158,9 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The leader election task's name: it is the one task the shutdown hands back.
+const ELECTION: &str = "leader election";
+
 /// Runs the exporter until `shutdown` resolves, then stops the watcher,
 /// flushes OTLP once and returns.
 pub async fn run(
@@ -225,13 +229,21 @@ pub async fn run(
     if let Some(sink) = telemetry.condition_sink() {
         feed.set_sink(sink);
     }
-    let watcher = cluster::spawn_watcher(client, feed, keep_label, settings.api_timeout);
-    let elector = settings
-        .lease
-        .clone()
-        .zip(lease_client)
-        .map(|(lease, client)| Elector::spawn(client, lease, leadership.clone()));
-    let loops = tokio::spawn(telemetry.clone().run());
+    let mut tasks = vec![
+        Task::new(
+            "node watch",
+            cluster::spawn_watcher(client, feed, keep_label, settings.api_timeout),
+        ),
+        Task::spawn("telemetry", telemetry.clone().run()),
+    ];
+    let elector = match settings.lease.clone().zip(lease_client) {
+        Some((lease, client)) => {
+            let (elector, task) = Elector::spawn(client, lease, leadership.clone());
+            tasks.push(Task::new(ELECTION, task));
+            Some(elector)
+        }
+        None => None,
+    };
     let state = HttpState {
         metrics: telemetry.metrics_handle(),
         health: view.health().clone(),
@@ -259,10 +271,23 @@ pub async fn run(
         res = &mut server => {
             anyhow::bail!("HTTP server stopped unexpectedly: {res:?}");
         }
+        ended = tasks::first_to_end(&mut tasks) => {
+            // The Lease is left to expire: a process that lost a task cannot
+            // vouch for what it would flush, and the next leader takes over
+            // after one lease duration.
+            error!(error = %ended, "a long-lived task ended; exiting so that the pod is restarted");
+            return Err(ended.into());
+        }
     }
 
-    watcher.abort();
-    loops.abort();
+    let mut election = None;
+    for task in tasks {
+        if task.name() == ELECTION {
+            election = Some(task.into_handle());
+        } else {
+            task.abort();
+        }
+    }
     let _ = stop_http.send(());
     if tokio::time::timeout(Duration::from_secs(2), server)
         .await
@@ -287,8 +312,8 @@ pub async fn run(
     }
     // Released only after the last flush, which a leader sends with node readings:
     // freeing the Lease first would let the next leader export while this one still does.
-    if let Some(elector) = elector {
-        elector.release().await;
+    if let (Some(elector), Some(task)) = (elector, election) {
+        elector.release(task).await;
     }
     info!("stopped");
     Ok(())

@@ -236,13 +236,18 @@ pub struct Elector {
     api: Api<Lease>,
     settings: LeaseSettings,
     leadership: Leadership,
-    task: JoinHandle<()>,
 }
 
 impl Elector {
     /// Starts electing with `client` (its default namespace unless the
     /// settings name one). `leadership` must come from [`Leadership::elected`].
-    pub fn spawn(client: Client, settings: LeaseSettings, leadership: Leadership) -> Elector {
+    /// The task that elects is returned for the caller to watch: it runs
+    /// until [`Elector::release`] is given it back.
+    pub fn spawn(
+        client: Client,
+        settings: LeaseSettings,
+        leadership: Leadership,
+    ) -> (Elector, JoinHandle<()>) {
         let api = match &settings.namespace {
             Some(ns) => Api::namespaced(client, ns),
             None => Api::default_namespaced(client),
@@ -254,22 +259,22 @@ impl Elector {
             "leader election on; node readings are exported only while this replica holds the lease"
         );
         let task = tokio::spawn(elect(api.clone(), settings.clone(), leadership.clone()));
-        Elector {
+        let elector = Elector {
             api,
             settings,
             leadership,
-            task,
-        }
+        };
+        (elector, task)
     }
 
     /// Stops electing and, if this replica leads, stops exporting and frees
     /// the Lease so that another replica takes it at its next read instead
     /// of waiting for it to expire.
-    pub async fn release(mut self) {
-        self.task.abort();
+    pub async fn release(self, task: JoinHandle<()>) {
+        task.abort();
         // A renewal in flight is conditional on the version it read, so it
         // cannot undo the release; waiting for the task just keeps the logs in order.
-        let _ = (&mut self.task).await;
+        let _ = task.await;
         let was_leader = self.leadership.is_leader();
         self.leadership.step_down();
         if !was_leader {

@@ -18,5 +18,6 @@ pub mod leader;
 pub mod logging;
 pub mod memory;
 pub mod readings;
+pub mod tasks;
 pub mod telemetry;
 pub mod tls;

@@ -10,7 +10,10 @@ use std::time::SystemTime;
 
 use compact_str::CompactString;
 
-use super::{node::Node, transitions::statuses};
+use super::{
+    node::Node,
+    transitions::{Moved, Seen, conditions},
+};
 
 /// The reason and message of one condition of an incoming node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -69,11 +72,15 @@ pub fn take_details(node: &mut Node) -> Vec<ConditionDetail> {
         .collect()
 }
 
-/// The status changes from `old` to `new`: one per condition type present in
-/// both whose status differs. A condition new to the node, or a node new to
-/// the view (`old` is `None`: its initial state), is no change.
+/// The status changes from what was seen of a node (`old`) to `new`: one per
+/// condition type present in both whose status differs, and one (with
+/// `previous` equal to `status`) per condition whose status is the same but
+/// whose `lastTransitionTime` is newer: it changed and changed back while
+/// the watch was not looking. A condition new to the node, a node new to the
+/// view (`old` is `None`: its initial state) and a node re-created under
+/// the same name (another uid) are no change.
 pub fn changes(
-    old: Option<&Node>,
+    old: Option<&Seen>,
     new: &Node,
     details: &[ConditionDetail],
     observed: SystemTime,
@@ -81,27 +88,26 @@ pub fn changes(
     let (Some(old), Some(name)) = (old, new.metadata.name.as_deref()) else {
         return Vec::new();
     };
-    let before = statuses(old);
-    let conditions = new.status.as_ref().and_then(|s| s.conditions.as_ref());
+    if old.is_replaced_by(new) {
+        return Vec::new();
+    }
     let mut out = Vec::new();
-    for (type_, status) in statuses(new) {
-        let Some((_, previous)) = before.iter().find(|(t, s)| *t == type_ && *s != status) else {
-            continue;
+    for (type_, status, transition) in conditions(new) {
+        let previous = match old.moved(type_, status, transition) {
+            Moved::Changed { previous } => previous.to_string(),
+            Moved::ChangedAndBack => status.to_string(),
+            Moved::New | Moved::Same => continue,
         };
         let detail = details.iter().find(|d| d.type_ == type_);
-        let last_transition = conditions
-            .and_then(|cs| cs.iter().find(|c| c.type_ == type_))
-            .and_then(|c| c.last_transition_time.as_ref())
-            .map(|t| SystemTime::from(t.0));
         out.push(ConditionChange {
             node: name.to_string(),
             uid: new.metadata.uid.clone(),
             type_: type_.to_string(),
             status: status.to_string(),
-            previous: previous.to_string(),
+            previous,
             reason: detail.and_then(|d| d.reason.as_deref()).map(str::to_string),
             message: detail.and_then(|d| d.message.clone()),
-            last_transition,
+            last_transition: transition.map(|t| SystemTime::from(t.0)),
             observed,
         });
     }
@@ -145,7 +151,7 @@ mod tests {
             "nothing kept to store"
         );
         let now = SystemTime::now();
-        let got = changes(Some(&ready), &not_ready, &details, now);
+        let got = changes(Some(&Seen::of(&ready)), &not_ready, &details, now);
         assert_eq!(got.len(), 1, "{got:?}");
         let c = &got[0];
         assert_eq!((c.node.as_str(), c.uid.as_deref()), ("n1", Some("u-1")));
@@ -162,6 +168,6 @@ mod tests {
         assert_eq!(c.observed, now);
         // A node's first appearance, and an update that changes no status, are no change.
         assert!(changes(None, &not_ready, &details, now).is_empty());
-        assert!(changes(Some(&not_ready), &not_ready, &details, now).is_empty());
+        assert!(changes(Some(&Seen::of(&not_ready)), &not_ready, &details, now).is_empty());
     }
 }

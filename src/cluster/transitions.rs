@@ -1,12 +1,28 @@
 //! Condition status changes seen in watch events, counted per node and condition type.
 //!
 //! A flap that starts and ends between two scrapes is invisible in any gauge;
-//! every watch event carries it, so this counts it.
+//! every watch event carries it, so this counts it. What is counted, exactly
+//! (docs/metrics.md, "Counting condition changes"):
+//!
+//! - a status change between two versions of a node the watch delivered: one;
+//! - a status the same but a newer `lastTransitionTime`: the condition
+//!   changed and changed back while the watch was not looking (a relist
+//!   after 410 Gone, a restart). Two: the fewest changes that explain it;
+//! - a node re-created under the same name (a new uid): a new node, whose
+//!   counters start again at zero, with nothing counted for the re-creation.
+//!
+//! A relist's LIST that fails part way is started again from its first page
+//! (kube-runtime's watcher goes back to `Init`). The versions it delivered
+//! are what the node was last seen as, not the version stored before the
+//! relist, so a retried page counts nothing twice.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::Mutex,
 };
+
+use compact_str::CompactString;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::node::Node;
 
@@ -18,9 +34,90 @@ pub struct Transitions {
     listing: Mutex<Option<HashSet<String>>>,
 }
 
-/// The raw status of each condition type (first entry wins, as in the readings).
-pub(super) fn statuses(node: &Node) -> Vec<(&str, &str)> {
-    let mut out: Vec<(&str, &str)> = Vec::new();
+/// What a node was last seen as, as far as counting and recording its
+/// condition changes goes: its uid, and each condition's status and
+/// transition time (first entry of a type wins, as in the readings).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Seen {
+    uid: Option<String>,
+    conditions: Vec<(CompactString, CompactString, Option<Time>)>,
+}
+
+impl Seen {
+    /// The summary of `node`.
+    pub fn of(node: &Node) -> Seen {
+        let mut conditions: Vec<(CompactString, CompactString, Option<Time>)> = Vec::new();
+        for c in node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            if !c.type_.is_empty() && !conditions.iter().any(|(t, _, _)| *t == c.type_) {
+                conditions.push((c.type_.clone(), c.status.clone(), c.last_transition_time.clone()));
+            }
+        }
+        Seen {
+            uid: node.metadata.uid.clone(),
+            conditions,
+        }
+    }
+
+    /// True when `new` is another object than the one seen: both have a uid,
+    /// and they differ.
+    pub fn is_replaced_by(&self, new: &Node) -> bool {
+        matches!((&self.uid, &new.metadata.uid), (Some(a), Some(b)) if a != b)
+    }
+
+    /// How `new`'s condition of `type_` with `status` and `transition` moved
+    /// from what was seen.
+    pub fn moved(&self, type_: &str, status: &str, transition: Option<&Time>) -> Moved {
+        let Some((_, before, seen_at)) = self.conditions.iter().find(|(t, _, _)| t == type_) else {
+            return Moved::New;
+        };
+        if before != status {
+            return Moved::Changed {
+                previous: before.clone(),
+            };
+        }
+        match (seen_at, transition) {
+            (Some(a), Some(b)) if b.0 > a.0 => Moved::ChangedAndBack,
+            _ => Moved::Same,
+        }
+    }
+}
+
+/// How one condition moved between what was seen and a new version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Moved {
+    /// The condition was not there before: no change.
+    New,
+    /// Same status, same transition time.
+    Same,
+    /// Another status.
+    Changed {
+        /// The status seen before.
+        previous: CompactString,
+    },
+    /// Same status, a newer transition time: it changed and changed back unseen.
+    ChangedAndBack,
+}
+
+impl Moved {
+    /// The fewest status changes the move implies.
+    pub fn count(&self) -> u64 {
+        match self {
+            Moved::New | Moved::Same => 0,
+            Moved::Changed { .. } => 1,
+            Moved::ChangedAndBack => 2,
+        }
+    }
+}
+
+/// The conditions of `node` with their transition times (first entry of a type wins).
+pub(super) fn conditions(node: &Node) -> Vec<(&str, &str, Option<&Time>)> {
+    let mut out: Vec<(&str, &str, Option<&Time>)> = Vec::new();
     for c in node
         .status
         .as_ref()
@@ -28,8 +125,8 @@ pub(super) fn statuses(node: &Node) -> Vec<(&str, &str)> {
         .into_iter()
         .flatten()
     {
-        if !c.type_.is_empty() && !out.iter().any(|(t, _)| *t == c.type_) {
-            out.push((&c.type_, &c.status));
+        if !c.type_.is_empty() && !out.iter().any(|(t, _, _)| *t == c.type_) {
+            out.push((&c.type_, &c.status, c.last_transition_time.as_ref()));
         }
     }
     out
@@ -40,19 +137,23 @@ impl Transitions {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records `new` replacing `old` (None when the node is new to us).
-    /// Every condition present gets a counter, at zero until it changes.
-    pub(crate) fn observe(&self, old: Option<&Node>, new: &Node) {
+    /// Records `new` replacing what was seen of it (`old`; None when the
+    /// node is new to us). Every condition present gets a counter, at zero
+    /// until it changes; a new uid starts them all again.
+    pub(crate) fn observe(&self, old: Option<&Seen>, new: &Node) {
         let Some(name) = new.metadata.name.as_deref() else {
             return;
         };
-        let before = old.map(statuses).unwrap_or_default();
+        let old = old.filter(|o| !o.is_replaced_by(new));
         let mut counts = self.lock();
+        if old.is_none() {
+            counts.remove(name);
+        }
         let entry = counts.entry(name.to_string()).or_default();
-        for (type_, status) in statuses(new) {
-            let changed = before.iter().any(|(t, s)| *t == type_ && *s != status);
+        for (type_, status, transition) in conditions(new) {
+            let moved = old.map_or(Moved::New, |o| o.moved(type_, status, transition));
             let count = entry.entry(type_.to_string()).or_default();
-            *count += u64::from(changed);
+            *count += moved.count();
         }
         if let Some(listing) = self.listing.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             listing.insert(name.to_string());
@@ -109,12 +210,12 @@ mod tests {
         let not_ready = node("a", Some(&[("Ready", "False"), ("DiskPressure", "False")]));
         t.observe(None, &ready);
         assert_eq!(t.get("a", "Ready"), Some(0));
-        t.observe(Some(&ready), &not_ready);
-        t.observe(Some(&not_ready), &ready);
+        t.observe(Some(&Seen::of(&ready)), &not_ready);
+        t.observe(Some(&Seen::of(&not_ready)), &ready);
         assert_eq!(t.get("a", "Ready"), Some(2));
         assert_eq!(t.get("a", "DiskPressure"), Some(0));
         // A heartbeat-only update is not a transition.
-        t.observe(Some(&ready), &ready);
+        t.observe(Some(&Seen::of(&ready)), &ready);
         assert_eq!(t.get("a", "Ready"), Some(2));
     }
 
@@ -123,7 +224,7 @@ mod tests {
         let t = Transitions::default();
         t.observe(None, &node("a", Some(&[("Ready", "True")])));
         t.observe(
-            Some(&node("a", Some(&[("Ready", "True")]))),
+            Some(&Seen::of(&node("a", Some(&[("Ready", "True")])))),
             &node("a", Some(&[("Ready", "True"), ("KernelDeadlock", "True")])),
         );
         assert_eq!(t.get("a", "KernelDeadlock"), Some(0));
@@ -138,7 +239,7 @@ mod tests {
         t.observe(None, &node("b", Some(&[("Ready", "True")])));
         t.list_started();
         t.observe(
-            Some(&node("a", Some(&[("Ready", "True")]))),
+            Some(&Seen::of(&node("a", Some(&[("Ready", "True")])))),
             &node("a", Some(&[("Ready", "False")])),
         );
         t.list_done();

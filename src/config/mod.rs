@@ -29,6 +29,13 @@ pub enum ConfigError {
     /// A variable that must hold a number of milliseconds does not.
     #[error("{var}: expected a positive number of milliseconds, got {value:?}")]
     BadMillis { var: Cow<'static, str>, value: String },
+    /// A number of milliseconds below what the setting may be.
+    #[error("{var}: {value} ms is too short: it must be at least {least} ms")]
+    MillisTooShort {
+        var: &'static str,
+        value: u64,
+        least: u128,
+    },
     /// A variable with a value outside its fixed set.
     #[error("{var}: unsupported value {value:?} (expected {expected})")]
     BadValue {
@@ -212,7 +219,7 @@ pub struct RunArgs {
     /// A /metrics response not written within this is cut off and its connection
     /// closed, so slow or stuck scrapers cannot pile up (request headers must
     /// arrive within 10s).
-    #[arg(long, env = "KNS_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "KNS_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_at_least_a_second)]
     pub request_timeout: Duration,
 
     /// The Kubernetes API server must send something within this, on a request
@@ -231,7 +238,7 @@ pub struct RunArgs {
     pub auth_kubernetes: bool,
 
     /// /readyz turns 503 once the node watch has been failing for longer than this (e.g. 90s, 2m).
-    #[arg(long, env = "KNS_STALE_AFTER", default_value = "2m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KNS_STALE_AFTER", default_value = "2m", value_parser = parse_at_least_a_second)]
     pub stale_after: Duration,
 
     /// Log format; levels come from RUST_LOG (default: info). [default: json; text for `demo`]
@@ -334,14 +341,14 @@ pub struct RunArgs {
     #[arg(long, env = "KNS_OTLP_RESOURCE_PER_NODE", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub otlp_resource_per_node: bool,
 
-    /// How often to export over OTLP (e.g. 30s). [default: OTEL_METRIC_EXPORT_INTERVAL in ms, else 60s]
-    #[arg(long, env = "KNS_METRIC_EXPORT_INTERVAL", value_parser = humantime::parse_duration)]
+    /// How often to export over OTLP (e.g. 30s; at least 1s). [default: OTEL_METRIC_EXPORT_INTERVAL in ms, else 60s]
+    #[arg(long, env = "KNS_METRIC_EXPORT_INTERVAL", value_parser = parse_at_least_a_second)]
     pub metric_export_interval: Option<Duration>,
 
     /// How often Prometheus (or GMP) scrapes /metrics. Changes nothing the
     /// exporter does: the start-up log line that reports the series served
     /// gives the samples a month they mean at this interval.
-    #[arg(long, env = "KNS_SCRAPE_INTERVAL", default_value = "30s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "KNS_SCRAPE_INTERVAL", default_value = "30s", value_parser = parse_at_least_a_second)]
     pub scrape_interval: Duration,
 }
 
@@ -502,11 +509,19 @@ fn otlp_only_exporter(
 }
 const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_secs(60);
 
-/// A duration above zero.
-fn parse_positive_duration(v: &str) -> Result<Duration, String> {
+/// The least any interval or timeout may be. Below it a setting is a typo
+/// (`0s`, `1ns`), not a choice: a zero export interval would panic the
+/// export loop, and a timeout of microseconds fails every request.
+const LEAST_DURATION: Duration = Duration::from_secs(1);
+
+/// A duration of at least [`LEAST_DURATION`].
+fn parse_at_least_a_second(v: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(v).map_err(|e| e.to_string())?;
-    if d.is_zero() {
-        return Err("must be more than 0".into());
+    if d < LEAST_DURATION {
+        return Err(format!(
+            "must be at least {}",
+            humantime::format_duration(LEAST_DURATION)
+        ));
     }
     Ok(d)
 }
@@ -646,7 +661,14 @@ impl RunArgs {
             Some(d) => d,
             None => match env("OTEL_METRIC_EXPORT_INTERVAL").filter(|v| !v.trim().is_empty()) {
                 Some(v) => match v.trim().parse::<u64>() {
-                    Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                    Ok(ms) if Duration::from_millis(ms) >= LEAST_DURATION => Duration::from_millis(ms),
+                    Ok(ms) if ms > 0 => {
+                        return Err(ConfigError::MillisTooShort {
+                            var: "OTEL_METRIC_EXPORT_INTERVAL",
+                            value: ms,
+                            least: LEAST_DURATION.as_millis(),
+                        });
+                    }
                     _ => {
                         return Err(ConfigError::BadMillis {
                             var: "OTEL_METRIC_EXPORT_INTERVAL".into(),
@@ -903,6 +925,34 @@ mod tests {
         assert!(Cli::try_parse_from(&argv).is_err());
     }
 
+    /// `0s` panicked the export loop and left the process running without
+    /// readings; `1ns` was accepted. Every interval and timeout has a floor.
+    #[test]
+    fn durations_below_their_floor_are_refused() {
+        for flag in [
+            "--metric-export-interval",
+            "--stale-after",
+            "--request-timeout",
+            "--scrape-interval",
+            "--api-timeout",
+            "--lease-duration",
+        ] {
+            for value in ["0s", "1ns", "999ms"] {
+                let err = Cli::try_parse_from(["kube-node-status", flag, value]).err();
+                let err = err.unwrap_or_else(|| panic!("{flag} {value} was accepted"));
+                assert_eq!(err.exit_code(), 2, "{flag} {value}");
+            }
+        }
+        for ok in [
+            &["--metric-export-interval", "1s"][..],
+            &["--stale-after", "1500ms"],
+        ] {
+            assert!(
+                Cli::try_parse_from(std::iter::once("kube-node-status").chain(ok.iter().copied())).is_ok()
+            );
+        }
+    }
+
     #[test]
     fn export_interval_from_flag_or_milliseconds() {
         type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], Option<Duration>);
@@ -921,6 +971,12 @@ mod tests {
             (&[], &[("OTEL_METRIC_EXPORT_INTERVAL", "5s")], None),
             (&[], &[("OTEL_METRIC_EXPORT_INTERVAL", "0")], None),
             (&[], &[("OTEL_METRIC_EXPORT_INTERVAL", "-1")], None),
+            (&[], &[("OTEL_METRIC_EXPORT_INTERVAL", "999")], None),
+            (
+                &[],
+                &[("OTEL_METRIC_EXPORT_INTERVAL", "1000")],
+                Some(Duration::from_secs(1)),
+            ),
         ];
         for (flags, env, want) in cases {
             let got = args(flags).resolve(&env_of(env)).ok().map(|s| s.export_interval);
