@@ -9,10 +9,12 @@
 
 mod google;
 mod logs;
+mod loops;
 mod otlp;
 mod pipeline;
 mod prometheus;
 mod resource;
+mod triggers;
 
 pub use google::GoogleAuth;
 pub use otlp::ExportStats;
@@ -55,6 +57,7 @@ use pipeline::{
     shards::SHARDS,
 };
 use prometheus::{body::Section, text as exposition};
+use triggers::Trigger;
 
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +115,7 @@ struct Pipelines {
 }
 
 /// The long-lived provider behind `/metrics`.
+#[derive(Clone)]
 enum Text {
     /// Self-telemetry only; the node section is rendered apart.
     Streaming(SdkMeterProvider, SharedReader),
@@ -162,8 +166,10 @@ struct Inner {
     cost_announced: AtomicBool,
     /// The last rendered node section of `/metrics`.
     section: RwLock<Arc<Section>>,
-    /// The view generation the last rendered section shows.
-    rendered: tokio::sync::watch::Sender<u64>,
+    /// The outputs the pass writes for.
+    outputs: Outputs,
+    /// The view generation, and the role (leading or not), the last rendered section shows.
+    rendered: tokio::sync::watch::Sender<(u64, bool)>,
     /// True once a rendering showed the view after its initial list: `/readyz` waits for it.
     rendered_synced: AtomicBool,
     otlp: Option<otlp::MetricsExporter>,
@@ -201,40 +207,82 @@ impl Inner {
     fn build(&self, limits: HashMap<&'static str, usize>) -> Result<Pipelines, TelemetryError> {
         let limits = Arc::new(limits);
         let capacity = Capacity::new(limits.clone(), self.resize.clone(), self.notify.clone());
-        let meter = |p: &SdkMeterProvider| p.meter(collect::METER);
-        let text = match (self.settings.prometheus, self.settings.prometheus_encoder) {
-            (false, _) => None,
-            (true, PrometheusEncoder::Streaming) => {
-                let reader = SharedReader::new();
-                let provider = meter_provider(&self.resource, limits.clone())
-                    .with_reader(reader.clone())
-                    .build();
-                instruments::register(&meter(&provider), Group::SelfOnly, &self.sources, &capacity);
-                Some(Text::Streaming(provider, reader))
-            }
-            (true, PrometheusEncoder::Reference) => {
-                let registry = ::prometheus::Registry::new();
-                let reader = opentelemetry_prometheus::exporter()
-                    .with_registry(registry.clone())
-                    .scope_info_enabled(false)
-                    .build()
-                    .map_err(|e| TelemetryError::Prometheus(e.to_string()))?;
-                let provider = meter_provider(&self.resource, limits.clone())
-                    .with_reader(reader)
-                    .build();
-                instruments::register(&meter(&provider), Group::All, &self.sources, &capacity);
-                Some(Text::Reference(provider, registry))
-            }
-        };
+        let text = self.build_text(&limits, &capacity)?;
         let otlp = self.otlp.as_ref().map(|_| {
             let reader = SharedReader::new();
             let provider = meter_provider(&self.resource, limits.clone())
                 .with_reader(reader.clone())
                 .build();
-            instruments::register(&meter(&provider), Group::SelfOnly, &self.sources, &capacity);
+            instruments::register(
+                &provider.meter(collect::METER),
+                Group::SelfOnly,
+                &self.sources,
+                &capacity,
+            );
             (provider, reader)
         });
         Ok(Pipelines { limits, text, otlp })
+    }
+
+    /// A generation with larger limits for the reference encoder, and the
+    /// pipelines it retires. OTLP's provider is kept, not rebuilt: it holds
+    /// no per-node instrument, and a new one would send its cumulative
+    /// self-telemetry with a new start time while the totals go on, which a
+    /// backend that honours start times reads as a reset and counts again.
+    fn rebuild(
+        &self,
+        old: &Pipelines,
+        limits: HashMap<&'static str, usize>,
+    ) -> Result<(Pipelines, Pipelines), TelemetryError> {
+        let limits = Arc::new(limits);
+        let capacity = Capacity::new(limits.clone(), self.resize.clone(), self.notify.clone());
+        let text = self.build_text(&limits, &capacity)?;
+        let new = Pipelines {
+            limits,
+            text,
+            otlp: old.otlp.clone(),
+        };
+        let retired = Pipelines {
+            limits: old.limits.clone(),
+            text: old.text.clone(),
+            otlp: None,
+        };
+        Ok((new, retired))
+    }
+
+    /// The provider behind `/metrics`, if it is on.
+    fn build_text(
+        &self,
+        limits: &Arc<HashMap<&'static str, usize>>,
+        capacity: &Capacity,
+    ) -> Result<Option<Text>, TelemetryError> {
+        let meter = |p: &SdkMeterProvider| p.meter(collect::METER);
+        Ok(
+            match (self.settings.prometheus, self.settings.prometheus_encoder) {
+                (false, _) => None,
+                (true, PrometheusEncoder::Streaming) => {
+                    let reader = SharedReader::new();
+                    let provider = meter_provider(&self.resource, limits.clone())
+                        .with_reader(reader.clone())
+                        .build();
+                    instruments::register(&meter(&provider), Group::SelfOnly, &self.sources, capacity);
+                    Some(Text::Streaming(provider, reader))
+                }
+                (true, PrometheusEncoder::Reference) => {
+                    let registry = ::prometheus::Registry::new();
+                    let reader = opentelemetry_prometheus::exporter()
+                        .with_registry(registry.clone())
+                        .scope_info_enabled(false)
+                        .build()
+                        .map_err(|e| TelemetryError::Prometheus(e.to_string()))?;
+                    let provider = meter_provider(&self.resource, limits.clone())
+                        .with_reader(reader)
+                        .build();
+                    instruments::register(&meter(&provider), Group::All, &self.sources, capacity);
+                    Some(Text::Reference(provider, registry))
+                }
+            },
+        )
     }
 
     fn demand(&self) -> Demand {
@@ -342,6 +390,7 @@ impl Inner {
     fn render_section(&self) {
         let started = Instant::now();
         let generation = self.sources.view.health().generation();
+        let leading = self.sources.leadership.is_leader();
         let synced = self.sources.view.health().is_synced();
         let section = self.run_pass().section();
         if synced && !self.rendered_synced.swap(true, Ordering::AcqRel) {
@@ -352,7 +401,7 @@ impl Inner {
             );
         }
         *self.section.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(section);
-        self.rendered.send_replace(generation);
+        self.rendered.send_replace((generation, leading));
         crate::memory::release_free_memory();
     }
 
@@ -381,16 +430,18 @@ impl Inner {
         }
     }
 
-    /// Waits (a bounded time) until the node section shows the view as it
-    /// is now, so that a scrape right after a change (or right after the
-    /// first sync) does not get the rendering from before it.
+    /// Waits (a bounded time) until the node section shows the view and the
+    /// role as they are now, so that a scrape right after a change, the
+    /// first sync or a takeover does not get the rendering from before it.
     async fn catch_up(&self) {
-        if self.settings.prometheus_encoder != PrometheusEncoder::Streaming {
+        if !triggers::plan(Trigger::Scrape, self.outputs).catch_up {
             return;
         }
         let want = self.sources.view.health().generation();
+        let leading = self.sources.leadership.is_leader();
         let mut rendered = self.rendered.subscribe();
-        let _ = tokio::time::timeout(CATCH_UP, rendered.wait_for(|g| *g >= want)).await;
+        let shown = rendered.wait_for(|(g, l)| *g >= want && *l == leading);
+        let _ = tokio::time::timeout(CATCH_UP, shown).await;
     }
 
     /// The live part of `/metrics`: `target_info` and self-telemetry. Blocking.
@@ -624,7 +675,8 @@ impl Telemetry {
             full_pass_ms: Default::default(),
             cost_announced: AtomicBool::new(false),
             section: RwLock::new(Arc::new(Section::empty())),
-            rendered: tokio::sync::watch::Sender::new(0),
+            outputs,
+            rendered: tokio::sync::watch::Sender::new((0, false)),
             rendered_synced: AtomicBool::new(false),
             otlp,
             origin,
@@ -646,21 +698,6 @@ impl Telemetry {
             .settings
             .prometheus
             .then(|| self.inner.clone() as MetricsHandle)
-    }
-
-    /// Runs the telemetry's loops until the process stops: the resizer, the
-    /// `/metrics` renderer and the OTLP exporter.
-    pub async fn run(self) {
-        let streaming = self.inner.streaming();
-        tokio::join!(
-            self.clone().resize_loop(),
-            async {
-                if streaming {
-                    self.clone().render_loop().await
-                }
-            },
-            self.clone().export_loop(),
-        );
     }
 
     /// Brings the node section of `/metrics` up to date now, as the render
@@ -704,73 +741,6 @@ impl Telemetry {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .plain_len()
-    }
-
-    /// Re-renders the node section of `/metrics` after every change of the view.
-    async fn render_loop(self) {
-        let mut changes = self.inner.sources.view.health().subscribe();
-        loop {
-            changes.borrow_and_update();
-            let inner = self.inner.clone();
-            let _ = tokio::task::spawn_blocking(move || inner.render_section()).await;
-            if changes.changed().await.is_err() {
-                return;
-            }
-            self.inner.settle().await;
-        }
-    }
-
-    /// Exports over OTLP every interval, until [`Telemetry::shutdown`].
-    async fn export_loop(self) {
-        let Some(exporter) = &self.inner.otlp else { return };
-        let interval = self.inner.settings.export_interval;
-        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut leading = self.inner.sources.leadership.subscribe();
-        leading.borrow_and_update();
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => {}
-                // A new leader exports at once: the old one's last points are up to an interval old.
-                Ok(()) = leading.changed() => {
-                    if !*leading.borrow_and_update() {
-                        continue;
-                    }
-                    ticks.reset();
-                }
-            }
-            self.inner.export_cycle(exporter).await;
-        }
-    }
-
-    /// Keeps the cardinality limits sized to the cluster: rebuilds the pipelines
-    /// with larger limits whenever the view outgrows them. Runs forever.
-    async fn resize_loop(self) {
-        let mut changes = self.inner.sources.view.health().subscribe();
-        loop {
-            tokio::select! {
-                r = changes.changed() => if r.is_err() { return },
-                _ = self.inner.notify.notified() => {}
-            }
-            self.inner.resize.store(false, Ordering::Release);
-            let demand = self.inner.demand();
-            let old = self.inner.current();
-            if old.outgrown_by(&demand) {
-                let total: usize = demand.values().sum();
-                match self.inner.build(limits_for(&demand)) {
-                    Ok(new) => {
-                        *self.inner.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
-                        info!(points = total, "resized metric pipelines for the cluster");
-                        let _ = tokio::task::spawn_blocking(move || old.shutdown()).await;
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "could not resize metric pipelines; keeping the current ones")
-                    }
-                }
-            }
-            // Bound the cost of recounting under heavy churn.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
     }
 
     /// Where the watch hands node condition changes, when they are exported as log records.
@@ -904,6 +874,85 @@ mod tests {
         let telemetry =
             Telemetry::start(&settings, resource, view, Leadership::sole(), None).expect("telemetry");
         (telemetry, writer)
+    }
+
+    /// A relist replaces every stored object; the pass held on to the old
+    /// copies of the unchanged ones (up to twice the nodes' memory) and now
+    /// takes the stored ones.
+    #[tokio::test]
+    async fn after_a_relist_the_pass_holds_the_stored_nodes_not_copies() {
+        let (telemetry, mut feed) = telemetry(50);
+        let view = feed.view().clone();
+        assert!(telemetry.otlp_requests_now(false).0 > 0);
+        feed.apply(&Event::Init);
+        for i in 0..50 {
+            feed.apply(&Event::InitApply(node(
+                i,
+                2,
+                if i == 7 { "False" } else { "True" },
+            )));
+        }
+        feed.apply(&Event::InitDone);
+        assert!(telemetry.otlp_requests_now(false).0 > 0);
+        let pass = telemetry.inner.pass.lock().unwrap();
+        let held: Vec<_> = pass.held().cloned().collect();
+        assert_eq!(held.len(), 50);
+        for node in held {
+            let name = node.metadata.name.as_deref().unwrap();
+            let stored = view.node(name).unwrap();
+            assert!(Arc::ptr_eq(&node, &stored), "{name} is a copy of the stored node");
+        }
+    }
+
+    /// The start times of the cumulative sums OTLP's self-telemetry sends.
+    fn otlp_sum_starts(t: &Telemetry) -> Vec<(String, std::time::SystemTime)> {
+        use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+        let current = t.inner.current();
+        let (_, reader) = current.otlp.as_ref().expect("OTLP on");
+        let rm = reader.collect().expect("collects");
+        let mut out = Vec::new();
+        for m in rm.scope_metrics().flat_map(|s| s.metrics()) {
+            if let AggregatedMetrics::U64(MetricData::Sum(sum)) = m.data() {
+                out.push((m.name().to_string(), sum.start_time()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The reference encoder's pipeline grows with the cluster; rebuilding
+    /// OTLP's with it gave every cumulative self-telemetry total a new start
+    /// time while the totals went on: a false reset to a backend.
+    #[tokio::test]
+    async fn growing_the_reference_pipeline_keeps_otlps_start_times() {
+        let cli = crate::cli::Cli::try_parse_from([
+            "kube-node-status",
+            "--metrics-exporter",
+            "otlp,prometheus",
+            "--prometheus-encoder",
+            "reference",
+        ])
+        .expect("flags");
+        let settings = cli.run.resolve(&|_| None).expect("settings");
+        let (view, mut feed) = View::new();
+        feed.apply(&Event::Init);
+        feed.apply(&Event::InitApply(node(0, 1, "True")));
+        feed.apply(&Event::InitDone);
+        let resource = build_resource(&settings.resource, &|_| None);
+        let t = Telemetry::start(&settings, resource, view, Leadership::sole(), None).expect("telemetry");
+        let before = otlp_sum_starts(&t);
+        assert!(!before.is_empty());
+        let limits = t.inner.current().limits.clone();
+        std::thread::sleep(Duration::from_millis(20));
+        for i in 1..400 {
+            feed.apply(&Event::Apply(node(i, 1, "True")));
+        }
+        t.resize().await;
+        assert!(
+            !Arc::ptr_eq(&limits, &t.inner.current().limits),
+            "the pipeline was resized"
+        );
+        assert_eq!(otlp_sum_starts(&t), before);
     }
 
     fn is_node_family(families: &[Family], name: &str) -> bool {

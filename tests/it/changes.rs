@@ -25,7 +25,7 @@ async fn start(api: &kube_node_status::fake::FakeApiServer) -> (Exporter, otlp::
             "--otlp-endpoint",
             &endpoint,
             "--metric-export-interval",
-            "300ms",
+            "1s",
             "--traces-exporter",
             "none",
             "--node-labels",

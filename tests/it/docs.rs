@@ -119,7 +119,7 @@ async fn check_mode(mode: &str) {
         ],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
         ],
     )
     .await;

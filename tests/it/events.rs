@@ -61,7 +61,7 @@ fn start(kubeconfig: &str, receiver: &Receiver, extra: &[&str]) -> Exporter {
         "--otlp-endpoint",
         &endpoint,
         "--metric-export-interval",
-        "300ms",
+        "1s",
         "--traces-exporter",
         "none",
     ];
@@ -174,7 +174,7 @@ async fn a_follower_reports_nothing() {
         "--otlp-endpoint",
         &endpoint,
         "--metric-export-interval",
-        "300ms",
+        "1s",
         "--traces-exporter",
         "none",
     ];

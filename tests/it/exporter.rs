@@ -200,7 +200,7 @@ async fn deleted_node_never_reappears_across_interleaved_exports() {
         &[],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "150"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
         ],
     )
     .await;
@@ -494,7 +494,7 @@ async fn otlp_export_matches_metrics_with_resource_and_own_spans() {
         &["--cluster-name", "demo-cluster"],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
             ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test"),
             ("POD_NAME", "kube-node-status-0"),
         ],
@@ -609,7 +609,7 @@ async fn unreachable_collector_is_logged_once_and_never_delays_metrics() {
         &[],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
         ],
     )
     .await;
@@ -654,7 +654,7 @@ async fn https_collector_with_a_private_ca() {
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca_file.to_str().unwrap()),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
         ],
     )
     .await;
@@ -671,7 +671,7 @@ async fn https_collector_with_a_private_ca() {
         &[],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
         ],
     );
     untrusted
@@ -866,7 +866,7 @@ async fn otlp_headers_and_gzip_come_from_the_standard_variables() {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=team-a,x-api-key=s3cret"),
             ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
         ],
     )
     .await;
@@ -993,7 +993,7 @@ async fn resource_per_node_sends_each_node_under_its_own_resource() {
         ],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
         ],
     )
     .await;

@@ -151,7 +151,7 @@ async fn a_collector_down_leaves_memory_bounded_and_exports_resume() {
             "--otlp-endpoint",
             &format!("http://{addr}"),
             "--metric-export-interval",
-            "500ms",
+            "1s",
             "--traces-exporter",
             "none",
         ],
@@ -232,7 +232,7 @@ async fn sigterm_in_the_middle_of_a_hung_export_exits_zero_in_time() {
             "--otlp-endpoint",
             &format!("http://{addr}"),
             "--metric-export-interval",
-            "500ms",
+            "1s",
         ],
         &[],
     )

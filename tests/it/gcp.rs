@@ -228,7 +228,7 @@ fn off_gcp_env(
             credentials.display().to_string(),
         ),
         ("GCE_METADATA_HOST".into(), format!("127.0.0.1:{}", free_port())),
-        ("OTEL_METRIC_EXPORT_INTERVAL".into(), "500".into()),
+        ("OTEL_METRIC_EXPORT_INTERVAL".into(), "1000".into()),
     ]);
     env
 }
@@ -545,7 +545,7 @@ async fn permission_denied_is_one_actionable_line_counted_without_a_hot_loop() {
     let mut env = tls_env(&receiver, &ca_file);
     env.extend([
         ("GCE_METADATA_HOST".to_string(), google.host()),
-        ("OTEL_METRIC_EXPORT_INTERVAL".into(), "500".into()),
+        ("OTEL_METRIC_EXPORT_INTERVAL".into(), "1000".into()),
     ]);
     let exporter = Exporter::start_ready(
         &api.kubeconfig(),
@@ -613,7 +613,7 @@ async fn outside_gcp_the_user_is_told_how_to_configure_it() {
         ],
         &[
             ("GCE_METADATA_HOST", &nowhere),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
         ],
     )
     .await;

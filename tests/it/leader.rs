@@ -29,7 +29,14 @@ async fn a_new_leader_serves_the_cluster_readings_without_a_node_change() {
     })
     .await
     .expect("fake API server starts");
-    let args = ["--leader-election", "--lease-duration", "4s"];
+    // `/metrics` alone: an OTLP export cycle runs a pass of its own and would hide a missing render.
+    let args = [
+        "--leader-election",
+        "--lease-duration",
+        "4s",
+        "--metrics-exporter",
+        "prometheus",
+    ];
     let a = common::Exporter::start_ready(
         &api.kubeconfig(),
         &args,

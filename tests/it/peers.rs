@@ -103,7 +103,7 @@ async fn promtool_check_metrics_has_no_findings_in_both_modes() {
             ],
             &[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-                ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
             ],
         )
         .await;
@@ -255,7 +255,7 @@ async fn rotel_collector_receives_the_same_readings_as_metrics() {
         &["--node-labels", "topology.kubernetes.io/zone"],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
         ],
     )
     .await;
@@ -454,7 +454,7 @@ async fn third_party_emulator_kmock_with_five_realistic_nodes() {
         &[],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
         ],
     )
     .await;
@@ -958,7 +958,7 @@ async fn rotel_receives_one_log_record_per_condition_change_with_its_reason_and_
         &["--traces-exporter", "none"],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
         ],
     )
     .await;
@@ -1033,7 +1033,7 @@ async fn rotel_receives_one_resource_per_node_when_asked() {
         ],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
         ],
     )
     .await;

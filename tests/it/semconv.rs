@@ -124,7 +124,7 @@ async fn otlp_names_units_and_attribute_keys_match_the_semantic_conventions() {
         ],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
         ],
     )
     .await;

@@ -170,6 +170,29 @@ impl Pass {
         })
     }
 
+    /// After a relist, holds the stored copy of each node instead of its own:
+    /// the relist replaced every object, and one kept from before it is a
+    /// second copy of a node whose content did not change. Changed nodes are
+    /// taken again by the pass anyway.
+    fn adopt_stored(&mut self, view: &crate::cluster::View) {
+        for node in view.nodes() {
+            let Some(name) = node.metadata.name.as_deref() else {
+                continue;
+            };
+            if let Some(kept) = self.members[shard_of(name)].get_mut(name)
+                && !Arc::ptr_eq(kept, &node)
+            {
+                *kept = node;
+            }
+        }
+    }
+
+    /// The nodes the pass holds: for tests of what it keeps.
+    #[cfg(test)]
+    pub fn held(&self) -> impl Iterator<Item = &Arc<Node>> {
+        self.members.iter().flat_map(|m| m.values())
+    }
+
     /// Forgets what was written: the next pass writes every shard.
     pub fn invalidate(&mut self) {
         self.primed = false;
@@ -181,9 +204,12 @@ impl Pass {
         let view = &sources.view;
         // Taken before reading the store: a change that lands after this is marked again.
         let changed = view.changes().take();
+        if changed.relisted && self.primed {
+            self.adopt_stored(view);
+        }
         let dirty: Vec<usize> = if self.primed {
             let mut dirty = BTreeSet::new();
-            for name in changed {
+            for name in changed.names {
                 let shard = shard_of(&name);
                 match view.node(&name) {
                     Some(node) => self.members[shard].insert(name, node),

@@ -54,7 +54,7 @@ fn start(name: &str, kubeconfig: &str, otlp: &str) -> Replica {
             "--lease-duration",
             "4s",
             "--metric-export-interval",
-            "500ms",
+            "1s",
             "--otlp-endpoint",
             otlp,
             "--traces-exporter",

@@ -1,0 +1,131 @@
+//! The telemetry's loops: each waits for its triggers and does what
+//! [`triggers::plan`] says. Nothing here decides when to write readings.
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use tracing::{info, warn};
+
+use super::{
+    Telemetry, limits_for,
+    triggers::{self, Trigger},
+};
+
+impl Telemetry {
+    /// Runs the telemetry's loops until the process stops: the resizer, the
+    /// `/metrics` renderer and the OTLP exporter.
+    pub async fn run(self) {
+        tokio::join!(
+            self.clone().resize_loop(),
+            self.clone().render_loop(),
+            self.clone().export_loop(),
+        );
+    }
+
+    /// Renders the node section of `/metrics` when the view changes or the
+    /// role does.
+    async fn render_loop(self) {
+        let outputs = self.inner.outputs;
+        if !outputs.text {
+            return;
+        }
+        let mut changes = self.inner.sources.view.health().subscribe();
+        let mut leading = self.inner.sources.leadership.subscribe();
+        changes.borrow_and_update();
+        leading.borrow_and_update();
+        self.render().await;
+        loop {
+            let trigger = tokio::select! {
+                r = changes.changed() => match r {
+                    Ok(()) => Trigger::ViewChanged,
+                    Err(_) => return,
+                },
+                Ok(()) = leading.changed() => match *leading.borrow_and_update() {
+                    true => Trigger::Elected,
+                    false => Trigger::SteppedDown,
+                },
+            };
+            let plan = triggers::plan(trigger, outputs);
+            if plan.settle {
+                self.inner.settle().await;
+            }
+            if plan.render {
+                // What the render shows is read from here on: a change after this is rendered next.
+                changes.borrow_and_update();
+                self.render().await;
+            }
+        }
+    }
+
+    async fn render(&self) {
+        let inner = self.inner.clone();
+        let _ = tokio::task::spawn_blocking(move || inner.render_section()).await;
+    }
+
+    /// Exports over OTLP every interval, and at once on gaining leadership,
+    /// until [`Telemetry::shutdown`].
+    async fn export_loop(self) {
+        let Some(exporter) = &self.inner.otlp else { return };
+        let outputs = self.inner.outputs;
+        let interval = self.inner.settings.export_interval;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut leading = self.inner.sources.leadership.subscribe();
+        leading.borrow_and_update();
+        loop {
+            let trigger = tokio::select! {
+                _ = ticks.tick() => Trigger::ExportTick,
+                Ok(()) = leading.changed() => match *leading.borrow_and_update() {
+                    true => Trigger::Elected,
+                    false => Trigger::SteppedDown,
+                },
+            };
+            let plan = triggers::plan(trigger, outputs);
+            if plan.restart_interval {
+                ticks.reset();
+            }
+            if plan.export {
+                self.inner.export_cycle(exporter).await;
+            }
+        }
+    }
+
+    /// Keeps the cardinality limits sized to the cluster: rebuilds the
+    /// reference encoder's pipeline with larger limits whenever the view
+    /// outgrows them. Runs forever.
+    async fn resize_loop(self) {
+        let mut changes = self.inner.sources.view.health().subscribe();
+        loop {
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                _ = self.inner.notify.notified() => {}
+            }
+            self.resize().await;
+            // Bound the cost of recounting under heavy churn.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Rebuilds the reference encoder's pipeline if the view outgrew its limits.
+    pub(super) async fn resize(&self) {
+        self.inner.resize.store(false, Ordering::Release);
+        let demand = self.inner.demand();
+        let old = self.inner.current();
+        if !old.outgrown_by(&demand) {
+            return;
+        }
+        let total: usize = demand.values().sum();
+        match self.inner.rebuild(&old, limits_for(&demand)) {
+            Ok((new, retired)) => {
+                *self.inner.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+                info!(points = total, "resized metric pipelines for the cluster");
+                let _ = tokio::task::spawn_blocking(move || retired.shutdown()).await;
+            }
+            Err(e) => {
+                warn!(error = %e, "could not resize metric pipelines; keeping the current ones")
+            }
+        }
+    }
+}
