@@ -106,6 +106,8 @@ pub(super) struct Shared {
     pub(super) gate: Arc<Gate>,
     /// Milliseconds to wait before answering a node LIST or WATCH.
     delay_ms: AtomicU64,
+    /// LIST pages after the first still to be refused with 500.
+    failing_pages: AtomicU64,
     /// While true the server is a black hole for nodes: LISTs and WATCHes get
     /// no answer, open watches send nothing (not even their end), connections stay open.
     frozen: watch::Sender<bool>,
@@ -322,6 +324,7 @@ impl FakeApiServer {
                 ..Gate::default()
             }),
             delay_ms: AtomicU64::new(0),
+            failing_pages: AtomicU64::new(0),
             frozen: watch::channel(false).0,
             autoscaler: AtomicU64::new(0),
             leases: Arc::default(),
@@ -534,6 +537,13 @@ impl FakeApiServer {
         self.shared
             .delay_ms
             .store(delay.as_millis() as u64, Ordering::Release);
+    }
+
+    /// Refuses the next `pages` LIST pages after a first page (requests with
+    /// a `continue` token) with 500, as an API server that fails mid-list
+    /// does: the client must start its list again from the first page.
+    pub fn fail_list_pages(&self, pages: u64) {
+        self.shared.failing_pages.store(pages, Ordering::Release);
     }
 
     /// Stops answering node LISTs and WATCHes and sending on open watches,
@@ -774,6 +784,19 @@ fn decode_continue(token: &str) -> Option<(u64, String)> {
 /// and what a client of the real API server must cope with.
 fn list_nodes(shared: &Shared, p: &ListParams) -> Response {
     shared.lists.fetch_add(1, Ordering::Relaxed);
+    let later_page = p.continue_.as_deref().is_some_and(|c| !c.is_empty());
+    if later_page
+        && shared
+            .failing_pages
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+    {
+        return status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "an error on the server (\"etcdserver: request timed out\") has prevented the request from succeeding",
+        );
+    }
     let store = shared.lock();
     // Later pages are served from the current state at the first page's
     // resourceVersion: events in between are replayed by the WATCH that follows,

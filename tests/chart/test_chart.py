@@ -471,7 +471,7 @@ def promtool(*args, stdin=""):
 
 NODE_ALERTS = {"NodeNotReady", "NodeUnreachable", "NodeUnderPressure", "NodeReadinessFlapping"}
 EXPORTER_ALERTS = {"KubeNodeStatusExporterDown", "KubeNodeStatusWatchErrors", "KubeNodeStatusViewStale",
-                   "KubeNodeStatusNoLeader"}
+                   "KubeNodeStatusNoLeader", "KubeNodeStatusOtlpDataRejected"}
 ALERTS = NODE_ALERTS | EXPORTER_ALERTS
 
 

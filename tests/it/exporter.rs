@@ -1070,3 +1070,75 @@ async fn resource_per_node_sends_each_node_under_its_own_resource() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--otlp-resource-per-node"), "{stderr}");
 }
+
+/// A receiver that takes a request and refuses part of it (a partial
+/// success, as Google's Telemetry API answers for an attribute it does not
+/// allow): the refused points and records are counted as rejected, not as
+/// delivered, each streak is one WARN, and the counts equal the receiver's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_the_receiver_refuses_is_counted_as_rejected_and_logged_once() {
+    use std::sync::atomic::Ordering;
+    let api = fake_api(6).await;
+    let receiver = otlp::Receiver::start(None).await;
+    *receiver.received.refuse_metric.lock().unwrap() = Some("k8s.node.ready".into());
+    let names = api.node_names();
+    receiver
+        .received
+        .refuse_records_of
+        .lock()
+        .unwrap()
+        .extend(names.iter().take(2).cloned());
+    let endpoint = format!("http://{}", receiver.addr);
+    let exporter = Exporter::start_ready(
+        &api.kubeconfig(),
+        &["--metrics-exporter", "otlp,prometheus"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
+        ],
+    )
+    .await;
+    receiver.wait_cycles(3, Duration::from_secs(30)).await;
+    // Four Ready flips: four records, of which the receiver refuses the first two.
+    for name in names.iter().take(4) {
+        api.set_condition(name, "Ready", "False");
+    }
+    let records = |s: &[Sample], outcome: &str| value(s, "kube_node_status_logs_records_total", &[("outcome", outcome)]);
+    let refused = |r: &otlp::Receiver| r.received.points_refused.load(Ordering::Acquire) as f64;
+    let samples = exporter
+        .wait_for("the refusals counted", Duration::from_secs(30), |s| {
+            let points = value(s, "kube_node_status_otlp_export_rejected_total", &[]);
+            let rejected = records(s, "rejected").unwrap_or(0.0);
+            let exported = records(s, "exported").unwrap_or(0.0);
+            // Read the receiver after the exporter: the exporter's count never runs ahead of it.
+            points.is_some_and(|p| p >= 12.0 && p <= refused(&receiver)) && rejected + exported == 4.0
+        })
+        .await;
+    assert_eq!(
+        records(&samples, "rejected"),
+        Some(receiver.received.records_refused.load(Ordering::Acquire) as f64)
+    );
+    assert_eq!(records(&samples, "exported"), Some(receiver.log_records().len() as f64));
+    assert_eq!(
+        value(&samples, "kube_node_status_otlp_export_failures_total", &[]),
+        Some(0.0),
+        "a partial success is no failure"
+    );
+    let logs = exporter.logs();
+    let warns = |what: &str| logs.lines().filter(|l| l.contains("WARN") && l.contains(what)).count();
+    assert_eq!(warns("the OTLP receiver refused some metric points"), 1, "one WARN for the streak:\n{logs}");
+    assert_eq!(warns("the collector refused some condition-change records"), 1, "{logs}");
+    // The receiver takes everything again: one line says so, and the count stops.
+    *receiver.received.refuse_metric.lock().unwrap() = None;
+    let cycles = receiver.cycles();
+    receiver.wait_cycles(cycles + 2, Duration::from_secs(30)).await;
+    let logs = exporter.logs();
+    assert_eq!(
+        logs.matches("the OTLP receiver takes every metric point again").count(),
+        1,
+        "{logs}"
+    );
+    let (_, body) = exporter.get("/metrics").await;
+    let after = value(&common::parse(&body), "kube_node_status_otlp_export_rejected_total", &[]);
+    assert_eq!(after, Some(refused(&receiver)));
+}

@@ -21,4 +21,5 @@ mod paths;
 mod peers;
 mod profiles;
 mod semconv;
+mod sim;
 mod tls;

@@ -91,6 +91,13 @@ that Ready going False to Unknown is the same alert, not a new one.
       annotations:
         summary: kube-node-status cannot watch nodes; its readings are getting stale.
         description: The node watch has been failing for 10 minutes. Check the exporter's log for the error (a missing RBAC permission is named there).
+    - alert: KubeNodeStatusOtlpDataRejected
+      expr: sum by (namespace, pod) (increase(kube_node_status_otlp_export_rejected_total[15m])) > 0 or sum by (namespace, pod) (increase(kube_node_status_logs_records_total{outcome="rejected"}[15m])) > 0
+      labels:
+        severity: warning
+      annotations:
+        summary: The OTLP receiver took kube-node-status's requests but refused some of their metric points or condition-change records; they were never stored.
+        description: The receiver answered with a partial success. The exporter logs its message once per streak (an attribute key or metric name the backend refuses, points too old). Backends such as Google's Telemetry API do this instead of failing the request.
     - alert: KubeNodeStatusViewStale
       expr: max by (namespace, pod) (kube_node_status_view_age_seconds) > {{ $a.staleAfterSeconds }}
       labels:

@@ -25,7 +25,7 @@ use tonic::{
     service::interceptor::InterceptedService,
     transport::{Channel, Endpoint},
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use queue::{LogQueue, LogStats};
 
@@ -123,7 +123,7 @@ impl Logs {
             let batch = self.queue.take(BATCH);
             let n = batch.len();
             match self.sender.send(&batch).await {
-                Ok(()) => self.stats.on_exported(n),
+                Ok(rejected) => on_response(&self.stats, n, rejected),
                 Err(status) => {
                     warn!(code = ?status.code(), records = n, "could not send the last condition-change records");
                     return;
@@ -134,7 +134,9 @@ impl Logs {
 }
 
 impl Sender {
-    async fn send(&self, batch: &[ConditionChange]) -> Result<(), Status> {
+    /// Sends `batch`; returns how many of its records the collector refused
+    /// while taking the request (`partial_success`).
+    async fn send(&self, batch: &[ConditionChange]) -> Result<u64, Status> {
         if let Some(google) = &self.google {
             let _ = google.refresh().await;
         }
@@ -153,10 +155,27 @@ impl Sender {
         let mut request = tonic::Request::new(request);
         request.set_timeout(self.timeout);
         let response = self.client.clone().export(request).await?.into_inner();
-        if let Some(partial) = response.partial_success.filter(|p| p.rejected_log_records > 0) {
-            warn!(rejected = partial.rejected_log_records, message = %partial.error_message, "the collector rejected some condition-change records");
+        let partial = response.partial_success.unwrap_or_default();
+        if partial.rejected_log_records > 0 {
+            debug!(rejected = partial.rejected_log_records, message = %partial.error_message, "the collector refused some condition-change records");
         }
-        Ok(())
+        Ok(u64::try_from(partial.rejected_log_records).unwrap_or(0))
+    }
+}
+
+/// Counts what the collector took and refused of `sent` records; a streak
+/// of refusals is logged once at its start and once at its end.
+fn on_response(stats: &LogStats, sent: usize, rejected: u64) {
+    if stats.on_response(sent, rejected) {
+        if rejected > 0 {
+            warn!(
+                rejected,
+                "the collector refused some condition-change records; counted in \
+                 kube_node_status_logs_records_total{{outcome=\"rejected\"}}, logged again only after it takes every record"
+            );
+        } else {
+            info!("the collector takes every condition-change record again");
+        }
     }
 }
 
@@ -177,8 +196,8 @@ async fn run(queue: Arc<LogQueue>, sender: Sender, stats: Arc<LogStats>) {
         }
         let n = batch.len();
         match sender.send(&batch).await {
-            Ok(()) => {
-                stats.on_exported(n);
+            Ok(rejected) => {
+                on_response(&stats, n, rejected);
                 if failing {
                     info!("the collector takes condition-change records again");
                     failing = false;

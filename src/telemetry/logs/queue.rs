@@ -23,6 +23,8 @@ pub struct LogStats {
     exported: AtomicU64,
     dropped: AtomicU64,
     refused: AtomicU64,
+    rejected: AtomicU64,
+    rejecting: std::sync::atomic::AtomicBool,
     queued: AtomicU64,
 }
 
@@ -42,14 +44,30 @@ impl LogStats {
         self.refused.load(Ordering::Relaxed)
     }
 
+    /// Records the collector took a request for and then refused
+    /// (`partial_success.rejected_log_records`): sent, never stored.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Records a response to `sent` records that refused `rejected` of them;
+    /// true when this starts or ends a streak of refusals (one log line each).
+    pub(super) fn on_response(&self, sent: usize, rejected: u64) -> bool {
+        let rejected = rejected.min(sent as u64);
+        self.exported.fetch_add(sent as u64 - rejected, Ordering::Relaxed);
+        if rejected > 0 {
+            self.rejected.fetch_add(rejected, Ordering::Relaxed);
+            !self.rejecting.swap(true, Ordering::AcqRel)
+        } else {
+            self.rejecting.swap(false, Ordering::AcqRel)
+        }
+    }
+
     /// Records waiting now.
     pub fn queued(&self) -> u64 {
         self.queued.load(Ordering::Relaxed)
     }
 
-    pub(super) fn on_exported(&self, n: usize) {
-        self.exported.fetch_add(n as u64, Ordering::Relaxed);
-    }
 
     pub(super) fn on_refused(&self, n: usize) {
         self.refused.fetch_add(n as u64, Ordering::Relaxed);

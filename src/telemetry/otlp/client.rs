@@ -120,7 +120,7 @@ impl std::fmt::Debug for MetricsClient {
 }
 
 /// What an export sent.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Sent {
     /// Requests.
     pub requests: usize,
@@ -128,6 +128,10 @@ pub struct Sent {
     pub metrics: usize,
     /// Data points.
     pub points: usize,
+    /// Data points the receiver refused in answers that took the request (partial success).
+    pub rejected: u64,
+    /// The receiver's first message about refused points.
+    pub rejection: Option<String>,
 }
 
 impl MetricsClient {
@@ -194,7 +198,9 @@ fn denied(status: &Status) -> bool {
 }
 
 impl Inner {
-    async fn send(&self, part: Part, refused: &AtomicBool) -> Result<Part, Status> {
+    /// Sends `part`; returns it with the points the receiver refused in its
+    /// answer (a partial success) and the receiver's message about them.
+    async fn send(&self, part: Part, refused: &AtomicBool) -> Result<(Part, u64, Option<String>), Status> {
         // A part is retried for one interval from its first attempt: by then the
         // next collection carries fresher points. Counted per part, not from the
         // start of the cycle, so a collection that took long to write (a large
@@ -214,10 +220,14 @@ impl Inner {
             }
             let status = match self.export(part.bytes.clone()).await {
                 Ok(response) => {
-                    if let Some(partial) = response.partial_success.filter(|p| p.rejected_data_points > 0) {
-                        debug!(rejected = partial.rejected_data_points, message = %partial.error_message, "OTLP receiver rejected some points");
+                    let partial = response.partial_success.unwrap_or_default();
+                    let rejected = u64::try_from(partial.rejected_data_points).unwrap_or(0);
+                    if rejected > 0 {
+                        self.stats.on_rejected(rejected);
+                        debug!(rejected, message = %partial.error_message, "the OTLP receiver refused some metric points");
                     }
-                    return Ok(part);
+                    let message = (rejected > 0).then_some(partial.error_message);
+                    return Ok((part, rejected, message));
                 }
                 Err(status) => status,
             };
@@ -296,10 +306,12 @@ impl MetricsClient {
         let mut failure = None;
         while let Some(result) = results.next().await {
             match result {
-                Ok(part) => {
+                Ok((part, rejected, message)) => {
                     sent.requests += 1;
                     sent.metrics += part.metrics;
                     sent.points += part.points;
+                    sent.rejected += rejected;
+                    sent.rejection = sent.rejection.or(message);
                 }
                 Err(status) => {
                     failure = Some(status);

@@ -34,6 +34,8 @@ pub struct ExportStats {
     failures: AtomicU64,
     denied: AtomicU64,
     failing: AtomicBool,
+    rejected: AtomicU64,
+    rejecting: AtomicBool,
 }
 
 impl ExportStats {
@@ -50,6 +52,28 @@ impl ExportStats {
     /// Records an access refusal (counted as a failure too, by the caller).
     pub(super) fn on_denied(&self) {
         self.denied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Metric points a receiver took a request for and then refused
+    /// (`partial_success.rejected_data_points`): sent, never stored.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Counts `points` a response refused.
+    pub(super) fn on_rejected(&self, points: u64) {
+        self.rejected.fetch_add(points, Ordering::Relaxed);
+    }
+
+    /// Records a cycle whose responses refused `points` in all (0: they
+    /// took every point); true when this starts a streak of cycles with
+    /// refusals, or ends one: each deserves one log line.
+    pub(super) fn on_cycle_rejections(&self, points: u64) -> bool {
+        if points > 0 {
+            !self.rejecting.swap(true, Ordering::AcqRel)
+        } else {
+            self.rejecting.swap(false, Ordering::AcqRel)
+        }
     }
 
     /// Records a failure; true if it starts a streak (and so deserves a log line).
@@ -159,6 +183,20 @@ impl MetricsExporter {
                 span.record("outcome", "ok");
                 if self.stats.on_success() {
                     info!("OTLP metric export recovered");
+                }
+                // A receiver may take a request and refuse some of its points (an
+                // attribute it does not allow, a point too old): sent, never stored.
+                if self.stats.on_cycle_rejections(sent.rejected) {
+                    if sent.rejected > 0 {
+                        warn!(
+                            rejected = sent.rejected,
+                            message = sent.rejection.as_deref().unwrap_or_default(),
+                            "the OTLP receiver refused some metric points; counted in \
+                             kube_node_status_otlp_export_rejected_total, logged again only after a cycle it takes whole"
+                        );
+                    } else {
+                        info!("the OTLP receiver takes every metric point again");
+                    }
                 }
                 debug!(
                     requests = sent.requests,

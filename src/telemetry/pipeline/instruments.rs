@@ -39,6 +39,8 @@ pub mod names {
     pub const EXPORT_FAILURES: &str = "kube_node_status.otlp.export.failures";
     /// OTLP exports refused for credentials or permissions.
     pub const EXPORT_DENIED: &str = "kube_node_status.otlp.export.denied";
+    /// OTLP metric points a receiver took a request for and refused.
+    pub const EXPORT_REJECTED: &str = "kube_node_status.otlp.export.rejected";
     /// Staleness of the view.
     pub const VIEW_AGE: &str = "kube_node_status.view.age";
     /// Build information.
@@ -380,18 +382,31 @@ fn register_self_telemetry(meter: &Meter, sources: &Sources) {
             .with_callback(move |obs| obs.observe(export.denied(), &[]))
             .build();
     }
+    if on(names::EXPORT_REJECTED) {
+        let export = sources.export.clone();
+        meter
+            .u64_observable_counter(names::EXPORT_REJECTED)
+            .with_unit("{point}")
+            .with_description(
+                "OTLP metric points the receiver refused in requests it took (partial success): sent, never stored",
+            )
+            .with_callback(move |obs| obs.observe(export.rejected(), &[]))
+            .build();
+    }
     if let Some(logs) = sources.logs.clone().filter(|_| on(names::LOG_RECORDS)) {
         meter
             .u64_observable_counter(names::LOG_RECORDS)
             .with_unit("{record}")
             .with_description(
                 "Node condition-change log records: exported (the collector took them), dropped (oldest \
-                 first, the queue being full while the collector was away) or refused (for good)",
+                 first, the queue being full while the collector was away), refused (a request refused \
+                 for good) or rejected (refused one by one in a request the collector took: partial success)",
             )
             .with_callback(move |obs| {
                 obs.observe(logs.exported(), &[KeyValue::new("outcome", "exported")]);
                 obs.observe(logs.dropped(), &[KeyValue::new("outcome", "dropped")]);
                 obs.observe(logs.refused(), &[KeyValue::new("outcome", "refused")]);
+                obs.observe(logs.rejected(), &[KeyValue::new("outcome", "rejected")]);
             })
             .build();
     }

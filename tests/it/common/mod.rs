@@ -7,6 +7,7 @@ pub mod gcp;
 pub mod monitors;
 pub mod otlp;
 pub mod prometheus;
+pub mod truth;
 
 use std::{
     collections::BTreeMap,

@@ -123,6 +123,16 @@ pub struct Received {
     pub fail_next: Arc<std::sync::atomic::AtomicUsize>,
     /// How many were refused.
     pub refused: Arc<std::sync::atomic::AtomicUsize>,
+    /// When set, a partial success: every point of the metric of this name
+    /// is refused (not stored) in a request otherwise taken, as Google's
+    /// Telemetry API does with an attribute it does not allow.
+    pub refuse_metric: Arc<Mutex<Option<String>>>,
+    /// Points refused that way.
+    pub points_refused: Arc<std::sync::atomic::AtomicU64>,
+    /// A partial success: the log records of these nodes are refused (not stored).
+    pub refuse_records_of: Arc<Mutex<std::collections::BTreeSet<String>>>,
+    /// Records refused that way.
+    pub records_refused: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[tonic::async_trait]
@@ -173,11 +183,35 @@ impl MetricsService for Received {
             })
             .collect();
         self.headers.lock().unwrap().push(headers);
-        self.metrics
-            .lock()
-            .unwrap()
-            .push((Instant::now(), request.into_inner()));
-        Ok(Response::new(ExportMetricsServiceResponse::default()))
+        let mut request = request.into_inner();
+        let mut response = ExportMetricsServiceResponse::default();
+        if let Some(refused) = self.refuse_metric.lock().unwrap().clone() {
+            let mut n = 0;
+            for sm in request.resource_metrics.iter_mut().flat_map(|rm| &mut rm.scope_metrics) {
+                sm.metrics.retain(|m| {
+                    if m.name != refused {
+                        return true;
+                    }
+                    n += match &m.data {
+                        Some(metric::Data::Gauge(g)) => g.data_points.len(),
+                        Some(metric::Data::Sum(s)) => s.data_points.len(),
+                        _ => 0,
+                    };
+                    false
+                });
+            }
+            if n > 0 {
+                self.points_refused.fetch_add(n as u64, Ordering::AcqRel);
+                response.partial_success = Some(
+                    opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsPartialSuccess {
+                        rejected_data_points: n as i64,
+                        error_message: format!("metric {refused}: attribute not allowed"),
+                    },
+                );
+            }
+        }
+        self.metrics.lock().unwrap().push((Instant::now(), request));
+        Ok(Response::new(response))
     }
 }
 
@@ -249,11 +283,35 @@ impl LogsService for Received {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        if self.logs_down.load(std::sync::atomic::Ordering::Acquire) {
+        use std::sync::atomic::Ordering;
+        if self.logs_down.load(Ordering::Acquire) {
             return Err(Status::unavailable("down"));
         }
-        self.logs.lock().unwrap().push(request.into_inner());
-        Ok(Response::new(ExportLogsServiceResponse::default()))
+        let mut request = request.into_inner();
+        let mut response = ExportLogsServiceResponse::default();
+        let refuse = self.refuse_records_of.lock().unwrap().clone();
+        if !refuse.is_empty() {
+            let mut n = 0u64;
+            for sl in request.resource_logs.iter_mut().flat_map(|rl| &mut rl.scope_logs) {
+                sl.log_records.retain(|r| {
+                    let node = r.attributes.iter().find(|kv| kv.key == "k8s.node.name");
+                    let keep = !node.is_some_and(|kv| refuse.contains(&any_value(&kv.value)));
+                    n += u64::from(!keep);
+                    keep
+                });
+            }
+            if n > 0 {
+                self.records_refused.fetch_add(n, Ordering::AcqRel);
+                response.partial_success = Some(
+                    opentelemetry_proto::tonic::collector::logs::v1::ExportLogsPartialSuccess {
+                        rejected_log_records: n as i64,
+                        error_message: "log entry too large".into(),
+                    },
+                );
+            }
+        }
+        self.logs.lock().unwrap().push(request);
+        Ok(Response::new(response))
     }
 }
 

@@ -1,0 +1,540 @@
+//! Truth under faults: seeded random schedules of cluster changes and faults
+//! against the real binary and the fake API server, with the API's objects
+//! as the truth (`common::truth`). After each batch of operations the
+//! cluster goes quiet, and every output must come to equal the truth:
+//! `/metrics` (every checked per-node family, the cluster readings, no ghost
+//! series, the transition counters within the bounds docs/metrics.md sets),
+//! OTLP (the same readings; no cumulative point that goes down under an
+//! unchanged start time) and the condition-change records (exactly one per
+//! change the counters counted, for a single replica).
+//!
+//! A failing seed prints its schedule; `KNS_SIM_SEEDS=<seed>` replays it
+//! (`scripts/soak` runs many). CI runs the fixed seeds below.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use kube_node_status::fake::{FakeApiServer, FakeOptions};
+use opentelemetry_proto::tonic::{collector::metrics::v1::ExportMetricsServiceRequest, metrics::v1::metric};
+use serde_json::json;
+
+use crate::common::{
+    self, Exporter, Sample,
+    otlp::{self, Receiver},
+    truth::{Counts, Truth, TruthNode, check_metrics},
+};
+
+/// A small deterministic generator (xorshift64*): a seed is the whole schedule.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// One operation of a schedule.
+#[derive(Clone, Debug)]
+enum Op {
+    Ready(String, &'static str),
+    Custom(String, &'static str),
+    Taint(String, bool),
+    Cordon(String, bool),
+    Pods(String, u32),
+    Zone(String, &'static str),
+    Delete(String),
+    Recreate(String),
+    Add(usize),
+    /// 410 Gone at the next resume, and every watch closed: a relist.
+    Compact,
+    /// A relist whose later LIST pages fail this many times first.
+    FailingRelist(u64),
+    CloseWatches,
+    /// The API server down for this long.
+    Outage(u64),
+    /// Each LIST page and WATCH answered this late, for the rest of the batch.
+    Stall(u64),
+    /// A replica killed (SIGKILL) or stopped (SIGTERM), then started again.
+    Restart { replica: usize, kill: bool },
+    Pause(u64),
+}
+
+/// Schedule knobs.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub nodes: usize,
+    pub batches: usize,
+    pub replicas: usize,
+}
+
+fn schedule(seed: u64, plan: Plan, names: &[String]) -> Vec<Vec<Op>> {
+    let mut rng = Rng::new(seed);
+    let mut next_new = plan.nodes + 1000;
+    let mut batches = Vec::new();
+    for _ in 0..plan.batches {
+        let mut ops = Vec::new();
+        for _ in 0..1 + rng.below(6) {
+            let node = rng.pick(names).clone();
+            let op = match rng.below(20) {
+                0..=4 => Op::Ready(node, *rng.pick(&["True", "False", "Unknown"])),
+                5 => Op::Custom(node, *rng.pick(&["True", "False"])),
+                6 => Op::Taint(node, rng.below(2) == 0),
+                7 => Op::Cordon(node, rng.below(2) == 0),
+                8 => Op::Pods(node, 100 + rng.below(20) as u32),
+                9 => Op::Zone(node, *rng.pick(&["zone-a", "zone-b"])),
+                10 => Op::Delete(node),
+                11 => Op::Recreate(node),
+                12 => {
+                    next_new += 1;
+                    Op::Add(next_new)
+                }
+                13 => Op::Compact,
+                14 => Op::FailingRelist(1 + rng.below(3)),
+                15 => Op::CloseWatches,
+                16 => Op::Outage(200 + rng.below(1500)),
+                17 => Op::Stall(50 + rng.below(300)),
+                18 => Op::Restart {
+                    replica: rng.below(plan.replicas as u64) as usize,
+                    kill: rng.below(2) == 0,
+                },
+                _ => Op::Pause(rng.below(1200)),
+            };
+            ops.push(op);
+            if rng.below(3) == 0 {
+                ops.push(Op::Pause(rng.below(400)));
+            }
+        }
+        batches.push(ops);
+    }
+    batches
+}
+
+impl Op {
+    /// The kind of operation, for the soak's tally.
+    fn kind(&self) -> &'static str {
+        match self {
+            Op::Ready(..) => "ready flip",
+            Op::Custom(..) => "custom condition",
+            Op::Taint(..) => "taint",
+            Op::Cordon(..) => "cordon",
+            Op::Pods(..) => "allocatable",
+            Op::Zone(..) => "kept label",
+            Op::Delete(..) => "delete",
+            Op::Recreate(..) => "re-create (new uid)",
+            Op::Add(..) => "add",
+            Op::Compact => "410 relist",
+            Op::FailingRelist(..) => "relist with failing pages",
+            Op::CloseWatches => "watch close",
+            Op::Outage(..) => "API outage",
+            Op::Stall(..) => "API stall",
+            Op::Restart { kill: true, .. } => "replica killed",
+            Op::Restart { kill: false, .. } => "replica stopped",
+            Op::Pause(..) => "pause",
+        }
+    }
+}
+
+fn is_gap(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Compact | Op::FailingRelist(_) | Op::Outage(_) | Op::Restart { .. }
+    )
+}
+
+fn truth(api: &FakeApiServer) -> Truth {
+    api.node_names()
+        .into_iter()
+        .filter_map(|n| api.node(&n).map(|o| (n, TruthNode::of(&o))))
+        .collect()
+}
+
+/// A replica: the process, and what it must have counted since it started.
+struct Replica {
+    exporter: Exporter,
+    counts: Counts,
+}
+
+struct Sim {
+    api: Arc<FakeApiServer>,
+    receiver: Receiver,
+    plan: Plan,
+    replicas: Vec<Replica>,
+    addrs: Vec<SocketAddr>,
+    log: String,
+    uid: u64,
+}
+
+impl Sim {
+    fn args(&self) -> Vec<String> {
+        let mut args = [
+            "--metrics-exporter",
+            "prometheus,otlp",
+            "--node-labels",
+            "topology.kubernetes.io/zone",
+        ]
+        .map(String::from)
+        .to_vec();
+        if self.plan.replicas > 1 {
+            args.extend(["--leader-election", "--lease-duration", "3s"].map(String::from));
+        }
+        args
+    }
+
+    async fn start_replica(&self, i: usize) -> Replica {
+        let endpoint = format!("http://{}", self.receiver.addr);
+        let pod = format!("sim-{i}");
+        let args = self.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let exporter = Exporter::start_at(
+            self.addrs[i],
+            &self.api.kubeconfig(),
+            &args,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
+                ("POD_NAME", &pod),
+                ("POD_NAMESPACE", "sim"),
+            ],
+        );
+        exporter.wait_status("/readyz", 200, Duration::from_secs(60)).await;
+        // Synced: what it counts from here on is what changes from now on.
+        Replica {
+            counts: Counts::start(&truth(&self.api)),
+            exporter,
+        }
+    }
+
+    fn node_object(&self, name: &str) -> Option<serde_json::Value> {
+        self.api.node(name)
+    }
+
+    fn edit(&self, name: &str, f: impl FnOnce(&mut serde_json::Value)) {
+        if let Some(mut o) = self.node_object(name) {
+            f(&mut o);
+            self.api.put_node(o);
+        }
+    }
+
+    /// Applies one operation; returns the status changes it made, by (name, uid, type).
+    async fn apply(&mut self, op: &Op, changes: &mut BTreeMap<(String, String, String), u64>) {
+        let before = |sim: &Sim, name: &str, type_: &str| {
+            sim.node_object(name).map(|o| {
+                let t = TruthNode::of(&o);
+                (t.uid.clone(), t.conditions.get(type_).map(|(s, _)| s.clone()))
+            })
+        };
+        match op {
+            Op::Ready(n, s) | Op::Custom(n, s) => {
+                let type_ = if matches!(op, Op::Ready(..)) { "Ready" } else { "KernelDeadlock" };
+                if let Some((uid, old)) = before(self, n, type_) {
+                    self.api.set_condition(n, type_, s);
+                    if old.is_some_and(|o| o != *s) {
+                        *changes.entry((n.clone(), uid, type_.to_string())).or_default() += 1;
+                    }
+                }
+            }
+            Op::Taint(n, on) => self.edit(n, |o| {
+                o["spec"]["taints"] = if *on {
+                    json!([{"key": "sim.example/drain", "value": "yes", "effect": "NoSchedule"}])
+                } else {
+                    json!([])
+                }
+            }),
+            Op::Cordon(n, on) => self.edit(n, |o| o["spec"]["unschedulable"] = json!(on)),
+            Op::Pods(n, p) => self.edit(n, |o| o["status"]["allocatable"]["pods"] = json!(p.to_string())),
+            Op::Zone(n, z) => self.edit(n, |o| o["metadata"]["labels"]["topology.kubernetes.io/zone"] = json!(z)),
+            Op::Delete(n) => {
+                self.api.delete_node(n);
+            }
+            Op::Recreate(n) => {
+                if let Some(mut o) = self.node_object(n) {
+                    self.api.delete_node(n);
+                    self.uid += 1;
+                    o["metadata"]["uid"] = json!(format!("sim-{:012}", self.uid));
+                    self.api.put_node(o);
+                }
+            }
+            Op::Add(i) => {
+                self.api.add_generated(*i);
+            }
+            Op::Compact => {
+                self.api.compact();
+                self.api.close_watches();
+            }
+            Op::FailingRelist(pages) => {
+                self.api.fail_list_pages(*pages);
+                self.api.compact();
+                self.api.close_watches();
+            }
+            Op::CloseWatches => self.api.close_watches(),
+            Op::Outage(ms) => {
+                self.api.stop();
+                tokio::time::sleep(Duration::from_millis(*ms)).await;
+                self.api.restart().await.expect("the API server restarts");
+            }
+            Op::Stall(ms) => self.api.set_delay(Duration::from_millis(*ms)),
+            Op::Restart { replica, kill } => {
+                let mut old = self.replicas.remove(*replica);
+                if *kill {
+                    old.exporter.signal("KILL");
+                } else {
+                    let (status, _) = old.exporter.terminate();
+                    assert!(status.success(), "a SIGTERM ends the exporter cleanly: {status}");
+                }
+                // Dropping it waits for the process: its port is then free again.
+                drop(old);
+                let fresh = self.start_replica(*replica).await;
+                self.replicas.insert(*replica, fresh);
+            }
+            Op::Pause(ms) => tokio::time::sleep(Duration::from_millis(*ms)).await,
+        }
+    }
+}
+
+/// The replica that leads now, and its scrape.
+async fn leader(replicas: &[Replica]) -> Option<(usize, Vec<Sample>)> {
+    let mut found = None;
+    for (i, r) in replicas.iter().enumerate() {
+        let (status, body) = r.exporter.get("/metrics").await;
+        if status != 200 {
+            return None;
+        }
+        let samples = common::parse(&body);
+        let leads = replicas.len() == 1
+            || common::value(&samples, "kube_node_status_leader", &[]) == Some(1.0);
+        if leads {
+            if found.is_some() {
+                return None;
+            }
+            found = Some((i, samples));
+        }
+    }
+    found
+}
+
+/// OTLP's node readings and counters against the truth; cumulative points never go down under one start time.
+fn check_otlp(req: &ExportMetricsServiceRequest, truth: &Truth) -> Vec<String> {
+    let mut wrong = Vec::new();
+    let ready: BTreeMap<String, f64> = otlp::points(req, "k8s.node.ready")
+        .into_iter()
+        .map(|(a, v)| (a.get("k8s.node.name").cloned().unwrap_or_default(), v))
+        .collect();
+    let want: BTreeMap<String, f64> = truth
+        .iter()
+        .map(|(n, t)| {
+            let up = t.conditions.get("Ready").is_some_and(|(s, _)| s == "True");
+            (n.clone(), f64::from(u8::from(up)))
+        })
+        .collect();
+    if ready != want {
+        wrong.push(format!("OTLP k8s.node.ready {ready:?}, want {want:?}"));
+    }
+    wrong
+}
+
+/// Every cumulative point so far: (metric, attributes, start) → the values in order.
+fn cumulative_lies(requests: &[ExportMetricsServiceRequest]) -> Vec<String> {
+    let mut highest: BTreeMap<(String, String, u64), f64> = BTreeMap::new();
+    let mut wrong = Vec::new();
+    for req in requests {
+        for m in req.resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics) {
+            let Some(metric::Data::Sum(sum)) = &m.data else { continue };
+            for p in &sum.data_points {
+                let mut attrs: Vec<String> =
+                    p.attributes.iter().map(|kv| format!("{}={}", kv.key, otlp::any_value(&kv.value))).collect();
+                attrs.sort();
+                let value = match p.value {
+                    Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(i)) => i as f64,
+                    Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(d)) => d,
+                    None => continue,
+                };
+                let key = (m.name.clone(), attrs.join(","), p.start_time_unix_nano);
+                let top = highest.entry(key.clone()).or_insert(value);
+                if value < *top {
+                    wrong.push(format!("{} {{{}}} went from {} down to {} under start time {}", key.0, key.1, top, value, key.2));
+                }
+                *top = top.max(value);
+            }
+        }
+    }
+    wrong
+}
+
+/// The condition-change records against the counters of the only replica:
+/// each record of a status change stands for one counted change, each of a
+/// change-and-back (previous = status) for two.
+fn check_records(receiver: &Receiver, samples: &[Sample], truth: &Truth, since: usize) -> Vec<String> {
+    let mut implied: BTreeMap<(String, String, String), f64> = BTreeMap::new();
+    for r in receiver.log_records().iter().skip(since) {
+        let a: BTreeMap<String, String> =
+            r.attributes.iter().map(|kv| (kv.key.clone(), otlp::any_value(&kv.value))).collect();
+        let get = |k: &str| a.get(k).cloned().unwrap_or_default();
+        let weight = if get("k8s.node.condition.previous_status") == get("k8s.node.condition.status") { 2.0 } else { 1.0 };
+        *implied
+            .entry((get("k8s.node.name"), get("k8s.node.uid"), get("k8s.node.condition.type")))
+            .or_default() += weight;
+    }
+    let mut wrong = Vec::new();
+    for (name, node) in truth {
+        for type_ in node.conditions.keys() {
+            let counted = common::value(
+                samples,
+                "k8s_node_condition_transitions_total",
+                &[("k8s_node_name", name), ("k8s_node_condition_type", type_)],
+            )
+            .unwrap_or(0.0);
+            let recorded = implied.get(&(name.clone(), node.uid.clone(), type_.clone())).copied().unwrap_or(0.0);
+            if counted != recorded {
+                wrong.push(format!("{name} {type_}: counted {counted}, records say {recorded}"));
+            }
+        }
+    }
+    wrong
+}
+
+/// Runs one seed; on failure, panics with the seed, the schedule and what differed.
+pub async fn run(seed: u64, plan: Plan) -> (usize, usize, BTreeMap<&'static str, usize>) {
+    let api = Arc::new(
+        FakeApiServer::start(FakeOptions {
+            nodes: plan.nodes,
+            history: 100_000,
+            bookmark_interval: Duration::from_secs(2),
+            ..Default::default()
+        })
+        .await
+        .expect("fake API server starts"),
+    );
+    let reposts = api.spawn_status_reports(Duration::from_secs(3));
+    let receiver = Receiver::start(None).await;
+    let names = api.node_names();
+    let batches = schedule(seed, plan, &names);
+    let mut sim = Sim {
+        api: api.clone(),
+        receiver,
+        plan,
+        replicas: Vec::new(),
+        addrs: (0..plan.replicas).map(|_| SocketAddr::from(([127, 0, 0, 1], common::free_port()))).collect(),
+        log: String::new(),
+        uid: seed << 20,
+    };
+    for i in 0..plan.replicas {
+        let r = sim.start_replica(i).await;
+        sim.replicas.push(r);
+    }
+    let mut ops = 0;
+    let mut records_from = 0;
+    for (b, batch) in batches.iter().enumerate() {
+        let _ = writeln!(sim.log, "batch {b}: {batch:?}");
+        let mut changes = BTreeMap::new();
+        // Restarts first: a replica counts from its start, and the bounds
+        // below are for changes made after it.
+        let (restarts, rest): (Vec<&Op>, Vec<&Op>) = batch.iter().partition(|op| matches!(op, Op::Restart { .. }));
+        for op in &restarts {
+            sim.apply(op, &mut changes).await;
+            ops += 1;
+        }
+        if !restarts.is_empty() {
+            // A restarted replica's records start with it: the old process's were flushed or lost.
+            records_from = sim.receiver.log_records().len();
+        }
+        let before = truth(&api);
+        for op in rest {
+            sim.apply(op, &mut changes).await;
+            ops += 1;
+        }
+        api.set_delay(Duration::ZERO);
+        let after = truth(&api);
+        let gap = batch.iter().any(is_gap);
+        for r in &mut sim.replicas {
+            r.counts.sync(&before, &after, gap, &changes);
+        }
+        let quiet = Instant::now();
+        let cycles = sim.receiver.cycles();
+        let deadline = Duration::from_secs(common::secs_from_env("KNS_SIM_QUIET_SECS", 60).as_secs());
+        loop {
+            let mut wrong = Vec::new();
+            match leader(&sim.replicas).await {
+                None => wrong.push("no single leader answering".to_string()),
+                Some((i, samples)) => {
+                    wrong.extend(check_metrics(&samples, &after, &sim.replicas[i].counts));
+                    if sim.receiver.cycles() < cycles + 2 {
+                        wrong.push("waiting for two OTLP cycles after the batch".into());
+                    } else if let Some(req) = sim.receiver.latest() {
+                        wrong.extend(check_otlp(&req, &after));
+                    }
+                    if plan.replicas == 1 {
+                        wrong.extend(check_records(&sim.receiver, &samples, &after, records_from));
+                    }
+                }
+            }
+            if wrong.is_empty() {
+                break;
+            }
+            if quiet.elapsed() > deadline {
+                let logs: Vec<String> = sim.replicas.iter().map(|r| r.exporter.logs()).collect();
+                let tail: Vec<&str> = logs.iter().flat_map(|l| l.lines().rev().take(40)).collect();
+                panic!(
+                    "seed {seed} ({plan:?}): the outputs did not come to equal the truth {deadline:?} after batch {b}\n\
+                     replay: KNS_SIM_SEEDS={seed} cargo test --release --test it sim::\n\
+                     schedule:\n{}\nwrong (first 20):\n{}\nexporter logs (tails):\n{}",
+                    sim.log,
+                    wrong.iter().take(20).cloned().collect::<Vec<_>>().join("\n"),
+                    tail.join("\n"),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let all: Vec<ExportMetricsServiceRequest> = sim.receiver.since(Instant::now() - Duration::from_secs(3600));
+    let lies = cumulative_lies(&all);
+    assert!(lies.is_empty(), "seed {seed}: OTLP cumulative points lied:\n{}\nschedule:\n{}", lies.join("\n"), sim.log);
+    reposts.abort();
+    let mut kinds = BTreeMap::new();
+    for op in batches.iter().flatten() {
+        *kinds.entry(op.kind()).or_default() += 1;
+    }
+    (batches.len(), ops, kinds)
+}
+
+/// The seeds CI runs, or `KNS_SIM_SEEDS` (comma-separated) to replay or soak.
+fn seeds(default: &[u64]) -> Vec<u64> {
+    match std::env::var("KNS_SIM_SEEDS") {
+        Ok(v) if !v.trim().is_empty() => v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
+        _ => default.to_vec(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_tells_the_truth_through_random_faults() {
+    let plan = Plan { nodes: 150, batches: 10, replicas: 1 };
+    for seed in seeds(&[1, 2]) {
+        let (batches, ops, kinds) = run(seed, plan).await;
+        eprintln!("sim seed {seed}: {batches} batches, {ops} operations {kinds:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_tell_the_truth_through_failovers() {
+    let plan = Plan { nodes: 150, batches: 8, replicas: 2 };
+    for seed in seeds(&[11]) {
+        let (batches, ops, kinds) = run(seed, plan).await;
+        eprintln!("sim seed {seed} (2 replicas): {batches} batches, {ops} operations {kinds:?}");
+    }
+}
