@@ -1,15 +1,10 @@
 //! The telemetry's loops: each waits for its triggers and does what
 //! [`triggers::plan`] says. Nothing here decides when to write readings.
 
-use std::{
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
-};
-
-use tracing::{info, warn};
+use std::time::Duration;
 
 use super::{
-    Telemetry, limits_for,
+    Telemetry,
     triggers::{self, Trigger},
 };
 
@@ -110,22 +105,7 @@ impl Telemetry {
 
     /// Rebuilds the reference encoder's pipeline if the view outgrew its limits.
     pub(super) async fn resize(&self) {
-        self.inner.resize.store(false, Ordering::Release);
-        let demand = self.inner.demand();
-        let old = self.inner.current();
-        if !old.outgrown_by(&demand) {
-            return;
-        }
-        let total: usize = demand.values().sum();
-        match self.inner.rebuild(&old, limits_for(&demand)) {
-            Ok((new, retired)) => {
-                *self.inner.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
-                info!(points = total, "resized metric pipelines for the cluster");
-                let _ = tokio::task::spawn_blocking(move || retired.shutdown()).await;
-            }
-            Err(e) => {
-                warn!(error = %e, "could not resize metric pipelines; keeping the current ones")
-            }
-        }
+        let inner = self.inner.clone();
+        let _ = tokio::task::spawn_blocking(move || inner.grow()).await;
     }
 }

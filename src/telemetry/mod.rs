@@ -181,6 +181,9 @@ struct Inner {
     started: u64,
     resize: Arc<AtomicBool>,
     notify: Arc<Notify>,
+    /// Families withheld from a collection for want of room, ever: a
+    /// reference scrape during which it moved is redone.
+    deferred: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// All telemetry of the process: metric pipelines (resized as the cluster
@@ -206,7 +209,12 @@ impl Inner {
     /// Builds a generation of long-lived providers.
     fn build(&self, limits: HashMap<&'static str, usize>) -> Result<Pipelines, TelemetryError> {
         let limits = Arc::new(limits);
-        let capacity = Capacity::new(limits.clone(), self.resize.clone(), self.notify.clone());
+        let capacity = Capacity::new(
+            limits.clone(),
+            self.resize.clone(),
+            self.notify.clone(),
+            self.deferred.clone(),
+        );
         let text = self.build_text(&limits, &capacity)?;
         let otlp = self.otlp.as_ref().map(|_| {
             let reader = SharedReader::new();
@@ -235,7 +243,12 @@ impl Inner {
         limits: HashMap<&'static str, usize>,
     ) -> Result<(Pipelines, Pipelines), TelemetryError> {
         let limits = Arc::new(limits);
-        let capacity = Capacity::new(limits.clone(), self.resize.clone(), self.notify.clone());
+        let capacity = Capacity::new(
+            limits.clone(),
+            self.resize.clone(),
+            self.notify.clone(),
+            self.deferred.clone(),
+        );
         let text = self.build_text(&limits, &capacity)?;
         let new = Pipelines {
             limits,
@@ -468,11 +481,59 @@ impl Inner {
                 };
                 Ok(prometheus::body::respond(section, self.live(reader)?, gzip)?)
             }
-            Some(Text::Reference(_, registry)) => prometheus::render(registry).map(|body| Exposition {
-                content_length: Some(body.len() as u64),
-                body: futures::stream::once(async move { Ok(bytes::Bytes::from(body)) }).boxed(),
-                gzip: false,
-            }),
+            Some(Text::Reference(..)) => {
+                let body = self.reference_body()?;
+                Ok(Exposition {
+                    content_length: Some(body.len() as u64),
+                    body: futures::stream::once(async move { Ok(bytes::Bytes::from(body)) }).boxed(),
+                    gzip: false,
+                })
+            }
+        }
+    }
+
+    /// The reference encoder's body, whole: a family that did not fit its
+    /// limit is withheld from the collection (see [`Capacity`]), and a body
+    /// without it would show every node ready and none of their conditions.
+    /// Then the pipeline is grown at once and the body gathered again.
+    /// Blocking.
+    fn reference_body(&self) -> Result<Vec<u8>, RenderError> {
+        for _ in 0..3 {
+            let before = self.deferred.load(Ordering::Acquire);
+            let current = self.current();
+            let Some(Text::Reference(_, registry)) = &current.text else {
+                return Err(RenderError::NoRegistry);
+            };
+            let body = prometheus::render(registry)?;
+            if self.deferred.load(Ordering::Acquire) == before {
+                return Ok(body);
+            }
+            self.grow();
+        }
+        Err(RenderError::Outgrown)
+    }
+
+    /// Rebuilds the reference encoder's pipeline if the view outgrew its
+    /// limits; true if it did. Blocking.
+    fn grow(&self) -> bool {
+        self.resize.store(false, Ordering::Release);
+        let demand = self.demand();
+        let old = self.current();
+        if !old.outgrown_by(&demand) {
+            return false;
+        }
+        let total: usize = demand.values().sum();
+        match self.rebuild(&old, limits_for(&demand)) {
+            Ok((new, retired)) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+                info!(points = total, "resized metric pipelines for the cluster");
+                retired.shutdown();
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "could not resize metric pipelines; keeping the current ones");
+                false
+            }
         }
     }
 
@@ -684,6 +745,7 @@ impl Telemetry {
             started: unix_nanos(std::time::SystemTime::now()),
             resize: Arc::new(AtomicBool::new(false)),
             notify: Arc::new(Notify::new()),
+            deferred: Arc::default(),
         };
         let first = inner.build(limits_for(&inner.demand()))?;
         *inner.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(first);
@@ -953,6 +1015,43 @@ mod tests {
             "the pipeline was resized"
         );
         assert_eq!(otlp_sum_starts(&t), before);
+    }
+
+    /// A scrape of the reference encoder in the middle of growth carried
+    /// `k8s_node_ready` for every node and not one condition series: a family
+    /// over its limit was withheld. Now the scrape grows the pipeline and
+    /// gathers again.
+    #[tokio::test]
+    async fn a_reference_scrape_during_growth_shows_every_family_or_nothing() {
+        let cli = crate::cli::Cli::try_parse_from([
+            "kube-node-status",
+            "--metrics-exporter",
+            "prometheus",
+            "--prometheus-encoder",
+            "reference",
+        ])
+        .expect("flags");
+        let settings = cli.run.resolve(&|_| None).expect("settings");
+        let (view, mut feed) = View::new();
+        feed.apply(&Event::Init);
+        feed.apply(&Event::InitApply(node(0, 1, "True")));
+        feed.apply(&Event::InitDone);
+        let resource = build_resource(&settings.resource, &|_| None);
+        let t = Telemetry::start(&settings, resource, view, Leadership::sole(), None).expect("telemetry");
+        for i in 1..400 {
+            feed.apply(&Event::Apply(node(i, 1, "True")));
+        }
+        let body = String::from_utf8(t.inner.reference_body().expect("a body")).unwrap();
+        let nodes = |family: &str| {
+            body.lines()
+                .filter(|l| l.starts_with(&format!("{family}{{")))
+                .filter_map(|l| l.split("k8s_node_name=\"").nth(1)?.split('"').next())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        };
+        assert_eq!(nodes("k8s_node_ready"), 400);
+        assert_eq!(nodes("k8s_node_condition_status"), 400);
+        assert_eq!(nodes("k8s_node_condition_transitions_total"), 400);
     }
 
     fn is_node_family(families: &[Family], name: &str) -> bool {

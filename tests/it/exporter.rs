@@ -1103,7 +1103,9 @@ async fn data_the_receiver_refuses_is_counted_as_rejected_and_logged_once() {
     for name in names.iter().take(4) {
         api.set_condition(name, "Ready", "False");
     }
-    let records = |s: &[Sample], outcome: &str| value(s, "kube_node_status_logs_records_total", &[("outcome", outcome)]);
+    let records = |s: &[Sample], outcome: &str| {
+        value(s, "kube_node_status_logs_records_total", &[("outcome", outcome)])
+    };
     let refused = |r: &otlp::Receiver| r.received.points_refused.load(Ordering::Acquire) as f64;
     let samples = exporter
         .wait_for("the refusals counted", Duration::from_secs(30), |s| {
@@ -1118,27 +1120,47 @@ async fn data_the_receiver_refuses_is_counted_as_rejected_and_logged_once() {
         records(&samples, "rejected"),
         Some(receiver.received.records_refused.load(Ordering::Acquire) as f64)
     );
-    assert_eq!(records(&samples, "exported"), Some(receiver.log_records().len() as f64));
+    assert_eq!(
+        records(&samples, "exported"),
+        Some(receiver.log_records().len() as f64)
+    );
     assert_eq!(
         value(&samples, "kube_node_status_otlp_export_failures_total", &[]),
         Some(0.0),
         "a partial success is no failure"
     );
     let logs = exporter.logs();
-    let warns = |what: &str| logs.lines().filter(|l| l.contains("WARN") && l.contains(what)).count();
-    assert_eq!(warns("the OTLP receiver refused some metric points"), 1, "one WARN for the streak:\n{logs}");
-    assert_eq!(warns("the collector refused some condition-change records"), 1, "{logs}");
+    let warns = |what: &str| {
+        logs.lines()
+            .filter(|l| l.contains("WARN") && l.contains(what))
+            .count()
+    };
+    assert_eq!(
+        warns("the OTLP receiver refused some metric points"),
+        1,
+        "one WARN for the streak:\n{logs}"
+    );
+    assert_eq!(
+        warns("the collector refused some condition-change records"),
+        1,
+        "{logs}"
+    );
     // The receiver takes everything again: one line says so, and the count stops.
     *receiver.received.refuse_metric.lock().unwrap() = None;
     let cycles = receiver.cycles();
     receiver.wait_cycles(cycles + 2, Duration::from_secs(30)).await;
     let logs = exporter.logs();
     assert_eq!(
-        logs.matches("the OTLP receiver takes every metric point again").count(),
+        logs.matches("the OTLP receiver takes every metric point again")
+            .count(),
         1,
         "{logs}"
     );
     let (_, body) = exporter.get("/metrics").await;
-    let after = value(&common::parse(&body), "kube_node_status_otlp_export_rejected_total", &[]);
+    let after = value(
+        &common::parse(&body),
+        "kube_node_status_otlp_export_rejected_total",
+        &[],
+    );
     assert_eq!(after, Some(refused(&receiver)));
 }

@@ -72,7 +72,10 @@ enum Op {
     /// Each LIST page and WATCH answered this late, for the rest of the batch.
     Stall(u64),
     /// A replica killed (SIGKILL) or stopped (SIGTERM), then started again.
-    Restart { replica: usize, kill: bool },
+    Restart {
+        replica: usize,
+        kill: bool,
+    },
     Pause(u64),
 }
 
@@ -213,7 +216,9 @@ impl Sim {
                 ("POD_NAMESPACE", "sim"),
             ],
         );
-        exporter.wait_status("/readyz", 200, Duration::from_secs(60)).await;
+        exporter
+            .wait_status("/readyz", 200, Duration::from_secs(60))
+            .await;
         // Synced: what it counts from here on is what changes from now on.
         Replica {
             counts: Counts::start(&truth(&self.api)),
@@ -242,7 +247,11 @@ impl Sim {
         };
         match op {
             Op::Ready(n, s) | Op::Custom(n, s) => {
-                let type_ = if matches!(op, Op::Ready(..)) { "Ready" } else { "KernelDeadlock" };
+                let type_ = if matches!(op, Op::Ready(..)) {
+                    "Ready"
+                } else {
+                    "KernelDeadlock"
+                };
                 if let Some((uid, old)) = before(self, n, type_) {
                     self.api.set_condition(n, type_, s);
                     if old.is_some_and(|o| o != *s) {
@@ -259,7 +268,9 @@ impl Sim {
             }),
             Op::Cordon(n, on) => self.edit(n, |o| o["spec"]["unschedulable"] = json!(on)),
             Op::Pods(n, p) => self.edit(n, |o| o["status"]["allocatable"]["pods"] = json!(p.to_string())),
-            Op::Zone(n, z) => self.edit(n, |o| o["metadata"]["labels"]["topology.kubernetes.io/zone"] = json!(z)),
+            Op::Zone(n, z) => self.edit(n, |o| {
+                o["metadata"]["labels"]["topology.kubernetes.io/zone"] = json!(z)
+            }),
             Op::Delete(n) => {
                 self.api.delete_node(n);
             }
@@ -317,8 +328,8 @@ async fn leader(replicas: &[Replica]) -> Option<(usize, Vec<Sample>)> {
             return None;
         }
         let samples = common::parse(&body);
-        let leads = replicas.len() == 1
-            || common::value(&samples, "kube_node_status_leader", &[]) == Some(1.0);
+        let leads =
+            replicas.len() == 1 || common::value(&samples, "kube_node_status_leader", &[]) == Some(1.0);
         if leads {
             if found.is_some() {
                 return None;
@@ -354,21 +365,36 @@ fn cumulative_lies(requests: &[ExportMetricsServiceRequest]) -> Vec<String> {
     let mut highest: BTreeMap<(String, String, u64), f64> = BTreeMap::new();
     let mut wrong = Vec::new();
     for req in requests {
-        for m in req.resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics) {
-            let Some(metric::Data::Sum(sum)) = &m.data else { continue };
+        for m in req
+            .resource_metrics
+            .iter()
+            .flat_map(|r| &r.scope_metrics)
+            .flat_map(|s| &s.metrics)
+        {
+            let Some(metric::Data::Sum(sum)) = &m.data else {
+                continue;
+            };
             for p in &sum.data_points {
-                let mut attrs: Vec<String> =
-                    p.attributes.iter().map(|kv| format!("{}={}", kv.key, otlp::any_value(&kv.value))).collect();
+                let mut attrs: Vec<String> = p
+                    .attributes
+                    .iter()
+                    .map(|kv| format!("{}={}", kv.key, otlp::any_value(&kv.value)))
+                    .collect();
                 attrs.sort();
                 let value = match p.value {
-                    Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(i)) => i as f64,
+                    Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(i)) => {
+                        i as f64
+                    }
                     Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(d)) => d,
                     None => continue,
                 };
                 let key = (m.name.clone(), attrs.join(","), p.start_time_unix_nano);
                 let top = highest.entry(key.clone()).or_insert(value);
                 if value < *top {
-                    wrong.push(format!("{} {{{}}} went from {} down to {} under start time {}", key.0, key.1, top, value, key.2));
+                    wrong.push(format!(
+                        "{} {{{}}} went from {} down to {} under start time {}",
+                        key.0, key.1, top, value, key.2
+                    ));
                 }
                 *top = top.max(value);
             }
@@ -383,12 +409,23 @@ fn cumulative_lies(requests: &[ExportMetricsServiceRequest]) -> Vec<String> {
 fn check_records(receiver: &Receiver, samples: &[Sample], truth: &Truth, since: usize) -> Vec<String> {
     let mut implied: BTreeMap<(String, String, String), f64> = BTreeMap::new();
     for r in receiver.log_records().iter().skip(since) {
-        let a: BTreeMap<String, String> =
-            r.attributes.iter().map(|kv| (kv.key.clone(), otlp::any_value(&kv.value))).collect();
+        let a: BTreeMap<String, String> = r
+            .attributes
+            .iter()
+            .map(|kv| (kv.key.clone(), otlp::any_value(&kv.value)))
+            .collect();
         let get = |k: &str| a.get(k).cloned().unwrap_or_default();
-        let weight = if get("k8s.node.condition.previous_status") == get("k8s.node.condition.status") { 2.0 } else { 1.0 };
+        let weight = if get("k8s.node.condition.previous_status") == get("k8s.node.condition.status") {
+            2.0
+        } else {
+            1.0
+        };
         *implied
-            .entry((get("k8s.node.name"), get("k8s.node.uid"), get("k8s.node.condition.type")))
+            .entry((
+                get("k8s.node.name"),
+                get("k8s.node.uid"),
+                get("k8s.node.condition.type"),
+            ))
             .or_default() += weight;
     }
     let mut wrong = Vec::new();
@@ -400,9 +437,14 @@ fn check_records(receiver: &Receiver, samples: &[Sample], truth: &Truth, since: 
                 &[("k8s_node_name", name), ("k8s_node_condition_type", type_)],
             )
             .unwrap_or(0.0);
-            let recorded = implied.get(&(name.clone(), node.uid.clone(), type_.clone())).copied().unwrap_or(0.0);
+            let recorded = implied
+                .get(&(name.clone(), node.uid.clone(), type_.clone()))
+                .copied()
+                .unwrap_or(0.0);
             if counted != recorded {
-                wrong.push(format!("{name} {type_}: counted {counted}, records say {recorded}"));
+                wrong.push(format!(
+                    "{name} {type_}: counted {counted}, records say {recorded}"
+                ));
             }
         }
     }
@@ -430,7 +472,9 @@ pub async fn run(seed: u64, plan: Plan) -> (usize, usize, BTreeMap<&'static str,
         receiver,
         plan,
         replicas: Vec::new(),
-        addrs: (0..plan.replicas).map(|_| SocketAddr::from(([127, 0, 0, 1], common::free_port()))).collect(),
+        addrs: (0..plan.replicas)
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], common::free_port())))
+            .collect(),
         log: String::new(),
         uid: seed << 20,
     };
@@ -445,7 +489,8 @@ pub async fn run(seed: u64, plan: Plan) -> (usize, usize, BTreeMap<&'static str,
         let mut changes = BTreeMap::new();
         // Restarts first: a replica counts from its start, and the bounds
         // below are for changes made after it.
-        let (restarts, rest): (Vec<&Op>, Vec<&Op>) = batch.iter().partition(|op| matches!(op, Op::Restart { .. }));
+        let (restarts, rest): (Vec<&Op>, Vec<&Op>) =
+            batch.iter().partition(|op| matches!(op, Op::Restart { .. }));
         for op in &restarts {
             sim.apply(op, &mut changes).await;
             ops += 1;
@@ -502,9 +547,15 @@ pub async fn run(seed: u64, plan: Plan) -> (usize, usize, BTreeMap<&'static str,
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let all: Vec<ExportMetricsServiceRequest> = sim.receiver.since(Instant::now() - Duration::from_secs(3600));
+    let all: Vec<ExportMetricsServiceRequest> =
+        sim.receiver.since(Instant::now() - Duration::from_secs(3600));
     let lies = cumulative_lies(&all);
-    assert!(lies.is_empty(), "seed {seed}: OTLP cumulative points lied:\n{}\nschedule:\n{}", lies.join("\n"), sim.log);
+    assert!(
+        lies.is_empty(),
+        "seed {seed}: OTLP cumulative points lied:\n{}\nschedule:\n{}",
+        lies.join("\n"),
+        sim.log
+    );
     reposts.abort();
     let mut kinds = BTreeMap::new();
     for op in batches.iter().flatten() {
@@ -523,7 +574,11 @@ fn seeds(default: &[u64]) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replica_tells_the_truth_through_random_faults() {
-    let plan = Plan { nodes: 150, batches: 10, replicas: 1 };
+    let plan = Plan {
+        nodes: 150,
+        batches: 10,
+        replicas: 1,
+    };
     for seed in seeds(&[1, 2]) {
         let (batches, ops, kinds) = run(seed, plan).await;
         eprintln!("sim seed {seed}: {batches} batches, {ops} operations {kinds:?}");
@@ -532,7 +587,11 @@ async fn one_replica_tells_the_truth_through_random_faults() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_tell_the_truth_through_failovers() {
-    let plan = Plan { nodes: 150, batches: 8, replicas: 2 };
+    let plan = Plan {
+        nodes: 150,
+        batches: 8,
+        replicas: 2,
+    };
     for seed in seeds(&[11]) {
         let (batches, ops, kinds) = run(seed, plan).await;
         eprintln!("sim seed {seed} (2 replicas): {batches} batches, {ops} operations {kinds:?}");

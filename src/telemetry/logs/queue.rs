@@ -68,7 +68,6 @@ impl LogStats {
         self.queued.load(Ordering::Relaxed)
     }
 
-
     pub(super) fn on_refused(&self, n: usize) {
         self.refused.fetch_add(n as u64, Ordering::Relaxed);
     }

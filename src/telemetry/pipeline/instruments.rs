@@ -79,19 +79,24 @@ pub struct Capacity {
     limits: Arc<HashMap<&'static str, usize>>,
     resize: Arc<AtomicBool>,
     notify: Arc<Notify>,
+    deferred: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Capacity {
-    /// Per-instrument `limits`; overflows are reported through `resize` and `notify`.
+    /// Per-instrument `limits`; overflows are reported through `resize` and
+    /// `notify`, and counted in `deferred`: a collection during which it
+    /// moved withheld a whole family, and shows only part of the truth.
     pub fn new(
         limits: Arc<HashMap<&'static str, usize>>,
         resize: Arc<AtomicBool>,
         notify: Arc<Notify>,
+        deferred: Arc<std::sync::atomic::AtomicU64>,
     ) -> Self {
         Capacity {
             limits,
             resize,
             notify,
+            deferred,
         }
     }
 
@@ -105,6 +110,7 @@ impl Capacity {
         if points <= limit {
             return true;
         }
+        self.deferred.fetch_add(1, Ordering::AcqRel);
         self.resize.store(true, Ordering::Release);
         self.notify.notify_one();
         tracing::debug!(

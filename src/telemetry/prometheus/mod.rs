@@ -50,6 +50,10 @@ pub enum RenderError {
     /// The SDK could not collect.
     #[error("collecting metrics: {0}")]
     Collect(String),
+    /// The cluster kept outgrowing the reference encoder's limits while it
+    /// collected: no answer rather than one without some families.
+    #[error("the cluster outgrew the metric pipeline while it was read; try again")]
+    Outgrown,
 }
 
 /// Gathers every instrument through opentelemetry-prometheus and encodes the text exposition.

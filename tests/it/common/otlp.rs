@@ -187,7 +187,11 @@ impl MetricsService for Received {
         let mut response = ExportMetricsServiceResponse::default();
         if let Some(refused) = self.refuse_metric.lock().unwrap().clone() {
             let mut n = 0;
-            for sm in request.resource_metrics.iter_mut().flat_map(|rm| &mut rm.scope_metrics) {
+            for sm in request
+                .resource_metrics
+                .iter_mut()
+                .flat_map(|rm| &mut rm.scope_metrics)
+            {
                 sm.metrics.retain(|m| {
                     if m.name != refused {
                         return true;

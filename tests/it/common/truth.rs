@@ -60,7 +60,9 @@ impl TruthNode {
             zone: object["metadata"]["labels"]["topology.kubernetes.io/zone"]
                 .as_str()
                 .map(str::to_string),
-            pods: object["status"]["allocatable"]["pods"].as_str().map(str::to_string),
+            pods: object["status"]["allocatable"]["pods"]
+                .as_str()
+                .map(str::to_string),
         }
     }
 
@@ -121,7 +123,11 @@ impl Counts {
                     Some((_, t)) if t != since => 2,
                     Some(_) => 0,
                 };
-                let (add_least, add_most) = if gap { (shown.min(made), made) } else { (made, made) };
+                let (add_least, add_most) = if gap {
+                    (shown.min(made), made)
+                } else {
+                    (made, made)
+                };
                 next.insert(key, (least + add_least, most + add_most));
             }
         }
@@ -142,7 +148,11 @@ pub fn check_metrics(samples: &[Sample], truth: &Truth, counts: &Counts) -> Vec<
         }
     }
     let names: BTreeSet<String> = truth.keys().cloned().collect();
-    for family in ["k8s_node_ready", "k8s_node_condition_status", "k8s_node_unschedulable"] {
+    for family in [
+        "k8s_node_ready",
+        "k8s_node_condition_status",
+        "k8s_node_unschedulable",
+    ] {
         let got = shown.remove(family).unwrap_or_default();
         if got != names {
             let ghosts: Vec<_> = got.difference(&names).collect();
@@ -175,11 +185,16 @@ pub fn check_metrics(samples: &[Sample], truth: &Truth, counts: &Counts) -> Vec<
     for (name, node) in truth {
         let ready = f64::from(u8::from(node.status("Ready") == "True"));
         if one("k8s_node_ready", name, &[]) != Some(ready) {
-            wrong.push(format!("{name}: k8s_node_ready is {:?}, want {ready}", one("k8s_node_ready", name, &[])));
+            wrong.push(format!(
+                "{name}: k8s_node_ready is {:?}, want {ready}",
+                one("k8s_node_ready", name, &[])
+            ));
         }
-        let zone = get("k8s_node_ready", name, &[])
-            .first()
-            .and_then(|s| s.labels.get("k8s_node_label_topology_kubernetes_io_zone").cloned());
+        let zone = get("k8s_node_ready", name, &[]).first().and_then(|s| {
+            s.labels
+                .get("k8s_node_label_topology_kubernetes_io_zone")
+                .cloned()
+        });
         if zone != node.zone {
             wrong.push(format!("{name}: zone label {zone:?}, want {:?}", node.zone));
         }
@@ -193,7 +208,10 @@ pub fn check_metrics(samples: &[Sample], truth: &Truth, counts: &Counts) -> Vec<
                 let got = one(
                     "k8s_node_condition_status",
                     name,
-                    &[("k8s_node_condition_type", type_), ("k8s_node_condition_status", label)],
+                    &[
+                        ("k8s_node_condition_type", type_),
+                        ("k8s_node_condition_status", label),
+                    ],
                 );
                 if got != Some(want) {
                     wrong.push(format!("{name}: {type_}={label} is {got:?}, want {want}"));
@@ -207,7 +225,9 @@ pub fn check_metrics(samples: &[Sample], truth: &Truth, counts: &Counts) -> Vec<
                 &[("k8s_node_condition_type", type_)],
             );
             if !got.is_some_and(|v| v >= least as f64 && v <= most as f64) {
-                wrong.push(format!("{name}: {type_} transitions {got:?}, want {least}..={most}"));
+                wrong.push(format!(
+                    "{name}: {type_} transitions {got:?}, want {least}..={most}"
+                ));
             }
         }
         let taints: BTreeSet<(String, String, String)> = get("k8s_node_taint", name, &[])
@@ -215,7 +235,11 @@ pub fn check_metrics(samples: &[Sample], truth: &Truth, counts: &Counts) -> Vec<
             .filter(|s| s.value == 1.0)
             .map(|s| {
                 let l = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
-                (l("k8s_node_taint_key"), l("k8s_node_taint_value"), l("k8s_node_taint_effect"))
+                (
+                    l("k8s_node_taint_key"),
+                    l("k8s_node_taint_value"),
+                    l("k8s_node_taint_effect"),
+                )
             })
             .collect();
         if taints != node.taints {
@@ -226,7 +250,12 @@ pub fn check_metrics(samples: &[Sample], truth: &Truth, counts: &Counts) -> Vec<
             wrong.push(format!("{name}: pods allocatable, want {pods:?}"));
         }
     }
-    let by_status = |label: &str| truth.values().filter(|n| status_label(n.status("Ready")) == label).count();
+    let by_status = |label: &str| {
+        truth
+            .values()
+            .filter(|n| status_label(n.status("Ready")) == label)
+            .count()
+    };
     for label in ["true", "false", "unknown"] {
         let got = samples
             .iter()
@@ -236,7 +265,10 @@ pub fn check_metrics(samples: &[Sample], truth: &Truth, counts: &Counts) -> Vec<
             })
             .map(|s| s.value);
         if got != Some(by_status(label) as f64) {
-            wrong.push(format!("k8s_cluster_nodes{{{label}}} is {got:?}, want {}", by_status(label)));
+            wrong.push(format!(
+                "k8s_cluster_nodes{{{label}}} is {got:?}, want {}",
+                by_status(label)
+            ));
         }
     }
     let ratio = if truth.is_empty() {
@@ -249,7 +281,9 @@ pub fn check_metrics(samples: &[Sample], truth: &Truth, counts: &Counts) -> Vec<
         .find(|s| s.name == "k8s_cluster_node_not_ready_ratio")
         .map(|s| s.value);
     if !got.is_some_and(|g| (g - ratio).abs() < 1e-9) {
-        wrong.push(format!("k8s_cluster_node_not_ready_ratio is {got:?}, want {ratio}"));
+        wrong.push(format!(
+            "k8s_cluster_node_not_ready_ratio is {got:?}, want {ratio}"
+        ));
     }
     wrong
 }
