@@ -248,8 +248,14 @@ fn refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_gke_a_5000_node_cluster_arrives_complete_with_fresh_tokens_and_the_resource_it_needs() {
-    // Tokens live 12 s; google-cloud-auth renews short-lived tokens 10 s after issue.
-    let google = FakeGoogle::start(Duration::from_secs(12)).await;
+    // Tokens live 30 s; google-cloud-auth renews a token that lives less than
+    // its 240 s slack every 10 s, so several are issued in the test's span. With
+    // 12 s (as here before) only 2 s separated the renewal from the expiry:
+    // on a busy machine the renewal's own round trip, and a request queued
+    // behind others, outlasted that, and the receiver saw "expired token".
+    // Real tokens live an hour and are renewed 4 minutes early; the margin
+    // here (20 s) is as large, relative to what a busy machine delays.
+    let google = FakeGoogle::start(Duration::from_secs(30)).await;
     let (receiver, ca) = telemetry_api_checking_tokens(&google).await;
     receiver.received.fail_next.store(1, Ordering::Release);
     let dir = tempfile::tempdir().unwrap();
