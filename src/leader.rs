@@ -134,6 +134,16 @@ impl Leadership {
             .send_if_modified(|v| !std::mem::replace(v, true));
     }
 
+    /// Leads for an hour, or stops leading: for tests of what depends on the role.
+    #[cfg(test)]
+    pub fn set_leader_for_tests(&self, leading: bool) {
+        if leading {
+            self.hold_until(Instant::now() + Duration::from_secs(3600));
+        } else {
+            self.step_down();
+        }
+    }
+
     fn step_down(&self) {
         self.inner.until.store(0, Ordering::Release);
         self.inner

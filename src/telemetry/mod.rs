@@ -689,6 +689,7 @@ impl Telemetry {
                 settings.logs_queue_size,
                 &resource,
                 leadership.clone(),
+                settings.lease.as_ref().map(logs::replay_window),
                 google.clone(),
             )?),
             None => None,

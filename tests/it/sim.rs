@@ -95,7 +95,10 @@ fn schedule(seed: u64, plan: Plan, names: &[String]) -> Vec<Vec<Op>> {
         let mut ops = Vec::new();
         for _ in 0..1 + rng.below(6) {
             let node = rng.pick(names).clone();
-            let op = match rng.below(20) {
+            // With replicas, failovers are what is under test: more of them.
+            let restarts = if plan.replicas > 1 { 4 } else { 1 };
+            let roll = rng.below(19 + restarts);
+            let op = match roll {
                 0..=4 => Op::Ready(node, *rng.pick(&["True", "False", "Unknown"])),
                 5 => Op::Custom(node, *rng.pick(&["True", "False"])),
                 6 => Op::Taint(node, rng.below(2) == 0),
@@ -113,11 +116,11 @@ fn schedule(seed: u64, plan: Plan, names: &[String]) -> Vec<Vec<Op>> {
                 15 => Op::CloseWatches,
                 16 => Op::Outage(200 + rng.below(1500)),
                 17 => Op::Stall(50 + rng.below(300)),
-                18 => Op::Restart {
+                18 => Op::Pause(rng.below(1200)),
+                _ => Op::Restart {
                     replica: rng.below(plan.replicas as u64) as usize,
                     kill: rng.below(2) == 0,
                 },
-                _ => Op::Pause(rng.below(1200)),
             };
             ops.push(op);
             if rng.below(3) == 0 {
@@ -182,6 +185,10 @@ struct Sim {
     addrs: Vec<SocketAddr>,
     log: String,
     uid: u64,
+    /// Status changes made in batches without a gap: (node, uid, type, previous, status).
+    made: Vec<(String, String, String, String, String)>,
+    /// Status changes made in the batch under way.
+    batch_made: Vec<(String, String, String, String, String)>,
 }
 
 impl Sim {
@@ -254,7 +261,9 @@ impl Sim {
                 };
                 if let Some((uid, old)) = before(self, n, type_) {
                     self.api.set_condition(n, type_, s);
-                    if old.is_some_and(|o| o != *s) {
+                    if let Some(old) = old.filter(|o| o != s) {
+                        self.batch_made
+                            .push((n.clone(), uid.clone(), type_.to_string(), old, s.to_string()));
                         *changes.entry((n.clone(), uid, type_.to_string())).or_default() += 1;
                     }
                 }
@@ -451,6 +460,38 @@ fn check_records(receiver: &Receiver, samples: &[Sample], truth: &Truth, since: 
     wrong
 }
 
+/// The changes in `made` that no record reports: none may be missed, one
+/// replica or several, whoever leads when it happens.
+fn records_missed(receiver: &Receiver, made: &[(String, String, String, String, String)]) -> Vec<String> {
+    let label = |s: &str| match s {
+        "True" => "true",
+        "False" => "false",
+        _ => "unknown",
+    };
+    let reported: std::collections::BTreeSet<(String, String, String, String, String)> = receiver
+        .log_records()
+        .iter()
+        .map(|r| {
+            let a: BTreeMap<&str, String> =
+                r.attributes.iter().map(|kv| (kv.key.as_str(), otlp::any_value(&kv.value))).collect();
+            let get = |k: &str| a.get(k).cloned().unwrap_or_default();
+            (
+                get("k8s.node.name"),
+                get("k8s.node.uid"),
+                get("k8s.node.condition.type"),
+                get("k8s.node.condition.previous_status"),
+                get("k8s.node.condition.status"),
+            )
+        })
+        .collect();
+    made.iter()
+        .filter(|(n, u, t, p, s)| {
+            !reported.contains(&(n.clone(), u.clone(), t.clone(), label(p).to_string(), label(s).to_string()))
+        })
+        .map(|(n, _, t, p, s)| format!("no record of {n} {t}: {p} → {s}"))
+        .collect()
+}
+
 /// Runs one seed; on failure, panics with the seed, the schedule and what differed.
 pub async fn run(seed: u64, plan: Plan) -> (usize, usize, BTreeMap<&'static str, usize>) {
     let api = Arc::new(
@@ -477,6 +518,8 @@ pub async fn run(seed: u64, plan: Plan) -> (usize, usize, BTreeMap<&'static str,
             .collect(),
         log: String::new(),
         uid: seed << 20,
+        made: Vec::new(),
+        batch_made: Vec::new(),
     };
     for i in 0..plan.replicas {
         let r = sim.start_replica(i).await;
@@ -507,6 +550,14 @@ pub async fn run(seed: u64, plan: Plan) -> (usize, usize, BTreeMap<&'static str,
         api.set_delay(Duration::ZERO);
         let after = truth(&api);
         let gap = batch.iter().any(is_gap);
+        // Changes no relist can hide must each get a record, across failovers too.
+        let relist = batch
+            .iter()
+            .any(|op| matches!(op, Op::Compact | Op::FailingRelist(_) | Op::Outage(_)));
+        let made = std::mem::take(&mut sim.batch_made);
+        if !relist {
+            sim.made.extend(made);
+        }
         for r in &mut sim.replicas {
             r.counts.sync(&before, &after, gap, &changes);
         }
@@ -527,6 +578,7 @@ pub async fn run(seed: u64, plan: Plan) -> (usize, usize, BTreeMap<&'static str,
                     if plan.replicas == 1 {
                         wrong.extend(check_records(&sim.receiver, &samples, &after, records_from));
                     }
+                    wrong.extend(records_missed(&sim.receiver, &sim.made));
                 }
             }
             if wrong.is_empty() {

@@ -44,6 +44,16 @@ const LINGER: Duration = Duration::from_millis(200);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How far back a new leader reports the changes it saw: from the old
+/// leader's last renewal to the takeover is at most a lease duration and a
+/// retry period; a graceful shutdown stops its watch up to its flush budget
+/// (6 s) before it frees the Lease; and a record may wait [`LINGER`] (or a
+/// collector's backoff) before it is sent. A change seen by both leaders is
+/// then reported by each: once per leadership.
+pub fn replay_window(lease: &crate::leader::LeaseSettings) -> Duration {
+    lease.duration + 2 * lease.retry_period() + Duration::from_secs(10)
+}
+
 type Client = LogsServiceClient<InterceptedService<Channel, RequestHeaders>>;
 
 /// The log pipeline: the queue the watch fills and the task that empties it.
@@ -52,6 +62,7 @@ pub struct Logs {
     stats: Arc<LogStats>,
     sender: Sender,
     task: tokio::task::JoinHandle<()>,
+    roles: tokio::task::JoinHandle<()>,
 }
 
 #[derive(Clone)]
@@ -64,12 +75,15 @@ struct Sender {
 
 impl Logs {
     /// Starts it: records go to `settings`' endpoint with `resource` (the
-    /// metrics' resource), at most `capacity` waiting. Call inside the runtime.
+    /// metrics' resource), at most `capacity` waiting; a new leader first
+    /// reports what it saw in the last `replay` (see [`LogQueue`]). Call
+    /// inside the runtime.
     pub fn start(
         settings: &OtlpSettings,
         capacity: usize,
         resource: &opentelemetry_sdk::Resource,
         leadership: Leadership,
+        replay: Option<Duration>,
         google: Option<Arc<GoogleAuth>>,
     ) -> Result<Logs, ConfigError> {
         let endpoint = settings.endpoint.clone();
@@ -85,7 +99,7 @@ impl Logs {
             client = client.send_compressed(CompressionEncoding::Gzip);
         }
         let stats = Arc::new(LogStats::default());
-        let queue = Arc::new(LogQueue::new(capacity, leadership, stats.clone()));
+        let queue = Arc::new(LogQueue::new(capacity, leadership.clone(), stats.clone(), replay));
         let scope = InstrumentationScope {
             name: "kube-node-status".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -98,11 +112,13 @@ impl Logs {
             timeout: settings.timeout,
         };
         let task = tokio::spawn(run(queue.clone(), sender.clone(), stats.clone()));
+        let roles = tokio::spawn(follow(queue.clone(), leadership));
         Ok(Logs {
             queue,
             stats,
             sender,
             task,
+            roles,
         })
     }
 
@@ -118,6 +134,7 @@ impl Logs {
 
     /// On shutdown: stops the task and sends what waits, once, without retrying.
     pub async fn flush(&self) {
+        self.roles.abort();
         self.task.abort();
         while !self.queue.is_empty() {
             let batch = self.queue.take(BATCH);
@@ -175,6 +192,24 @@ fn on_response(stats: &LogStats, sent: usize, rejected: u64) {
             );
         } else {
             info!("the collector takes every condition-change record again");
+        }
+    }
+}
+
+/// Tells the queue when this replica gains or loses leadership, until aborted.
+async fn follow(queue: Arc<LogQueue>, leadership: Leadership) {
+    let mut leading = leadership.subscribe();
+    loop {
+        if *leading.borrow_and_update() {
+            let replayed = queue.elected(std::time::SystemTime::now());
+            if replayed > 0 {
+                info!(records = replayed, "leading: reporting the condition changes seen just before");
+            }
+        } else {
+            queue.stepped_down();
+        }
+        if leading.changed().await.is_err() {
+            return;
         }
     }
 }

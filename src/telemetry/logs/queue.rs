@@ -3,11 +3,12 @@
 //! are counted, so memory stays flat however long the outage.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
     sync::{
         Mutex,
         atomic::{AtomicU64, Ordering},
     },
+    time::{Duration, SystemTime},
 };
 
 use tokio::sync::Notify;
@@ -74,6 +75,20 @@ impl LogStats {
 }
 
 /// Condition changes waiting to be sent; at most `capacity` of them.
+///
+/// Across a change of leader no change may go unreported, and none twice by
+/// one leader:
+/// - every replica keeps what it saw in the last `replay` window, in any
+///   role; a replica that becomes the leader sends those first. That covers
+///   what the old leader saw but could not send (killed with records
+///   waiting), and what nobody sent because nobody led (from the old
+///   leader's last renewal to the takeover, or from a graceful shutdown's
+///   stopped watch to its release of the Lease). A change both leaders saw
+///   may so be reported by each: once per leadership;
+/// - within one leadership a change is queued once (by node, condition,
+///   status, previous status and transition time), however many times it
+///   is seen: a new leader's watch that lags and relists does not repeat
+///   what its replay sent.
 pub struct LogQueue {
     records: Mutex<VecDeque<ConditionChange>>,
     capacity: usize,
@@ -81,19 +96,114 @@ pub struct LogQueue {
     stats: std::sync::Arc<LogStats>,
     /// Wakes the exporter when a record arrives.
     pub(super) arrived: Notify,
+    /// How far back a new leader reports what it saw; `None`: no leader election.
+    replay: Option<Duration>,
+    /// What this replica saw within `replay`, oldest first.
+    recent: Mutex<VecDeque<ConditionChange>>,
+    /// The changes queued in this leadership, oldest first, at most [`QUEUED_KEYS`].
+    queued_keys: Mutex<(HashSet<Key>, VecDeque<Key>)>,
 }
+
+/// What identifies one change of one condition.
+type Key = (String, String, String, String, Option<SystemTime>);
+
+fn key(c: &ConditionChange) -> Key {
+    (
+        c.uid.clone().unwrap_or_else(|| c.node.clone()),
+        c.type_.clone(),
+        c.status.clone(),
+        c.previous.clone(),
+        c.last_transition,
+    )
+}
+
+/// Changes remembered per leadership to queue each once: more than a
+/// replay window and a relist can bring twice.
+const QUEUED_KEYS: usize = 16_384;
 
 impl LogQueue {
     /// An empty queue of `capacity` (at least 1) that takes records only
-    /// while `leadership` says this replica leads.
-    pub fn new(capacity: usize, leadership: Leadership, stats: std::sync::Arc<LogStats>) -> LogQueue {
+    /// while `leadership` says this replica leads; a new leader first
+    /// queues what it saw in the last `replay`.
+    pub fn new(
+        capacity: usize,
+        leadership: Leadership,
+        stats: std::sync::Arc<LogStats>,
+        replay: Option<Duration>,
+    ) -> LogQueue {
         LogQueue {
             records: Mutex::new(VecDeque::new()),
             capacity: capacity.max(1),
             leadership,
             stats,
             arrived: Notify::new(),
+            replay,
+            recent: Mutex::new(VecDeque::new()),
+            queued_keys: Mutex::new((HashSet::new(), VecDeque::new())),
         }
+    }
+
+    /// Queues `change` unless this leadership queued it already.
+    fn queue(&self, change: ConditionChange) -> bool {
+        {
+            let mut keys = self.queued_keys.lock().unwrap_or_else(|e| e.into_inner());
+            let (set, order) = &mut *keys;
+            let k = key(&change);
+            if !set.insert(k.clone()) {
+                return false;
+            }
+            order.push_back(k);
+            if order.len() > QUEUED_KEYS
+                && let Some(old) = order.pop_front()
+            {
+                set.remove(&old);
+            }
+        }
+        let mut records = self.lock();
+        if records.len() >= self.capacity {
+            records.pop_front();
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        records.push_back(change);
+        self.stats.queued.store(records.len() as u64, Ordering::Relaxed);
+        true
+    }
+
+    /// This replica became the leader at `now`: queues what it saw in the
+    /// replay window, oldest first. Returns how many it queued.
+    pub fn elected(&self, now: SystemTime) -> usize {
+        let Some(window) = self.replay else { return 0 };
+        let since = now.checked_sub(window).unwrap_or(SystemTime::UNIX_EPOCH);
+        let seen: Vec<ConditionChange> = self
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|c| c.observed >= since)
+            .cloned()
+            .collect();
+        let queued = seen.into_iter().filter(|c| self.queue(c.clone())).count();
+        if queued > 0 {
+            self.arrived.notify_one();
+        }
+        queued
+    }
+
+    /// This replica stopped leading: the next leadership reports afresh.
+    pub fn stepped_down(&self) {
+        let mut keys = self.queued_keys.lock().unwrap_or_else(|e| e.into_inner());
+        *keys = (HashSet::new(), VecDeque::new());
+    }
+
+    /// Remembers `change` for a replay, forgetting what left the window.
+    fn remember(&self, change: &ConditionChange) {
+        let Some(window) = self.replay else { return };
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let since = change.observed.checked_sub(window).unwrap_or(SystemTime::UNIX_EPOCH);
+        while recent.front().is_some_and(|c| c.observed < since) || recent.len() >= self.capacity {
+            recent.pop_front();
+        }
+        recent.push_back(change.clone());
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<ConditionChange>> {
@@ -130,20 +240,14 @@ impl LogQueue {
 
 impl ConditionSink for LogQueue {
     fn changed(&self, change: ConditionChange) {
-        // Every replica watches; only the one that exports readings reports changes.
+        // Every replica watches and remembers; only the one that exports readings reports.
+        self.remember(&change);
         if !self.leadership.is_leader() {
             return;
         }
-        {
-            let mut records = self.lock();
-            if records.len() >= self.capacity {
-                records.pop_front();
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            records.push_back(change);
-            self.stats.queued.store(records.len() as u64, Ordering::Relaxed);
+        if self.queue(change) {
+            self.arrived.notify_one();
         }
-        self.arrived.notify_one();
     }
 }
 
@@ -173,7 +277,7 @@ mod tests {
     #[test]
     fn a_full_queue_drops_the_oldest_and_counts_them() {
         let stats = Arc::new(LogStats::default());
-        let q = LogQueue::new(4, Leadership::sole(), stats.clone());
+        let q = LogQueue::new(4, Leadership::sole(), stats.clone(), None);
         for i in 0..5 {
             q.changed(change(i));
         }
@@ -192,9 +296,61 @@ mod tests {
     #[test]
     fn a_follower_queues_nothing() {
         let stats = Arc::new(LogStats::default());
-        let q = LogQueue::new(4, Leadership::elected(), stats.clone());
+        let q = LogQueue::new(4, Leadership::elected(), stats.clone(), None);
         q.changed(change(0));
         assert!(q.is_empty());
         assert_eq!(stats.dropped(), 0);
+    }
+
+    fn change_at(node: &str, status: &str, at: SystemTime) -> ConditionChange {
+        ConditionChange {
+            node: node.into(),
+            uid: Some(format!("uid-{node}")),
+            status: status.into(),
+            previous: if status == "True" { "False" } else { "True" }.into(),
+            last_transition: Some(at),
+            observed: at,
+            ..change(0)
+        }
+    }
+
+    /// What a follower saw in the replay window is reported when it takes
+    /// over: a killed leader's unsent records, and what changed while nobody
+    /// led. Older ones are not.
+    #[test]
+    fn a_new_leader_reports_what_it_saw_in_the_window_and_nothing_older() {
+        let stats = Arc::new(LogStats::default());
+        let leadership = Leadership::elected();
+        let q = LogQueue::new(100, leadership.clone(), stats, Some(Duration::from_secs(30)));
+        let now = SystemTime::now();
+        q.changed(change_at("old", "False", now - Duration::from_secs(60)));
+        q.changed(change_at("a", "False", now - Duration::from_secs(20)));
+        q.changed(change_at("b", "False", now - Duration::from_secs(1)));
+        assert!(q.is_empty(), "a follower queues nothing");
+        leadership.set_leader_for_tests(true);
+        assert_eq!(q.elected(now), 2);
+        assert_eq!(names(&q.take(10)), ["a", "b"]);
+    }
+
+    /// Within one leadership a change is queued once: a lagging watch that
+    /// relists after the replay brings it again.
+    #[test]
+    fn one_leadership_reports_a_change_once_and_the_next_may_again() {
+        let stats = Arc::new(LogStats::default());
+        let leadership = Leadership::elected();
+        let q = LogQueue::new(100, leadership.clone(), stats, Some(Duration::from_secs(30)));
+        let now = SystemTime::now();
+        q.changed(change_at("a", "False", now));
+        leadership.set_leader_for_tests(true);
+        assert_eq!(q.elected(now), 1);
+        q.changed(change_at("a", "False", now));
+        assert_eq!(names(&q.take(10)), ["a"]);
+        q.changed(change_at("a", "True", now + Duration::from_secs(1)));
+        assert_eq!(names(&q.take(10)), ["a"], "the next change is another change");
+        // Lost and won again: a new leadership replays what it saw.
+        leadership.set_leader_for_tests(false);
+        q.stepped_down();
+        leadership.set_leader_for_tests(true);
+        assert_eq!(q.elected(now + Duration::from_secs(2)), 2);
     }
 }
