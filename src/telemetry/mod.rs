@@ -13,6 +13,7 @@ mod loops;
 mod otlp;
 mod pipeline;
 mod prometheus;
+mod providers;
 mod resource;
 mod triggers;
 
@@ -25,7 +26,6 @@ pub use prometheus::{
 pub use resource::{build as build_resource, resolve as resolve_resource};
 
 use std::{
-    collections::HashMap,
     sync::{
         Arc, RwLock,
         atomic::{AtomicBool, Ordering},
@@ -34,17 +34,12 @@ use std::{
 };
 
 use futures::StreamExt as _;
-use opentelemetry::metrics::MeterProvider as _;
-use opentelemetry_sdk::{
-    Resource,
-    metrics::{Instrument, SdkMeterProvider, Stream},
-    trace::SdkTracerProvider,
-};
+use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::{
-    cluster::{Node, View},
+    cluster::View,
     config::{self, PrometheusEncoder, Settings},
     leader::Leadership,
 };
@@ -52,11 +47,14 @@ use otlp::{chunks, client, wire};
 use pipeline::{
     collect::{self, SharedReader},
     families::{self, Family},
-    instruments::{self, Capacity, Group, Sources},
+    instruments::Sources,
     pass::{Outputs, Pass},
     shards::SHARDS,
 };
 use prometheus::{body::Section, text as exposition};
+pub(crate) use providers::MIN_CARDINALITY_LIMIT;
+pub use providers::cardinality_limit;
+use providers::{Pipelines, Sizing, Text, limits_for};
 use triggers::Trigger;
 
 /// Why telemetry could not start.
@@ -71,76 +69,6 @@ pub enum TelemetryError {
     /// The `/metrics` renderer could not be set up.
     #[error(transparent)]
     Render(#[from] RenderError),
-}
-
-/// The SDK's own default; we never go below it.
-pub(crate) const MIN_CARDINALITY_LIMIT: usize = 2_000;
-
-/// The cardinality limit for a demand of `points` per instrument: 25% headroom
-/// so that node churn between two collections (old and new names coexist until
-/// the SDK evicts stale sets) stays under it.
-pub fn cardinality_limit(points: usize) -> usize {
-    (points + points / 4).max(MIN_CARDINALITY_LIMIT)
-}
-
-/// Per-instrument point counts of the per-node families.
-type Demand = HashMap<&'static str, usize>;
-
-/// An instrument name and an upper bound of its points per node.
-type Sizing = (&'static str, fn(&Node) -> usize);
-
-/// Measures how many points each enabled per-node family needs for `nodes`.
-fn demand(sizing: &[Sizing], nodes: &[Arc<Node>]) -> Demand {
-    sizing
-        .iter()
-        .map(|(name, count)| (*name, nodes.iter().map(|n| count(n)).sum()))
-        .collect()
-}
-
-/// The limits that fit `demand`, each with headroom.
-fn limits_for(demand: &Demand) -> HashMap<&'static str, usize> {
-    demand
-        .iter()
-        .map(|(name, points)| (*name, cardinality_limit(*points)))
-        .collect()
-}
-
-/// The long-lived providers of one generation, all built with the same
-/// per-instrument limits. Per-node gauges are not on them: see [`collect`].
-struct Pipelines {
-    limits: Arc<HashMap<&'static str, usize>>,
-    text: Option<Text>,
-    /// OTLP's self-telemetry.
-    otlp: Option<(SdkMeterProvider, SharedReader)>,
-}
-
-/// The long-lived provider behind `/metrics`.
-#[derive(Clone)]
-enum Text {
-    /// Self-telemetry only; the node section is rendered apart.
-    Streaming(SdkMeterProvider, SharedReader),
-    /// Everything, gathered by opentelemetry-prometheus at every scrape.
-    Reference(SdkMeterProvider, ::prometheus::Registry),
-}
-
-impl Pipelines {
-    fn shutdown(&self) {
-        let text = self.text.iter().map(|t| match t {
-            Text::Streaming(p, _) | Text::Reference(p, _) => p,
-        });
-        for provider in text.chain(self.otlp.iter().map(|(p, _)| p)) {
-            if let Err(e) = provider.shutdown() {
-                warn!(error = %e, "meter provider shutdown");
-            }
-        }
-    }
-
-    /// True when some instrument needs more than its limit.
-    fn outgrown_by(&self, demand: &Demand) -> bool {
-        demand
-            .iter()
-            .any(|(name, points)| *points > self.limits.get(name).copied().unwrap_or(0))
-    }
 }
 
 struct Inner {
@@ -193,124 +121,7 @@ pub struct Telemetry {
     inner: Arc<Inner>,
 }
 
-fn meter_provider(
-    resource: &Resource,
-    limits: Arc<HashMap<&'static str, usize>>,
-) -> opentelemetry_sdk::metrics::MeterProviderBuilder {
-    SdkMeterProvider::builder()
-        .with_resource(resource.clone())
-        .with_view(move |i: &Instrument| {
-            let limit = *limits.get(i.name())?;
-            Stream::builder().with_cardinality_limit(limit).build().ok()
-        })
-}
-
 impl Inner {
-    /// Builds a generation of long-lived providers.
-    fn build(&self, limits: HashMap<&'static str, usize>) -> Result<Pipelines, TelemetryError> {
-        let limits = Arc::new(limits);
-        let capacity = Capacity::new(
-            limits.clone(),
-            self.resize.clone(),
-            self.notify.clone(),
-            self.deferred.clone(),
-        );
-        let text = self.build_text(&limits, &capacity)?;
-        let otlp = self.otlp.as_ref().map(|_| {
-            let reader = SharedReader::new();
-            let provider = meter_provider(&self.resource, limits.clone())
-                .with_reader(reader.clone())
-                .build();
-            instruments::register(
-                &provider.meter(collect::METER),
-                Group::SelfOnly,
-                &self.sources,
-                &capacity,
-            );
-            (provider, reader)
-        });
-        Ok(Pipelines { limits, text, otlp })
-    }
-
-    /// A generation with larger limits for the reference encoder, and the
-    /// pipelines it retires. OTLP's provider is kept, not rebuilt: it holds
-    /// no per-node instrument, and a new one would send its cumulative
-    /// self-telemetry with a new start time while the totals go on, which a
-    /// backend that honours start times reads as a reset and counts again.
-    fn rebuild(
-        &self,
-        old: &Pipelines,
-        limits: HashMap<&'static str, usize>,
-    ) -> Result<(Pipelines, Pipelines), TelemetryError> {
-        let limits = Arc::new(limits);
-        let capacity = Capacity::new(
-            limits.clone(),
-            self.resize.clone(),
-            self.notify.clone(),
-            self.deferred.clone(),
-        );
-        let text = self.build_text(&limits, &capacity)?;
-        let new = Pipelines {
-            limits,
-            text,
-            otlp: old.otlp.clone(),
-        };
-        let retired = Pipelines {
-            limits: old.limits.clone(),
-            text: old.text.clone(),
-            otlp: None,
-        };
-        Ok((new, retired))
-    }
-
-    /// The provider behind `/metrics`, if it is on.
-    fn build_text(
-        &self,
-        limits: &Arc<HashMap<&'static str, usize>>,
-        capacity: &Capacity,
-    ) -> Result<Option<Text>, TelemetryError> {
-        let meter = |p: &SdkMeterProvider| p.meter(collect::METER);
-        Ok(
-            match (self.settings.prometheus, self.settings.prometheus_encoder) {
-                (false, _) => None,
-                (true, PrometheusEncoder::Streaming) => {
-                    let reader = SharedReader::new();
-                    let provider = meter_provider(&self.resource, limits.clone())
-                        .with_reader(reader.clone())
-                        .build();
-                    instruments::register(&meter(&provider), Group::SelfOnly, &self.sources, capacity);
-                    Some(Text::Streaming(provider, reader))
-                }
-                (true, PrometheusEncoder::Reference) => {
-                    let registry = ::prometheus::Registry::new();
-                    let reader = opentelemetry_prometheus::exporter()
-                        .with_registry(registry.clone())
-                        .scope_info_enabled(false)
-                        .build()
-                        .map_err(|e| TelemetryError::Prometheus(e.to_string()))?;
-                    let provider = meter_provider(&self.resource, limits.clone())
-                        .with_reader(reader)
-                        .build();
-                    instruments::register(&meter(&provider), Group::All, &self.sources, capacity);
-                    Some(Text::Reference(provider, registry))
-                }
-            },
-        )
-    }
-
-    fn demand(&self) -> Demand {
-        // Only the reference encoder sizes anything by the cluster: without
-        // it, no snapshot of every node after every change.
-        if self.sizing.is_empty() {
-            return Demand::new();
-        }
-        demand(&self.sizing, &self.sources.view.nodes())
-    }
-
-    fn current(&self) -> Arc<Pipelines> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
     /// Runs the one pass: writes again, for every output on, the shards
     /// whose nodes changed. Returns the pass, still locked, for its caller to
     /// read what it needs. Blocking.
@@ -488,51 +299,6 @@ impl Inner {
                     body: futures::stream::once(async move { Ok(bytes::Bytes::from(body)) }).boxed(),
                     gzip: false,
                 })
-            }
-        }
-    }
-
-    /// The reference encoder's body, whole: a family that did not fit its
-    /// limit is withheld from the collection (see [`Capacity`]), and a body
-    /// without it would show every node ready and none of their conditions.
-    /// Then the pipeline is grown at once and the body gathered again.
-    /// Blocking.
-    fn reference_body(&self) -> Result<Vec<u8>, RenderError> {
-        for _ in 0..3 {
-            let before = self.deferred.load(Ordering::Acquire);
-            let current = self.current();
-            let Some(Text::Reference(_, registry)) = &current.text else {
-                return Err(RenderError::NoRegistry);
-            };
-            let body = prometheus::render(registry)?;
-            if self.deferred.load(Ordering::Acquire) == before {
-                return Ok(body);
-            }
-            self.grow();
-        }
-        Err(RenderError::Outgrown)
-    }
-
-    /// Rebuilds the reference encoder's pipeline if the view outgrew its
-    /// limits; true if it did. Blocking.
-    fn grow(&self) -> bool {
-        self.resize.store(false, Ordering::Release);
-        let demand = self.demand();
-        let old = self.current();
-        if !old.outgrown_by(&demand) {
-            return false;
-        }
-        let total: usize = demand.values().sum();
-        match self.rebuild(&old, limits_for(&demand)) {
-            Ok((new, retired)) => {
-                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
-                info!(points = total, "resized metric pipelines for the cluster");
-                retired.shutdown();
-                true
-            }
-            Err(e) => {
-                warn!(error = %e, "could not resize metric pipelines; keeping the current ones");
-                false
             }
         }
     }
@@ -898,322 +664,4 @@ pub fn tracer_provider(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cluster::Feed;
-    use clap::Parser as _;
-    use kube::runtime::watcher::Event;
-    use opentelemetry_proto::tonic::{
-        collector::metrics::v1::ExportMetricsServiceRequest,
-        metrics::v1::{NumberDataPoint, metric::Data},
-    };
-    use prost::Message as _;
-
-    const NOW: &str = "2026-11-27T00:00:00Z";
-
-    fn node(i: usize, rv: u64, ready: &str) -> Node {
-        let mut json = crate::fake::generated_node(i, rv, NOW);
-        if let Some(conditions) = json["status"]["conditions"].as_array_mut() {
-            for c in conditions.iter_mut().filter(|c| c["type"] == "Ready") {
-                c["status"] = ready.into();
-            }
-        }
-        let mut node: Node = serde_json::from_value(json).expect("a generated node parses");
-        crate::cluster::strip(&mut node, &|k| k.starts_with("node-role.kubernetes.io/"));
-        node
-    }
-
-    fn telemetry(nodes: usize) -> (Telemetry, Feed) {
-        let cli = crate::cli::Cli::try_parse_from(["kube-node-status", "--metrics-exporter", "otlp"])
-            .expect("flags");
-        let settings = cli.run.resolve(&|_| None).expect("settings");
-        let (view, mut writer) = View::new();
-        writer.apply(&Event::Init);
-        for i in 0..nodes {
-            writer.apply(&Event::InitApply(node(i, 1, "True")));
-        }
-        writer.apply(&Event::InitDone);
-        let resource = build_resource(&settings.resource, &|_| None);
-        let telemetry =
-            Telemetry::start(&settings, resource, view, Leadership::sole(), None).expect("telemetry");
-        (telemetry, writer)
-    }
-
-    /// A relist replaces every stored object; the pass held on to the old
-    /// copies of the unchanged ones (up to twice the nodes' memory) and now
-    /// takes the stored ones.
-    #[tokio::test]
-    async fn after_a_relist_the_pass_holds_the_stored_nodes_not_copies() {
-        let (telemetry, mut feed) = telemetry(50);
-        let view = feed.view().clone();
-        assert!(telemetry.otlp_requests_now(false).0 > 0);
-        feed.apply(&Event::Init);
-        for i in 0..50 {
-            feed.apply(&Event::InitApply(node(
-                i,
-                2,
-                if i == 7 { "False" } else { "True" },
-            )));
-        }
-        feed.apply(&Event::InitDone);
-        assert!(telemetry.otlp_requests_now(false).0 > 0);
-        let pass = telemetry.inner.pass.lock().unwrap();
-        let held: Vec<_> = pass.held().cloned().collect();
-        assert_eq!(held.len(), 50);
-        for node in held {
-            let name = node.metadata.name.as_deref().unwrap();
-            let stored = view.node(name).unwrap();
-            assert!(Arc::ptr_eq(&node, &stored), "{name} is a copy of the stored node");
-        }
-    }
-
-    /// The start times of the cumulative sums OTLP's self-telemetry sends.
-    fn otlp_sum_starts(t: &Telemetry) -> Vec<(String, std::time::SystemTime)> {
-        use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
-        let current = t.inner.current();
-        let (_, reader) = current.otlp.as_ref().expect("OTLP on");
-        let rm = reader.collect().expect("collects");
-        let mut out = Vec::new();
-        for m in rm.scope_metrics().flat_map(|s| s.metrics()) {
-            if let AggregatedMetrics::U64(MetricData::Sum(sum)) = m.data() {
-                out.push((m.name().to_string(), sum.start_time()));
-            }
-        }
-        out.sort();
-        out
-    }
-
-    /// The reference encoder's pipeline grows with the cluster; rebuilding
-    /// OTLP's with it gave every cumulative self-telemetry total a new start
-    /// time while the totals went on: a false reset to a backend.
-    #[tokio::test]
-    async fn growing_the_reference_pipeline_keeps_otlps_start_times() {
-        let cli = crate::cli::Cli::try_parse_from([
-            "kube-node-status",
-            "--metrics-exporter",
-            "otlp,prometheus",
-            "--prometheus-encoder",
-            "reference",
-        ])
-        .expect("flags");
-        let settings = cli.run.resolve(&|_| None).expect("settings");
-        let (view, mut feed) = View::new();
-        feed.apply(&Event::Init);
-        feed.apply(&Event::InitApply(node(0, 1, "True")));
-        feed.apply(&Event::InitDone);
-        let resource = build_resource(&settings.resource, &|_| None);
-        let t = Telemetry::start(&settings, resource, view, Leadership::sole(), None).expect("telemetry");
-        let before = otlp_sum_starts(&t);
-        assert!(!before.is_empty());
-        let limits = t.inner.current().limits.clone();
-        std::thread::sleep(Duration::from_millis(20));
-        for i in 1..400 {
-            feed.apply(&Event::Apply(node(i, 1, "True")));
-        }
-        t.resize().await;
-        assert!(
-            !Arc::ptr_eq(&limits, &t.inner.current().limits),
-            "the pipeline was resized"
-        );
-        assert_eq!(otlp_sum_starts(&t), before);
-    }
-
-    /// A scrape of the reference encoder in the middle of growth carried
-    /// `k8s_node_ready` for every node and not one condition series: a family
-    /// over its limit was withheld. Now the scrape grows the pipeline and
-    /// gathers again.
-    #[tokio::test]
-    async fn a_reference_scrape_during_growth_shows_every_family_or_nothing() {
-        let cli = crate::cli::Cli::try_parse_from([
-            "kube-node-status",
-            "--metrics-exporter",
-            "prometheus",
-            "--prometheus-encoder",
-            "reference",
-        ])
-        .expect("flags");
-        let settings = cli.run.resolve(&|_| None).expect("settings");
-        let (view, mut feed) = View::new();
-        feed.apply(&Event::Init);
-        feed.apply(&Event::InitApply(node(0, 1, "True")));
-        feed.apply(&Event::InitDone);
-        let resource = build_resource(&settings.resource, &|_| None);
-        let t = Telemetry::start(&settings, resource, view, Leadership::sole(), None).expect("telemetry");
-        for i in 1..400 {
-            feed.apply(&Event::Apply(node(i, 1, "True")));
-        }
-        let body = String::from_utf8(t.inner.reference_body().expect("a body")).unwrap();
-        let nodes = |family: &str| {
-            body.lines()
-                .filter(|l| l.starts_with(&format!("{family}{{")))
-                .filter_map(|l| l.split("k8s_node_name=\"").nth(1)?.split('"').next())
-                .collect::<std::collections::BTreeSet<_>>()
-                .len()
-        };
-        assert_eq!(nodes("k8s_node_ready"), 400);
-        assert_eq!(nodes("k8s_node_condition_status"), 400);
-        assert_eq!(nodes("k8s_node_condition_transitions_total"), 400);
-    }
-
-    fn is_node_family(families: &[Family], name: &str) -> bool {
-        families.iter().any(|f| f.name == name)
-    }
-
-    fn points(m: &opentelemetry_proto::tonic::metrics::v1::Metric) -> &[NumberDataPoint] {
-        match &m.data {
-            Some(Data::Gauge(g)) => &g.data_points,
-            Some(Data::Sum(s)) => &s.data_points,
-            _ => panic!("{} is neither a gauge nor a sum", m.name),
-        }
-    }
-
-    /// Every data point of the per-node families, one line each, timestamps
-    /// left out, sorted: what a receiver would store, whatever the split.
-    fn node_points(requests: &[ExportMetricsServiceRequest], families: &[Family]) -> Vec<String> {
-        let mut lines = Vec::new();
-        for rm in requests {
-            for sm in &rm
-                .resource_metrics
-                .iter()
-                .flat_map(|r| &r.scope_metrics)
-                .collect::<Vec<_>>()
-            {
-                for m in sm.metrics.iter().filter(|m| is_node_family(families, &m.name)) {
-                    let shape = match &m.data {
-                        Some(Data::Sum(s)) => format!("sum {} {}", s.aggregation_temporality, s.is_monotonic),
-                        _ => "gauge".to_string(),
-                    };
-                    for p in points(m) {
-                        let mut p = p.clone();
-                        p.start_time_unix_nano = 0;
-                        p.time_unix_nano = 0;
-                        p.attributes.sort_by(|a, b| a.key.cmp(&b.key));
-                        let origin = rm.resource_metrics.iter().map(|r| (&r.resource, &r.schema_url));
-                        lines.push(format!(
-                            "{:?} {:?} {} {} {} {shape} {p:?}",
-                            origin.collect::<Vec<_>>(),
-                            sm.scope,
-                            m.name,
-                            m.description,
-                            m.unit
-                        ));
-                    }
-                }
-            }
-        }
-        lines.sort();
-        lines
-    }
-
-    /// What the SDK's own path sends: each family collected and converted by opentelemetry-proto.
-    fn reference(t: &Telemetry) -> Vec<String> {
-        let inner = &t.inner;
-        let mut requests = Vec::new();
-        collect::node_families(&inner.families, &inner.sources, &inner.resource, |rm| {
-            requests.push(ExportMetricsServiceRequest::from(&rm))
-        });
-        node_points(&requests, &inner.families)
-    }
-
-    /// What the cache sends, decoded, with every point checked to carry the cycle's time.
-    fn cached(t: &Telemetry, max: usize) -> (Vec<String>, Vec<wire::Part>) {
-        let inner = &t.inner;
-        let Some((_, reader)) = inner.current().otlp.clone() else {
-            panic!("OTLP is on")
-        };
-        let mut parts = Vec::new();
-        let before = unix_nanos(std::time::SystemTime::now());
-        inner.write_requests(&reader, max, |p| {
-            parts.push(p);
-            true
-        });
-        let requests: Vec<ExportMetricsServiceRequest> = parts
-            .iter()
-            .map(|p| ExportMetricsServiceRequest::decode(p.bytes.clone()).expect("valid protobuf"))
-            .collect();
-        for m in requests
-            .iter()
-            .flat_map(|r| &r.resource_metrics)
-            .flat_map(|r| &r.scope_metrics)
-            .flat_map(|s| &s.metrics)
-            .filter(|m| is_node_family(&inner.families, &m.name))
-        {
-            for p in points(m) {
-                assert!(
-                    p.time_unix_nano >= before,
-                    "{}: stamped with this cycle's time",
-                    m.name
-                );
-                let start = match m.data {
-                    Some(Data::Sum(_)) => inner.started,
-                    _ => p.time_unix_nano,
-                };
-                assert_eq!(p.start_time_unix_nano, start, "{}", m.name);
-            }
-        }
-        for (p, r) in parts.iter().zip(&requests) {
-            assert!(
-                p.points <= max,
-                "{} points in a request of at most {max}",
-                p.points
-            );
-            assert_eq!(p.points, chunks::request_points(r));
-        }
-        (node_points(&requests, &inner.families), parts)
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn otlp_requests_from_the_cache_equal_opentelemetry_protos_conversion() {
-        let (t, mut writer) = telemetry(300);
-        let want = reference(&t);
-        assert!(want.len() > 300 * 10, "every family has points: {}", want.len());
-        let (got, parts) = cached(&t, 997);
-        assert_eq!(got, want);
-        assert!(
-            parts.len() > want.len() / 997,
-            "split into requests of at most 997 points"
-        );
-
-        // An idle cycle re-encodes nothing and sends the same points.
-        let refresh = |t: &Telemetry| {
-            let mut p = t.inner.pass.lock().expect("not poisoned");
-            p.run(&t.inner.families, &t.inner.sources, &t.inner.resource)
-                .expect("writes")
-        };
-        assert_eq!(refresh(&t).shards, 0);
-        assert_eq!(cached(&t, 5_000).0, want);
-
-        // A flip and a deletion re-encode only their shards, and show.
-        writer.apply(&Event::Apply(node(7, 2, "False")));
-        writer.apply(&Event::Delete(node(8, 2, "True")));
-        let want = reference(&t);
-        let (got, _) = cached(&t, 5_000);
-        assert_eq!(got, want);
-        assert!(
-            got.iter()
-                .any(|l| l.contains(&crate::fake::node_name(7)) && l.contains("\"false\""))
-        );
-        assert!(
-            !got.iter()
-                .any(|l| l.contains(&format!("{:?}", crate::fake::node_name(8))))
-        );
-        writer.apply(&Event::Apply(node(9, 2, "False")));
-        assert_eq!(refresh(&t).shards, 1, "one node changed: one shard");
-    }
-
-    #[test]
-    fn cardinality_limit_follows_the_data() {
-        for (points, want) in [
-            (0, 2_000),
-            (1_599, 2_000),
-            (1_600, 2_000),
-            (1_700, 2_125),
-            (150_000, 187_500),
-        ] {
-            assert_eq!(cardinality_limit(points), want, "{points}");
-        }
-        // 50,000 nodes with 5 conditions each: never overflows, never a constant 2,000,000.
-        let at_50k = cardinality_limit(50_000 * 5 * 3);
-        assert!(at_50k > 750_000 && at_50k < 1_000_000);
-    }
-}
+mod tests;

@@ -262,6 +262,9 @@ def test_kubernetes_auth_reviews_tokens_and_offers_a_reader_role():
 
 
 REFUSED = {
+    "an export interval of zero": ({"otlp": {"exportInterval": "0s"}}, "otlp.exportInterval=0s is under 1s"),
+    "an export interval under a second": ({"otlp": {"exportInterval": "500ms"}}, "is under 1s"),
+    "an export interval of half a second": ({"otlp": {"exportInterval": "0.5s"}}, "is under 1s"),
     "kubernetes review without TLS": ({"metricsAuth": {"enabled": True, "kubernetes": True}}, "metricsAuth.kubernetes needs tls.enabled"),
     "GMP reading the serving key": ({"podMonitoring": {"enabled": True}, "tls": {"enabled": True, "secretName": "s"}},
                                     "needs tls.caSecretName"),
@@ -287,6 +290,11 @@ def test_combinations_that_cannot_work_are_refused_naming_the_values(values, mes
     with pytest.raises(helm_python.HelmError) as refused:
         render(values)
     assert message in str(refused.value)
+
+
+def test_export_intervals_of_a_second_or_more_are_taken():
+    for interval in ["1s", "1000ms", "1500ms", "30s", "1m", "1m30s"]:
+        render({"otlp": {"exportInterval": interval}})
 
 
 def test_a_sidecar_to_the_telemetry_api_spells_label_keys_as_that_api_takes_them():

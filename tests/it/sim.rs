@@ -45,8 +45,8 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
+    fn pick<T: Clone>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize].clone()
     }
 }
 
@@ -94,17 +94,17 @@ fn schedule(seed: u64, plan: Plan, names: &[String]) -> Vec<Vec<Op>> {
     for _ in 0..plan.batches {
         let mut ops = Vec::new();
         for _ in 0..1 + rng.below(6) {
-            let node = rng.pick(names).clone();
+            let node = rng.pick(names);
             // With replicas, failovers are what is under test: more of them.
             let restarts = if plan.replicas > 1 { 4 } else { 1 };
             let roll = rng.below(19 + restarts);
             let op = match roll {
-                0..=4 => Op::Ready(node, *rng.pick(&["True", "False", "Unknown"])),
-                5 => Op::Custom(node, *rng.pick(&["True", "False"])),
+                0..=4 => Op::Ready(node, rng.pick(&["True", "False", "Unknown"])),
+                5 => Op::Custom(node, rng.pick(&["True", "False"])),
                 6 => Op::Taint(node, rng.below(2) == 0),
                 7 => Op::Cordon(node, rng.below(2) == 0),
                 8 => Op::Pods(node, 100 + rng.below(20) as u32),
-                9 => Op::Zone(node, *rng.pick(&["zone-a", "zone-b"])),
+                9 => Op::Zone(node, rng.pick(&["zone-a", "zone-b"])),
                 10 => Op::Delete(node),
                 11 => Op::Recreate(node),
                 12 => {
@@ -472,8 +472,11 @@ fn records_missed(receiver: &Receiver, made: &[(String, String, String, String, 
         .log_records()
         .iter()
         .map(|r| {
-            let a: BTreeMap<&str, String> =
-                r.attributes.iter().map(|kv| (kv.key.as_str(), otlp::any_value(&kv.value))).collect();
+            let a: BTreeMap<&str, String> = r
+                .attributes
+                .iter()
+                .map(|kv| (kv.key.as_str(), otlp::any_value(&kv.value)))
+                .collect();
             let get = |k: &str| a.get(k).cloned().unwrap_or_default();
             (
                 get("k8s.node.name"),
@@ -486,7 +489,13 @@ fn records_missed(receiver: &Receiver, made: &[(String, String, String, String, 
         .collect();
     made.iter()
         .filter(|(n, u, t, p, s)| {
-            !reported.contains(&(n.clone(), u.clone(), t.clone(), label(p).to_string(), label(s).to_string()))
+            !reported.contains(&(
+                n.clone(),
+                u.clone(),
+                t.clone(),
+                label(p).to_string(),
+                label(s).to_string(),
+            ))
         })
         .map(|(n, _, t, p, s)| format!("no record of {n} {t}: {p} → {s}"))
         .collect()

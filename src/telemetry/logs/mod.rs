@@ -203,7 +203,10 @@ async fn follow(queue: Arc<LogQueue>, leadership: Leadership) {
         if *leading.borrow_and_update() {
             let replayed = queue.elected(std::time::SystemTime::now());
             if replayed > 0 {
-                info!(records = replayed, "leading: reporting the condition changes seen just before");
+                info!(
+                    records = replayed,
+                    "leading: reporting the condition changes seen just before"
+                );
             }
         } else {
             queue.stepped_down();

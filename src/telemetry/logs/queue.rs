@@ -199,7 +199,10 @@ impl LogQueue {
     fn remember(&self, change: &ConditionChange) {
         let Some(window) = self.replay else { return };
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        let since = change.observed.checked_sub(window).unwrap_or(SystemTime::UNIX_EPOCH);
+        let since = change
+            .observed
+            .checked_sub(window)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         while recent.front().is_some_and(|c| c.observed < since) || recent.len() >= self.capacity {
             recent.pop_front();
         }
