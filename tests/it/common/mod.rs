@@ -230,9 +230,17 @@ pub struct Exporter {
     _dir: tempfile::TempDir,
 }
 
-/// The path of the binary under test.
+/// The path of the binary under test: `KNS_TEST_BINARY` if set (a snapshot,
+/// as `scripts/soak` runs, so that rebuilding meanwhile changes nothing),
+/// else the one cargo built.
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_kube-node-status")
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        std::env::var("KNS_TEST_BINARY")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_kube-node-status").to_string())
+    })
 }
 
 impl Exporter {
