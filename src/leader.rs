@@ -127,11 +127,17 @@ impl Leadership {
     }
 
     fn hold_until(&self, deadline: Instant) {
+        // A renewal that lands after the last deadline passed starts a new
+        // leadership even if the elector never said it had ended: meanwhile
+        // nothing was exported or recorded, and what follows leadership
+        // (the render of the cluster readings, the replay of condition
+        // changes) must hear of it, not see an unchanged `true`.
+        let lapsed = !self.is_leader();
         let ms = deadline.saturating_duration_since(self.inner.base).as_millis() as u64;
         self.inner.until.store(ms.max(1), Ordering::Release);
-        self.inner
-            .changes
-            .send_if_modified(|v| !std::mem::replace(v, true));
+        if lapsed {
+            self.inner.changes.send_replace(true);
+        }
     }
 
     /// Leads for an hour, or stops leading: for tests of what depends on the role.
@@ -448,6 +454,27 @@ async fn elect(api: Api<Lease>, settings: LeaseSettings, leadership: Leadership)
 
 #[cfg(test)]
 mod tests {
+
+    /// A renewal after the deadline lapsed is a new leadership that
+    /// subscribers hear of; one on time is not.
+    #[tokio::test]
+    async fn a_late_renewal_is_announced_and_a_timely_one_is_not() {
+        let l = Leadership::elected();
+        let mut seen = l.subscribe();
+        seen.borrow_and_update();
+        l.hold_until(Instant::now() + Duration::from_millis(30));
+        assert!(seen.has_changed().unwrap() && *seen.borrow_and_update());
+        l.hold_until(Instant::now() + Duration::from_millis(30));
+        assert!(
+            !seen.has_changed().unwrap(),
+            "renewed in time: the same leadership"
+        );
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(!l.is_leader(), "the deadline passed");
+        l.hold_until(Instant::now() + Duration::from_secs(30));
+        assert!(seen.has_changed().unwrap(), "renewed late: a new leadership");
+        assert!(*seen.borrow_and_update());
+    }
     use super::*;
 
     const T0: Duration = Duration::from_secs(1_800_000_000);

@@ -75,8 +75,8 @@ pub fn take_details(node: &mut Node) -> Vec<ConditionDetail> {
 /// The status changes from what was seen of a node (`old`) to `new`: one per
 /// condition type present in both whose status differs, and one (with
 /// `previous` equal to `status`) per condition whose status is the same but
-/// whose `lastTransitionTime` is newer: it changed and changed back while
-/// the watch was not looking. A condition new to the node, a node new to the
+/// whose `lastTransitionTime` is newer when a relist delivered it
+/// (`across_gap`): it changed and changed back while the watch was not looking. A condition new to the node, a node new to the
 /// view (`old` is `None`: its initial state) and a node re-created under
 /// the same name (another uid) are no change.
 pub fn changes(
@@ -84,6 +84,7 @@ pub fn changes(
     new: &Node,
     details: &[ConditionDetail],
     observed: SystemTime,
+    across_gap: bool,
 ) -> Vec<ConditionChange> {
     let (Some(old), Some(name)) = (old, new.metadata.name.as_deref()) else {
         return Vec::new();
@@ -93,7 +94,7 @@ pub fn changes(
     }
     let mut out = Vec::new();
     for (type_, status, transition) in conditions(new) {
-        let previous = match old.moved(type_, status, transition) {
+        let previous = match old.moved(type_, status, transition, across_gap) {
             Moved::Changed { previous } => previous.to_string(),
             Moved::ChangedAndBack => status.to_string(),
             Moved::New | Moved::Same => continue,
@@ -151,7 +152,7 @@ mod tests {
             "nothing kept to store"
         );
         let now = SystemTime::now();
-        let got = changes(Some(&Seen::of(&ready)), &not_ready, &details, now);
+        let got = changes(Some(&Seen::of(&ready)), &not_ready, &details, now, false);
         assert_eq!(got.len(), 1, "{got:?}");
         let c = &got[0];
         assert_eq!((c.node.as_str(), c.uid.as_deref()), ("n1", Some("u-1")));
@@ -167,7 +168,7 @@ mod tests {
         );
         assert_eq!(c.observed, now);
         // A node's first appearance, and an update that changes no status, are no change.
-        assert!(changes(None, &not_ready, &details, now).is_empty());
-        assert!(changes(Some(&Seen::of(&not_ready)), &not_ready, &details, now).is_empty());
+        assert!(changes(None, &not_ready, &details, now, false).is_empty());
+        assert!(changes(Some(&Seen::of(&not_ready)), &not_ready, &details, now, false).is_empty());
     }
 }

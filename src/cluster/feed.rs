@@ -76,17 +76,17 @@ impl Feed {
         match event {
             Event::Apply(node) | Event::InitApply(node) => {
                 let name = node.metadata.name.as_deref().unwrap_or_default();
-                let listed = matches!(event, Event::InitApply(_))
-                    .then(|| self.listed.get(name).cloned())
-                    .flatten();
+                let across_gap = matches!(event, Event::InitApply(_));
+                let listed = across_gap.then(|| self.listed.get(name).cloned()).flatten();
                 let old = listed.or_else(|| store.get(&ObjectRef::from_obj(node)).map(|n| Seen::of(&n)));
                 if let Some(sink) = &self.sink {
                     // Only against a version seen before: a node's initial state is no change.
-                    for change in condition_changes::changes(old.as_ref(), node, details, SystemTime::now()) {
+                    let now = SystemTime::now();
+                    for change in condition_changes::changes(old.as_ref(), node, details, now, across_gap) {
                         sink.changed(change);
                     }
                 }
-                transitions.observe(old.as_ref(), node);
+                transitions.observe(old.as_ref(), node, across_gap);
                 if matches!(event, Event::InitApply(_)) {
                     self.listed.insert(name.to_string(), Seen::of(node));
                 }
@@ -246,6 +246,18 @@ mod tests {
         // The same again is nothing new.
         list(&mut feed, &[node("a", "u1", "True", T2)]);
         assert_eq!(ready_count(&feed, "a"), Some(2));
+        assert!(records(&sink).is_empty());
+    }
+
+    /// A live update that moves only the transition time (node-problem-
+    /// detector does when a condition's reason changes) is no status change:
+    /// the watch delivers every one.
+    #[test]
+    fn a_live_update_of_the_transition_time_alone_is_no_change() {
+        let (mut feed, sink) = feed();
+        list(&mut feed, &[node("a", "u1", "True", T0)]);
+        feed.apply(&Event::Apply(node("a", "u1", "True", T1)));
+        assert_eq!(ready_count(&feed, "a"), Some(0));
         assert!(records(&sink).is_empty());
     }
 }

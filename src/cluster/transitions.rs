@@ -71,8 +71,12 @@ impl Seen {
     }
 
     /// How `new`'s condition of `type_` with `status` and `transition` moved
-    /// from what was seen.
-    pub fn moved(&self, type_: &str, status: &str, transition: Option<&Time>) -> Moved {
+    /// from what was seen. A newer transition time under the same status is
+    /// a change and back only `across_gap` (a relist): a watch delivers every
+    /// status change, and a live update that moves only the transition time
+    /// (node-problem-detector does, when a condition's reason changes) is no
+    /// change of status.
+    pub fn moved(&self, type_: &str, status: &str, transition: Option<&Time>, across_gap: bool) -> Moved {
         let Some((_, before, seen_at)) = self.conditions.iter().find(|(t, _, _)| t == type_) else {
             return Moved::New;
         };
@@ -82,7 +86,7 @@ impl Seen {
             };
         }
         match (seen_at, transition) {
-            (Some(a), Some(b)) if b.0 > a.0 => Moved::ChangedAndBack,
+            (Some(a), Some(b)) if across_gap && b.0 > a.0 => Moved::ChangedAndBack,
             _ => Moved::Same,
         }
     }
@@ -138,9 +142,10 @@ impl Transitions {
     }
 
     /// Records `new` replacing what was seen of it (`old`; None when the
-    /// node is new to us). Every condition present gets a counter, at zero
-    /// until it changes; a new uid starts them all again.
-    pub(crate) fn observe(&self, old: Option<&Seen>, new: &Node) {
+    /// node is new to us), `across_gap` when a relist delivered it. Every
+    /// condition present gets a counter, at zero until it changes; a new uid
+    /// starts them all again.
+    pub(crate) fn observe(&self, old: Option<&Seen>, new: &Node, across_gap: bool) {
         let Some(name) = new.metadata.name.as_deref() else {
             return;
         };
@@ -151,7 +156,7 @@ impl Transitions {
         }
         let entry = counts.entry(name.to_string()).or_default();
         for (type_, status, transition) in conditions(new) {
-            let moved = old.map_or(Moved::New, |o| o.moved(type_, status, transition));
+            let moved = old.map_or(Moved::New, |o| o.moved(type_, status, transition, across_gap));
             let count = entry.entry(type_.to_string()).or_default();
             *count += moved.count();
         }
@@ -208,24 +213,25 @@ mod tests {
         let t = Transitions::default();
         let ready = node("a", Some(&[("Ready", "True"), ("DiskPressure", "False")]));
         let not_ready = node("a", Some(&[("Ready", "False"), ("DiskPressure", "False")]));
-        t.observe(None, &ready);
+        t.observe(None, &ready, false);
         assert_eq!(t.get("a", "Ready"), Some(0));
-        t.observe(Some(&Seen::of(&ready)), &not_ready);
-        t.observe(Some(&Seen::of(&not_ready)), &ready);
+        t.observe(Some(&Seen::of(&ready)), &not_ready, false);
+        t.observe(Some(&Seen::of(&not_ready)), &ready, false);
         assert_eq!(t.get("a", "Ready"), Some(2));
         assert_eq!(t.get("a", "DiskPressure"), Some(0));
         // A heartbeat-only update is not a transition.
-        t.observe(Some(&Seen::of(&ready)), &ready);
+        t.observe(Some(&Seen::of(&ready)), &ready, false);
         assert_eq!(t.get("a", "Ready"), Some(2));
     }
 
     #[test]
     fn new_conditions_start_at_zero_and_deleted_nodes_are_forgotten() {
         let t = Transitions::default();
-        t.observe(None, &node("a", Some(&[("Ready", "True")])));
+        t.observe(None, &node("a", Some(&[("Ready", "True")])), false);
         t.observe(
             Some(&Seen::of(&node("a", Some(&[("Ready", "True")])))),
             &node("a", Some(&[("Ready", "True"), ("KernelDeadlock", "True")])),
+            false,
         );
         assert_eq!(t.get("a", "KernelDeadlock"), Some(0));
         t.forget("a");
@@ -235,12 +241,13 @@ mod tests {
     #[test]
     fn a_relist_drops_nodes_it_did_not_return() {
         let t = Transitions::default();
-        t.observe(None, &node("a", Some(&[("Ready", "True")])));
-        t.observe(None, &node("b", Some(&[("Ready", "True")])));
+        t.observe(None, &node("a", Some(&[("Ready", "True")])), false);
+        t.observe(None, &node("b", Some(&[("Ready", "True")])), false);
         t.list_started();
         t.observe(
             Some(&Seen::of(&node("a", Some(&[("Ready", "True")])))),
             &node("a", Some(&[("Ready", "False")])),
+            false,
         );
         t.list_done();
         assert_eq!(

@@ -32,7 +32,7 @@ pub enum ConfigError {
     /// A number of milliseconds below what the setting may be.
     #[error("{var}: {value} ms is too short: it must be at least {least} ms")]
     MillisTooShort {
-        var: &'static str,
+        var: Cow<'static, str>,
         value: u64,
         least: u128,
     },
@@ -664,7 +664,7 @@ impl RunArgs {
                     Ok(ms) if Duration::from_millis(ms) >= LEAST_DURATION => Duration::from_millis(ms),
                     Ok(ms) if ms > 0 => {
                         return Err(ConfigError::MillisTooShort {
-                            var: "OTEL_METRIC_EXPORT_INTERVAL",
+                            var: "OTEL_METRIC_EXPORT_INTERVAL".into(),
                             value: ms,
                             least: LEAST_DURATION.as_millis(),
                         });

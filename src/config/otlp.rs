@@ -84,7 +84,15 @@ pub fn resolve(
     };
     let timeout = match vars.get("TIMEOUT") {
         Some((var, v)) => match v.trim().parse::<u64>() {
-            Ok(ms) if ms > 0 => Duration::from_millis(ms),
+            // Under a second every request would time out: the same floor as every other duration.
+            Ok(ms) if ms >= 1000 => Duration::from_millis(ms),
+            Ok(ms) if ms > 0 => {
+                return Err(ConfigError::MillisTooShort {
+                    var: var.into(),
+                    value: ms,
+                    least: 1000,
+                });
+            }
             _ => {
                 return Err(ConfigError::BadMillis {
                     var: var.into(),
@@ -199,13 +207,13 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4317"),
             ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://metrics:4317"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "9000"),
-            ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "500"),
+            ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "1500"),
             ("OTEL_EXPORTER_OTLP_HEADERS", "a=b,Api-Key=x%2Cy"),
             ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip"),
         ];
         let m = resolve_with(Signal::Metrics, &both).unwrap();
         assert_eq!(m.endpoint, "http://metrics:4317");
-        assert_eq!(m.timeout, Duration::from_millis(500));
+        assert_eq!(m.timeout, Duration::from_millis(1500));
         assert_eq!(
             m.headers,
             [("a".into(), "b".into()), ("api-key".into(), "x,y".into())]
@@ -227,6 +235,8 @@ mod tests {
         for (var, value) in [
             ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "soon"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "0"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1"),
+            ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "999"),
             ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
             ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "novalue"),
             ("OTEL_EXPORTER_OTLP_HEADERS", "=v"),

@@ -10,12 +10,17 @@ use super::{
 
 impl Telemetry {
     /// Runs the telemetry's loops until the process stops: the resizer, the
-    /// `/metrics` renderer and the OTLP exporter.
+    /// `/metrics` renderer, the OTLP exporter and the log records' sender.
     pub async fn run(self) {
         tokio::join!(
             self.clone().resize_loop(),
             self.clone().render_loop(),
             self.clone().export_loop(),
+            async {
+                if let Some(logs) = &self.inner.logs {
+                    logs.run().await;
+                }
+            },
         );
     }
 
@@ -56,7 +61,7 @@ impl Telemetry {
 
     async fn render(&self) {
         let inner = self.inner.clone();
-        let _ = tokio::task::spawn_blocking(move || inner.render_section()).await;
+        rethrow(tokio::task::spawn_blocking(move || inner.render_section()).await);
     }
 
     /// Exports over OTLP every interval, and at once on gaining leadership,
@@ -106,6 +111,18 @@ impl Telemetry {
     /// Rebuilds the reference encoder's pipeline if the view outgrew its limits.
     pub(super) async fn resize(&self) {
         let inner = self.inner.clone();
-        let _ = tokio::task::spawn_blocking(move || inner.grow()).await;
+        rethrow(tokio::task::spawn_blocking(move || inner.grow()).await);
+    }
+}
+
+/// The result of blocking work a loop waited for; a panic in it is the
+/// loop's panic. Swallowed, the pass would stop half done (its changed names
+/// taken, its shards not written) while the process looked healthy; passed
+/// on, it ends the telemetry task, and the process with it (`tasks`).
+pub(super) fn rethrow<T>(result: Result<T, tokio::task::JoinError>) -> Option<T> {
+    match result {
+        Ok(v) => Some(v),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => None,
     }
 }

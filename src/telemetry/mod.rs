@@ -320,7 +320,7 @@ impl Inner {
             inner.write_requests(&reader, max, |part| tx.blocking_send(part).is_ok());
         });
         exporter.export_cycle(rx, self.project.as_deref()).await;
-        let _ = producer.await;
+        loops::rethrow(producer.await);
         let _ = tokio::task::spawn_blocking(crate::memory::release_free_memory).await;
     }
 

@@ -265,6 +265,9 @@ REFUSED = {
     "an export interval of zero": ({"otlp": {"exportInterval": "0s"}}, "otlp.exportInterval=0s is under 1s"),
     "an export interval under a second": ({"otlp": {"exportInterval": "500ms"}}, "is under 1s"),
     "an export interval of half a second": ({"otlp": {"exportInterval": "0.5s"}}, "is under 1s"),
+    # Units under a millisecond: the values schema takes ms, s, m and h only.
+    "an export interval in microseconds": ({"otlp": {"exportInterval": "999999us"}}, "exportInterval"),
+    "an export interval in nanoseconds": ({"otlp": {"exportInterval": "1ns"}}, "exportInterval"),
     "kubernetes review without TLS": ({"metricsAuth": {"enabled": True, "kubernetes": True}}, "metricsAuth.kubernetes needs tls.enabled"),
     "GMP reading the serving key": ({"podMonitoring": {"enabled": True}, "tls": {"enabled": True, "secretName": "s"}},
                                     "needs tls.caSecretName"),

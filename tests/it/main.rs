@@ -14,6 +14,7 @@ mod faults;
 mod gcp;
 mod image;
 mod install;
+mod ksm;
 mod leader;
 mod names;
 mod node_picture;

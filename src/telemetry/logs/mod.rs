@@ -61,8 +61,7 @@ pub struct Logs {
     queue: Arc<LogQueue>,
     stats: Arc<LogStats>,
     sender: Sender,
-    task: tokio::task::JoinHandle<()>,
-    roles: tokio::task::JoinHandle<()>,
+    leadership: Leadership,
 }
 
 #[derive(Clone)]
@@ -111,15 +110,23 @@ impl Logs {
             origin: Arc::new((resource.into(), scope)),
             timeout: settings.timeout,
         };
-        let task = tokio::spawn(run(queue.clone(), sender.clone(), stats.clone()));
-        let roles = tokio::spawn(follow(queue.clone(), leadership));
         Ok(Logs {
             queue,
             stats,
             sender,
-            task,
-            roles,
+            leadership,
         })
+    }
+
+    /// Sends what the queue holds, and follows leadership for the replay,
+    /// until the caller stops awaiting it. It runs in the telemetry task, so
+    /// a panic in it ends the process (`tasks`) instead of silently ending
+    /// the records.
+    pub async fn run(&self) {
+        tokio::join!(
+            run(self.queue.clone(), self.sender.clone(), self.stats.clone()),
+            follow(self.queue.clone(), self.leadership.clone()),
+        );
     }
 
     /// Where the watch hands condition changes.
@@ -132,10 +139,9 @@ impl Logs {
         self.stats.clone()
     }
 
-    /// On shutdown: stops the task and sends what waits, once, without retrying.
+    /// On shutdown: sends what waits, once, without retrying.
+    /// Call once [`Logs::run`] is no longer awaited.
     pub async fn flush(&self) {
-        self.roles.abort();
-        self.task.abort();
         while !self.queue.is_empty() {
             let batch = self.queue.take(BATCH);
             let n = batch.len();

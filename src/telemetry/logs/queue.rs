@@ -85,10 +85,10 @@ impl LogStats {
 ///   leader's last renewal to the takeover, or from a graceful shutdown's
 ///   stopped watch to its release of the Lease). A change both leaders saw
 ///   may so be reported by each: once per leadership;
-/// - within one leadership a change is queued once (by node, condition,
-///   status, previous status and transition time), however many times it
-///   is seen: a new leader's watch that lags and relists does not repeat
-///   what its replay sent.
+/// - within one leadership a change is queued once: the replay skips what
+///   this leadership queued already (a change that arrived while the
+///   leadership was being taken is both seen live and remembered). The
+///   watch itself never hands over one change twice (`cluster::feed`).
 pub struct LogQueue {
     records: Mutex<VecDeque<ConditionChange>>,
     capacity: usize,
@@ -104,8 +104,10 @@ pub struct LogQueue {
     queued_keys: Mutex<(HashSet<Key>, VecDeque<Key>)>,
 }
 
-/// What identifies one change of one condition.
-type Key = (String, String, String, String, Option<SystemTime>);
+/// What identifies one change as this replica saw it: the time it saw it
+/// tells apart two changes that look the same (a flip and back within one
+/// second of `lastTransitionTime`, a condition without one).
+type Key = (String, String, String, String, Option<SystemTime>, SystemTime);
 
 fn key(c: &ConditionChange) -> Key {
     (
@@ -114,11 +116,12 @@ fn key(c: &ConditionChange) -> Key {
         c.status.clone(),
         c.previous.clone(),
         c.last_transition,
+        c.observed,
     )
 }
 
-/// Changes remembered per leadership to queue each once: more than a
-/// replay window and a relist can bring twice.
+/// Changes remembered per leadership, for the replay to skip: more than a
+/// replay window holds.
 const QUEUED_KEYS: usize = 16_384;
 
 impl LogQueue {
@@ -143,13 +146,13 @@ impl LogQueue {
         }
     }
 
-    /// Queues `change` unless this leadership queued it already.
-    fn queue(&self, change: ConditionChange) -> bool {
+    /// Queues `change`; a `replayed` one only unless this leadership queued it already.
+    fn queue(&self, change: ConditionChange, replayed: bool) -> bool {
         {
             let mut keys = self.queued_keys.lock().unwrap_or_else(|e| e.into_inner());
             let (set, order) = &mut *keys;
             let k = key(&change);
-            if !set.insert(k.clone()) {
+            if !set.insert(k.clone()) && replayed {
                 return false;
             }
             order.push_back(k);
@@ -182,7 +185,7 @@ impl LogQueue {
             .filter(|c| c.observed >= since)
             .cloned()
             .collect();
-        let queued = seen.into_iter().filter(|c| self.queue(c.clone())).count();
+        let queued = seen.into_iter().filter(|c| self.queue(c.clone(), true)).count();
         if queued > 0 {
             self.arrived.notify_one();
         }
@@ -248,7 +251,7 @@ impl ConditionSink for LogQueue {
         if !self.leadership.is_leader() {
             return;
         }
-        if self.queue(change) {
+        if self.queue(change, false) {
             self.arrived.notify_one();
         }
     }
@@ -335,25 +338,35 @@ mod tests {
         assert_eq!(names(&q.take(10)), ["a", "b"]);
     }
 
-    /// Within one leadership a change is queued once: a lagging watch that
-    /// relists after the replay brings it again.
+    /// Within one leadership the replay skips what was queued already (a
+    /// change seen live while the leadership was being taken); two changes
+    /// that look alike (a flip and back in one second) are both queued.
     #[test]
     fn one_leadership_reports_a_change_once_and_the_next_may_again() {
         let stats = Arc::new(LogStats::default());
         let leadership = Leadership::elected();
         let q = LogQueue::new(100, leadership.clone(), stats, Some(Duration::from_secs(30)));
         let now = SystemTime::now();
-        q.changed(change_at("a", "False", now));
         leadership.set_leader_for_tests(true);
-        assert_eq!(q.elected(now), 1);
         q.changed(change_at("a", "False", now));
+        assert_eq!(q.elected(now), 0, "seen live in this leadership already");
         assert_eq!(names(&q.take(10)), ["a"]);
+        let alike = ConditionChange {
+            observed: now + Duration::from_millis(300),
+            ..change_at("a", "False", now)
+        };
+        q.changed(alike);
+        assert_eq!(
+            names(&q.take(10)),
+            ["a"],
+            "a change that looks the same is another change"
+        );
         q.changed(change_at("a", "True", now + Duration::from_secs(1)));
         assert_eq!(names(&q.take(10)), ["a"], "the next change is another change");
         // Lost and won again: a new leadership replays what it saw.
         leadership.set_leader_for_tests(false);
         q.stepped_down();
         leadership.set_leader_for_tests(true);
-        assert_eq!(q.elected(now + Duration::from_secs(2)), 2);
+        assert_eq!(q.elected(now + Duration::from_secs(2)), 3);
     }
 }
