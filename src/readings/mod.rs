@@ -242,7 +242,7 @@ pub struct NodeInfo<'a> {
     pub architecture: &'a str,
     /// `spec.providerID`.
     pub provider_id: &'a str,
-    /// The first `InternalIP` address.
+    /// The last `InternalIP` address, as kube-state-metrics takes it (on a dual-stack node, the second family's).
     pub internal_ip: &'a str,
     /// `spec.podCIDR`.
     pub pod_cidr: &'a str,
@@ -270,7 +270,8 @@ pub fn info(node: &Node) -> NodeInfo<'_> {
         pod_cidr: spec.and_then(|s| s.pod_cidr.as_deref()).unwrap_or(""),
         internal_ip: status
             .and_then(|s| s.addresses.as_ref())
-            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+            // The last, as kube-state-metrics takes it: on a dual-stack node, the second family's.
+            .and_then(|a| a.iter().rev().find(|a| a.type_ == "InternalIP"))
             .map(|a| a.address.as_str())
             .unwrap_or(""),
     }
@@ -394,6 +395,21 @@ pub(crate) mod test_nodes {
 
 #[cfg(test)]
 mod tests {
+
+    /// On a dual-stack node the internal IP is the last InternalIP, as kube-state-metrics reads it.
+    #[test]
+    fn the_internal_ip_is_the_last_internal_address() {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a"},
+            "status": {"addresses": [
+                {"type": "InternalIP", "address": "10.0.0.7"},
+                {"type": "Hostname", "address": "a"},
+                {"type": "InternalIP", "address": "fd00::7"},
+            ]},
+        }))
+        .expect("a node");
+        assert_eq!(info(&node).internal_ip, "fd00::7");
+    }
     use super::{test_nodes::node, *};
     use ConditionStatus::{False as F, True as T, Unknown as U};
 

@@ -404,7 +404,9 @@ fn info(naming: Naming) -> Family {
                kernel, OS image, architecture, provider ID and internal IP",
         kind: Kind::IntGauge,
         group: Group::Metadata,
-        uid_on_metrics: true,
+        // kube-state-metrics' kube_node_info has no uid label: an extra one
+        // would make its series differ from what its users' queries expect.
+        uid_on_metrics: naming == Naming::Otel,
         points: Box::new(move |_, node, base, emit| {
             let base = base.to_vec();
             let i = readings::info(node);
@@ -705,6 +707,9 @@ pub fn enabled_families(settings: &ReadingSettings) -> Vec<Family> {
     node_families(settings.naming)
         .into_iter()
         .filter(|f| settings.family_enabled(f.name, f.group))
+        // As in kube-state-metrics, kube_node_labels has series only when
+        // labels are selected (its allowlist, our --node-labels).
+        .filter(|f| f.name != "kube_node_labels" || !settings.node_labels.is_empty())
         .collect()
 }
 
