@@ -46,21 +46,12 @@ pub struct Seen {
 impl Seen {
     /// The summary of `node`.
     pub fn of(node: &Node) -> Seen {
-        let mut conditions: Vec<(CompactString, CompactString, Option<Time>)> = Vec::new();
-        for c in node
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .into_iter()
-            .flatten()
-        {
-            if !c.type_.is_empty() && !conditions.iter().any(|(t, _, _)| *t == c.type_) {
-                conditions.push((c.type_.clone(), c.status.clone(), c.last_transition_time.clone()));
-            }
-        }
         Seen {
             uid: node.metadata.uid.clone(),
-            conditions,
+            conditions: conditions(node)
+                .into_iter()
+                .map(|(t, s, since)| (t.into(), s.into(), since.cloned()))
+                .collect(),
         }
     }
 

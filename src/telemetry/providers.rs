@@ -107,15 +107,20 @@ fn meter_provider(
 }
 
 impl Inner {
-    /// Builds a generation of long-lived providers.
-    pub(super) fn build(&self, limits: HashMap<&'static str, usize>) -> Result<Pipelines, TelemetryError> {
-        let limits = Arc::new(limits);
-        let capacity = Capacity::new(
+    /// The room `limits` give, reporting overflows to this telemetry's resizer.
+    fn capacity(&self, limits: &Arc<HashMap<&'static str, usize>>) -> Capacity {
+        Capacity::new(
             limits.clone(),
             self.resize.clone(),
             self.notify.clone(),
             self.deferred.clone(),
-        );
+        )
+    }
+
+    /// Builds a generation of long-lived providers.
+    pub(super) fn build(&self, limits: HashMap<&'static str, usize>) -> Result<Pipelines, TelemetryError> {
+        let limits = Arc::new(limits);
+        let capacity = self.capacity(&limits);
         let text = self.build_text(&limits, &capacity)?;
         let otlp = self.otlp.as_ref().map(|_| {
             let reader = SharedReader::new();
@@ -144,12 +149,7 @@ impl Inner {
         limits: HashMap<&'static str, usize>,
     ) -> Result<(Pipelines, Pipelines), TelemetryError> {
         let limits = Arc::new(limits);
-        let capacity = Capacity::new(
-            limits.clone(),
-            self.resize.clone(),
-            self.notify.clone(),
-            self.deferred.clone(),
-        );
+        let capacity = self.capacity(&limits);
         let text = self.build_text(&limits, &capacity)?;
         let new = Pipelines {
             limits,

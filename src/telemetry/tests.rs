@@ -67,6 +67,26 @@ async fn after_a_relist_the_pass_holds_the_stored_nodes_not_copies() {
     }
 }
 
+/// Telemetry with the reference encoder and `exporters`, over a view of one node.
+fn reference_telemetry(exporters: &str) -> (Telemetry, Feed) {
+    let cli = crate::cli::Cli::try_parse_from([
+        "kube-node-status",
+        "--metrics-exporter",
+        exporters,
+        "--prometheus-encoder",
+        "reference",
+    ])
+    .expect("flags");
+    let settings = cli.run.resolve(&|_| None).expect("settings");
+    let (view, mut feed) = View::new();
+    feed.apply(&Event::Init);
+    feed.apply(&Event::InitApply(node(0, 1, "True")));
+    feed.apply(&Event::InitDone);
+    let resource = build_resource(&settings.resource, &|_| None);
+    let t = Telemetry::start(&settings, resource, view, Leadership::sole(), None).expect("telemetry");
+    (t, feed)
+}
+
 /// The start times of the cumulative sums OTLP's self-telemetry sends.
 fn otlp_sum_starts(t: &Telemetry) -> Vec<(String, std::time::SystemTime)> {
     use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
@@ -88,21 +108,7 @@ fn otlp_sum_starts(t: &Telemetry) -> Vec<(String, std::time::SystemTime)> {
 /// time while the totals went on: a false reset to a backend.
 #[tokio::test]
 async fn growing_the_reference_pipeline_keeps_otlps_start_times() {
-    let cli = crate::cli::Cli::try_parse_from([
-        "kube-node-status",
-        "--metrics-exporter",
-        "otlp,prometheus",
-        "--prometheus-encoder",
-        "reference",
-    ])
-    .expect("flags");
-    let settings = cli.run.resolve(&|_| None).expect("settings");
-    let (view, mut feed) = View::new();
-    feed.apply(&Event::Init);
-    feed.apply(&Event::InitApply(node(0, 1, "True")));
-    feed.apply(&Event::InitDone);
-    let resource = build_resource(&settings.resource, &|_| None);
-    let t = Telemetry::start(&settings, resource, view, Leadership::sole(), None).expect("telemetry");
+    let (t, mut feed) = reference_telemetry("otlp,prometheus");
     let before = otlp_sum_starts(&t);
     assert!(!before.is_empty());
     let limits = t.inner.current().limits.clone();
@@ -124,21 +130,7 @@ async fn growing_the_reference_pipeline_keeps_otlps_start_times() {
 /// gathers again.
 #[tokio::test]
 async fn a_reference_scrape_during_growth_shows_every_family_or_nothing() {
-    let cli = crate::cli::Cli::try_parse_from([
-        "kube-node-status",
-        "--metrics-exporter",
-        "prometheus",
-        "--prometheus-encoder",
-        "reference",
-    ])
-    .expect("flags");
-    let settings = cli.run.resolve(&|_| None).expect("settings");
-    let (view, mut feed) = View::new();
-    feed.apply(&Event::Init);
-    feed.apply(&Event::InitApply(node(0, 1, "True")));
-    feed.apply(&Event::InitDone);
-    let resource = build_resource(&settings.resource, &|_| None);
-    let t = Telemetry::start(&settings, resource, view, Leadership::sole(), None).expect("telemetry");
+    let (t, mut feed) = reference_telemetry("prometheus");
     for i in 1..400 {
         feed.apply(&Event::Apply(node(i, 1, "True")));
     }
