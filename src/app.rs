@@ -232,7 +232,15 @@ pub async fn run(
     let mut tasks = vec![
         Task::new(
             "node watch",
-            cluster::spawn_watcher(client, feed, keep_label, settings.api_timeout),
+            cluster::spawn_watcher(
+                client,
+                feed,
+                cluster::Keep {
+                    label: keep_label,
+                    all_addresses: settings.readings.optional.contains("kube_node_status_addresses"),
+                },
+                settings.api_timeout,
+            ),
         ),
         Task::spawn("telemetry", telemetry.clone().run()),
     ];

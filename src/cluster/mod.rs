@@ -19,7 +19,7 @@ pub use feed::Feed;
 pub use health::{ApiVerb, ErrorReason, EventKind, Health, WatchStats};
 pub use node::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, ResourceList, Taint};
 pub use transitions::Transitions;
-pub use watch::{KeepLabel, spawn as spawn_watcher, strip};
+pub use watch::{Keep, KeepLabel, spawn as spawn_watcher, strip, strip_keeping};
 
 use std::sync::Arc;
 

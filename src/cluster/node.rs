@@ -88,6 +88,9 @@ pub struct NodeSpec {
     /// `spec.podCIDR`.
     #[serde(rename = "podCIDR")]
     pub pod_cidr: Option<CompactString>,
+    /// `spec.podCIDRs`: one per IP family.
+    #[serde(rename = "podCIDRs")]
+    pub pod_cidrs: Option<Vec<CompactString>>,
 }
 
 /// One taint (`timeAdded` is not read).

@@ -22,6 +22,16 @@ use super::{
 /// so whoever wires it up says.
 pub type KeepLabel = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
+/// What to keep of each Node beyond what every reading reads: the view does
+/// not know what readings need, so whoever wires it up says.
+#[derive(Clone)]
+pub struct Keep {
+    /// Which labels.
+    pub label: KeepLabel,
+    /// Every address, not only the internal IP (`kube_node_status_addresses`).
+    pub all_addresses: bool,
+}
+
 /// Drops what decoding could not skip before a Node is stored, keeping the
 /// labels `keep_label` accepts.
 ///
@@ -34,6 +44,11 @@ pub type KeepLabel = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 /// fit: serde grows them by doubling, and each stored node keeps its slack.
 /// Resource lists equal to another node's are shared.
 pub fn strip(node: &mut Node, keep_label: &dyn Fn(&str) -> bool) {
+    strip_keeping(node, keep_label, false)
+}
+
+/// [`strip`], keeping every address when `all_addresses`.
+pub fn strip_keeping(node: &mut Node, keep_label: &dyn Fn(&str) -> bool, all_addresses: bool) {
     let meta = &mut node.metadata;
     meta.managed_fields = None;
     meta.annotations = None;
@@ -52,9 +67,11 @@ pub fn strip(node: &mut Node, keep_label: &dyn Fn(&str) -> bool) {
         taints.shrink_to_fit();
     }
     if let Some(status) = node.status.as_mut() {
-        // Only the internal IP is read (info); hostnames and DNS names are not.
+        // Only the internal IP is read (info), unless every address is served.
         if let Some(addresses) = status.addresses.as_mut() {
-            addresses.retain(|a| a.type_ == "InternalIP");
+            if !all_addresses {
+                addresses.retain(|a| a.type_ == "InternalIP");
+            }
             addresses.shrink_to_fit();
         }
         if let Some(conditions) = status.conditions.as_mut() {
@@ -100,7 +117,7 @@ pub fn watch_timeout_secs(api_timeout: Duration) -> u32 {
 /// Runs the watcher until the stream ends (it does not on its own: errors are
 /// retried with `default_backoff`), storing through `feed` and reporting into
 /// `health`. The client must time out reads after `api_timeout`.
-pub async fn run(client: Client, mut feed: Feed, keep_label: KeepLabel, api_timeout: Duration) {
+pub async fn run(client: Client, mut feed: Feed, keep: Keep, api_timeout: Duration) {
     let health = feed.view().health().clone();
     let api: Api<Node> = Api::all(client);
     // A paginated LIST at the most recent resourceVersion, then WATCH from it
@@ -114,7 +131,7 @@ pub async fn run(client: Client, mut feed: Feed, keep_label: KeepLabel, api_time
         .timeout(watch_timeout_secs(api_timeout));
     let stream = watcher::watcher(api, config)
         .default_backoff()
-        .modify(move |node| strip(node, &*keep_label));
+        .modify(move |node| strip_keeping(node, &*keep.label, keep.all_addresses));
     let mut stream = std::pin::pin!(stream);
     health.set_running(true);
     let mut list_span: Option<Span> = None;
@@ -173,13 +190,8 @@ pub async fn run(client: Client, mut feed: Feed, keep_label: KeepLabel, api_time
 
 /// Spawns `run` on the runtime. Each (re)list is its own root span: a span
 /// for the watcher's whole life would never end, and traces under it never close.
-pub fn spawn(
-    client: Client,
-    feed: Feed,
-    keep_label: KeepLabel,
-    api_timeout: Duration,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(client, feed, keep_label, api_timeout))
+pub fn spawn(client: Client, feed: Feed, keep: Keep, api_timeout: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(client, feed, keep, api_timeout))
 }
 
 #[cfg(test)]

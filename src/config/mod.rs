@@ -291,6 +291,13 @@ pub struct RunArgs {
     #[arg(long, env = "KNS_CONDITIONS", value_delimiter = ',')]
     pub conditions: Vec<String>,
 
+    /// kube-state-metrics node families left out by default, to serve too: a
+    /// comma list of kube_node_status_addresses (one series per address) and
+    /// kube_node_spec_pod_cidrs (one per pod CIDR). Only with --metric-naming
+    /// kube-state-metrics; the profile and the allow and deny lists apply as to any family.
+    #[arg(long, env = "KNS_OPTIONAL_FAMILIES", value_delimiter = ',')]
+    pub optional_families: Vec<String>,
+
     /// Which families to read: `readiness` (what the shipped alerts and the
     /// dashboard's readiness panels need, about 2 series a healthy node; sparse
     /// readings on), `standard` (readiness and metadata, no resources) or `full`.
@@ -433,6 +440,8 @@ pub struct Settings {
 pub struct ReadingSettings {
     /// Naming mode.
     pub naming: Naming,
+    /// The optional families turned on (`--optional-families`).
+    pub optional: std::collections::BTreeSet<String>,
     /// Node labels added to per-node series.
     pub node_labels: crate::readings::labels::LabelSelector,
     /// Condition types to report; `None` for all.
@@ -458,7 +467,8 @@ impl ReadingSettings {
     /// True when the per-node family `name` of `group` is to be computed: the
     /// profile reads its group and the allow/deny lists let its name through.
     pub fn family_enabled(&self, name: &str, group: Group) -> bool {
-        self.profile.includes(group) && self.enabled(name)
+        let opted_in = !OPTIONAL_FAMILIES.contains(&name) || self.optional.contains(name);
+        opted_in && self.profile.includes(group) && self.enabled(name)
     }
 
     /// True when condition type `type_` is to be reported.
@@ -507,6 +517,9 @@ fn otlp_only_exporter(
     };
     Ok(!parse_exporters(name, &value, &["otlp"], OTLP_ONLY_EXPORTERS)?.is_empty())
 }
+/// The families served only when `--optional-families` names them.
+pub const OPTIONAL_FAMILIES: [&str; 2] = ["kube_node_status_addresses", "kube_node_spec_pod_cidrs"];
+
 const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The least any interval or timeout may be. Below it a setting is a typo
@@ -746,8 +759,30 @@ impl RunArgs {
             .map(|c| c.trim().to_string())
             .filter(|c| !c.is_empty())
             .collect();
+        let mut optional = std::collections::BTreeSet::new();
+        for family in self
+            .optional_families
+            .iter()
+            .map(|f| f.trim())
+            .filter(|f| !f.is_empty())
+        {
+            if !OPTIONAL_FAMILIES.contains(&family) {
+                return Err(ConfigError::BadValue {
+                    var: "--optional-families".into(),
+                    value: family.to_string(),
+                    expected: "kube_node_status_addresses, kube_node_spec_pod_cidrs",
+                });
+            }
+            if self.metric_naming != Naming::KubeStateMetrics {
+                return Err(ConfigError::Conflict(format!(
+                    "--optional-families {family}: a kube-state-metrics family, served only with --metric-naming kube-state-metrics"
+                )));
+            }
+            optional.insert(family.to_string());
+        }
         let readings = ReadingSettings {
             naming: self.metric_naming,
+            optional,
             node_labels: crate::readings::labels::LabelSelector::new(
                 &self.node_labels,
                 match (
@@ -951,6 +986,36 @@ mod tests {
                 Cli::try_parse_from(std::iter::once("kube-node-status").chain(ok.iter().copied())).is_ok()
             );
         }
+    }
+
+    #[test]
+    fn optional_families_are_kube_state_metrics_ones_named_exactly() {
+        let ksm = ["--metric-naming", "kube-state-metrics", "--optional-families"];
+        let ok = args(&[&ksm[..], &["kube_node_status_addresses,kube_node_spec_pod_cidrs"]].concat())
+            .resolve(&|_| None)
+            .expect("both optional families");
+        assert_eq!(ok.readings.optional.len(), 2);
+        assert!(
+            ok.readings
+                .family_enabled("kube_node_status_addresses", Group::Metadata)
+        );
+        let none = args(&["--metric-naming", "kube-state-metrics"])
+            .resolve(&|_| None)
+            .unwrap();
+        assert!(
+            !none
+                .readings
+                .family_enabled("kube_node_status_addresses", Group::Metadata)
+        );
+        let err = |a: &[&str]| args(a).resolve(&|_| None).err().map(|e| e.to_string());
+        assert!(
+            err(&[&ksm[..], &["kube_node_images"]].concat())
+                .is_some_and(|e| e.contains("--optional-families"))
+        );
+        assert!(
+            err(&["--optional-families", "kube_node_status_addresses"])
+                .is_some_and(|e| e.contains("--metric-naming kube-state-metrics"))
+        );
     }
 
     #[test]

@@ -262,6 +262,10 @@ def test_kubernetes_auth_reviews_tokens_and_offers_a_reader_role():
 
 
 REFUSED = {
+    "optional families in OTel naming": ({"optionalFamilies": ["kube_node_status_addresses"]},
+                                          "need metricNaming kube-state-metrics"),
+    "an optional family that does not exist": ({"optionalFamilies": ["kube_node_images"], "metricNaming": "kube-state-metrics"},
+                                               "optionalFamilies"),
     "an export interval of zero": ({"otlp": {"exportInterval": "0s"}}, "otlp.exportInterval=0s is under 1s"),
     "an export interval under a second": ({"otlp": {"exportInterval": "500ms"}}, "is under 1s"),
     "an export interval of half a second": ({"otlp": {"exportInterval": "0.5s"}}, "is under 1s"),
@@ -293,6 +297,13 @@ def test_combinations_that_cannot_work_are_refused_naming_the_values(values, mes
     with pytest.raises(helm_python.HelmError) as refused:
         render(values)
     assert message in str(refused.value)
+
+
+def test_optional_families_are_passed_in_kube_state_metrics_naming():
+    values = {"metricNaming": "kube-state-metrics",
+              "optionalFamilies": ["kube_node_status_addresses", "kube_node_spec_pod_cidrs"]}
+    assert "--optional-families=kube_node_status_addresses,kube_node_spec_pod_cidrs" in exporter_args(values)
+    assert not any(a.startswith("--optional-families") for a in exporter_args({}))
 
 
 def test_export_intervals_of_a_second_or_more_are_taken():

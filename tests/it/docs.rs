@@ -105,18 +105,23 @@ async fn check_mode(mode: &str) {
     let api = fixture_api().await;
     let receiver = otlp::Receiver::start(None).await;
     let endpoint = format!("http://{}", receiver.addr);
+    // Every documented metric: the leader gauge, the optional families.
+    let optional = kube_node_status::config::OPTIONAL_FAMILIES.join(",");
+    let mut args = vec![
+        "--cluster-name",
+        "docs",
+        "--metric-naming",
+        mode,
+        "--node-labels",
+        "topology.kubernetes.io/*",
+        "--leader-election",
+    ];
+    if mode == "kube-state-metrics" {
+        args.extend(["--optional-families", &optional]);
+    }
     let exporter = Exporter::start_ready(
         &api.kubeconfig(),
-        &[
-            "--cluster-name",
-            "docs",
-            "--metric-naming",
-            mode,
-            "--node-labels",
-            "topology.kubernetes.io/*",
-            // Every documented metric, the leader gauge included.
-            "--leader-election",
-        ],
+        &args,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),

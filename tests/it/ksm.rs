@@ -3,7 +3,8 @@
 //! case's Node is served by the fake API server, the exporter runs with
 //! `--metric-naming kube-state-metrics --metric-profile full`, and its
 //! `/metrics` is compared, family by family and series by series, with the
-//! case's expected series: every family the parity table in docs/metrics.md
+//! case's expected series (with `--optional-families` naming every optional
+//! family, and without it they must not be served): every family the parity table in docs/metrics.md
 //! calls identical must be equal, every family it calls absent must not be
 //! served, and the table must name every node family kube-state-metrics has.
 
@@ -124,19 +125,33 @@ async fn kube_state_metrics_own_node_cases_through_the_real_path() {
             node["metadata"]["uid"] = format!("ksm-case-{}", case["index"]).into();
         }
         assert!(api.put_node(node), "{name}: the node is served");
-        let exporter = Exporter::start_ready(
-            &api.kubeconfig(),
-            &[
-                "--metric-naming",
-                "kube-state-metrics",
-                "--metric-profile",
-                "full",
-                "--metrics-exporter",
-                "prometheus",
-            ],
-            &[],
-        )
-        .await;
+        let args = [
+            "--metric-naming",
+            "kube-state-metrics",
+            "--metric-profile",
+            "full",
+            "--metrics-exporter",
+            "prometheus",
+        ];
+        let optional = kube_node_status::config::OPTIONAL_FAMILIES;
+        let listed = |f: &Value| optional.contains(&f.as_str().unwrap_or_default());
+        if case["families"].as_array().unwrap().iter().any(listed) {
+            // Served only when asked for: not without the flag.
+            let exporter = Exporter::start_ready(&api.kubeconfig(), &args, &[]).await;
+            let (_, body) = exporter.get("/metrics").await;
+            for family in optional {
+                if !series_of(&body, family).is_empty() {
+                    wrong.push(format!("{name} {family}: served without --optional-families"));
+                }
+            }
+        }
+        let all = optional.join(",");
+        let with_optional: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(["--optional-families", &all])
+            .collect();
+        let exporter = Exporter::start_ready(&api.kubeconfig(), &with_optional, &[]).await;
         let (_, body) = exporter.get("/metrics").await;
         let want = case["want"].as_str().unwrap();
         for family in case["families"]

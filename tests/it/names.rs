@@ -56,27 +56,33 @@ async fn served(naming: &str, profile: &str) -> Served {
         node["metadata"]["labels"]["node-role.kubernetes.io/worker"] = json!("");
         node["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
     });
+    // Every family, the optional ones included.
+    let optional = kube_node_status::config::OPTIONAL_FAMILIES.join(",");
+    let mut args = vec![
+        "--metric-naming",
+        naming,
+        "--metric-profile",
+        profile,
+        "--node-labels",
+        "topology.kubernetes.io/zone,cloud.google.com/gke-nodepool",
+        "--metrics-exporter",
+        "prometheus,otlp",
+        "--otlp-endpoint",
+        "http://127.0.0.1:1",
+        "--metric-export-interval",
+        "1s",
+        "--leader-election",
+        "--lease-duration",
+        "4s",
+        "--cluster-name",
+        "test",
+    ];
+    if naming == "kube-state-metrics" {
+        args.extend(["--optional-families", &optional]);
+    }
     let exporter = Exporter::start_ready(
         &api.kubeconfig(),
-        &[
-            "--metric-naming",
-            naming,
-            "--metric-profile",
-            profile,
-            "--node-labels",
-            "topology.kubernetes.io/zone,cloud.google.com/gke-nodepool",
-            "--metrics-exporter",
-            "prometheus,otlp",
-            "--otlp-endpoint",
-            "http://127.0.0.1:1",
-            "--metric-export-interval",
-            "1s",
-            "--leader-election",
-            "--lease-duration",
-            "4s",
-            "--cluster-name",
-            "test",
-        ],
+        &args,
         &[
             ("POD_NAME", "kns-0"),
             ("POD_NAMESPACE", "monitoring"),

@@ -91,6 +91,9 @@ Refuses value combinations that render but cannot work, each in one message
 naming the values. Included once, by the Deployment.
 */}}
 {{- define "kns.validate" -}}
+{{- if and .Values.optionalFamilies (ne .Values.metricNaming "kube-state-metrics") }}
+{{- fail (printf "optionalFamilies=%s are kube-state-metrics families: they need metricNaming kube-state-metrics" (join "," .Values.optionalFamilies)) }}
+{{- end }}
 {{- if regexMatch "^(0+(\\.0*)?(ms|s|m|h))+$|^[0-9]{1,3}(\\.[0-9]+)?ms$|^0?\\.[0-9]+s$" (toString .Values.otlp.exportInterval) }}
 {{- fail (printf "otlp.exportInterval=%s is under 1s, which the exporter refuses (every interval and timeout has a 1 s floor)" (toString .Values.otlp.exportInterval)) }}
 {{- end }}

@@ -483,6 +483,69 @@ fn labels() -> Family {
     }
 }
 
+/// kube-state-metrics' `kube_node_status_addresses`: one series per address
+/// (`--optional-families`).
+fn addresses() -> Family {
+    Family {
+        name: "kube_node_status_addresses",
+        unit: "",
+        help: "Always 1; one series per address of the node, with its type",
+        kind: Kind::IntGauge,
+        group: Group::Metadata,
+        uid_on_metrics: false,
+        points: Box::new(|_, node, base, emit| {
+            for a in node.status.iter().flat_map(|s| s.addresses.iter().flatten()) {
+                emit(
+                    1.0,
+                    with(
+                        base.to_vec(),
+                        [
+                            KeyValue::new("type", shared(&a.type_)),
+                            KeyValue::new("address", Arc::<str>::from(a.address.as_str())),
+                        ],
+                    ),
+                );
+            }
+        }),
+        count: |n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.addresses.as_ref())
+                .map_or(0, Vec::len)
+        },
+    }
+}
+
+/// kube-state-metrics' `kube_node_spec_pod_cidrs`: one series per pod CIDR
+/// (`--optional-families`).
+fn pod_cidrs() -> Family {
+    Family {
+        name: "kube_node_spec_pod_cidrs",
+        unit: "",
+        help: "Always 1; one series per pod CIDR of the node (spec.podCIDRs)",
+        kind: Kind::IntGauge,
+        group: Group::Metadata,
+        uid_on_metrics: false,
+        points: Box::new(|_, node, base, emit| {
+            for cidr in node.spec.iter().flat_map(|s| s.pod_cidrs.iter().flatten()) {
+                emit(
+                    1.0,
+                    with(
+                        base.to_vec(),
+                        [KeyValue::new("pod_cidr", Arc::<str>::from(cidr.as_str()))],
+                    ),
+                );
+            }
+        }),
+        count: |n| {
+            n.spec
+                .as_ref()
+                .and_then(|s| s.pod_cidrs.as_ref())
+                .map_or(0, Vec::len)
+        },
+    }
+}
+
 /// The four well-known resources in OTel mode: the resource, its instrument
 /// names (allocatable, capacity), its unit, and their descriptions.
 const NAMED_RESOURCES: [(&str, [&str; 2], &str, [&str; 2]); 4] = [
@@ -696,7 +759,7 @@ pub fn node_families(naming: Naming) -> Vec<Family> {
         }
     }
     if naming == Naming::KubeStateMetrics {
-        out.push(labels());
+        out.extend([labels(), addresses(), pod_cidrs()]);
     }
     out
 }
