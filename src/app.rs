@@ -237,7 +237,10 @@ pub async fn run(
                 feed,
                 cluster::Keep {
                     label: keep_label,
-                    all_addresses: settings.readings.optional.contains("kube_node_status_addresses"),
+                    // Kept only when served: not when the profile or a denylist leaves the family out.
+                    all_addresses: settings
+                        .readings
+                        .family_enabled("kube_node_status_addresses", crate::config::Group::Metadata),
                 },
                 settings.api_timeout,
             ),

@@ -242,8 +242,11 @@ pub struct NodeInfo<'a> {
     pub architecture: &'a str,
     /// `spec.providerID`.
     pub provider_id: &'a str,
-    /// The last `InternalIP` address, as kube-state-metrics takes it (on a dual-stack node, the second family's).
+    /// The first `InternalIP` address.
     pub internal_ip: &'a str,
+    /// The last `InternalIP` address, as kube-state-metrics takes it (on a
+    /// dual-stack node, the second family's).
+    pub internal_ip_last: &'a str,
     /// `spec.podCIDR`.
     pub pod_cidr: &'a str,
     /// `status.nodeInfo.systemUUID`.
@@ -270,7 +273,11 @@ pub fn info(node: &Node) -> NodeInfo<'_> {
         pod_cidr: spec.and_then(|s| s.pod_cidr.as_deref()).unwrap_or(""),
         internal_ip: status
             .and_then(|s| s.addresses.as_ref())
-            // The last, as kube-state-metrics takes it: on a dual-stack node, the second family's.
+            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+            .map(|a| a.address.as_str())
+            .unwrap_or(""),
+        internal_ip_last: status
+            .and_then(|s| s.addresses.as_ref())
             .and_then(|a| a.iter().rev().find(|a| a.type_ == "InternalIP"))
             .map(|a| a.address.as_str())
             .unwrap_or(""),
@@ -396,9 +403,9 @@ pub(crate) mod test_nodes {
 #[cfg(test)]
 mod tests {
 
-    /// On a dual-stack node the internal IP is the last InternalIP, as kube-state-metrics reads it.
+    /// On a dual-stack node: the first InternalIP, and the last, as kube-state-metrics reads it.
     #[test]
-    fn the_internal_ip_is_the_last_internal_address() {
+    fn the_internal_ip_first_and_last() {
         let node: Node = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "a"},
             "status": {"addresses": [
@@ -408,7 +415,8 @@ mod tests {
             ]},
         }))
         .expect("a node");
-        assert_eq!(info(&node).internal_ip, "fd00::7");
+        assert_eq!(info(&node).internal_ip, "10.0.0.7");
+        assert_eq!(info(&node).internal_ip_last, "fd00::7");
     }
     use super::{test_nodes::node, *};
     use ConditionStatus::{False as F, True as T, Unknown as U};

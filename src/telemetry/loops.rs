@@ -74,10 +74,17 @@ impl Telemetry {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leading = self.inner.sources.leadership.subscribe();
         leading.borrow_and_update();
+        // When this replica last exported as the leader.
+        let mut led: Option<tokio::time::Instant> = None;
         loop {
             let trigger = tokio::select! {
                 _ = ticks.tick() => Trigger::ExportTick,
                 Ok(()) = leading.changed() => match *leading.borrow_and_update() {
+                    // A renewal that came after the deadline is announced as a new
+                    // leadership; if this replica led within the interval, its points
+                    // are fresh, and exporting at once on every late renewal would
+                    // multiply what a slow API server's cluster is billed.
+                    true if led.is_some_and(|t| t.elapsed() < interval) => continue,
                     true => Trigger::Elected,
                     false => Trigger::SteppedDown,
                 },
@@ -87,7 +94,11 @@ impl Telemetry {
                 ticks.reset();
             }
             if plan.export {
+                let leader = self.inner.sources.leadership.is_leader();
                 self.inner.export_cycle(exporter).await;
+                if leader {
+                    led = Some(tokio::time::Instant::now());
+                }
             }
         }
     }

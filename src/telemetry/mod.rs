@@ -583,8 +583,18 @@ impl Telemetry {
         if let Some(logs) = &self.inner.logs {
             logs.flush().await;
         }
-        if let Some(exporter) = &self.inner.otlp {
-            self.inner.export_cycle(exporter).await;
+        if self.inner.otlp.is_some() {
+            // Its own task: a panic in the last export is logged, and the
+            // shutdown still releases the Lease and flushes the traces.
+            let inner = self.inner.clone();
+            let last = tokio::spawn(async move {
+                if let Some(exporter) = &inner.otlp {
+                    inner.export_cycle(exporter).await;
+                }
+            });
+            if let Err(e) = last.await {
+                warn!(error = %e, "the last OTLP export failed");
+            }
         }
         let current = self.inner.current();
         let _ = tokio::task::spawn_blocking(move || current.shutdown()).await;

@@ -120,8 +120,8 @@ fn key(c: &ConditionChange) -> Key {
     )
 }
 
-/// Changes remembered per leadership, for the replay to skip: more than a
-/// replay window holds.
+/// Changes remembered per leadership, for the replay to skip: at least
+/// this many, and twice what a replay window may hold (`capacity`).
 const QUEUED_KEYS: usize = 16_384;
 
 impl LogQueue {
@@ -156,7 +156,7 @@ impl LogQueue {
                 return false;
             }
             order.push_back(k);
-            if order.len() > QUEUED_KEYS
+            if order.len() > QUEUED_KEYS.max(2 * self.capacity)
                 && let Some(old) = order.pop_front()
             {
                 set.remove(&old);

@@ -431,7 +431,7 @@ fn info(naming: Naming) -> Family {
                     ("provider_id", i.provider_id),
                     ("pod_cidr", i.pod_cidr),
                     ("system_uuid", i.system_uuid),
-                    ("internal_ip", i.internal_ip),
+                    ("internal_ip", i.internal_ip_last),
                 ],
             };
             emit(
