@@ -16,7 +16,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use super::Sample;
+use opentelemetry_proto::tonic::{collector::metrics::v1::ExportMetricsServiceRequest, metrics::v1::metric};
+
+use super::{
+    Sample,
+    otlp::{self, Receiver},
+};
 
 /// One node as the API stores it, as far as the checked families go.
 #[derive(Clone, Debug, PartialEq)]
@@ -286,4 +291,202 @@ pub fn check_metrics(samples: &[Sample], truth: &Truth, counts: &Counts) -> Vec<
         ));
     }
     wrong
+}
+
+/// OTLP's node readings and counters against the truth; cumulative points never go down under one start time.
+pub fn check_otlp(req: &ExportMetricsServiceRequest, truth: &Truth) -> Vec<String> {
+    let mut wrong = Vec::new();
+    let ready: BTreeMap<String, f64> = otlp::points(req, "k8s.node.ready")
+        .into_iter()
+        .map(|(a, v)| (a.get("k8s.node.name").cloned().unwrap_or_default(), v))
+        .collect();
+    let want: BTreeMap<String, f64> = truth
+        .iter()
+        .map(|(n, t)| {
+            let up = t.conditions.get("Ready").is_some_and(|(s, _)| s == "True");
+            (n.clone(), f64::from(u8::from(up)))
+        })
+        .collect();
+    if ready != want {
+        wrong.push(format!("OTLP k8s.node.ready {ready:?}, want {want:?}"));
+    }
+    // Every condition, one-hot, and no node or condition that is not there.
+    let got: BTreeMap<(String, String, String), f64> = otlp::points(req, "k8s.node.condition.status")
+        .into_iter()
+        .map(|(a, v)| {
+            let get = |k: &str| a.get(k).cloned().unwrap_or_default();
+            (
+                (
+                    get("k8s.node.name"),
+                    get("k8s.node.condition.type"),
+                    get("k8s.node.condition.status"),
+                ),
+                v,
+            )
+        })
+        .collect();
+    let mut want = BTreeMap::new();
+    for (name, node) in truth {
+        for (type_, (status, _)) in &node.conditions {
+            let status = match status.as_str() {
+                "True" => "true",
+                "False" => "false",
+                _ => "unknown",
+            };
+            for label in ["true", "false", "unknown"] {
+                want.insert(
+                    (name.clone(), type_.clone(), label.to_string()),
+                    f64::from(u8::from(label == status)),
+                );
+            }
+        }
+    }
+    if got != want {
+        let extra: Vec<_> = got
+            .iter()
+            .filter(|(k, v)| want.get(*k) != Some(*v))
+            .take(5)
+            .collect();
+        let missing: Vec<_> = want
+            .iter()
+            .filter(|(k, v)| got.get(*k) != Some(*v))
+            .take(5)
+            .collect();
+        wrong.push(format!(
+            "OTLP k8s.node.condition.status: wrong or extra {extra:?}, missing {missing:?}"
+        ));
+    }
+    wrong
+}
+
+/// Every cumulative point so far: (metric, attributes, start) → the values in order.
+pub fn cumulative_lies(requests: &[ExportMetricsServiceRequest]) -> Vec<String> {
+    let mut highest: BTreeMap<(String, String, u64), f64> = BTreeMap::new();
+    let mut wrong = Vec::new();
+    for req in requests {
+        for m in req
+            .resource_metrics
+            .iter()
+            .flat_map(|r| &r.scope_metrics)
+            .flat_map(|s| &s.metrics)
+        {
+            let Some(metric::Data::Sum(sum)) = &m.data else {
+                continue;
+            };
+            for p in &sum.data_points {
+                let mut attrs: Vec<String> = p
+                    .attributes
+                    .iter()
+                    .map(|kv| format!("{}={}", kv.key, otlp::any_value(&kv.value)))
+                    .collect();
+                attrs.sort();
+                let value = match p.value {
+                    Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(i)) => {
+                        i as f64
+                    }
+                    Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(d)) => d,
+                    None => continue,
+                };
+                let key = (m.name.clone(), attrs.join(","), p.start_time_unix_nano);
+                let top = highest.entry(key.clone()).or_insert(value);
+                if value < *top {
+                    wrong.push(format!(
+                        "{} {{{}}} went from {} down to {} under start time {}",
+                        key.0, key.1, top, value, key.2
+                    ));
+                }
+                *top = top.max(value);
+            }
+        }
+    }
+    wrong
+}
+
+/// The condition-change records against the counters of the only replica:
+/// each record of a status change stands for one counted change, each of a
+/// change-and-back (previous = status) for two.
+pub fn check_records(receiver: &Receiver, samples: &[Sample], truth: &Truth, since: usize) -> Vec<String> {
+    let mut implied: BTreeMap<(String, String, String), f64> = BTreeMap::new();
+    for r in receiver.log_records().iter().skip(since) {
+        let a: BTreeMap<String, String> = r
+            .attributes
+            .iter()
+            .map(|kv| (kv.key.clone(), otlp::any_value(&kv.value)))
+            .collect();
+        let get = |k: &str| a.get(k).cloned().unwrap_or_default();
+        let weight = if get("k8s.node.condition.previous_status") == get("k8s.node.condition.status") {
+            2.0
+        } else {
+            1.0
+        };
+        *implied
+            .entry((
+                get("k8s.node.name"),
+                get("k8s.node.uid"),
+                get("k8s.node.condition.type"),
+            ))
+            .or_default() += weight;
+    }
+    let mut wrong = Vec::new();
+    for (name, node) in truth {
+        for type_ in node.conditions.keys() {
+            let counted = super::value(
+                samples,
+                "k8s_node_condition_transitions_total",
+                &[("k8s_node_name", name), ("k8s_node_condition_type", type_)],
+            )
+            .unwrap_or(0.0);
+            let recorded = implied
+                .get(&(name.clone(), node.uid.clone(), type_.clone()))
+                .copied()
+                .unwrap_or(0.0);
+            if counted != recorded {
+                wrong.push(format!(
+                    "{name} {type_}: counted {counted}, records say {recorded}"
+                ));
+            }
+        }
+    }
+    wrong
+}
+
+/// The changes in `made` that no record reports: none may be missed, one
+/// replica or several, whoever leads when it happens.
+pub fn records_missed(receiver: &Receiver, made: &[(String, String, String, String, String)]) -> Vec<String> {
+    let label = |s: &str| match s {
+        "True" => "true",
+        "False" => "false",
+        _ => "unknown",
+    };
+    let reported: std::collections::BTreeSet<(String, String, String, String, String)> = receiver
+        .log_records()
+        .iter()
+        .map(|r| {
+            let a: BTreeMap<&str, String> = r
+                .attributes
+                .iter()
+                .map(|kv| (kv.key.as_str(), otlp::any_value(&kv.value)))
+                .collect();
+            let get = |k: &str| a.get(k).cloned().unwrap_or_default();
+            (
+                get("k8s.node.name"),
+                get("k8s.node.uid"),
+                get("k8s.node.condition.type"),
+                get("k8s.node.condition.previous_status"),
+                get("k8s.node.condition.status"),
+            )
+        })
+        .collect();
+    made.iter()
+        .filter(|(n, u, t, p, s)| {
+            !reported.contains(&(
+                n.clone(),
+                u.clone(),
+                t.clone(),
+                label(p).to_string(),
+                label(s).to_string(),
+            ))
+        })
+        .map(|(n, _, t, p, s)| format!("no record of {n} {t}: {p} → {s}"))
+        .collect()
 }
