@@ -18,7 +18,7 @@ pub use condition_changes::{ConditionChange, ConditionSink};
 pub use feed::Feed;
 pub use health::{ApiVerb, ErrorReason, EventKind, Health, WatchStats};
 pub use node::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, ResourceList, Taint};
-pub use transitions::Transitions;
+pub use transitions::{Seen, Transitions};
 pub use watch::{Keep, KeepLabel, spawn as spawn_watcher, strip, strip_keeping};
 
 use std::sync::Arc;
