@@ -19,30 +19,17 @@ fn root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// One series: its name, its labels, its value.
-type Series = (String, BTreeMap<String, String>, f64);
-
 /// The series of `family` in a text exposition (by exact name: ours has
-/// families kube-state-metrics lacks whose names start like its own).
+/// families kube-state-metrics lacks whose names start like its own), as a
+/// multiset: sorted, duplicates kept. Values are compared as numbers: Go
+/// writes 1e+16 where we write 10000000000000000.
 fn series_of(text: &str, family: &str) -> Vec<String> {
-    let out = common::parse(
-        &text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("\n"),
-    )
-    .into_iter()
-    .filter(|s| s.name == family)
-    .map(|s| {
-        let series: Series = (s.name, s.labels, s.value);
-        // Values as numbers: Go writes 1e+16 where we write 10000000000000000.
-        format!("{}{:?} {}", series.0, series.1, series.2)
-    })
-    .collect::<Vec<_>>();
-    // A multiset: sorted, duplicates kept.
-    let mut out = out;
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let mut out: Vec<String> = common::parse(&lines.join("\n"))
+        .into_iter()
+        .filter(|s| s.name == family)
+        .map(|s| format!("{}{:?} {}", s.name, s.labels, s.value))
+        .collect();
     out.sort();
     out
 }
