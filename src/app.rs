@@ -204,6 +204,8 @@ pub async fn run(
         (None, true) => Some(Authenticator::Kubernetes(Reviewer::new(
             own_client()?,
             "/metrics",
+            settings.auth_token_audiences.clone(),
+            telemetry.surface(),
         ))),
         (None, false) => None,
     }
@@ -261,17 +263,26 @@ pub async fn run(
         stale_after: settings.stale_after,
         request_timeout: settings.request_timeout,
         auth,
+        surface: telemetry.surface(),
+        plain: Arc::new(tokio::sync::Semaphore::new(http::PLAIN_AT_ONCE)),
     };
     let tls = match &settings.tls {
         Some((cert, key)) => {
-            let files = Arc::new(crate::tls::CertFiles::open(cert, key).map_err(ConfigError::from)?);
+            let files = Arc::new(
+                crate::tls::CertFiles::open(cert, key, telemetry.surface()).map_err(ConfigError::from)?,
+            );
             Some(Arc::new(files.server_config().map_err(ConfigError::from)?))
         }
         None => None,
     };
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let limits = http::Limits {
+        max_connections: settings.max_connections,
+        request_timeout: settings.request_timeout,
+    };
+    let surface = telemetry.surface();
     let mut server = tokio::spawn(async move {
-        http::serve(listener, http::router(state), tls, async {
+        http::serve(listener, http::router(state), tls, limits, surface, async {
             let _ = http_stopped.await;
         })
         .await

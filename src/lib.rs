@@ -18,6 +18,7 @@ pub mod leader;
 pub mod logging;
 pub mod memory;
 pub mod readings;
+pub mod surface;
 pub mod tasks;
 pub mod telemetry;
 pub mod tls;

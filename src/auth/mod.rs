@@ -5,13 +5,16 @@
 //! against a token file (a mounted Secret, [`TokenFile`]) or with the
 //! Kubernetes API as kube-rbac-proxy does (TokenReview, then
 //! SubjectAccessReview for `get` on the `/metrics` path, [`Reviewer`]).
-//! A token never reaches a log line or an error message.
+//! A token never reaches a log line or an error message, and is not kept:
+//! caches hold its SHA-256.
 
+mod lookups;
 mod review;
 mod token_file;
 
+pub use lookups::Limits as ReviewLimits;
 pub use review::Reviewer;
-pub use token_file::{TokenFile, TokenFileError};
+pub use token_file::{MIN_TOKEN_LEN, TokenFile, TokenFileError};
 
 /// The outcome of checking a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +29,22 @@ pub enum Verdict {
     Forbidden,
     /// The token could not be checked now (the API server did not answer).
     Unavailable,
+    /// The token was not checked: too many unknown tokens were presented at once.
+    Throttled,
+}
+
+impl Verdict {
+    /// What the counters call it.
+    pub fn result(self) -> crate::surface::AuthResult {
+        use crate::surface::AuthResult;
+        match self {
+            Verdict::Allowed => AuthResult::Allowed,
+            Verdict::Missing | Verdict::Invalid => AuthResult::Unauthenticated,
+            Verdict::Forbidden => AuthResult::Forbidden,
+            Verdict::Unavailable => AuthResult::Unavailable,
+            Verdict::Throttled => AuthResult::Throttled,
+        }
+    }
 }
 
 /// How scrapes are authenticated.

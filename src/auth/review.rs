@@ -1,15 +1,19 @@
 //! Scrape tokens checked with the Kubernetes API, as kube-rbac-proxy does:
-//! a TokenReview says who the token belongs to, a SubjectAccessReview whether
-//! that user may `get` the non-resource path `/metrics` (granted by a
-//! ClusterRole rule `nonResourceURLs: ["/metrics"]`). Answers are cached for
-//! a short while so that each scrape does not cost two API calls.
+//! a TokenReview says who the token belongs to (and, with audiences, that it
+//! was issued for this exporter), a SubjectAccessReview whether that user may
+//! `get` the non-resource path `/metrics` (granted by a ClusterRole rule
+//! `nonResourceURLs: ["/metrics"]`). [`Lookups`] bounds how often that is
+//! asked: an unauthenticated client cannot turn its requests into API calls.
 
 use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, Instant},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
+use futures::FutureExt;
 use k8s_openapi::api::{
     authentication::v1::{TokenReview, TokenReviewSpec},
     authorization::v1::{NonResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
@@ -17,34 +21,56 @@ use k8s_openapi::api::{
 use kube::{Api, Client, api::PostParams};
 use tracing::{info, warn};
 
-use super::{Verdict, bearer};
+use super::{
+    Verdict, bearer,
+    lookups::{Limits, Lookups, Review},
+};
+use crate::surface::SurfaceStats;
 
-/// How long an answer is reused: a revoked token or binding takes effect within this.
-pub const CACHE_FOR: Duration = Duration::from_secs(60);
-/// Distinct tokens remembered at most; past that, the cache starts over.
-const CACHE_SIZE: usize = 1024;
 /// A review that takes longer is given up (the scrape gets 503, not a hang).
 const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Checks tokens with the API server.
 pub struct Reviewer {
+    lookups: Lookups,
+}
+
+/// What the API calls need.
+struct ReviewApi {
     client: Client,
     path: String,
-    /// Verdicts by token. Tokens are kept whole, not hashed: a lookup must
-    /// match exactly, and they are in memory while a request holds them anyway.
-    cache: Mutex<HashMap<Vec<u8>, (Instant, Verdict)>>,
+    audiences: Vec<String>,
     /// True while reviews fail: logged once per streak.
-    failing: std::sync::atomic::AtomicBool,
+    failing: AtomicBool,
 }
 
 impl Reviewer {
-    /// Reviews with `client`, for `get` on `path` (`/metrics`).
-    pub fn new(client: Client, path: &str) -> Reviewer {
-        Reviewer {
+    /// Reviews with `client`, for `get` on `path` (`/metrics`), accepting
+    /// only tokens issued for one of `audiences` when there are any.
+    pub fn new(client: Client, path: &str, audiences: Vec<String>, stats: Arc<SurfaceStats>) -> Reviewer {
+        Reviewer::with_limits(client, path, audiences, stats, Limits::default())
+    }
+
+    /// As [`Reviewer::new`], with other bounds.
+    pub fn with_limits(
+        client: Client,
+        path: &str,
+        audiences: Vec<String>,
+        stats: Arc<SurfaceStats>,
+        limits: Limits,
+    ) -> Reviewer {
+        let api = Arc::new(ReviewApi {
             client,
             path: path.to_string(),
-            cache: Mutex::new(HashMap::new()),
-            failing: std::sync::atomic::AtomicBool::new(false),
+            audiences,
+            failing: AtomicBool::new(false),
+        });
+        let review: Review = Arc::new(move |token| {
+            let api = api.clone();
+            async move { api.judge(token).await }.boxed()
+        });
+        Reviewer {
+            lookups: Lookups::new(limits, review, stats),
         }
     }
 
@@ -53,38 +79,25 @@ impl Reviewer {
         let Some(token) = authorization.and_then(bearer) else {
             return Verdict::Missing;
         };
-        if let Some(v) = self.cached(token) {
-            return v;
-        }
+        self.lookups.check(token).await
+    }
+}
+
+impl ReviewApi {
+    async fn judge(&self, token: Vec<u8>) -> Verdict {
         let verdict = match tokio::time::timeout(REVIEW_TIMEOUT, self.review(token)).await {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => return self.unavailable(&e.to_string()),
             Err(_) => return self.unavailable("timed out"),
         };
-        if self.failing.swap(false, std::sync::atomic::Ordering::AcqRel) {
+        if self.failing.swap(false, Ordering::AcqRel) {
             info!("scrape token reviews work again");
         }
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= CACHE_SIZE {
-            cache.retain(|_, (at, _)| at.elapsed() < CACHE_FOR);
-            if cache.len() >= CACHE_SIZE {
-                cache.clear();
-            }
-        }
-        cache.insert(token.to_vec(), (Instant::now(), verdict));
         verdict
     }
 
-    fn cached(&self, token: &[u8]) -> Option<Verdict> {
-        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache
-            .get(token)
-            .filter(|(at, _)| at.elapsed() < CACHE_FOR)
-            .map(|(_, v)| *v)
-    }
-
     fn unavailable(&self, reason: &str) -> Verdict {
-        if !self.failing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        if !self.failing.swap(true, Ordering::AcqRel) {
             warn!(
                 reason,
                 "cannot review scrape tokens with the Kubernetes API (TokenReview, SubjectAccessReview); answering 503 until it works"
@@ -93,11 +106,11 @@ impl Reviewer {
         Verdict::Unavailable
     }
 
-    async fn review(&self, token: &[u8]) -> Result<Verdict, kube::Error> {
+    async fn review(&self, token: Vec<u8>) -> Result<Verdict, kube::Error> {
         let review = TokenReview {
             spec: TokenReviewSpec {
-                token: String::from_utf8_lossy(token).into_owned(),
-                ..Default::default()
+                token: String::from_utf8_lossy(&token).into_owned(),
+                audiences: (!self.audiences.is_empty()).then(|| self.audiences.clone()),
             },
             ..Default::default()
         };
@@ -105,7 +118,10 @@ impl Reviewer {
             .create(&PostParams::default(), &review)
             .await?;
         let status = reviewed.status.unwrap_or_default();
-        let Some(user) = status.user.filter(|_| status.authenticated == Some(true)) else {
+        if !authenticated_for(&status, &self.audiences) {
+            return Ok(Verdict::Invalid);
+        }
+        let Some(user) = status.user else {
             return Ok(Verdict::Invalid);
         };
         let access = SubjectAccessReview {
@@ -130,5 +146,59 @@ impl Reviewer {
         } else {
             Verdict::Forbidden
         })
+    }
+}
+
+/// True if the API server authenticated the token and, when audiences were
+/// asked for, said which of them it is valid for. An API server that ignored
+/// the audiences (answering none) is not taken at its word: the token may
+/// be one issued for the API server itself, which this exporter must refuse.
+fn authenticated_for(
+    status: &k8s_openapi::api::authentication::v1::TokenReviewStatus,
+    wanted: &[String],
+) -> bool {
+    if status.authenticated != Some(true) {
+        return false;
+    }
+    wanted.is_empty()
+        || status
+            .audiences
+            .as_ref()
+            .is_some_and(|got| got.iter().any(|a| wanted.contains(a)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::authentication::v1::TokenReviewStatus;
+
+    #[test]
+    fn audiences_table() {
+        let status = |authenticated: Option<bool>, audiences: Option<&[&str]>| TokenReviewStatus {
+            authenticated,
+            audiences: audiences.map(|a| a.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
+        };
+        let want = ["kube-node-status".to_string()];
+        for (s, wanted, ok) in [
+            (status(Some(true), None), &[][..], true),
+            (status(Some(false), None), &[][..], false),
+            (status(None, None), &[][..], false),
+            (status(Some(true), Some(&["kube-node-status"])), &want[..], true),
+            (
+                status(Some(true), Some(&["other", "kube-node-status"])),
+                &want[..],
+                true,
+            ),
+            (
+                status(Some(true), Some(&["https://kubernetes.default.svc"])),
+                &want[..],
+                false,
+            ),
+            (status(Some(true), Some(&[])), &want[..], false),
+            (status(Some(true), None), &want[..], false),
+        ] {
+            assert_eq!(authenticated_for(&s, wanted), ok, "{s:?} for {wanted:?}");
+        }
     }
 }

@@ -237,6 +237,20 @@ pub struct RunArgs {
     #[arg(long, env = "KNS_AUTH_KUBERNETES", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub auth_kubernetes: bool,
 
+    /// With --auth-kubernetes, accept only tokens issued for one of these audiences
+    /// (comma-separated; the TokenReview's spec.audiences), as kube-rbac-proxy's
+    /// --auth-token-audiences: a token made for the API server or another service is
+    /// refused. Scrapers then send a projected service-account token with one of them.
+    /// [default: none: any token the API server authenticates]
+    #[arg(long, env = "KNS_AUTH_TOKEN_AUDIENCES", value_delimiter = ',')]
+    pub auth_token_audiences: Vec<String>,
+
+    /// Connections served at once (scrapers, probes, people). When all are open, a new
+    /// one closes the oldest that is not serving a request; when all are serving a
+    /// request, it is refused (kube_node_status_http_connections_refused_total).
+    #[arg(long, env = "KNS_MAX_CONNECTIONS", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_connections: u16,
+
     /// /readyz turns 503 once the node watch has been failing for longer than this (e.g. 90s, 2m).
     #[arg(long, env = "KNS_STALE_AFTER", default_value = "2m", value_parser = parse_at_least_a_second)]
     pub stale_after: Duration,
@@ -409,6 +423,10 @@ pub struct Settings {
     pub auth_kubernetes: bool,
     /// The file holding the bearer token scrapes of /metrics must carry.
     pub auth_token_file: Option<PathBuf>,
+    /// The audiences a reviewed token must be issued for (none: any).
+    pub auth_token_audiences: Vec<String>,
+    /// Connections served at once.
+    pub max_connections: usize,
     /// Log format.
     pub log_format: LogFormat,
     /// Serve /metrics.
@@ -711,6 +729,11 @@ impl RunArgs {
             }
             crate::auth::TokenFile::open(path)?;
         }
+        if !self.auth_kubernetes && self.auth_token_audiences.iter().any(|a| !a.trim().is_empty()) {
+            return Err(ConfigError::Conflict(
+                "--auth-token-audiences (KNS_AUTH_TOKEN_AUDIENCES) needs --auth-kubernetes".into(),
+            ));
+        }
         match (&self.tls_cert_file, &self.tls_key_file) {
             (Some(cert), Some(key)) => {
                 crate::tls::load(cert, key)?;
@@ -823,6 +846,13 @@ impl RunArgs {
             }),
             auth_token_file: self.auth_token_file.clone(),
             auth_kubernetes: self.auth_kubernetes,
+            auth_token_audiences: self
+                .auth_token_audiences
+                .iter()
+                .map(|a| a.trim().to_string())
+                .filter(|a| !a.is_empty())
+                .collect(),
+            max_connections: usize::from(self.max_connections),
             request_timeout: self.request_timeout,
             api_timeout: self.api_timeout,
             tls: self.tls_cert_file.clone().zip(self.tls_key_file.clone()),

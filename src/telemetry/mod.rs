@@ -490,6 +490,7 @@ impl Telemetry {
                 leadership,
                 work: Arc::default(),
                 logs: logs.as_ref().map(logs::Logs::stats),
+                surface: Arc::default(),
             },
             logs,
             families,
@@ -519,6 +520,12 @@ impl Telemetry {
         Ok(Telemetry {
             inner: Arc::new(inner),
         })
+    }
+
+    /// The counters of the served surface (connections, scrape authentication,
+    /// the serving certificate), for the server to write and the self-telemetry to read.
+    pub fn surface(&self) -> Arc<crate::surface::SurfaceStats> {
+        self.inner.sources.surface.clone()
     }
 
     /// What `/metrics` is served from, if the Prometheus exporter is on.

@@ -261,6 +261,25 @@ def test_kubernetes_auth_reviews_tokens_and_offers_a_reader_role():
     assert len(names) == len(set(names)), sorted(names)
 
 
+def test_third_party_images_are_pinned_by_digest_and_audiences_reach_the_exporter():
+    objects = render({"collector": {"enabled": True}, "image": {"tag": "1.2.3", "digest": "sha256:" + "ab" * 32},
+                      "metricsAuth": {"enabled": True, "kubernetes": True, "audiences": ["kube-node-status", "b"]},
+                      "tls": {"enabled": True, "secretName": "s"}})
+    pod = next(o for _, o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    images = {c["name"]: c["image"] for c in pod["containers"]}
+    digest = re.compile(r"^[^@]+:[^@]+@sha256:[0-9a-f]{64}$")
+    assert images["kube-node-status"] == "ghcr.io/kube-node-status/kube-node-status:1.2.3@sha256:" + "ab" * 32
+    assert digest.match(images["otel-collector"]), images
+    test_pod = next(o for _, o in objects if o["kind"] == "Pod")
+    assert digest.match(test_pod["spec"]["containers"][0]["image"]), test_pod["spec"]["containers"][0]["image"]
+    exporter = next(c for c in pod["containers"] if c["name"] == "kube-node-status")
+    assert "--auth-token-audiences=kube-node-status,b" in exporter["args"]
+    # By default the exporter image follows the chart's appVersion, by tag.
+    default = next(o for _, o in render({}) if o["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert "@" not in default["image"]
+    assert not any(a.startswith("--auth-token-audiences") for a in default["args"])
+
+
 REFUSED = {
     "optional families in OTel naming": ({"optionalFamilies": ["kube_node_status_addresses"]},
                                           "need metricNaming kube-state-metrics"),
@@ -273,6 +292,12 @@ REFUSED = {
     "an export interval in microseconds": ({"otlp": {"exportInterval": "999999us"}}, "exportInterval"),
     "an export interval in nanoseconds": ({"otlp": {"exportInterval": "1ns"}}, "exportInterval"),
     "kubernetes review without TLS": ({"metricsAuth": {"enabled": True, "kubernetes": True}}, "metricsAuth.kubernetes needs tls.enabled"),
+    "audiences without kubernetes review": ({"metricsAuth": {"enabled": True, "secretName": "s", "audiences": ["kns"]}},
+                                            "metricsAuth.audiences needs metricsAuth.enabled and metricsAuth.kubernetes"),
+    "audiences with the chart's monitors": ({"metricsAuth": {"enabled": True, "kubernetes": True, "audiences": ["kns"]},
+                                             "tls": {"enabled": True, "secretName": "s"}, "serviceMonitor": {"enabled": True}},
+                                            "metricsAuth.audiences with the chart's monitors"),
+    "an image digest that is not one": ({"image": {"digest": "sha256:abc"}}, "digest"),
     "GMP reading the serving key": ({"podMonitoring": {"enabled": True}, "tls": {"enabled": True, "secretName": "s"}},
                                     "needs tls.caSecretName"),
     "GMP rules over OTLP (Telemetry API)": ({"gmpRules": {"enabled": True}, "metricsExporter": "prometheus,otlp",
@@ -493,7 +518,7 @@ def promtool(*args, stdin=""):
 
 NODE_ALERTS = {"NodeNotReady", "NodeUnreachable", "NodeUnderPressure", "NodeReadinessFlapping"}
 EXPORTER_ALERTS = {"KubeNodeStatusExporterDown", "KubeNodeStatusWatchErrors", "KubeNodeStatusViewStale",
-                   "KubeNodeStatusNoLeader", "KubeNodeStatusOtlpDataRejected"}
+                   "KubeNodeStatusNoLeader", "KubeNodeStatusOtlpDataRejected", "KubeNodeStatusCertificateExpiring"}
 ALERTS = NODE_ALERTS | EXPORTER_ALERTS
 
 

@@ -12,6 +12,7 @@ mod exporter;
 mod fake_apiserver;
 mod faults;
 mod gcp;
+mod hardening;
 mod image;
 mod install;
 mod ksm;

@@ -17,6 +17,24 @@ fn self_signed() -> (String, String) {
     (c.cert.pem(), c.signing_key.serialize_pem())
 }
 
+/// A self-signed pair for localhost that expires at midnight UTC of the day given.
+fn self_signed_until(year: i32, month: u8, day: u8) -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_after = rcgen::date_time_ymd(year, month, day);
+    let key = rcgen::KeyPair::generate().unwrap();
+    (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
+/// The served certificate's expiry as /metrics reports it.
+async fn reported_expiry(addr: std::net::SocketAddr, trusted: &[&str]) -> Option<f64> {
+    let (_, body, _) = https_get(addr, "/metrics", trusted).await.ok()?;
+    common::value(
+        &common::parse(&body),
+        "kube_node_status_tls_certificate_expiration_timestamp_seconds",
+        &[],
+    )
+}
+
 /// GET `path` over TLS, trusting `trusted`: (status line, body, the certificate the server showed).
 async fn https_get(
     addr: std::net::SocketAddr,
@@ -59,7 +77,7 @@ async fn https_with_a_certificate_that_is_reloaded_when_it_changes() {
     let api = fake_api(10).await;
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    let (c1, k1) = self_signed();
+    let (c1, k1) = self_signed_until(2030, 6, 15);
     std::fs::write(&cert, &c1).unwrap();
     std::fs::write(&key, &k1).unwrap();
     let exporter = Exporter::start(
@@ -103,8 +121,14 @@ async fn https_with_a_certificate_that_is_reloaded_when_it_changes() {
         "plain HTTP was answered: {plain:?}"
     );
 
+    // Its expiry is reported: 2030-06-15T00:00:00Z.
+    assert_eq!(
+        reported_expiry(exporter.addr, &[&c1]).await,
+        Some(1_907_712_000.0)
+    );
+
     // A rotated pair is served to new connections within a few seconds.
-    let (c2, k2) = self_signed();
+    let (c2, k2) = self_signed_until(2031, 1, 1);
     std::fs::write(&key, &k2).unwrap();
     std::fs::write(&cert, &c2).unwrap();
     let want = CertificateDer::from_pem_slice(c2.as_bytes()).unwrap().to_vec();
@@ -116,13 +140,48 @@ async fn https_with_a_certificate_that_is_reloaded_when_it_changes() {
             break;
         }
         assert!(
-            rotated.elapsed() < Duration::from_secs(5),
+            rotated.elapsed() < Duration::from_secs(30),
             "the new certificate was not served\n{}",
             exporter.logs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(exporter.logs().contains("TLS certificate reloaded"));
+    assert_eq!(
+        reported_expiry(exporter.addr, &[&c2]).await,
+        Some(1_924_992_000.0)
+    );
+
+    // A broken certificate file: the previous pair stays, every look is
+    // counted, and the warning is logged once for the whole streak.
+    let warned = |logs: &str| logs.matches("does not load").count();
+    let before = warned(&exporter.logs());
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nbroken\n").unwrap();
+    let broken = Instant::now();
+    loop {
+        let (_, body, shown) = https_get(exporter.addr, "/metrics", &[&c2]).await.unwrap();
+        assert_eq!(shown, want, "the previous pair stays in service");
+        let failures = common::value(
+            &common::parse(&body),
+            "kube_node_status_tls_certificate_reload_failures_total",
+            &[],
+        )
+        .unwrap_or(0.0);
+        if failures >= 3.0 {
+            break;
+        }
+        assert!(
+            broken.elapsed() < Duration::from_secs(60),
+            "reload failures not counted: {failures}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        warned(&exporter.logs()) - before,
+        1,
+        "one warning per streak\n{}",
+        exporter.logs()
+    );
 }
 
 #[test]

@@ -38,7 +38,19 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{- define "kns.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- include "kns.imageRef" (dict "repository" .Values.image.repository "tag" (default .Chart.AppVersion .Values.image.tag) "digest" .Values.image.digest) }}
+{{- end }}
+
+{{/* repository:tag, with @digest when one is set: the digest is what is pulled, the tag says what it is. */}}
+{{- define "kns.imageRef" -}}
+{{- if .digest }}
+{{- if not (regexMatch "^sha256:[0-9a-f]{64}$" .digest) }}
+{{- fail (printf "image digest %q is not sha256:<64 hex digits>" .digest) }}
+{{- end }}
+{{- printf "%s:%s@%s" .repository .tag .digest }}
+{{- else }}
+{{- printf "%s:%s" .repository .tag }}
+{{- end }}
 {{- end }}
 
 {{/* The exporters in effect: OTLP is implied by the collector sidecar. */}}
@@ -96,6 +108,12 @@ naming the values. Included once, by the Deployment.
 {{- end }}
 {{- if regexMatch "^(0+(\\.0*)?(ms|s|m|h))+$|^[0-9]{1,3}(\\.[0-9]+)?ms$|^0?\\.[0-9]+s$" (toString .Values.otlp.exportInterval) }}
 {{- fail (printf "otlp.exportInterval=%s is under 1s, which the exporter refuses (every interval and timeout has a 1 s floor)" (toString .Values.otlp.exportInterval)) }}
+{{- end }}
+{{- if and .Values.metricsAuth.audiences (not (and .Values.metricsAuth.enabled .Values.metricsAuth.kubernetes)) }}
+{{- fail "metricsAuth.audiences needs metricsAuth.enabled and metricsAuth.kubernetes: audiences are checked by the TokenReview" }}
+{{- end }}
+{{- if and .Values.metricsAuth.enabled .Values.metricsAuth.kubernetes .Values.metricsAuth.audiences (or .Values.serviceMonitor.enabled .Values.podMonitor.enabled .Values.podMonitoring.enabled) }}
+{{- fail "metricsAuth.audiences with the chart's monitors: they send the <fullname>-scraper token Secret, a kubernetes.io/service-account-token that Kubernetes issues for the API server's audience only, so the exporter would refuse it. Have the scrapers send a projected token with one of the audiences (serviceAccountToken.audience), and turn the chart's monitors off" }}
 {{- end }}
 {{- if and .Values.metricsAuth.enabled .Values.metricsAuth.kubernetes (not .Values.tls.enabled) }}
 {{- fail "metricsAuth.kubernetes needs tls.enabled: scrapers then send service-account tokens that are valid against the API server, which must not cross the pod network in cleartext" }}

@@ -98,6 +98,14 @@ that Ready going False to Unknown is the same alert, not a new one.
       annotations:
         summary: The OTLP receiver took kube-node-status's requests but refused some of their metric points or condition-change records; they were never stored.
         description: The receiver answered with a partial success. The exporter logs its message once per streak (an attribute key or metric name the backend refuses, points too old). Backends such as Google's Telemetry API do this instead of failing the request.
+    - alert: KubeNodeStatusCertificateExpiring
+      expr: min by (namespace, pod) (kube_node_status_tls_certificate_expiration_timestamp_seconds) - time() < {{ $a.certificateExpiryDays }} * 86400
+      for: 1h
+      labels:
+        severity: warning
+      annotations:
+        summary: The TLS certificate kube-node-status serves /metrics with expires in {{ "{{ $value | humanizeDuration }}" }}.
+        description: The exporter serves the certificate in its mounted Secret and picks up a renewed one within a second of the kubelet updating the files. Check that cert-manager (or whoever issues it) renews the Secret; kube_node_status_tls_certificate_reload_failures_total counts renewed files that did not load.
     - alert: KubeNodeStatusViewStale
       expr: max by (namespace, pod) (kube_node_status_view_age_seconds) > {{ $a.staleAfterSeconds }}
       labels:

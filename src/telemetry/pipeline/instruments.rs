@@ -55,6 +55,20 @@ pub mod names {
     pub const LOG_RECORDS: &str = "kube_node_status.logs.records";
     /// Condition-change log records waiting for the collector.
     pub const LOG_QUEUED: &str = "kube_node_status.logs.queued";
+    /// HTTP connections open.
+    pub const HTTP_CONNECTIONS: &str = "kube_node_status.http.connections";
+    /// HTTP connections refused, every slot serving a request.
+    pub const HTTP_REFUSED: &str = "kube_node_status.http.connections.refused";
+    /// Idle HTTP connections closed to make room for new ones.
+    pub const HTTP_EVICTED: &str = "kube_node_status.http.connections.evicted";
+    /// /metrics requests by how their credentials were judged.
+    pub const AUTH_REQUESTS: &str = "kube_node_status.auth.requests";
+    /// Token lookups with --auth-kubernetes, by outcome.
+    pub const AUTH_LOOKUPS: &str = "kube_node_status.auth.lookups";
+    /// The serving certificate's notAfter.
+    pub const TLS_EXPIRY: &str = "kube_node_status.tls.certificate.expiration_timestamp";
+    /// Changed certificate files that did not load.
+    pub const TLS_RELOAD_FAILURES: &str = "kube_node_status.tls.certificate.reload_failures";
 }
 
 /// What the outputs redid since start: shards of nodes whose readings were
@@ -138,6 +152,8 @@ pub struct Sources {
     pub work: Arc<Work>,
     /// What became of the condition-change log records, when they are on.
     pub logs: Option<Arc<crate::telemetry::logs::LogStats>>,
+    /// The served surface: connections, scrape authentication, the certificate.
+    pub surface: Arc<crate::surface::SurfaceStats>,
 }
 
 /// Which instruments a long-lived provider carries.
@@ -459,6 +475,7 @@ fn register_self_telemetry(meter: &Meter, sources: &Sources) {
             })
             .build();
     }
+    super::surface::register(meter, sources);
     if on(names::VIEW_AGE) {
         let h = health.clone();
         meter

@@ -8,3 +8,4 @@ pub mod families;
 pub mod instruments;
 pub mod pass;
 pub mod shards;
+mod surface;

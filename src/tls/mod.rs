@@ -1,6 +1,11 @@
 //! TLS for the HTTP server: a certificate and key read from files and read
 //! again when they change, as cert-manager or a rotated Secret rewrites them,
-//! without a restart.
+//! without a restart. The served certificate's expiry is reported
+//! (`kube_node_status_tls_certificate_expiration_timestamp_seconds`).
+
+mod not_after;
+
+pub use not_after::not_after;
 
 use std::{
     fmt,
@@ -17,6 +22,8 @@ use rustls::{
     sign::CertifiedKey,
 };
 use tracing::{info, warn};
+
+use crate::surface::SurfaceStats;
 
 /// The files are looked at no more often than this (a handshake stats them at most once a second).
 const RECHECK: Duration = Duration::from_secs(1);
@@ -91,12 +98,22 @@ pub struct CertFiles {
     cert: PathBuf,
     key: PathBuf,
     state: Mutex<State>,
+    stats: Arc<SurfaceStats>,
 }
 
 struct State {
     current: Arc<CertifiedKey>,
     stamps: (Option<Stamp>, Option<Stamp>),
     checked: Instant,
+    /// True while changed files do not load: warned once per streak.
+    failing: bool,
+}
+
+/// Reports the leaf certificate's expiry.
+fn report(stats: &SurfaceStats, key: &CertifiedKey) {
+    if let Some(t) = key.cert.first().and_then(|leaf| not_after(leaf)) {
+        stats.set_cert_not_after(t);
+    }
 }
 
 impl fmt::Debug for CertFiles {
@@ -110,8 +127,9 @@ impl fmt::Debug for CertFiles {
 
 impl CertFiles {
     /// Reads the files now: an unusable pair is an error here, at start.
-    pub fn open(cert: &Path, key: &Path) -> Result<CertFiles, TlsError> {
+    pub fn open(cert: &Path, key: &Path, stats: Arc<SurfaceStats>) -> Result<CertFiles, TlsError> {
         let current = Arc::new(load(cert, key)?);
+        report(&stats, &current);
         Ok(CertFiles {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
@@ -119,7 +137,9 @@ impl CertFiles {
                 current,
                 stamps: (stamp(cert), stamp(key)),
                 checked: Instant::now(),
+                failing: false,
             }),
+            stats,
         })
     }
 
@@ -134,13 +154,22 @@ impl CertFiles {
             if stamps != state.stamps {
                 match load(&self.cert, &self.key) {
                     Ok(fresh) => {
+                        report(&self.stats, &fresh);
                         state.current = Arc::new(fresh);
                         state.stamps = stamps;
+                        state.failing = false;
                         info!(cert = %self.cert.display(), "TLS certificate reloaded");
                     }
                     // Not recorded as seen: tried again at the next look, when the pair may be complete.
                     Err(e) => {
-                        warn!(error = %e, "TLS certificate changed but does not load; keeping the previous one")
+                        self.stats.cert_reload_failed();
+                        if !std::mem::replace(&mut state.failing, true) {
+                            warn!(
+                                error = %e,
+                                "TLS certificate changed but does not load; keeping the previous one until it does \
+                                 (kube_node_status_tls_certificate_reload_failures_total counts the tries)"
+                            )
+                        }
                     }
                 }
             }
@@ -186,7 +215,9 @@ mod tests {
         let (c1, k1) = pair("one.example");
         std::fs::write(&cert, &c1).expect("write");
         std::fs::write(&key, &k1).expect("write");
-        let files = CertFiles::open(&cert, &key).expect("loads");
+        let stats = Arc::new(SurfaceStats::default());
+        let files = CertFiles::open(&cert, &key, stats.clone()).expect("loads");
+        let first_expiry = stats.cert_not_after().expect("reported");
         let first = leaf(&files.current());
 
         // A half-rotated pair (new certificate, old key) is not served.
@@ -194,6 +225,11 @@ mod tests {
         std::fs::write(&cert, &c2).expect("write");
         files.state.lock().expect("lock").checked -= RECHECK;
         assert_eq!(leaf(&files.current()), first);
+        // Still failing at the next look: counted again, warned once (not checked here).
+        files.state.lock().expect("lock").checked -= RECHECK;
+        assert_eq!(leaf(&files.current()), first);
+        assert_eq!(stats.cert_reload_failures(), 2);
+        assert_eq!(stats.cert_not_after(), Some(first_expiry));
         // Once the key follows, the new pair is.
         std::fs::write(&key, &k2).expect("write");
         files.state.lock().expect("lock").checked -= RECHECK;
@@ -209,16 +245,17 @@ mod tests {
     fn unusable_files_are_one_clear_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-        let missing = CertFiles::open(&cert, &key).expect_err("missing");
+        let open = |c: &Path, k: &Path| CertFiles::open(c, k, Arc::default());
+        let missing = open(&cert, &key).expect_err("missing");
         assert!(missing.to_string().contains("tls.crt"), "{missing}");
         let (c1, _) = pair("one.example");
         let (_, k2) = pair("two.example");
         std::fs::write(&cert, &c1).expect("write");
         std::fs::write(&key, "not a key").expect("write");
-        let bad = CertFiles::open(&cert, &key).expect_err("bad key");
+        let bad = open(&cert, &key).expect_err("bad key");
         assert!(bad.to_string().contains("tls.key"), "{bad}");
         std::fs::write(&key, &k2).expect("write");
-        let mismatch = CertFiles::open(&cert, &key).expect_err("mismatch");
+        let mismatch = open(&cert, &key).expect_err("mismatch");
         assert!(mismatch.to_string().contains("does not match"), "{mismatch}");
     }
 }

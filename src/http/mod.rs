@@ -1,5 +1,9 @@
 //! The HTTP server: `/metrics`, `/healthz` and `/readyz`. Any other path is 404.
 
+mod serve;
+
+pub use serve::{HEADER_TIMEOUT, Limits, MAX_BUF, serve};
+
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -18,6 +22,7 @@ use tracing::{debug, warn};
 use crate::{
     auth::{Authenticator, Verdict},
     cluster::Health,
+    surface::SurfaceStats,
     telemetry::{MetricsHandle, PROMETHEUS_CONTENT_TYPE},
 };
 
@@ -34,7 +39,16 @@ pub struct HttpState {
     pub request_timeout: Duration,
     /// The token `/metrics` requires, if any.
     pub auth: Option<Arc<Authenticator>>,
+    /// Counts judged requests.
+    pub surface: Arc<SurfaceStats>,
+    /// Plain-text responses being written: each decompresses the node
+    /// section as it is read, on the async workers, so only this many at once.
+    pub plain: Arc<tokio::sync::Semaphore>,
 }
+
+/// Plain-text `/metrics` responses written at once; more wait (up to the
+/// request timeout). Scrapers ask for gzip, which costs no decompression.
+pub const PLAIN_AT_ONCE: usize = 2;
 
 /// The router with all three endpoints.
 pub fn router(state: HttpState) -> Router {
@@ -69,6 +83,7 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
     if let Some(auth) = &state.auth {
         let presented = headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
         let verdict = auth.check(presented).await;
+        state.surface.auth(verdict.result());
         if let Some(refusal) = refusal(verdict) {
             debug!(?verdict, "/metrics refused");
             return refusal;
@@ -82,11 +97,30 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
             .into_response();
     };
     let gzip = accepts_gzip(&headers);
+    let plain = if gzip {
+        None
+    } else {
+        match tokio::time::timeout(state.request_timeout, state.plain.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Some(permit),
+            _ => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many plain-text scrapes at once; ask for gzip (Accept-Encoding: gzip)\n",
+                )
+                    .into_response();
+            }
+        }
+    };
     handle.caught_up().await;
     // Rendering runs metric callbacks synchronously: keep it off the async workers.
     match tokio::task::spawn_blocking(move || handle.render(gzip)).await {
         Ok(Ok(exposition)) => {
             let body = with_deadline(exposition.body, state.request_timeout);
+            // Held until the body is written or dropped.
+            let body = futures::StreamExt::map(body, move |chunk| {
+                let _writing = &plain;
+                chunk
+            });
             let mut response = Response::new(Body::from_stream(body));
             let h = response.headers_mut();
             h.insert(
@@ -125,12 +159,21 @@ fn refusal(verdict: Verdict) -> Option<Response> {
             StatusCode::SERVICE_UNAVAILABLE,
             "the token cannot be checked now\n",
         ),
+        Verdict::Throttled => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many unknown tokens at once; try again\n",
+        ),
     };
     let mut response = (status, text).into_response();
     if status == StatusCode::UNAUTHORIZED {
         response
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     Some(response)
 }
@@ -157,104 +200,6 @@ where
             }
         }
     })
-}
-
-/// A request's headers must arrive within this: a client that connects and
-/// dribbles (or sends nothing) is disconnected instead of holding a task forever.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Serves `router` on `listener` over HTTP/1.1 until `shutdown` resolves, then
-/// lets open connections finish their current request (the caller bounds how
-/// long it waits for the returned future).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> std::io::Result<()> {
-    use hyper_util::{
-        rt::{TokioIo, TokioTimer},
-        service::TowerToHyperService,
-    };
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    // Every connection task holds a clone; when all are gone, the drain is over.
-    let (alive, mut drained) = tokio::sync::mpsc::channel::<()>(1);
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        // hyper queues up to this much of a response ahead of a slow socket
-        // (default ~400 KiB): memory held per slow client, so keep it small.
-        .max_buf_size(64 * 1024);
-    tokio::pin!(shutdown);
-    loop {
-        let socket = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => socket,
-                Err(e) => {
-                    // Out of file descriptors, say: back off rather than spin.
-                    warn!(error = %e, "accepting an HTTP connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let (mut stopped, alive) = (stopped.clone(), alive.clone());
-        let (builder, service) = (builder.clone(), TowerToHyperService::new(router.clone()));
-        let tls = tls.clone().map(tokio_rustls::TlsAcceptor::from);
-        tokio::spawn(async move {
-            let _alive = alive;
-            match tls {
-                None => {
-                    drive(
-                        builder.serve_connection(TokioIo::new(socket), service),
-                        &mut stopped,
-                    )
-                    .await
-                }
-                Some(acceptor) => {
-                    // The handshake counts against the same clock as the headers.
-                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(socket)).await {
-                        Ok(Ok(stream)) => {
-                            drive(
-                                builder.serve_connection(TokioIo::new(stream), service),
-                                &mut stopped,
-                            )
-                            .await
-                        }
-                        Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => debug!("TLS handshake timed out"),
-                    }
-                }
-            }
-        });
-    }
-    let _ = stop.send(true);
-    drop(alive);
-    let _ = drained.recv().await;
-    Ok(())
-}
-
-/// Runs one connection until it ends, or until `stopped`, then lets its
-/// current request finish.
-async fn drive<I, S, B>(
-    conn: hyper::server::conn::http1::Connection<I, S>,
-    stopped: &mut tokio::sync::watch::Receiver<bool>,
-) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = stopped.wait_for(|s| *s) => {}
-    }
-    conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
 }
 
 async fn healthz() -> &'static str {
@@ -323,6 +268,8 @@ mod tests {
             stale_after: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
             auth: None,
+            surface: Arc::default(),
+            plain: Arc::new(tokio::sync::Semaphore::new(PLAIN_AT_ONCE)),
         };
         let (code, why) = status_of_readyz(state.clone()).await;
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
