@@ -75,12 +75,34 @@ impl Lookup {
     }
 }
 
+/// Why a connection was closed to make room for a new one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Evicted {
+    /// It was not serving a request: idle, sending its headers, in its TLS handshake.
+    Idle,
+    /// Its request had run past the preemption threshold (a client not reading its response).
+    Slow,
+}
+
+impl Evicted {
+    /// Both kinds, in the order the counters hold them.
+    pub const ALL: [Evicted; 2] = [Evicted::Idle, Evicted::Slow];
+
+    /// The `state` attribute's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Evicted::Idle => "idle",
+            Evicted::Slow => "slow",
+        }
+    }
+}
+
 /// The counters. All start at zero; `cert_not_after` at 0 means no certificate.
 #[derive(Debug, Default)]
 pub struct SurfaceStats {
     open: AtomicU64,
     refused: AtomicU64,
-    evicted: AtomicU64,
+    evicted: [AtomicU64; Evicted::ALL.len()],
     auth: [AtomicU64; AuthResult::ALL.len()],
     lookups: [AtomicU64; Lookup::ALL.len()],
     cert_not_after: AtomicI64,
@@ -100,7 +122,7 @@ impl SurfaceStats {
     pub fn open_connections(&self) -> u64 {
         self.open.load(Relaxed)
     }
-    /// A connection was refused: every slot was serving a request.
+    /// A connection was refused: every slot was serving a young request.
     pub fn connection_refused(&self) {
         self.refused.fetch_add(1, Relaxed);
     }
@@ -108,13 +130,13 @@ impl SurfaceStats {
     pub fn refused_connections(&self) -> u64 {
         self.refused.load(Relaxed)
     }
-    /// An idle connection was closed to make room for a new one.
-    pub fn connection_evicted(&self) {
-        self.evicted.fetch_add(1, Relaxed);
+    /// A connection was closed to make room for a new one.
+    pub fn connection_evicted(&self, kind: Evicted) {
+        self.evicted[kind as usize].fetch_add(1, Relaxed);
     }
-    /// Connections closed to make room so far.
-    pub fn evicted_connections(&self) -> u64 {
-        self.evicted.load(Relaxed)
+    /// Connections of `kind` closed to make room so far.
+    pub fn evicted_connections(&self, kind: Evicted) -> u64 {
+        self.evicted[kind as usize].load(Relaxed)
     }
     /// Counts one judged request.
     pub fn auth(&self, result: AuthResult) {

@@ -184,7 +184,8 @@ pub struct RunArgs {
     pub gcp_project_id: Option<String>,
 
     /// Require `Authorization: Bearer <token>` on /metrics, the token read from this file
-    /// (re-read when it changes, as a mounted Secret does). /healthz and /readyz stay open.
+    /// (re-read when its content changes, as a mounted Secret does; at least 16 bytes).
+    /// /healthz and /readyz stay open.
     #[arg(long, env = "KNS_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
 
@@ -218,7 +219,7 @@ pub struct RunArgs {
 
     /// A /metrics response not written within this is cut off and its connection
     /// closed, so slow or stuck scrapers cannot pile up (request headers must
-    /// arrive within 10s).
+    /// arrive within 10s; idle connections are closed after 10s).
     #[arg(long, env = "KNS_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_at_least_a_second)]
     pub request_timeout: Duration,
 
@@ -232,7 +233,8 @@ pub struct RunArgs {
 
     /// Check /metrics bearer tokens with the Kubernetes API, as kube-rbac-proxy does:
     /// TokenReview, then SubjectAccessReview for `get` on the path /metrics (a
-    /// ClusterRole rule `nonResourceURLs: ["/metrics"]`); answers cached for 60s.
+    /// ClusterRole rule `nonResourceURLs: ["/metrics"]`); answers cached for 60s (10s
+    /// for invalid tokens); unknown tokens reviewed at most 5 a second (else 429).
     /// Not with --auth-token-file.
     #[arg(long, env = "KNS_AUTH_KUBERNETES", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub auth_kubernetes: bool,

@@ -103,8 +103,10 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
         match tokio::time::timeout(state.request_timeout, state.plain.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Some(permit),
             _ => {
+                // Shed, and the connection with it: the client waited its whole deadline.
                 return (
                     StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::CONNECTION, "close")],
                     "too many plain-text scrapes at once; ask for gzip (Accept-Encoding: gzip)\n",
                 )
                     .into_response();

@@ -5,10 +5,13 @@
 //! [`MAX_BUF`] are answered 431) and the response queue (also [`MAX_BUF`]).
 //! When every slot is taken, a new connection closes the oldest one that is
 //! not serving a request (idle between requests, still sending its headers,
-//! or in its TLS handshake), so a client that opens many connections and
-//! trickles bytes cannot lock out the scrapers and the kubelet's probes: the
-//! newest connections always get in, and requests in progress are never cut.
-//! Only when every slot is serving a request is a connection refused.
+//! or in its TLS handshake); failing that, the one whose request has run
+//! longest, if longer than [`PREEMPT_AFTER`] (a client that does not read its
+//! response). So a client that opens many connections, trickles bytes or
+//! reads nothing cannot lock out the scrapers and the kubelet's probes, whose
+//! requests take milliseconds; and memory stays bounded whatever it does.
+//! Only when every slot serves a request younger than that is a connection
+//! refused.
 
 use std::{
     collections::BTreeMap,
@@ -30,7 +33,7 @@ use tokio::sync::oneshot;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
-use crate::surface::SurfaceStats;
+use crate::surface::{Evicted, SurfaceStats};
 
 /// A request's headers must arrive within this, and an idle connection is
 /// closed after it: a client that connects and dribbles (or sends nothing)
@@ -40,6 +43,11 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection's read buffer (so its request headers, at most) and the
 /// response it may queue ahead of a slow socket. hyper's default is ~400 KiB.
 pub const MAX_BUF: usize = 16 * 1024;
+
+/// With every slot taken and none idle, a request running longer than this
+/// loses its connection to a new one. A scrape's response is written in
+/// milliseconds to a client that reads it; only a full table cuts it.
+pub const PREEMPT_AFTER: Duration = Duration::from_secs(2);
 
 /// What a refused connection reads, when it is plain HTTP.
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 33\r\n\r\ntoo many connections (all busy)\r\n";
@@ -69,14 +77,19 @@ impl InProgress {
         self.count.load(Ordering::Acquire)
     }
 
+    /// How long the request in progress has run, if one is.
+    fn running(&self, now: tokio::time::Instant) -> Option<Duration> {
+        if self.load() == 0 {
+            return None;
+        }
+        let since = *self.since.lock().unwrap_or_else(|e| e.into_inner());
+        since.map(|t| now.saturating_duration_since(t))
+    }
+
     /// True if a request has been in progress for longer than `limit`.
     fn overdue(&self, limit: Duration) -> bool {
-        self.load() > 0
-            && self
-                .since
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some_and(|t| t.elapsed() > limit)
+        self.running(tokio::time::Instant::now())
+            .is_some_and(|d| d > limit)
     }
 }
 
@@ -97,28 +110,43 @@ struct Slots {
 /// What to do with a new connection.
 #[derive(Debug, PartialEq, Eq)]
 enum Admission {
-    /// Served in slot `id`; `evicted` closed to make room.
-    Admit { id: u64, evicted: bool },
-    /// Every slot serves a request.
+    /// Served in slot `id`, after closing a connection of this kind to make room.
+    Admit { id: u64, evicted: Option<Evicted> },
+    /// Every slot serves a request younger than [`PREEMPT_AFTER`].
     Refuse,
 }
 
 impl Slots {
-    fn admit(&mut self, busy: Arc<InProgress>, close: oneshot::Sender<()>) -> Admission {
-        let mut evicted = false;
+    fn admit(
+        &mut self,
+        busy: Arc<InProgress>,
+        close: oneshot::Sender<()>,
+        now: tokio::time::Instant,
+    ) -> Admission {
+        let mut evicted = None;
         if self.open.len() >= self.max {
             let idle = self
                 .open
                 .iter()
                 .find(|(_, s)| s.busy.load() == 0)
                 .map(|(id, _)| *id);
-            let Some(id) = idle else {
-                return Admission::Refuse;
+            let slowest = || {
+                self.open
+                    .iter()
+                    .filter_map(|(id, s)| Some((s.busy.running(now)?, *id)))
+                    .filter(|(running, _)| *running > PREEMPT_AFTER)
+                    .max()
+                    .map(|(_, id)| id)
+            };
+            let (id, kind) = match (idle, slowest()) {
+                (Some(id), _) => (id, Evicted::Idle),
+                (None, Some(id)) => (id, Evicted::Slow),
+                (None, None) => return Admission::Refuse,
             };
             if let Some(slot) = self.open.remove(&id) {
                 let _ = slot.close.send(());
             }
-            evicted = true;
+            evicted = Some(kind);
         }
         let id = self.next;
         self.next += 1;
@@ -202,10 +230,11 @@ pub async fn serve(
         };
         let busy = Arc::new(InProgress::default());
         let (close, closed) = oneshot::channel();
-        let admission = slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .admit(busy.clone(), close);
+        let admission = slots.lock().unwrap_or_else(|e| e.into_inner()).admit(
+            busy.clone(),
+            close,
+            tokio::time::Instant::now(),
+        );
         let id = match admission {
             Admission::Refuse => {
                 stats.connection_refused();
@@ -216,8 +245,8 @@ pub async fn serve(
                 continue;
             }
             Admission::Admit { id, evicted } => {
-                if evicted {
-                    stats.connection_evicted();
+                if let Some(kind) = evicted {
+                    stats.connection_evicted(kind);
                 }
                 id
             }
@@ -319,8 +348,15 @@ mod tests {
         (Arc::new(InProgress::default()), tx, rx)
     }
 
+    /// Marks `busy` as serving a request that began at `at`.
+    fn serving(busy: &InProgress, at: tokio::time::Instant) {
+        busy.count.store(1, Ordering::Release);
+        *busy.since.lock().unwrap() = Some(at);
+    }
+
     #[test]
-    fn a_full_table_closes_the_oldest_idle_connection_and_refuses_only_when_all_are_busy() {
+    fn a_full_table_closes_the_oldest_idle_connection_then_the_slowest_request_and_refuses_only_young_ones() {
+        let t0 = tokio::time::Instant::now();
         let mut slots = Slots {
             max: 3,
             next: 0,
@@ -330,40 +366,77 @@ mod tests {
         for want in 0..3 {
             let (busy, tx, rx) = slot();
             assert_eq!(
-                slots.admit(busy.clone(), tx),
+                slots.admit(busy.clone(), tx, t0),
                 Admission::Admit {
                     id: want,
-                    evicted: false
+                    evicted: None
                 }
             );
             held.push((busy, rx));
         }
         // The oldest (0) serves a request: the oldest idle one (1) makes room.
-        held[0].0.count.store(1, Ordering::Release);
+        serving(&held[0].0, t0);
         let (busy, tx, rx) = slot();
         assert_eq!(
-            slots.admit(busy.clone(), tx),
-            Admission::Admit { id: 3, evicted: true }
+            slots.admit(busy.clone(), tx, t0),
+            Admission::Admit {
+                id: 3,
+                evicted: Some(Evicted::Idle)
+            }
         );
         assert!(held[1].1.try_recv().is_ok(), "connection 1 told to close");
         assert!(held[0].1.try_recv().is_err(), "a busy connection is left alone");
         held.push((busy, rx));
-        // All busy: refused, nothing closed.
-        for (busy, _) in &held {
-            busy.count.store(1, Ordering::Release);
-        }
+        // All serve requests younger than PREEMPT_AFTER: refused, nothing closed.
+        serving(&held[2].0, t0 + Duration::from_millis(500));
+        serving(&held[3].0, t0 + Duration::from_millis(900));
         let (busy, tx, _rx) = slot();
-        assert_eq!(slots.admit(busy, tx), Admission::Refuse);
+        assert_eq!(slots.admit(busy, tx, t0 + PREEMPT_AFTER), Admission::Refuse);
         assert_eq!(slots.open.len(), 3);
-        // A closed connection frees its slot.
-        slots.release(0);
+        // Later, the requests that ran past PREEMPT_AFTER go, longest first (0, then 2).
+        let later = t0 + PREEMPT_AFTER + Duration::from_millis(600);
         let (busy, tx, _rx) = slot();
         assert_eq!(
-            slots.admit(busy, tx),
+            slots.admit(busy.clone(), tx, later),
             Admission::Admit {
                 id: 4,
-                evicted: false
+                evicted: Some(Evicted::Slow)
             }
+        );
+        assert!(
+            held[0].1.try_recv().is_ok(),
+            "the longest request's connection closed"
+        );
+        serving(&busy, later);
+        let (busy, tx, _rx) = slot();
+        assert_eq!(
+            slots.admit(busy.clone(), tx, later),
+            Admission::Admit {
+                id: 5,
+                evicted: Some(Evicted::Slow)
+            }
+        );
+        assert!(held[2].1.try_recv().is_ok());
+        serving(&busy, later);
+        // Left: 3 (ran 2.2 s, past PREEMPT_AFTER), 4 and 5 (just began).
+        let (busy, tx, _rx) = slot();
+        assert_eq!(
+            slots.admit(busy.clone(), tx, later),
+            Admission::Admit {
+                id: 6,
+                evicted: Some(Evicted::Slow)
+            }
+        );
+        assert!(held[3].1.try_recv().is_ok());
+        serving(&busy, later);
+        let (busy, tx, _rx) = slot();
+        assert_eq!(slots.admit(busy, tx, later), Admission::Refuse);
+        // A closed connection frees its slot.
+        slots.release(4);
+        let (busy, tx, _rx) = slot();
+        assert_eq!(
+            slots.admit(busy, tx, later),
+            Admission::Admit { id: 7, evicted: None }
         );
     }
 }

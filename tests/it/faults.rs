@@ -19,7 +19,17 @@ async fn slow_and_stuck_scrapers_are_cut_off_and_cost_little() {
     let api = fake_api(2000).await;
     let exporter = Exporter::start_ready(
         &api.kubeconfig(),
-        &["--metrics-exporter", "prometheus", "--request-timeout", "3s"],
+        // Room for every stuck client: this measures what each costs, and
+        // that others are served beside them. With fewer slots the oldest
+        // stuck ones would be closed to make room (tests/it/hardening.rs).
+        &[
+            "--metrics-exporter",
+            "prometheus",
+            "--request-timeout",
+            "3s",
+            "--max-connections",
+            "256",
+        ],
         &[],
     )
     .await;

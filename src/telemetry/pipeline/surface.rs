@@ -24,7 +24,7 @@ pub(super) fn register(meter: &Meter, sources: &Sources) {
             .u64_observable_counter(names::HTTP_REFUSED)
             .with_unit("{connection}")
             .with_description(
-                "HTTP connections refused: every one of --max-connections was serving a request",
+                "HTTP connections refused: every one of --max-connections was serving a request begun under 2 s ago",
             )
             .with_callback(move |obs| obs.observe(s.refused_connections(), &[]))
             .build();
@@ -35,10 +35,15 @@ pub(super) fn register(meter: &Meter, sources: &Sources) {
             .u64_observable_counter(names::HTTP_EVICTED)
             .with_unit("{connection}")
             .with_description(
-                "HTTP connections closed to make room for a new one, all --max-connections being open: the \
-                 oldest not serving a request (idle, or still sending its headers)",
+                "HTTP connections closed to make room for a new one, all --max-connections being open, by state: \
+                 idle (the oldest not serving a request: idle, sending its headers, in its TLS handshake), slow \
+                 (none idle: the request running longest, past 2 s: a client not reading its response)",
             )
-            .with_callback(move |obs| obs.observe(s.evicted_connections(), &[]))
+            .with_callback(move |obs| {
+                for kind in crate::surface::Evicted::ALL {
+                    obs.observe(s.evicted_connections(kind), &[KeyValue::new("state", kind.as_str())]);
+                }
+            })
             .build();
     }
     if on(names::AUTH_REQUESTS) {

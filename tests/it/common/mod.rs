@@ -230,6 +230,14 @@ pub struct Exporter {
     _dir: tempfile::TempDir,
 }
 
+/// Self-telemetry served only with `--tls-cert-file`: the documentation and
+/// name checks, which scrape over plain HTTP, take them as served because
+/// `tests/it/tls.rs` reads both from an exporter serving HTTPS.
+pub const SERVED_ONLY_OVER_TLS: [&str; 2] = [
+    "kube_node_status_tls_certificate_expiration_timestamp_seconds",
+    "kube_node_status_tls_certificate_reload_failures_total",
+];
+
 /// The path of the binary under test: `KNS_TEST_BINARY` if set (a snapshot,
 /// as `scripts/soak` runs, so that rebuilding meanwhile changes nothing),
 /// else the one cargo built.
