@@ -100,6 +100,10 @@ impl Evicted {
 /// The counters. All start at zero; `cert_not_after` at 0 means no certificate.
 #[derive(Debug, Default)]
 pub struct SurfaceStats {
+    /// Scrapes are authenticated: the request results are worth series.
+    pub auth_on: bool,
+    /// Tokens are reviewed with the API: the lookups are worth series.
+    pub reviews_on: bool,
     open: AtomicU64,
     refused: AtomicU64,
     evicted: [AtomicU64; Evicted::ALL.len()],
@@ -110,6 +114,15 @@ pub struct SurfaceStats {
 }
 
 impl SurfaceStats {
+    /// Counters for a server with scrape authentication `auth_on`, by API review `reviews_on`.
+    pub fn new(auth_on: bool, reviews_on: bool) -> SurfaceStats {
+        SurfaceStats {
+            auth_on,
+            reviews_on,
+            ..SurfaceStats::default()
+        }
+    }
+
     /// A connection was accepted and is served.
     pub fn connection_opened(&self) {
         self.open.fetch_add(1, Relaxed);

@@ -490,7 +490,11 @@ impl Telemetry {
                 leadership,
                 work: Arc::default(),
                 logs: logs.as_ref().map(logs::Logs::stats),
-                surface: Arc::default(),
+                // Series only for what is on: every sample costs on GMP.
+                surface: Arc::new(crate::surface::SurfaceStats::new(
+                    settings.auth_kubernetes || settings.auth_token_file.is_some(),
+                    settings.auth_kubernetes,
+                )),
             },
             logs,
             families,

@@ -118,10 +118,10 @@ async fn served(naming: &str, profile: &str) -> Served {
         served.labels.extend(s.labels.keys().cloned());
         served.names.insert(s.name);
     }
-    // Served over HTTPS only; tests/it/tls.rs reads them there.
+    // Served only with TLS or authentication on; tls.rs and hardening.rs read them there.
     served
         .names
-        .extend(crate::common::SERVED_ONLY_OVER_TLS.iter().map(|n| n.to_string()));
+        .extend(crate::common::SERVED_ONLY_WHEN_ON.iter().map(|n| n.to_string()));
     served
 }
 

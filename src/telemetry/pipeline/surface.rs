@@ -46,7 +46,7 @@ pub(super) fn register(meter: &Meter, sources: &Sources) {
             })
             .build();
     }
-    if on(names::AUTH_REQUESTS) {
+    if surface.auth_on && on(names::AUTH_REQUESTS) {
         let s = surface.clone();
         meter
             .u64_observable_counter(names::AUTH_REQUESTS)
@@ -63,7 +63,7 @@ pub(super) fn register(meter: &Meter, sources: &Sources) {
             })
             .build();
     }
-    if on(names::AUTH_LOOKUPS) {
+    if surface.reviews_on && on(names::AUTH_LOOKUPS) {
         let s = surface.clone();
         meter
             .u64_observable_counter(names::AUTH_LOOKUPS)

@@ -230,12 +230,16 @@ pub struct Exporter {
     _dir: tempfile::TempDir,
 }
 
-/// Self-telemetry served only with `--tls-cert-file`: the documentation and
-/// name checks, which scrape over plain HTTP, take them as served because
-/// `tests/it/tls.rs` reads both from an exporter serving HTTPS.
-pub const SERVED_ONLY_OVER_TLS: [&str; 2] = [
+/// Self-telemetry served only with TLS or scrape authentication on: the
+/// documentation and name checks, which scrape an exporter with neither,
+/// take them as served because `tests/it/tls.rs` reads the first two from
+/// an exporter serving HTTPS and `tests/it/hardening.rs` the others from
+/// one with `--auth-kubernetes`.
+pub const SERVED_ONLY_WHEN_ON: [&str; 4] = [
     "kube_node_status_tls_certificate_expiration_timestamp_seconds",
     "kube_node_status_tls_certificate_reload_failures_total",
+    "kube_node_status_auth_requests_total",
+    "kube_node_status_auth_lookups_total",
 ];
 
 /// The path of the binary under test: `KNS_TEST_BINARY` if set (a snapshot,
