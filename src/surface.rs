@@ -104,6 +104,8 @@ pub struct SurfaceStats {
     pub auth_on: bool,
     /// Tokens are reviewed with the API: the lookups are worth series.
     pub reviews_on: bool,
+    /// HTTPS is served: the certificate's series are worth having.
+    pub tls_on: bool,
     open: AtomicU64,
     refused: AtomicU64,
     evicted: [AtomicU64; Evicted::ALL.len()],
@@ -114,11 +116,13 @@ pub struct SurfaceStats {
 }
 
 impl SurfaceStats {
-    /// Counters for a server with scrape authentication `auth_on`, by API review `reviews_on`.
-    pub fn new(auth_on: bool, reviews_on: bool) -> SurfaceStats {
+    /// Counters for a server with scrape authentication `auth_on`, by API
+    /// review `reviews_on`, and HTTPS `tls_on`.
+    pub fn new(auth_on: bool, reviews_on: bool, tls_on: bool) -> SurfaceStats {
         SurfaceStats {
             auth_on,
             reviews_on,
+            tls_on,
             ..SurfaceStats::default()
         }
     }

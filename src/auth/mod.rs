@@ -56,11 +56,11 @@ pub enum Authenticator {
 }
 
 impl Authenticator {
-    /// Checks an `Authorization` header value.
-    pub async fn check(&self, authorization: Option<&[u8]>) -> Verdict {
+    /// Checks an `Authorization` header value sent from `peer`.
+    pub async fn check(&self, authorization: Option<&[u8]>, peer: Option<std::net::IpAddr>) -> Verdict {
         match self {
             Authenticator::File(f) => f.check(authorization),
-            Authenticator::Kubernetes(r) => r.check(authorization).await,
+            Authenticator::Kubernetes(r) => r.check(authorization, peer).await,
         }
     }
 }

@@ -74,12 +74,12 @@ impl Reviewer {
         }
     }
 
-    /// Checks an `Authorization` header value.
-    pub async fn check(&self, authorization: Option<&[u8]>) -> Verdict {
+    /// Checks an `Authorization` header value sent from `peer`.
+    pub async fn check(&self, authorization: Option<&[u8]>, peer: Option<std::net::IpAddr>) -> Verdict {
         let Some(token) = authorization.and_then(bearer) else {
             return Verdict::Missing;
         };
-        self.lookups.check(token).await
+        self.lookups.check(token, peer).await
     }
 }
 

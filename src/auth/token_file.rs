@@ -4,11 +4,13 @@
 //! tools rename a new file into place, or rewrite the file in place. The file
 //! is read again at most once a second, and a change is a change of its
 //! content (its SHA-256), not of its modification time or size. A new file
-//! (another inode: a swap or a rename) is complete when it appears and is
-//! taken at once; a file rewritten in place is taken only once it has been
-//! left alone for [`SETTLE`], so a half-written token is never the one
-//! checked. A token shorter than [`MIN_TOKEN_LEN`] is refused, at start and
-//! on reload. The token never reaches a log line or an error message.
+//! (another inode: a swap or a rename, which write atomically) is taken at
+//! once; a file rewritten in place is taken only once it has been left alone
+//! for [`SETTLE`]: its modification time that old, or the same new content
+//! read at two looks that far apart (a modification time in the future
+//! proves nothing). So a token written in place is never taken half written.
+//! A token shorter than [`MIN_TOKEN_LEN`] is refused, at start and on
+//! reload. The token never reaches a log line or an error message.
 
 use std::{
     fs,
@@ -130,6 +132,8 @@ struct Current {
     hash: Key,
     file: (u64, u64),
     checked: Instant,
+    /// New content seen in place, and when first seen: taken once seen again [`SETTLE`] later.
+    candidate: Option<(Key, Instant)>,
     /// True while the file cannot be used: warned once per streak.
     failing: bool,
 }
@@ -152,6 +156,7 @@ impl TokenFile {
                 hash: first.hash,
                 file: first.file,
                 checked: Instant::now(),
+                candidate: None,
                 failing: false,
             }),
         })
@@ -190,15 +195,24 @@ impl TokenFile {
             return;
         }
         let replaced = seen.file != current.file;
+        // Recorded whatever comes of it: a file swapped in unusable and then
+        // rewritten in place is a rewrite in place.
+        current.file = seen.file;
         let settled = seen
             .modified
             .and_then(|m| m.elapsed().ok())
             .is_some_and(|age| age >= SETTLE);
-        if !replaced && !settled {
-            // Being written in place: look again at the next request.
-            current.checked = now - RECHECK;
+        let stable = current
+            .candidate
+            .is_some_and(|(hash, at)| hash == seen.hash && now.saturating_duration_since(at) >= SETTLE);
+        if !replaced && !settled && !stable {
+            // Being written in place, or just written: looked at again at the next look.
+            if current.candidate.map(|(hash, _)| hash) != Some(seen.hash) {
+                current.candidate = Some((seen.hash, now));
+            }
             return;
         }
+        current.candidate = None;
         match token_of(&self.path, &seen.content) {
             Ok(token) => {
                 current.token = token;
@@ -321,12 +335,48 @@ mod tests {
         next_look(&file);
         assert!(allowed(&file, NEW));
         assert!(!allowed(&file, OLD));
+        // A modification time in the future: taken once the same content is
+        // read again SETTLE later, not before.
+        let future = "future-token-0123456789";
+        fs::write(&path, future).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(SystemTime::now() + Duration::from_secs(3600))
+            .unwrap();
+        next_look(&file);
+        assert!(!allowed(&file, future));
+        next_look(&file);
+        assert!(!allowed(&file, future), "seen twice, but not SETTLE apart");
+        file.current.lock().unwrap().candidate.as_mut().unwrap().1 -= SETTLE;
+        next_look(&file);
+        assert!(allowed(&file, future));
         // Same modification time and size, other content: still noticed.
         let same_len = NEW.replace('a', "b");
         fs::write(&path, &same_len).unwrap();
         settle(&path);
         next_look(&file);
         assert!(allowed(&file, &same_len));
+    }
+
+    #[test]
+    fn a_file_swapped_in_unusable_then_rewritten_in_place_waits_to_settle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        fs::write(&path, OLD).unwrap();
+        let file = TokenFile::open(&path).unwrap();
+        let tmp = dir.path().join(".tmp");
+        fs::write(&tmp, "").unwrap();
+        fs::rename(&tmp, &path).unwrap();
+        next_look(&file);
+        assert!(allowed(&file, OLD));
+        // Now written in place, half way: not a new file any more.
+        let half = &NEW[..NEW.len() - 2];
+        fs::write(&path, half).unwrap();
+        next_look(&file);
+        assert!(!allowed(&file, half));
+        assert!(allowed(&file, OLD));
     }
 
     #[test]

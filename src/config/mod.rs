@@ -234,7 +234,8 @@ pub struct RunArgs {
     /// Check /metrics bearer tokens with the Kubernetes API, as kube-rbac-proxy does:
     /// TokenReview, then SubjectAccessReview for `get` on the path /metrics (a
     /// ClusterRole rule `nonResourceURLs: ["/metrics"]`); answers cached for 60s (10s
-    /// for invalid tokens); unknown tokens reviewed at most 5 a second (else 429).
+    /// for invalid tokens); unknown tokens reviewed at most 5 a second, 1 per client
+    /// address (else 429).
     /// Not with --auth-token-file.
     #[arg(long, env = "KNS_AUTH_KUBERNETES", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub auth_kubernetes: bool,
@@ -247,9 +248,10 @@ pub struct RunArgs {
     #[arg(long, env = "KNS_AUTH_TOKEN_AUDIENCES", value_delimiter = ',')]
     pub auth_token_audiences: Vec<String>,
 
-    /// Connections served at once (scrapers, probes, people). When all are open, a new
-    /// one closes the oldest that is not serving a request; when all are serving a
-    /// request, it is refused (kube_node_status_http_connections_refused_total).
+    /// Connections served at once (scrapers, probes, people); one client address holds
+    /// at most a quarter (at least 8). When all are open, a new one closes an idle one,
+    /// else one whose request has run past 2s; failing both, it is refused
+    /// (kube_node_status_http_connections_refused_total).
     #[arg(long, env = "KNS_MAX_CONNECTIONS", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_connections: u16,
 

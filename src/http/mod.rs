@@ -1,8 +1,10 @@
 //! The HTTP server: `/metrics`, `/healthz` and `/readyz`. Any other path is 404.
 
 mod serve;
+mod slots;
 
 pub use serve::{HEADER_TIMEOUT, Limits, MAX_BUF, serve};
+pub use slots::PREEMPT_AFTER;
 
 use std::{
     sync::Arc,
@@ -42,12 +44,13 @@ pub struct HttpState {
     /// Counts judged requests.
     pub surface: Arc<SurfaceStats>,
     /// Plain-text responses being written: each decompresses the node
-    /// section as it is read, on the async workers, so only this many at once.
+    /// section as it is read, on the async workers, so only this many at
+    /// once; more are answered 503 at once.
     pub plain: Arc<tokio::sync::Semaphore>,
 }
 
-/// Plain-text `/metrics` responses written at once; more wait (up to the
-/// request timeout). Scrapers ask for gzip, which costs no decompression.
+/// Plain-text `/metrics` responses written at once; more get 503. Scrapers
+/// ask for gzip, which costs no decompression.
 pub const PLAIN_AT_ONCE: usize = 2;
 
 /// The router with all three endpoints.
@@ -79,10 +82,14 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
         })
 }
 
-async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+async fn metrics(
+    State(state): State<HttpState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
+) -> Response {
     if let Some(auth) = &state.auth {
         let presented = headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
-        let verdict = auth.check(presented).await;
+        let verdict = auth.check(presented, peer.map(|p| p.0.0.ip())).await;
         state.surface.auth(verdict.result());
         if let Some(refusal) = refusal(verdict) {
             debug!(?verdict, "/metrics refused");
@@ -97,16 +104,17 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
             .into_response();
     };
     let gzip = accepts_gzip(&headers);
+    // Shed at once rather than queued: a queued request would hold its
+    // connection's slot, and a client could fill the table with them.
     let plain = if gzip {
         None
     } else {
-        match tokio::time::timeout(state.request_timeout, state.plain.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Some(permit),
-            _ => {
-                // Shed, and the connection with it: the client waited its whole deadline.
+        match state.plain.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
                 return (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    [(header::CONNECTION, "close")],
+                    [(header::CONNECTION, "close"), (header::RETRY_AFTER, "1")],
                     "too many plain-text scrapes at once; ask for gzip (Accept-Encoding: gzip)\n",
                 )
                     .into_response();

@@ -494,6 +494,7 @@ impl Telemetry {
                 surface: Arc::new(crate::surface::SurfaceStats::new(
                     settings.auth_kubernetes || settings.auth_token_file.is_some(),
                     settings.auth_kubernetes,
+                    settings.tls.is_some(),
                 )),
             },
             logs,

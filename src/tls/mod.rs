@@ -151,6 +151,10 @@ impl CertFiles {
         if state.checked.elapsed() >= RECHECK {
             state.checked = Instant::now();
             let stamps = (stamp(&self.cert), stamp(&self.key));
+            if stamps == state.stamps && std::mem::replace(&mut state.failing, false) {
+                // Back to the pair in service: the next failure starts a new streak.
+                info!(cert = %self.cert.display(), "TLS certificate files are back to the pair in service");
+            }
             if stamps != state.stamps {
                 match load(&self.cert, &self.key) {
                     Ok(fresh) => {

@@ -204,6 +204,88 @@ async fn connections_are_refused_only_when_every_slot_serves_a_request() {
     assert!(refused >= 1.0, "refusals counted: {refused}");
 }
 
+/// One client address churning every slot it can get, as a hostile pod
+/// would: requests whose responses it never reads, reopened as they are
+/// closed. The table gives it a quarter of the slots, so the kubelet's
+/// probes and the scrapers, from other addresses, always get in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_the_table_from_the_probes() {
+    let api = common::fake_api(2000).await;
+    let exporter = Exporter::start_ready(&api.kubeconfig(), &["--metrics-exporter", "prometheus"], &[]).await;
+    let addr = exporter.addr;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attacker = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut held = std::collections::VecDeque::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+                socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+                if let Ok(mut s) = socket.connect(addr).await {
+                    let req: &[u8] = if held.len() % 2 == 0 {
+                        b"GET /metrics HTTP/1.1\r\nhost: x\r\naccept-encoding: gzip\r\n\r\n"
+                    } else {
+                        b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n"
+                    };
+                    let _ = s.write_all(req).await;
+                    held.push_back(s);
+                }
+                if held.len() > 64 {
+                    held.pop_front();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The probes come from another address: 127.0.0.2, loopback too.
+    let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
+    for _ in 0..25 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.2:0".parse().unwrap())
+            .expect("binds 127.0.0.2");
+        let mut s = socket.connect(addr).await.expect("connects");
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("writes");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+        let status = std::str::from_utf8(answer.get(9..12).unwrap_or_default())
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        *statuses.entry(status).or_default() += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    attacker.await.expect("joins");
+    let samples = exporter.scrape().await;
+    let refused = value(&samples, "kube_node_status_http_connections_refused_total", &[]).unwrap_or(0.0);
+    let evicted = |state| {
+        value(
+            &samples,
+            "kube_node_status_http_connections_evicted_total",
+            &[("state", state)],
+        )
+        .unwrap_or(0.0)
+    };
+    let (idle, slow) = (evicted("idle"), evicted("slow"));
+    println!(
+        "a churning address: probes from another {statuses:?}; its own connections refused {refused}, \
+         closed to make room {idle} (idle) and {slow} (slow)"
+    );
+    assert_eq!(
+        statuses,
+        [(200, 25)].into(),
+        "every probe from another address answered"
+    );
+    assert!(
+        refused + idle + slow > 100.0,
+        "the attacker was held to its share"
+    );
+}
+
 const KUBE_TOKEN: &str = "kube-api-token-hardening-0c1d";
 const READER: &str = "sa-token-prometheus-hardening-77a1";
 const PROJECTED: &str = "projected-token-for-kube-node-status-19f3";
@@ -221,18 +303,32 @@ async fn reviewed_exporter(extra: &[&str]) -> (FakeApiServer, Exporter) {
     api.reviews()
         .add_token_for(PROJECTED, READER_USER, &["kube-node-status"]);
     api.reviews().grant_metrics(READER_USER);
-    let mut args = vec!["--metrics-exporter", "prometheus", "--auth-kubernetes"];
+    // Every client here is 127.0.0.1, one address, which may hold a quarter
+    // of the table: room for the test's concurrent clients.
+    let mut args = vec![
+        "--metrics-exporter",
+        "prometheus",
+        "--auth-kubernetes",
+        "--max-connections",
+        "128",
+    ];
     args.extend_from_slice(extra);
     let exporter = Exporter::start_ready(&api.kubeconfig(), &args, &[]).await;
     (api, exporter)
 }
 
+/// A scrape's status, asking for gzip as Prometheus does (plain text is
+/// written two at a time; more are shed with 503).
 async fn status_with(addr: std::net::SocketAddr, token: &str) -> u16 {
     let header = format!("Bearer {token}");
-    http_get(addr, "/metrics", &[("Authorization", &header)])
-        .await
-        .map(|(s, _)| s)
-        .unwrap_or(0)
+    common::http_get_bytes(
+        addr,
+        "/metrics",
+        &[("Authorization", &header), ("Accept-Encoding", "gzip")],
+    )
+    .await
+    .map(|(s, _)| s)
+    .unwrap_or(0)
 }
 
 /// Self-telemetry read with the reader's token.

@@ -24,7 +24,7 @@ pub(super) fn register(meter: &Meter, sources: &Sources) {
             .u64_observable_counter(names::HTTP_REFUSED)
             .with_unit("{connection}")
             .with_description(
-                "HTTP connections refused: every one of --max-connections was serving a request begun under 2 s ago",
+                "HTTP connections refused: every connection that could make room was serving a request begun under 2 s ago",
             )
             .with_callback(move |obs| obs.observe(s.refused_connections(), &[]))
             .build();
@@ -80,7 +80,7 @@ pub(super) fn register(meter: &Meter, sources: &Sources) {
             })
             .build();
     }
-    if on(names::TLS_EXPIRY) {
+    if surface.tls_on && on(names::TLS_EXPIRY) {
         let s = surface.clone();
         meter
             .f64_observable_gauge(names::TLS_EXPIRY)
@@ -93,17 +93,13 @@ pub(super) fn register(meter: &Meter, sources: &Sources) {
             })
             .build();
     }
-    if on(names::TLS_RELOAD_FAILURES) {
+    if surface.tls_on && on(names::TLS_RELOAD_FAILURES) {
         let s = surface.clone();
         meter
             .u64_observable_counter(names::TLS_RELOAD_FAILURES)
             .with_unit("{failure}")
             .with_description("Looks at changed TLS certificate files that did not load; the previous pair stays in service")
-            .with_callback(move |obs| {
-                if s.cert_not_after().is_some() {
-                    obs.observe(s.cert_reload_failures(), &[]);
-                }
-            })
+            .with_callback(move |obs| obs.observe(s.cert_reload_failures(), &[]))
             .build();
     }
 }
