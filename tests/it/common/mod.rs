@@ -328,26 +328,23 @@ impl Exporter {
 
     /// Resident memory of the exporter process, in bytes (Linux).
     pub fn rss(&self) -> u64 {
-        let pid = self.child.as_ref().expect("running").id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS");
-        kb * 1024
+        self.status_kib("VmRSS:") * 1024
     }
 
     /// Peak resident memory of the exporter process since it started, in bytes (Linux).
     pub fn peak_rss(&self) -> u64 {
+        self.status_kib("VmHWM:") * 1024
+    }
+
+    /// A `kB` field of /proc/PID/status.
+    fn status_kib(&self, field: &str) -> u64 {
         let pid = self.child.as_ref().expect("running").id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-        let kb: u64 = status
+        status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM");
-        kb * 1024
+            .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
     }
 
     /// Sends `signal` (e.g. `STOP`, `CONT`, `KILL`) to the exporter process.
