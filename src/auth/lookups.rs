@@ -129,16 +129,21 @@ struct State {
     known: Bucket,
 }
 
-/// Removes a review from the in-flight table when its task ends.
+/// Removes a review from the in-flight table if its task ends without doing
+/// so (a panic). Disarmed once the task has: by then a newer review of the
+/// same token may be in the table, and must stay.
 struct Leave {
     state: Arc<Mutex<State>>,
     key: Key,
+    armed: bool,
 }
 
 impl Drop for Leave {
     fn drop(&mut self) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.in_flight.remove(&self.key);
+        if self.armed {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.in_flight.remove(&self.key);
+        }
     }
 }
 
@@ -254,13 +259,15 @@ impl Lookups {
         let (state, review) = (self.state.clone(), self.review.clone());
         let task = tokio::spawn(async move {
             // Leaves the in-flight table however the review ends, a panic included.
-            let _leave = Leave {
+            let mut leave = Leave {
                 state: state.clone(),
                 key,
+                armed: true,
             };
             let verdict = review(token).await;
             let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
             state.in_flight.remove(&key);
+            leave.armed = false;
             let now = Instant::now();
             match verdict {
                 Verdict::Allowed | Verdict::Forbidden => {

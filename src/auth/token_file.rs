@@ -191,6 +191,8 @@ impl TokenFile {
         };
         if seen.hash == current.hash {
             current.file = seen.file;
+            // "Stable" means the same new content at consecutive looks.
+            current.candidate = None;
             self.usable(current);
             return;
         }
@@ -376,6 +378,26 @@ mod tests {
         fs::write(&path, half).unwrap();
         next_look(&file);
         assert!(!allowed(&file, half));
+        assert!(allowed(&file, OLD));
+    }
+
+    #[test]
+    fn a_partial_content_seen_once_is_forgotten_when_the_file_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        fs::write(&path, OLD).unwrap();
+        let file = TokenFile::open(&path).unwrap();
+        // A rewrite in place caught half way, then complete again (the same token).
+        let partial = &OLD[..OLD.len() - 2];
+        fs::write(&path, partial).unwrap();
+        next_look(&file);
+        fs::write(&path, OLD).unwrap();
+        next_look(&file);
+        assert!(file.current.lock().unwrap().candidate.is_none());
+        // Caught half way again, SETTLE later: not "stable", not taken.
+        fs::write(&path, partial).unwrap();
+        next_look(&file);
+        assert!(!allowed(&file, partial));
         assert!(allowed(&file, OLD));
     }
 

@@ -250,7 +250,8 @@ pub struct RunArgs {
 
     /// Connections served at once (scrapers, probes, people); one client address holds
     /// at most a quarter (at least 8). When all are open, a new one closes an idle one,
-    /// else one whose request has run past 2s; failing both, it is refused
+    /// else the one whose request has run longest past 2s, each of the address holding
+    /// the most; failing both, it is refused
     /// (kube_node_status_http_connections_refused_total).
     #[arg(long, env = "KNS_MAX_CONNECTIONS", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_connections: u16,

@@ -5,8 +5,8 @@
 //! [`MAX_BUF`] are answered 431) and the response queue (also [`MAX_BUF`]).
 //! Which connection makes room for a new one is [`Slots`]' choice: one
 //! client address cannot hold more than a quarter of the table, and a full
-//! table closes an idle connection, or one whose request has run past 2 s,
-//! of the address holding the most.
+//! table closes an idle connection, else one whose request has run past 2 s,
+//! each time of the address holding the most.
 
 use std::{
     convert::Infallible,

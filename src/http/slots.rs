@@ -5,13 +5,14 @@
 //! split): past that, its own
 //! connections make room for its new ones, so one hostile pod cannot take
 //! the table from the scrapers and the kubelet's probes. When the table is
-//! full, a new connection closes one of the address holding the most slots:
-//! the oldest that is not serving a request (idle between requests, still
-//! sending its headers, in its TLS handshake), else the one whose request has
-//! run longest, if longer than [`PREEMPT_AFTER`] (a client not reading its
-//! response). A scrape's response is written in milliseconds to a client that
-//! reads it. Only when every candidate serves a younger request is the new
-//! connection refused.
+//! full, a new connection closes a connection that is not serving a request
+//! (idle between requests, still sending its headers, in its TLS handshake),
+//! of the address holding the most slots, oldest first: that costs no one a
+//! response. Failing that, it closes the request that has run longest, if
+//! longer than [`PREEMPT_AFTER`] (a client not reading its response), again
+//! of the address holding the most. A scrape's response is written in
+//! milliseconds to a client that reads it. Only when every candidate serves
+//! a younger request is the new connection refused.
 
 use std::{
     collections::{BTreeMap, HashMap},
