@@ -130,8 +130,10 @@ async fn heartbeat_re_posts_and_an_empty_relist_write_nothing_again() {
     api.stop();
     api.compact();
     api.restart().await.expect("the API listens again");
+    // The watch reconnects with client-go's backoff (0.8 s doubling to 30 s)
+    // while the API is away and its port is being released: allow for it.
     let relisted = exporter
-        .wait_for("the relist", T, |s| {
+        .wait_for("the relist", Duration::from_secs(90), |s| {
             value(s, "kube_node_status_watch_restarts_total", &[]) == Some(1.0)
         })
         .await;
