@@ -12,9 +12,8 @@ mod lookups;
 mod review;
 mod token_file;
 
-pub use lookups::Limits as ReviewLimits;
 pub use review::Reviewer;
-pub use token_file::{MIN_TOKEN_LEN, TokenFile, TokenFileError};
+pub use token_file::{TokenFile, TokenFileError};
 
 /// The outcome of checking a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -48,17 +48,6 @@ impl Reviewer {
     /// Reviews with `client`, for `get` on `path` (`/metrics`), accepting
     /// only tokens issued for one of `audiences` when there are any.
     pub fn new(client: Client, path: &str, audiences: Vec<String>, stats: Arc<SurfaceStats>) -> Reviewer {
-        Reviewer::with_limits(client, path, audiences, stats, Limits::default())
-    }
-
-    /// As [`Reviewer::new`], with other bounds.
-    pub fn with_limits(
-        client: Client,
-        path: &str,
-        audiences: Vec<String>,
-        stats: Arc<SurfaceStats>,
-        limits: Limits,
-    ) -> Reviewer {
         let api = Arc::new(ReviewApi {
             client,
             path: path.to_string(),
@@ -70,7 +59,7 @@ impl Reviewer {
             async move { api.judge(token).await }.boxed()
         });
         Reviewer {
-            lookups: Lookups::new(limits, review, stats),
+            lookups: Lookups::new(Limits::default(), review, stats),
         }
     }
 

@@ -3,8 +3,7 @@
 mod serve;
 mod slots;
 
-pub use serve::{HEADER_TIMEOUT, Limits, MAX_BUF, serve};
-pub use slots::PREEMPT_AFTER;
+pub use serve::{Limits, serve};
 
 use std::{
     sync::Arc,

@@ -5,7 +5,7 @@
 
 mod not_after;
 
-pub use not_after::not_after;
+use not_after::not_after;
 
 use std::{
     fmt,
