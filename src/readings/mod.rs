@@ -149,13 +149,28 @@ impl ClusterSummary {
     pub fn of<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Self {
         let mut s = ClusterSummary::default();
         for node in nodes {
-            match ready_status(node).unwrap_or(ConditionStatus::Unknown) {
-                ConditionStatus::True => s.ready_true += 1,
-                ConditionStatus::False => s.ready_false += 1,
-                ConditionStatus::Unknown => s.ready_unknown += 1,
-            }
+            s.add(node);
         }
         s
+    }
+
+    /// Counts one more node.
+    pub fn add(&mut self, node: &Node) {
+        *self.slot(node) += 1;
+    }
+
+    /// Counts one node less: one [`ClusterSummary::add`] counted before.
+    pub fn remove(&mut self, node: &Node) {
+        let slot = self.slot(node);
+        *slot = slot.saturating_sub(1);
+    }
+
+    fn slot(&mut self, node: &Node) -> &mut u64 {
+        match ready_status(node).unwrap_or(ConditionStatus::Unknown) {
+            ConditionStatus::True => &mut self.ready_true,
+            ConditionStatus::False => &mut self.ready_false,
+            ConditionStatus::Unknown => &mut self.ready_unknown,
+        }
     }
 
     /// The count for one status.

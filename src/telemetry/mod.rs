@@ -49,7 +49,6 @@ use pipeline::{
     families::{self, Family},
     instruments::Sources,
     pass::{Outputs, Pass},
-    shards::SHARDS,
 };
 use prometheus::{body::Section, text as exposition};
 pub(crate) use providers::MIN_CARDINALITY_LIMIT;
@@ -132,8 +131,9 @@ impl Inner {
         let started = Instant::now();
         match pass.run(&self.families, &self.sources, &self.resource) {
             Ok(done) => {
-                if done.shards >= SHARDS / 4 {
-                    let full = started.elapsed().as_millis() as u64 * SHARDS as u64 / done.shards as u64;
+                let count = pass.shard_count();
+                if done.shards >= count / 4 {
+                    let full = started.elapsed().as_millis() as u64 * count as u64 / done.shards as u64;
                     self.full_pass_ms.store(full, Ordering::Relaxed);
                 }
                 let work = &self.sources.work;
@@ -216,17 +216,24 @@ impl Inner {
         let generation = self.sources.view.health().generation();
         let leading = self.sources.leadership.is_leader();
         let synced = self.sources.view.health().is_synced();
-        let section = self.run_pass().section();
+        let (section, large) = {
+            let pass = self.run_pass();
+            (pass.section(), pass.last_was_large())
+        };
         if synced && !self.rendered_synced.swap(true, Ordering::AcqRel) {
             info!(
-                points = section.points,
+                points = section.points(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "first /metrics rendering of the synced view done"
             );
         }
         *self.section.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(section);
         self.rendered.send_replace((generation, leading));
-        crate::memory::release_free_memory();
+        // Only a large pass frees enough to be worth it: malloc_trim walks
+        // the whole heap, which at 100,000 nodes costs more than a change.
+        if large {
+            crate::memory::release_free_memory();
+        }
     }
 
     /// Waits after a change until the view has stayed still for [`QUIET`].
@@ -582,6 +589,15 @@ impl Telemetry {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .plain_len()
+    }
+
+    /// Bytes of deflate the rendered node section is kept and sent as.
+    pub fn section_deflated_len(&self) -> u64 {
+        self.inner
+            .section
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .deflated_len()
     }
 
     /// Where the watch hands node condition changes, when they are exported as log records.

@@ -308,3 +308,132 @@ fn cardinality_limit_follows_the_data() {
     let at_50k = cardinality_limit(50_000 * 5 * 3);
     assert!(at_50k > 750_000 && at_50k < 1_000_000);
 }
+
+/// The node section's text, sorted by line: shard counts (and so sample
+/// order) may differ between passes that hold the same nodes.
+fn sorted_text(section: Section) -> Vec<String> {
+    let body = prometheus::body::respond(Arc::new(section), Vec::new(), false).expect("a body");
+    let chunks: Vec<_> = futures::executor::block_on(body.body.collect::<Vec<_>>());
+    let text: Vec<u8> = chunks
+        .into_iter()
+        .flat_map(|c| c.expect("a chunk").to_vec())
+        .collect();
+    let mut lines: Vec<String> = String::from_utf8(text)
+        .expect("text")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort_unstable();
+    lines
+}
+
+/// Seeded random schedules of adds, deletes and Ready flips, with passes in
+/// between, across the cluster growing and shrinking past the shard count's
+/// bounds: the incrementally kept section, OTLP points, series and Ready
+/// counts always equal those of a new pass over the same view. Replay a
+/// failure with `KNS_PASS_SEED`.
+#[test]
+fn incremental_passes_equal_a_full_pass_at_every_step() {
+    let seeds: Vec<u64> = match std::env::var("KNS_PASS_SEED") {
+        Ok(s) => vec![s.parse().expect("KNS_PASS_SEED is a number")],
+        Err(_) => (1..=2).collect(),
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let _guard = runtime.enter();
+    for seed in seeds {
+        let cli =
+            crate::cli::Cli::try_parse_from(["kube-node-status", "--metrics-exporter", "prometheus,otlp"])
+                .expect("flags");
+        let settings = cli.run.resolve(&|_| None).expect("settings");
+        let (view, mut feed) = View::new();
+        feed.apply(&Event::Init);
+        feed.apply(&Event::InitDone);
+        let resource = build_resource(&settings.resource, &|_| None);
+        let telemetry =
+            Telemetry::start(&settings, resource, view.clone(), Leadership::sole(), None).expect("telemetry");
+        let inner = &telemetry.inner;
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let (mut live, mut next, mut rv) = (std::collections::BTreeSet::new(), 0usize, 1u64);
+        let mut counts = std::collections::BTreeSet::new();
+        // Up past 512 nodes (64 → 128 → 256 shards), then down to a handful (back to 64).
+        for (phase, target) in [(0, 40usize), (1, 1_300), (2, 60)] {
+            for step in 0..40 {
+                for _ in 0..rng.usize(1..120) {
+                    rv += 1;
+                    let grow = live.len() < target;
+                    match rng.u8(..10) {
+                        0..=5 if grow || live.is_empty() => {
+                            live.insert(next);
+                            feed.apply(&Event::Apply(node(next, rv, "True")));
+                            next += 1;
+                        }
+                        0..=5 => {
+                            let i = *live.iter().nth(rng.usize(..live.len())).expect("a live node");
+                            live.remove(&i);
+                            feed.apply(&Event::Delete(node(i, rv, "True")));
+                        }
+                        _ if !live.is_empty() => {
+                            let i = *live.iter().nth(rng.usize(..live.len())).expect("a live node");
+                            let ready = ["True", "False", "Unknown"][rng.usize(..3)];
+                            feed.apply(&Event::Apply(node(i, rv, ready)));
+                        }
+                        _ => {}
+                    }
+                }
+                // A relist now and then, in which some nodes changed.
+                if rng.u8(..8) == 0 {
+                    rv += 1;
+                    feed.apply(&Event::Init);
+                    for &i in &live {
+                        let ready = if rng.u8(..5) == 0 { "False" } else { "True" };
+                        feed.apply(&Event::InitApply(node(i, rv, ready)));
+                    }
+                    feed.apply(&Event::InitDone);
+                }
+                if rng.bool() {
+                    continue;
+                }
+                let what = format!("seed {seed}, phase {phase}, step {step}, {} nodes", live.len());
+                let mut pass = inner.pass.lock().unwrap();
+                pass.run(&inner.families, &inner.sources, &inner.resource)
+                    .expect("a pass");
+                counts.insert(pass.shard_count());
+                let mut fresh = Pass::new(
+                    &inner.families,
+                    Outputs {
+                        text: true,
+                        otlp: true,
+                    },
+                )
+                .expect("a pass");
+                fresh
+                    .run(&inner.families, &inner.sources, &inner.resource)
+                    .expect("a pass");
+                assert_eq!(pass.held().count(), live.len(), "{what}");
+                assert_eq!(
+                    pass.summary(),
+                    crate::readings::ClusterSummary::of(view.nodes().iter().map(|n| &**n)),
+                    "{what}"
+                );
+                let series = |p: &Pass| {
+                    p.series(&inner.families)
+                        .map(|(n, c)| (n.to_string(), c))
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(series(&pass), series(&fresh), "{what}");
+                assert_eq!(
+                    sorted_text(pass.section()),
+                    sorted_text(fresh.section()),
+                    "{what}"
+                );
+                let points = |p: &Pass| {
+                    let mut all = p.otlp().expect("OTLP on").plain_points();
+                    all.sort_unstable();
+                    all
+                };
+                assert_eq!(points(&pass), points(&fresh), "{what}");
+            }
+        }
+        assert!(counts.len() >= 3, "seed {seed}: shard counts seen {counts:?}");
+    }
+}

@@ -23,6 +23,7 @@ use opentelemetry_sdk::{
 };
 
 use super::instruments::{self, Sources};
+use crate::readings::ClusterSummary;
 #[cfg(test)]
 use {super::families::Family, crate::cluster::Node};
 
@@ -115,7 +116,7 @@ pub fn node_families(
     let collections = families
         .iter()
         .filter_map(|f| family(f, sources, resource, &nodes))
-        .chain(cluster(sources, resource));
+        .chain(cluster(sources, resource, None));
     for rm in collections {
         sink(rm);
     }
@@ -141,10 +142,15 @@ pub fn family(
     })
 }
 
-/// The cluster-wide readings, collected from a provider that lives for this collection.
-pub fn cluster(sources: &Sources, resource: &Resource) -> Option<ResourceMetrics> {
+/// The cluster-wide readings, collected from a provider that lives for this
+/// collection, from `summary` (the view's nodes counted) when given.
+pub fn cluster(
+    sources: &Sources,
+    resource: &Resource,
+    summary: Option<ClusterSummary>,
+) -> Option<ResourceMetrics> {
     once(resource, 16, |m| {
-        instruments::register_cluster_readings(m, sources)
+        instruments::register_cluster_readings(m, sources, summary)
     })
 }
 

@@ -172,7 +172,7 @@ pub fn register(meter: &Meter, group: Group, sources: &Sources, capacity: &Capac
         for family in families::enabled_families(&sources.settings) {
             register_family(meter, family, sources, capacity);
         }
-        register_cluster_readings(meter, sources);
+        register_cluster_readings(meter, sources, None);
     }
     register_self_telemetry(meter, sources);
 }
@@ -275,7 +275,12 @@ fn build(
 }
 
 /// Registers the cluster-wide readings (node counts by Ready status, not-ready ratio).
-pub fn register_cluster_readings(meter: &Meter, sources: &Sources) {
+pub fn register_cluster_readings(meter: &Meter, sources: &Sources, summary: Option<ClusterSummary>) {
+    // Counted from the view unless the caller kept the count: the pass does,
+    // node by node as they change, so that a change does not cost a walk of
+    // the whole cluster.
+    let summary =
+        move |v: &View| summary.unwrap_or_else(|| ClusterSummary::of(v.nodes().iter().map(|n| &**n)));
     let naming = sources.settings.naming;
     let (nodes_name, not_ready_name) = families::cluster_names(naming);
     let status_key = families::status_key(naming);
@@ -292,7 +297,7 @@ pub fn register_cluster_readings(meter: &Meter, sources: &Sources) {
             if !v.health().is_synced() || !leader.is_leader() {
                 return;
             }
-            let summary = ClusterSummary::of(v.nodes().iter().map(|n| &**n));
+            let summary = summary(&v);
             for s in ConditionStatus::ALL {
                 obs.observe(summary.count(s), &[KeyValue::new(status_key, s.as_str())]);
             }
@@ -310,10 +315,7 @@ pub fn register_cluster_readings(meter: &Meter, sources: &Sources) {
             if !v.health().is_synced() || !leader.is_leader() {
                 return;
             }
-            obs.observe(
-                ClusterSummary::of(v.nodes().iter().map(|n| &**n)).not_ready_fraction(),
-                &[],
-            );
+            obs.observe(summary(&v).not_ready_fraction(), &[]);
         })
         .build();
     }
@@ -360,10 +362,11 @@ fn register_self_telemetry(meter: &Meter, sources: &Sources) {
             .with_description("Failed node list or watch steps, by reason")
             .with_callback(move |obs| {
                 for reason in ErrorReason::ALL {
-                    obs.observe(
-                        h.stats().errors(reason),
-                        &[KeyValue::new("reason", reason.as_str())],
-                    );
+                    let errors = h.stats().errors(reason);
+                    // Every sample costs on GMP: bad-data series only once there is some.
+                    if errors > 0 || !reason.is_bad_data() {
+                        obs.observe(errors, &[KeyValue::new("reason", reason.as_str())]);
+                    }
                 }
             })
             .build();

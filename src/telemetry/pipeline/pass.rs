@@ -1,7 +1,8 @@
 //! The one pass: readings of the nodes that changed, computed once and
 //! written for both outputs.
 //!
-//! Nodes are split into [`SHARDS`] shards by a hash of their name. Each
+//! Nodes are split into shards by a hash of their name, as many as keep a
+//! shard at about [`shards::NODES_PER_SHARD`] nodes. Each
 //! (family, shard) is kept written two ways: a segment of `/metrics` text,
 //! raw-deflated ([`Segment`]), and its OTLP points encoded without
 //! timestamps, raw-deflated too ([`OtlpShard`]). A pass takes the names the
@@ -21,11 +22,11 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{self, Read, Write},
+    io,
     sync::Arc,
 };
 
-use flate2::{Compression, read::DeflateDecoder, write::DeflateEncoder};
+use flate2::{Decompress, FlushCompress, FlushDecompress, Status};
 use opentelemetry_proto::tonic::{
     collector::metrics::v1::ExportMetricsServiceRequest,
     common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
@@ -40,13 +41,14 @@ use super::{
     collect,
     families::{self, Ctx, Family, Kind},
     instruments::Sources,
-    shards::{self, SHARDS, shard_of},
+    shards::{self, shard_of},
 };
 use crate::cluster::Node;
+use crate::readings::ClusterSummary;
 use crate::telemetry::{
     otlp::wire,
     prometheus::{
-        body::{Section, Segment},
+        body::{self, FamilyText, Section, Segment},
         text as exposition,
     },
 };
@@ -75,6 +77,8 @@ pub struct Done {
 pub struct OtlpShard {
     deflated: Vec<u8>,
     points: usize,
+    /// A digest of the plain points ([`body::digest`]).
+    digest: u64,
 }
 
 /// The text side: every family's header, and its samples per shard.
@@ -83,8 +87,9 @@ struct Text {
     names: Vec<String>,
     /// Per family: its HELP/TYPE segment.
     headers: Vec<Segment>,
-    /// Per family, per shard.
-    samples: Vec<Vec<Segment>>,
+    /// Per family: header and samples per shard, in chunks shared with the
+    /// sections scrapes hold (a pass copies a chunk a scrape still holds).
+    families: Vec<FamilyText>,
     /// The cluster-wide readings, written at every pass (a handful of points).
     cluster: Segment,
 }
@@ -101,12 +106,20 @@ struct Otlp {
 pub struct Pass {
     /// Per shard: its nodes by name, as of the last pass.
     members: Vec<BTreeMap<String, Arc<Node>>>,
+    /// Nodes in `members`.
+    nodes: usize,
+    /// `members` counted by Ready status.
+    summary: ClusterSummary,
     text: Option<Text>,
     otlp: Option<Otlp>,
     /// False until a pass has written every shard, and after [`Pass::invalidate`].
     primed: bool,
     /// Per family, per shard: its points (series) as of the last pass.
     series: Vec<Vec<usize>>,
+    /// Per family: the sum of its `series`.
+    series_total: Vec<usize>,
+    /// What the last pass did.
+    last: Done,
     /// The cluster-wide readings of the last pass: instrument name and points.
     cluster_series: Vec<(String, usize)>,
 }
@@ -140,10 +153,7 @@ impl Pass {
             Some(Text {
                 names,
                 headers,
-                samples: families
-                    .iter()
-                    .map(|_| (0..SHARDS).map(|_| Segment::empty()).collect())
-                    .collect(),
+                families: Vec::new(),
                 cluster: Segment::empty(),
             })
         } else {
@@ -154,20 +164,56 @@ impl Pass {
                 .iter()
                 .map(|f| wire::descriptor(f.name, f.help, f.unit, f.kind == Kind::Counter))
                 .collect(),
-            shards: families
-                .iter()
-                .map(|_| (0..SHARDS).map(|_| Arc::default()).collect())
-                .collect(),
+            shards: Vec::new(),
             cluster: None,
         });
-        Ok(Pass {
-            members: vec![BTreeMap::new(); SHARDS],
+        let mut pass = Pass {
+            members: Vec::new(),
+            nodes: 0,
+            summary: ClusterSummary::default(),
             text,
             otlp,
             primed: false,
-            series: families.iter().map(|_| vec![0; SHARDS]).collect(),
+            series: Vec::new(),
+            series_total: vec![0; families.len()],
+            last: Done::default(),
             cluster_series: Vec::new(),
-        })
+        };
+        pass.reshard(shards::MIN_SHARDS);
+        Ok(pass)
+    }
+
+    /// The shard count.
+    pub fn shard_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// True if the last pass wrote a quarter of the shards or more.
+    pub fn last_was_large(&self) -> bool {
+        self.last.shards >= self.shard_count() / 4
+    }
+
+    /// Moves every node held to `count` shards, all of them empty of
+    /// output: the caller writes every shard next.
+    fn reshard(&mut self, count: usize) {
+        let held: Vec<_> = self.members.iter_mut().flat_map(std::mem::take).collect();
+        self.members = vec![BTreeMap::new(); count];
+        for (name, node) in held {
+            self.members[shard_of(&name, count)].insert(name, node);
+        }
+        let families = self.series_total.len();
+        self.series = vec![vec![0; count]; families];
+        self.series_total = vec![0; families];
+        if let Some(text) = self.text.as_mut() {
+            text.families = text
+                .headers
+                .iter()
+                .map(|h| FamilyText::new(h.clone(), count))
+                .collect();
+        }
+        if let Some(o) = self.otlp.as_mut() {
+            o.shards = vec![vec![Arc::default(); count]; families];
+        }
     }
 
     /// After a relist, holds the stored copy of each node instead of its own:
@@ -179,12 +225,24 @@ impl Pass {
             let Some(name) = node.metadata.name.as_deref() else {
                 continue;
             };
-            if let Some(kept) = self.members[shard_of(name)].get_mut(name)
+            let shard = shard_of(name, self.members.len());
+            if let Some(kept) = self.members[shard].get_mut(name)
                 && !Arc::ptr_eq(kept, &node)
             {
+                // A node whose content changed in the relist is taken here
+                // too, before the pass reaches its name: counted now, so
+                // that the pass, finding it held, counts no difference.
+                self.summary.remove(kept);
+                self.summary.add(&node);
                 *kept = node;
             }
         }
+    }
+
+    /// The Ready counts the pass keeps: for tests.
+    #[cfg(test)]
+    pub fn summary(&self) -> ClusterSummary {
+        self.summary
     }
 
     /// The nodes the pass holds: for tests of what it keeps.
@@ -193,9 +251,11 @@ impl Pass {
         self.members.iter().flat_map(|m| m.values())
     }
 
-    /// Forgets what was written: the next pass writes every shard.
+    /// Forgets what was written: the next pass writes and compresses every
+    /// shard again (after a failed pass, whatever it half wrote is redone).
     pub fn invalidate(&mut self) {
         self.primed = false;
+        self.reshard(self.members.len());
     }
 
     /// Writes again the shards whose nodes changed since the last pass (all
@@ -207,29 +267,68 @@ impl Pass {
         if changed.relisted && self.primed {
             self.adopt_stored(view);
         }
-        let dirty: Vec<usize> = if self.primed {
+        let mut dirty: Vec<usize> = if self.primed {
             let mut dirty = BTreeSet::new();
+            let count = self.members.len();
             for name in changed.names {
-                let shard = shard_of(&name);
-                match view.node(&name) {
-                    Some(node) => self.members[shard].insert(name, node),
-                    None => self.members[shard].remove(&name),
+                let shard = shard_of(&name, count);
+                let members = &mut self.members[shard];
+                let before = members.len();
+                let old = match view.node(&name) {
+                    Some(node) => {
+                        self.summary.add(&node);
+                        members.insert(name, node)
+                    }
+                    None => members.remove(&name),
                 };
+                if let Some(old) = old {
+                    self.summary.remove(&old);
+                }
+                self.nodes = self.nodes + members.len() - before;
                 dirty.insert(shard);
             }
             dirty.into_iter().collect()
         } else {
             self.members.iter_mut().for_each(BTreeMap::clear);
+            self.nodes = 0;
+            self.summary = ClusterSummary::default();
+            let count = self.members.len();
             for node in view.nodes() {
                 if let Some(name) = node.metadata.name.clone() {
-                    self.members[shard_of(&name)].insert(name, node);
+                    self.summary.add(&node);
+                    self.members[shard_of(&name, count)].insert(name, node);
+                    self.nodes += 1;
                 }
             }
-            (0..SHARDS).collect()
+            (0..count).collect()
         };
+        // The cluster grew (or shrank) past what the shard count is for:
+        // every node moves, once for each doubling.
+        if let Some(count) = shards::resize(self.nodes, self.members.len()) {
+            self.reshard(count);
+            dirty = (0..count).collect();
+        }
         let work: Vec<(usize, Vec<Arc<Node>>)> = dirty
             .into_iter()
             .map(|s| (s, self.members[s].values().cloned().collect()))
+            .collect();
+        // What each dirty shard holds now, family by family: output that
+        // comes out the same is not compressed again.
+        let digests: Vec<Vec<Digests>> = work
+            .iter()
+            .map(|(shard, _)| {
+                (0..families.len())
+                    .map(|f| Digests {
+                        text: self.text.as_ref().map(|t| t.families[f].shard(*shard).digest),
+                        otlp: self.otlp.as_ref().map(|o| o.shards[f][*shard].digest),
+                    })
+                    .collect()
+            })
+            .collect();
+        let work: Vec<(usize, ShardWork)> = work
+            .into_iter()
+            .zip(digests)
+            .map(|((s, nodes), old)| (s, ShardWork { nodes, old }))
             .collect();
         let ctx = Ctx {
             settings: &sources.settings,
@@ -237,14 +336,17 @@ impl Pass {
         };
         let names = self.text.as_ref().map(|t| t.names.as_slice());
         let otlp = self.otlp.is_some();
-        let written = shards::map(&work, |nodes| write_shard(families, &ctx, nodes, names, otlp));
+        let written = shards::map(&work, |w| {
+            write_shard(families, &ctx, &w.nodes, &w.old, names, otlp)
+        });
         let mut done = Done::default();
         for ((shard, _), families) in work.iter().zip(written) {
             for (f, (points, segment, encoded)) in families?.into_iter().enumerate() {
                 done.points += points;
+                self.series_total[f] = self.series_total[f] + points - self.series[f][*shard];
                 self.series[f][*shard] = points;
                 if let (Some(text), Some(segment)) = (self.text.as_mut(), segment) {
-                    text.samples[f][*shard] = segment;
+                    text.families[f].set(*shard, segment);
                 }
                 if let (Some(o), Some(encoded)) = (self.otlp.as_mut(), encoded) {
                     o.shards[f][*shard] = Arc::new(encoded);
@@ -253,8 +355,9 @@ impl Pass {
             done.shards += 1;
         }
         self.primed = true;
+        self.last = done;
         // Once per pass, for both outputs.
-        let cluster = collect::cluster(sources, resource);
+        let cluster = collect::cluster(sources, resource, Some(self.summary));
         if let Some(text) = self.text.as_mut() {
             text.cluster = match &cluster {
                 Some(rm) => Segment::render(|out| {
@@ -281,8 +384,8 @@ impl Pass {
     pub fn series<'a>(&'a self, families: &'a [Family]) -> impl Iterator<Item = (&'a str, usize)> + 'a {
         families
             .iter()
-            .zip(&self.series)
-            .map(|(f, shards)| (f.name, shards.iter().sum()))
+            .zip(&self.series_total)
+            .map(|(f, total)| (f.name, *total))
             .chain(self.cluster_series.iter().map(|(n, c)| (n.as_str(), *c)))
     }
 
@@ -292,13 +395,10 @@ impl Pass {
         let Some(text) = &self.text else {
             return Section::empty();
         };
-        let families = text
-            .headers
-            .iter()
-            .zip(&text.samples)
-            .filter(|(_, shards)| shards.iter().any(|s| s.points > 0))
-            .map(|(header, shards)| std::iter::once(header).chain(shards.iter()));
-        Section::assemble(families.flatten().chain(std::iter::once(&text.cluster)))
+        Section::assemble(
+            text.families.iter().map(FamilyText::snapshot).collect(),
+            Some(text.cluster.clone()),
+        )
     }
 
     /// The OTLP cache as of the last pass.
@@ -315,6 +415,24 @@ impl OtlpSnapshot {
     /// Points in the cache.
     pub fn points(&self) -> usize {
         self.shards.iter().flatten().map(|s| s.points).sum()
+    }
+
+    /// Every cached point (family index, encoded point), in no useful order: for tests.
+    #[cfg(test)]
+    pub fn plain_points(&self) -> Vec<(usize, Vec<u8>)> {
+        let mut all = Vec::new();
+        let mut plain = Vec::new();
+        for (f, shards) in self.shards.iter().enumerate() {
+            for shard in shards.iter().filter(|s| s.points > 0) {
+                shard
+                    .each_point(&mut plain, |p| {
+                        all.push((f, p.to_vec()));
+                        Ok(true)
+                    })
+                    .expect("inflates");
+            }
+        }
+        all
     }
 
     /// Bytes the cache holds.
@@ -420,8 +538,21 @@ impl OtlpSnapshot {
     }
 }
 
-/// Per family: the shard's points, its text segment and OTLP points, for whichever outputs are on.
+/// Per family: the shard's points, its text segment and OTLP points, for
+/// whichever outputs are on and came out different from before.
 type Written = Vec<(usize, Option<Segment>, Option<OtlpShard>)>;
+
+/// A dirty shard's nodes, and per family the digests of what it holds.
+struct ShardWork {
+    nodes: Vec<Arc<Node>>,
+    old: Vec<Digests>,
+}
+
+/// The digests of what a (family, shard) holds in each output on.
+struct Digests {
+    text: Option<u64>,
+    otlp: Option<u64>,
+}
 
 /// One family's output for a shard, in plain bytes until it is compressed.
 #[derive(Default)]
@@ -441,6 +572,7 @@ fn write_shard(
     families: &[Family],
     ctx: &Ctx<'_>,
     nodes: &[Arc<Node>],
+    old: &[Digests],
     names: Option<&[String]>,
     otlp: bool,
 ) -> io::Result<Written> {
@@ -488,17 +620,19 @@ fn write_shard(
     if let Some(e) = failed {
         return Err(e);
     }
+    // A change re-renders its whole shard, and most families come out the
+    // same: only those that differ are compressed again.
     plain
         .into_iter()
-        .map(|p| {
+        .zip(old)
+        .map(|(p, old)| {
             let text = match names {
-                Some(_) => Some(Segment::render(|out| {
-                    out.write_all(&p.text)?;
-                    Ok(p.points)
-                })?),
-                None => None,
+                Some(_) if old.text != Some(body::digest(&p.text)) => {
+                    Some(Segment::of_plain(&p.text, p.points)?)
+                }
+                _ => None,
             };
-            let encoded = if otlp {
+            let encoded = if otlp && old.otlp != Some(body::digest(&p.otlp)) {
                 Some(deflate(&p.otlp, p.points)?)
             } else {
                 None
@@ -516,8 +650,7 @@ impl OtlpShard {
         plain: &mut Vec<u8>,
         mut f: impl FnMut(&[u8]) -> io::Result<bool>,
     ) -> io::Result<bool> {
-        plain.clear();
-        DeflateDecoder::new(self.deflated.as_slice()).read_to_end(plain)?;
+        inflate(&self.deflated, plain)?;
         let mut rest = plain.as_slice();
         while !rest.is_empty() {
             let len = decode_varint(&mut rest).map_err(io::Error::other)? as usize;
@@ -533,18 +666,48 @@ impl OtlpShard {
     }
 }
 
+thread_local! {
+    /// One inflater per thread, reset for each shard: an export cycle reads
+    /// every (family, shard), and a new inflater allocates its 32 KB window.
+    static INFLATE: std::cell::RefCell<Decompress> = std::cell::RefCell::new(Decompress::new(false));
+}
+
+/// Inflates a whole raw deflate stream into `out` (cleared first).
+fn inflate(deflated: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    INFLATE.with(|d| {
+        let mut d = d.borrow_mut();
+        d.reset(false);
+        out.clear();
+        loop {
+            if out.capacity() - out.len() < 4096 {
+                out.reserve(out.capacity().max(16 * 1024));
+            }
+            let consumed = d.total_in() as usize;
+            let status = d
+                .decompress_vec(&deflated[consumed..], out, FlushDecompress::Finish)
+                .map_err(io::Error::other)?;
+            if status == Status::StreamEnd {
+                return Ok(());
+            }
+            if d.total_in() as usize == deflated.len() && out.len() < out.capacity() {
+                return Err(io::Error::other("a truncated shard in the OTLP cache"));
+            }
+        }
+    })
+}
+
 /// A family's OTLP points for a shard, deflated.
 fn deflate(points: &[u8], count: usize) -> io::Result<OtlpShard> {
     if count == 0 {
-        return Ok(OtlpShard::default());
+        return Ok(OtlpShard {
+            digest: body::digest(points),
+            ..OtlpShard::default()
+        });
     }
     // Level 1, as for the text: a full pass (a zone outage dirties every shard) is mostly compression.
-    let mut out = DeflateEncoder::new(Vec::with_capacity(points.len() / 4), Compression::fast());
-    out.write_all(points)?;
-    let mut deflated = out.finish()?;
-    deflated.shrink_to_fit();
     Ok(OtlpShard {
-        deflated,
+        deflated: body::deflate(points, FlushCompress::Finish)?,
         points: count,
+        digest: body::digest(points),
     })
 }

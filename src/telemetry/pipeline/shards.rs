@@ -1,40 +1,68 @@
 //! Nodes split into shards by a hash of their name, and the work done per
 //! shard spread over the machine's cores.
 //!
-//! A node's shard depends on its name only, so the pass maps a changed name
-//! to the one shard it has to write again, with no partition of the cluster.
+//! A node's shard depends on its name and the shard count only, so the pass
+//! maps a changed name to the one shard it has to write again, with no
+//! partition of the cluster. The shard is the unit of re-rendering, so the
+//! count grows with the cluster and a shard holds about
+//! [`NODES_PER_SHARD`] nodes at any size: a change costs the same at 1,000
+//! nodes as at 130,000.
 
-use std::{
-    hash::{DefaultHasher, Hash, Hasher},
-    sync::Arc,
-};
+use std::hash::{DefaultHasher, Hash, Hasher};
 
-use crate::cluster::Node;
+/// Nodes in a shard, at most on average, right after the count was chosen.
+/// A change re-renders its shard: each node is ~50 points written for both
+/// outputs and compressed, ~60 µs, so a shard of 8 stays well under a
+/// millisecond. Fewer would cost compression: each shard's segment is
+/// compressed on its own (docs/benchmarks.md has the trade-off).
+pub const NODES_PER_SHARD: usize = 8;
 
-/// Shards of the node set. A change redoes 1/64 of the nodes; at
-/// 50,000 nodes a shard is ~800 nodes, a few milliseconds.
-pub const SHARDS: usize = 64;
+/// Fewest shards, for small clusters: a full pass still spreads over the cores.
+pub const MIN_SHARDS: usize = 64;
 
-/// The shard of the node named `name`.
-pub fn shard_of(name: &str) -> usize {
+/// The shard count for `nodes` nodes: a power of two, at least
+/// [`MIN_SHARDS`], with at most [`NODES_PER_SHARD`] nodes a shard on average.
+pub fn count_for(nodes: usize) -> usize {
+    nodes
+        .div_ceil(NODES_PER_SHARD)
+        .next_power_of_two()
+        .max(MIN_SHARDS)
+}
+
+/// The shard count to move to when `nodes` are held in `shards` shards, if
+/// it should change: as soon as the shards hold more than
+/// [`NODES_PER_SHARD`] on average (doubling at least), and back only when
+/// the cluster has shrunk to a quarter of that, so that a cluster hovering
+/// at a boundary does not re-shard back and forth. Re-sharding re-renders
+/// every node, so it happens once for each doubling of the cluster.
+pub fn resize(nodes: usize, shards: usize) -> Option<usize> {
+    let want = count_for(nodes);
+    (want > shards || want * 4 <= shards).then_some(want)
+}
+
+/// The shard of the node named `name`, of `shards`.
+pub fn shard_of(name: &str, shards: usize) -> usize {
     let mut h = DefaultHasher::new();
     name.hash(&mut h);
-    (h.finish() % SHARDS as u64) as usize
+    (h.finish() % shards as u64) as usize
 }
 
 /// Fewest shards per worker thread: below it, threads cost more than they save.
 const SHARDS_PER_WORKER: usize = 4;
 
 /// Runs `work` on each of `shards` and returns the results in their order. With many shards
-/// (the first pass after a sync does all 64) they are spread over the
+/// (the first pass after a sync does all of them) they are spread over the
 /// machine's cores: at 50,000 nodes a first pass is seconds of CPU, and
 /// while it runs `/metrics` shows the view from before. With few (a flip
 /// changes one) they run on the calling thread.
-pub fn map<R: Send>(shards: &[(usize, Vec<Arc<Node>>)], work: impl Fn(&[Arc<Node>]) -> R + Sync) -> Vec<R> {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+pub fn map<T: Sync, R: Send>(shards: &[(usize, T)], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    // Read once: it reads cgroup files on every call, which cost a tenth of a change.
+    static CORES: std::sync::LazyLock<usize> =
+        std::sync::LazyLock::new(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let cores = *CORES;
     let workers = cores.min(shards.len() / SHARDS_PER_WORKER);
     if workers <= 1 {
-        return shards.iter().map(|(_, nodes)| work(nodes)).collect();
+        return shards.iter().map(|(_, item)| work(item)).collect();
     }
     // Workers take the next shard as they finish one: shards differ in size.
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -45,8 +73,8 @@ pub fn map<R: Send>(shards: &[(usize, Vec<Arc<Node>>)], work: impl Fn(&[Arc<Node
                     let mut mine = Vec::new();
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((_, nodes)) = shards.get(i) else { break };
-                        mine.push((i, work(nodes)));
+                        let Some((_, item)) = shards.get(i) else { break };
+                        mine.push((i, work(item)));
                     }
                     mine
                 })
@@ -65,16 +93,46 @@ pub fn map<R: Send>(shards: &[(usize, Vec<Arc<Node>>)], work: impl Fn(&[Arc<Node
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::Node;
+    use std::sync::Arc;
 
     #[test]
     fn a_name_always_lands_in_the_same_shard_and_names_spread() {
+        const SHARDS: usize = 64;
         let counts = (0..6_400).fold(vec![0usize; SHARDS], |mut c, i| {
             let name = format!("node-{i}");
-            assert_eq!(shard_of(&name), shard_of(&name.clone()));
-            c[shard_of(&name)] += 1;
+            assert_eq!(shard_of(&name, SHARDS), shard_of(&name.clone(), SHARDS));
+            c[shard_of(&name, SHARDS)] += 1;
             c
         });
         assert!(counts.iter().all(|&c| (50..=150).contains(&c)), "{counts:?}");
+    }
+
+    #[test]
+    fn shards_hold_a_bounded_number_of_nodes_at_any_size() {
+        for nodes in [0, 1, 100, 512, 513, 1_000, 10_000, 65_000, 100_000, 130_000] {
+            let shards = count_for(nodes);
+            assert!(shards.is_power_of_two() && shards >= MIN_SHARDS, "{nodes}");
+            assert!(nodes <= shards * NODES_PER_SHARD, "{nodes}: {shards}");
+            assert!(
+                shards == MIN_SHARDS || nodes > shards * NODES_PER_SHARD / 2,
+                "{nodes}: {shards}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_count_grows_past_its_bound_and_shrinks_only_to_a_quarter() {
+        let s = count_for(10_000); // 2,048
+        assert_eq!(resize(10_000, s), None);
+        assert_eq!(resize(s * NODES_PER_SHARD, s), None);
+        assert_eq!(resize(s * NODES_PER_SHARD + 1, s), Some(2 * s));
+        // Back under the bound: no flapping at the boundary.
+        assert_eq!(resize(s * NODES_PER_SHARD, 2 * s), None);
+        assert_eq!(resize(s * NODES_PER_SHARD / 2, 2 * s), Some(s / 2));
+        assert_eq!(resize(s * NODES_PER_SHARD / 2 + 1, 2 * s), None);
+        assert_eq!(resize(0, MIN_SHARDS), None);
+        assert_eq!(resize(0, 4 * MIN_SHARDS), Some(MIN_SHARDS));
     }
 
     fn node(name: &str) -> Arc<Node> {
@@ -86,9 +144,10 @@ mod tests {
     #[test]
     fn map_spreads_many_shards_and_keeps_their_order() {
         let nodes: Vec<_> = (0..2_000).map(|i| node(&format!("n{i}"))).collect();
+        const SHARDS: usize = 64;
         let mut all: Vec<(usize, Vec<Arc<Node>>)> = (0..SHARDS).map(|s| (s, Vec::new())).collect();
         for n in nodes {
-            all[shard_of(n.metadata.name.as_deref().unwrap_or_default())]
+            all[shard_of(n.metadata.name.as_deref().unwrap_or_default(), SHARDS)]
                 .1
                 .push(n);
         }

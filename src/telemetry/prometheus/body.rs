@@ -14,25 +14,30 @@
 //! it streams out, so no scrape ever holds the whole plain body.
 
 use std::{
-    io::{self, BufWriter, Read, Write},
+    cell::RefCell,
+    io::{self, Read, Write},
     sync::Arc,
 };
 
 use bytes::Bytes;
 use crc32fast::Hasher as Crc;
-use flate2::{Compression, write::DeflateEncoder};
+use flate2::{Compress, Compression, FlushCompress, Status, write::DeflateEncoder};
 use futures::stream::{self, BoxStream, StreamExt};
 
 /// A rendered part of the node section.
+#[derive(Clone)]
 pub struct Segment {
     /// Raw deflate, sync-flushed, not final: other deflate data may follow it.
     deflate: Bytes,
-    /// CRC-32 and length of the plain text.
+    /// CRC-32 of the plain text.
     crc: Crc,
     /// Bytes of plain text.
     len: u64,
     /// How many points it holds, for the logs.
     pub points: usize,
+    /// A digest of the plain text (see [`digest`]); 0 for [`Segment::empty`],
+    /// which no rendered text has, so a fresh shard is always written.
+    pub digest: u64,
 }
 
 impl Segment {
@@ -43,73 +48,260 @@ impl Segment {
             crc: Crc::new(),
             len: 0,
             points: 0,
+            digest: 0,
         }
     }
 
     /// Renders a segment: `write` writes the plain text into the writer it
     /// is given and returns how many points it wrote.
     pub fn render(write: impl FnOnce(&mut dyn Write) -> io::Result<usize>) -> io::Result<Segment> {
-        // Level 1: a tenth of the CPU of the default level for about 1.4× the bytes.
-        let encoder = DeflateEncoder::new(Vec::with_capacity(1 << 16), Compression::fast());
-        let mut out = BufWriter::with_capacity(1 << 16, CrcWriter::new(encoder));
-        let points = write(&mut out)?;
-        let mut crc_writer = out.into_inner().map_err(|e| e.into_error())?;
+        let mut plain = Vec::with_capacity(1 << 12);
+        let points = write(&mut plain)?;
+        Segment::of_plain(&plain, points)
+    }
+
+    /// A segment of `plain` text holding `points` points.
+    pub fn of_plain(plain: &[u8], points: usize) -> io::Result<Segment> {
+        if plain.is_empty() {
+            return Ok(Segment {
+                points,
+                digest: digest(plain),
+                ..Segment::empty()
+            });
+        }
+        let mut crc = Crc::new();
+        crc.update(plain);
         // A sync flush ends the stream on a byte boundary without a final block.
-        crc_writer.flush()?;
-        let CrcWriter {
-            inner: mut encoder,
-            crc,
-            len,
-        } = crc_writer;
-        let mut deflate = std::mem::take(encoder.get_mut());
-        // Kept until the shard changes: its slack would stay resident with it.
-        deflate.shrink_to_fit();
-        // Dropping the encoder finishes its stream into the emptied buffer, which we discard.
-        drop(encoder);
+        let deflate = deflate(plain, FlushCompress::Sync)?;
         Ok(Segment {
             deflate: Bytes::from(deflate),
             crc,
-            len,
+            len: plain.len() as u64,
             points,
+            digest: digest(plain),
         })
     }
 }
 
-/// The node section: segments in order, with their combined CRC-32 and length.
-pub struct Section {
-    chunks: Vec<Bytes>,
+/// A digest of plain text (its length included): a re-rendered shard whose
+/// text has the same digest is taken for the same, and is not compressed
+/// again. 64 bits, keyed at random once per process, so a collision cannot
+/// be aimed at by what nodes hold.
+pub fn digest(plain: &[u8]) -> u64 {
+    use std::hash::BuildHasher as _;
+    static KEY: std::sync::LazyLock<foldhash::quality::RandomState> =
+        std::sync::LazyLock::new(Default::default);
+    KEY.hash_one(plain)
+}
+
+thread_local! {
+    /// One compressor per thread, reset for each segment: a new one
+    /// allocates and clears ~300 KB of window and tables, which cost more
+    /// than compressing the few KB of a shard's family.
+    static DEFLATE: RefCell<Compress> = RefCell::new(Compress::new(Compression::fast(), false));
+}
+
+/// `plain` as raw deflate at level 1 (a tenth of the CPU of the default
+/// level for about 1.4× the bytes), ended with `flush`: `Sync` for a part
+/// other deflate data may follow, `Finish` for a whole stream. The result
+/// holds no slack: it is kept until its shard changes.
+pub fn deflate(plain: &[u8], flush: FlushCompress) -> io::Result<Vec<u8>> {
+    DEFLATE.with(|c| {
+        let mut c = c.borrow_mut();
+        c.reset();
+        let mut out = Vec::with_capacity(plain.len() / 3 + 64);
+        loop {
+            let consumed = c.total_in() as usize;
+            let status = c
+                .compress_vec(&plain[consumed..], &mut out, flush)
+                .map_err(io::Error::other)?;
+            let all_in = c.total_in() as usize == plain.len();
+            // Done once the input is in and the flush left room unused (or ended the stream).
+            let done = match flush {
+                FlushCompress::Finish => status == Status::StreamEnd,
+                _ => all_in && out.len() < out.capacity(),
+            };
+            if done {
+                break;
+            }
+            out.reserve(out.capacity().max(256));
+        }
+        out.shrink_to_fit();
+        Ok(out)
+    })
+}
+
+/// CRC-32, plain length and points of a run of segments.
+#[derive(Clone, Default)]
+struct Sum {
     crc: Crc,
     len: u64,
-    /// Points it holds.
-    pub points: usize,
+    points: usize,
+}
+
+impl Sum {
+    fn of(s: &Segment) -> Sum {
+        Sum {
+            crc: s.crc.clone(),
+            len: s.len,
+            points: s.points,
+        }
+    }
+
+    /// This run followed by `next`.
+    fn then(&self, next: &Sum) -> Sum {
+        let mut crc = self.crc.clone();
+        crc.combine(&next.crc);
+        Sum {
+            crc,
+            len: self.len + next.len,
+            points: self.points + next.points,
+        }
+    }
+}
+
+/// Shards to a chunk of a family's segments. A chunk is copied when a
+/// section being scraped still holds it, so a change copies one chunk and
+/// the list of chunks, never the whole family.
+const CHUNK: usize = 64;
+
+/// A family's segments, in chunks shared with the sections scrapes hold.
+type Chunks = Arc<Vec<Arc<Vec<Segment>>>>;
+
+/// One family's part of the node section: its header, then its samples
+/// shard by shard. Held by the pass; sections take [`FamilyText::snapshot`]s.
+///
+/// The CRC-32s of the shards are kept combined in a binary tree, so that
+/// replacing one shard's segment recombines the log2 of the shard count on
+/// its path to the root, not every shard: a change costs the same at any
+/// cluster size, where the shard count grows with the nodes.
+pub struct FamilyText {
+    header: Segment,
+    chunks: Chunks,
+    /// `tree[1]` is the root; node `i` combines `2i` and `2i + 1`; the
+    /// leaves are at `width..2 * width`, shards in order, padded with empty ones.
+    tree: Vec<Sum>,
+    width: usize,
+}
+
+impl FamilyText {
+    /// A family with `header` and `shards` empty shards.
+    pub fn new(header: Segment, shards: usize) -> FamilyText {
+        let width = shards.next_power_of_two().max(1);
+        let chunks = (0..shards.div_ceil(CHUNK))
+            .map(|c| Arc::new(vec![Segment::empty(); CHUNK.min(shards - c * CHUNK)]))
+            .collect();
+        FamilyText {
+            header,
+            chunks: Arc::new(chunks),
+            tree: vec![Sum::default(); 2 * width],
+            width,
+        }
+    }
+
+    /// The segment of shard `shard`.
+    pub fn shard(&self, shard: usize) -> &Segment {
+        &self.chunks[shard / CHUNK][shard % CHUNK]
+    }
+
+    /// Replaces the segment of shard `shard`.
+    pub fn set(&mut self, shard: usize, segment: Segment) {
+        let mut at = self.width + shard;
+        self.tree[at] = Sum::of(&segment);
+        let chunk = Arc::make_mut(&mut Arc::make_mut(&mut self.chunks)[shard / CHUNK]);
+        chunk[shard % CHUNK] = segment;
+        while at > 1 {
+            at /= 2;
+            self.tree[at] = self.tree[2 * at].then(&self.tree[2 * at + 1]);
+        }
+    }
+
+    /// Points in every shard.
+    pub fn points(&self) -> usize {
+        self.tree[1].points
+    }
+
+    /// The family as it stands, for a section: cheap (two references).
+    pub fn snapshot(&self) -> FamilySnapshot {
+        FamilySnapshot {
+            header: self.header.deflate.clone(),
+            chunks: self.chunks.clone(),
+            sum: (self.points() > 0).then(|| Sum::of(&self.header).then(&self.tree[1])),
+        }
+    }
+}
+
+/// A family as a section holds it.
+pub struct FamilySnapshot {
+    header: Bytes,
+    chunks: Chunks,
+    /// Header and samples; `None` when it has no sample.
+    sum: Option<Sum>,
+}
+
+impl FamilySnapshot {
+    /// Its non-empty deflate chunks, in order.
+    fn chunks(&self) -> impl Iterator<Item = &Bytes> {
+        std::iter::once(&self.header).chain(
+            self.chunks
+                .iter()
+                .flat_map(|c| c.iter())
+                .filter(|s| s.len > 0)
+                .map(|s| &s.deflate),
+        )
+    }
+}
+
+/// The node section: the families that have samples, then the cluster-wide
+/// readings, with their combined CRC-32 and length. Taking one holds the
+/// families as they are (cheap: two references each), so a scrape streams
+/// a consistent section while the pass writes the next.
+pub struct Section {
+    families: Vec<FamilySnapshot>,
+    tail: Option<Segment>,
+    sum: Sum,
 }
 
 impl Section {
     /// An empty section (before the first render).
     pub fn empty() -> Section {
-        Section::assemble(std::iter::empty())
+        Section::assemble(Vec::new(), None)
     }
 
-    /// Puts `segments` one after the other.
-    pub fn assemble<'a>(segments: impl Iterator<Item = &'a Segment>) -> Section {
-        let mut section = Section {
-            chunks: Vec::new(),
-            crc: Crc::new(),
-            len: 0,
-            points: 0,
-        };
-        for s in segments.filter(|s| s.len > 0) {
-            section.chunks.push(s.deflate.clone());
-            section.crc.combine(&s.crc);
-            section.len += s.len;
-            section.points += s.points;
-        }
-        section
+    /// `families` (those without samples are left out), then `tail`.
+    pub fn assemble(families: Vec<FamilySnapshot>, tail: Option<Segment>) -> Section {
+        let families: Vec<_> = families.into_iter().filter(|f| f.sum.is_some()).collect();
+        let sum = families
+            .iter()
+            .filter_map(|f| f.sum.clone())
+            .chain(tail.as_ref().map(Sum::of))
+            .fold(Sum::default(), |acc, s| acc.then(&s));
+        Section { families, tail, sum }
+    }
+
+    /// Points it holds.
+    pub fn points(&self) -> usize {
+        self.sum.points
     }
 
     /// Bytes of plain text.
     pub fn plain_len(&self) -> u64 {
-        self.len
+        self.sum.len
+    }
+
+    /// Bytes of deflate it is kept as (and sent as, gzip-encoded).
+    pub fn deflated_len(&self) -> u64 {
+        self.chunks().iter().map(|c| c.len() as u64).sum()
+    }
+
+    /// Its deflate chunks, in order.
+    fn chunks(&self) -> Vec<Bytes> {
+        self.families
+            .iter()
+            .flat_map(|f| f.chunks())
+            .chain(self.tail.iter().filter(|t| t.len > 0).map(|t| &t.deflate))
+            .cloned()
+            .collect()
     }
 }
 
@@ -135,18 +327,18 @@ pub fn respond(section: Arc<Section>, live: Vec<u8>, gzip: bool) -> io::Result<E
     if gzip {
         let mut live_crc = Crc::new();
         live_crc.update(&live);
-        let mut crc = section.crc.clone();
+        let mut crc = section.sum.crc.clone();
         crc.combine(&live_crc);
         let mut tail = DeflateEncoder::new(Vec::new(), Compression::fast());
         tail.write_all(&live)?;
         let tail = tail.finish()?;
         // ISIZE is the plain length modulo 2^32 (RFC 1952).
-        let isize = (section.len + live.len() as u64) as u32;
+        let isize = (section.sum.len + live.len() as u64) as u32;
         let mut trailer = Vec::with_capacity(8);
         trailer.extend_from_slice(&crc.finalize().to_le_bytes());
         trailer.extend_from_slice(&isize.to_le_bytes());
         let chunks: Vec<Bytes> = std::iter::once(Bytes::from_static(&GZIP_HEADER))
-            .chain(section.chunks.iter().cloned())
+            .chain(section.chunks())
             .chain([Bytes::from(tail), Bytes::from(trailer)])
             .collect();
         let len = chunks.iter().map(|c| c.len() as u64).sum();
@@ -160,7 +352,7 @@ pub fn respond(section: Arc<Section>, live: Vec<u8>, gzip: bool) -> io::Result<E
     // reads slowly (or not at all) holds one chunk and the decoder's window,
     // never the whole text, nor a thread.
     let input = SectionReader {
-        section,
+        chunks: section.chunks(),
         chunk: 0,
         at: 0,
     };
@@ -187,7 +379,7 @@ pub fn respond(section: Arc<Section>, live: Vec<u8>, gzip: bool) -> io::Result<E
 
 /// The section's deflate chunks and the final block, read in order.
 struct SectionReader {
-    section: Arc<Section>,
+    chunks: Vec<Bytes>,
     chunk: usize,
     at: usize,
 }
@@ -196,9 +388,9 @@ impl SectionReader {
     /// The unread rest of the current chunk, moving past finished ones.
     fn current(&mut self) -> &[u8] {
         loop {
-            let len = match self.section.chunks.get(self.chunk) {
+            let len = match self.chunks.get(self.chunk) {
                 Some(c) => c.len(),
-                None if self.chunk == self.section.chunks.len() => FINAL_BLOCK.len(),
+                None if self.chunk == self.chunks.len() => FINAL_BLOCK.len(),
                 None => return &[],
             };
             if self.at < len {
@@ -207,7 +399,7 @@ impl SectionReader {
             self.chunk += 1;
             self.at = 0;
         }
-        match self.section.chunks.get(self.chunk) {
+        match self.chunks.get(self.chunk) {
             Some(c) => &c[self.at..],
             None => &FINAL_BLOCK[self.at..],
         }
@@ -247,36 +439,6 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// Passes writes through, keeping the CRC-32 and length of what went by.
-struct CrcWriter<W> {
-    inner: W,
-    crc: Crc,
-    len: u64,
-}
-
-impl<W> CrcWriter<W> {
-    fn new(inner: W) -> Self {
-        CrcWriter {
-            inner,
-            crc: Crc::new(),
-            len: 0,
-        }
-    }
-}
-
-impl<W: Write> Write for CrcWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.crc.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,10 +458,70 @@ mod tests {
     }
 
     fn section(text: &str) -> Arc<Section> {
-        // Three segments, one of them empty: they must read as the one text.
-        let (a, b) = text.split_at(text.len() / 3);
-        let parts = [segment(a), Segment::empty(), segment(b)];
-        Arc::new(Section::assemble(parts.iter()))
+        // A header, three shards (one empty) and a tail: they must read as the one text.
+        let (head, rest) = text.split_at(text.len() / 4);
+        let (a, rest) = rest.split_at(rest.len() / 3);
+        let (b, tail) = rest.split_at(rest.len() / 2);
+        let mut family = FamilyText::new(segment(head), 3);
+        family.set(2, segment(b));
+        family.set(0, segment(a));
+        Arc::new(Section::assemble(vec![family.snapshot()], Some(segment(tail))))
+    }
+
+    /// The text a section's chunks inflate to.
+    fn inflated(section: &Section) -> String {
+        let chunks: Vec<u8> = section.chunks().iter().flat_map(|c| c.to_vec()).collect();
+        let mut text = String::new();
+        flate2::read::DeflateDecoder::new([chunks.as_slice(), &FINAL_BLOCK].concat().as_slice())
+            .read_to_string(&mut text)
+            .expect("one deflate stream");
+        text
+    }
+
+    /// The tree of CRCs, updated one shard at a time in any order, always
+    /// equals the CRC of the text as it stands; a section taken before a
+    /// change keeps the text it was taken with.
+    #[test]
+    fn replacing_shards_keeps_the_combined_crc_of_the_text() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for shards in [1, 2, 5, 64, 100, 300] {
+            let mut family = FamilyText::new(segment("# HELP m x\n"), shards);
+            let mut texts = vec![String::new(); shards];
+            let mut before = (Section::empty(), String::new());
+            for round in 0..200 {
+                let at = rng.usize(..shards);
+                texts[at] = if rng.u8(..4) == 0 {
+                    String::new()
+                } else {
+                    format!("m{{shard=\"{at}\"}} {round}\n")
+                };
+                family.set(
+                    at,
+                    if texts[at].is_empty() {
+                        Segment::empty()
+                    } else {
+                        segment(&texts[at])
+                    },
+                );
+                let plain = texts.concat();
+                let section = Section::assemble(vec![family.snapshot()], None);
+                let want = if plain.is_empty() {
+                    String::new()
+                } else {
+                    format!("# HELP m x\n{plain}")
+                };
+                let what = format!("{shards} shards, round {round}");
+                assert_eq!(section.plain_len(), want.len() as u64, "{what}");
+                assert_eq!(
+                    section.sum.crc.clone().finalize(),
+                    crc32fast::hash(want.as_bytes()),
+                    "{what}"
+                );
+                assert_eq!(inflated(&section), want, "{what}");
+                assert_eq!(inflated(&before.0), before.1, "{what}: the section taken before");
+                before = (section, want);
+            }
+        }
     }
 
     #[tokio::test]
