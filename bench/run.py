@@ -2,7 +2,7 @@
 """Scale benchmark: the release binary against the project's fake API server.
 
 For each cluster size it starts `kube-node-status fake-apiserver` with that many
-generated ~15 KB nodes, an OTLP receiver (rotel, exporting to a blackhole) and
+generated ~20 KB nodes, an OTLP receiver (rotel, exporting to a blackhole) and
 the exporter, then measures what docs/benchmarks.md reports: time to /readyz,
 RSS, CPU at idle and under churn, /metrics latency and size, OTLP export time,
 flip-to-scrape freshness, and API traffic against the poll-every-5-s design.
@@ -100,8 +100,9 @@ def median(values):
 class Run:
     """One exporter against one fake cluster."""
 
-    def __init__(self, nodes, workdir, interval_s, status_report_period="5m"):
+    def __init__(self, nodes, workdir, interval_s, status_report_period="5m", encoding="protobuf"):
         self.nodes = nodes
+        self.encoding = encoding
         self.status_report_period = status_report_period
         self.dir = Path(tempfile.mkdtemp(dir=workdir))
         self.api_port, self.http_port, self.otlp_port = free_port(), free_port(), free_port()
@@ -138,6 +139,7 @@ class Run:
         self.exporter = self.spawn(
             [str(BIN), "--kubeconfig", str(kubeconfig), "--listen-address", f"127.0.0.1:{self.http_port}",
              "--metrics-exporter", "prometheus,otlp", "--traces-exporter", "none",
+             "--api-encoding", self.encoding,
              "--metric-export-interval", f"{self.interval_s}s", "--log-format", "text"],
             "exporter.log",
             {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{self.otlp_port}",
@@ -235,8 +237,26 @@ def all_equal(nodes, want):
     return lambda values: all(values.get(n) == want for n in nodes)
 
 
-def measure(nodes, args, workdir, first=False):
-    run = Run(nodes, workdir, args.otlp_interval, args.status_report_period)
+def unchanged_events(run):
+    """The exporter's count of updates it ignored as unchanged."""
+    body = run.scrape()[1]
+    lines = [l for l in body.splitlines()
+             if l.startswith(b"kube_node_status_watch_events_total") and b'type="unchanged"' in l]
+    return float(lines[0].rsplit(b" ", 1)[1]) if lines else 0.0
+
+
+def cpu_window(run, args, seconds):
+    """CPU seconds a minute over `seconds`, scraping at the scrape interval."""
+    cpu0, t0 = cpu_seconds(run.pid), time.monotonic()
+    deadline = t0 + seconds
+    while time.monotonic() < deadline:
+        run.scrape()
+        time.sleep(max(0, min(args.scrape_interval, deadline - time.monotonic())))
+    return 60 * (cpu_seconds(run.pid) - cpu0) / (time.monotonic() - t0)
+
+
+def measure(nodes, args, workdir, first=False, encoding="protobuf"):
+    run = Run(nodes, workdir, args.otlp_interval, args.status_report_period, encoding)
     run.start()
     try:
         result = {"ready_s": run.ready_s}
@@ -303,6 +323,52 @@ def measure(nodes, args, workdir, first=False):
             time.sleep(max(0, min(args.scrape_interval, deadline - time.monotonic())))
         result["idle_cpu_s_per_min"] = 60 * (cpu_seconds(run.pid) - cpu0) / (time.monotonic() - t0)
         result["steady_rss_mib"] = median(rss_samples)
+
+        # One real change: Ready flips (each flipped back 5 s later) at
+        # --change-rate a second over a window as long as the idle one (so
+        # that it holds one OTLP cycle too); the CPU over idle, per change.
+        stop = threading.Event()
+        flips = [0]
+
+        def flipper():
+            period = 1 / args.change_rate
+            i = 0
+            while not stop.is_set():
+                node = run.names[i % len(run.names)]
+                try:
+                    run.set_ready(node, "False")
+                    flips[0] += 1
+                    threading.Timer(5, lambda n=node: (run.set_ready(n, "True"), flips.__setitem__(0, flips[0] + 1))).start()
+                except urllib.error.HTTPError:
+                    pass
+                i += 1
+                stop.wait(period)
+
+        th = threading.Thread(target=flipper, daemon=True)
+        th.start()
+        changing = cpu_window(run, args, args.idle_window)
+        stop.set()
+        th.join()
+        time.sleep(6)
+        result["changes_per_s"] = 2 * args.change_rate
+        result["changing_cpu_s_per_min"] = changing
+        result["change_cpu_ms"] = 1000 * max(0.0, changing - result["idle_cpu_s_per_min"]) / 60 / (2 * args.change_rate)
+
+        # An ignored kubelet re-post: the re-post rate raised to every node
+        # once per --fast-repost-period; the CPU over idle per extra update
+        # ignored (counted by the exporter itself).
+        if args.fast_repost_period_ms > 0:
+            before = unchanged_events(run)
+            post(f"{run.api}/fake/reposts?period_ms={args.fast_repost_period_ms}")
+            fast = cpu_window(run, args, args.idle_window)
+            post(f"{run.api}/fake/reposts?period_ms={int(parse_seconds(args.status_report_period) * 1000)}")
+            ignored = unchanged_events(run) - before
+            minutes = args.idle_window / 60
+            idle_updates = nodes / parse_seconds(args.status_report_period) * args.idle_window if parse_seconds(args.status_report_period) else 0
+            extra = max(1.0, ignored - idle_updates)
+            result["reposts_per_s"] = ignored / args.idle_window
+            result["repost_cpu_s_per_min"] = fast
+            result["ignored_update_cpu_us"] = 1e6 * max(0.0, fast - result["idle_cpu_s_per_min"]) * minutes / extra
 
         # Freshness: flip Ready, scrape until it shows; alternate False/True.
         names = run.names[: args.flips]
@@ -373,6 +439,7 @@ def measure(nodes, args, workdir, first=False):
         elapsed_min = (time.monotonic() - run.started) / 60
         ours = stats["bytes"] - run.stats_before["bytes"]
         result.update(
+            api_bytes_per_min=ours / elapsed_min,
             api_lists=stats["lists"] - run.stats_before["lists"],
             api_full_lists=stats["full_lists"] - run.stats_before["full_lists"],
             api_watches=stats["watches"] - run.stats_before["watches"],
@@ -389,6 +456,12 @@ def measure(nodes, args, workdir, first=False):
         run.stop()
 
 
+def parse_seconds(text):
+    """'5m', '30s', '0s', '1h' as seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    return float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text or 0)
+
+
 def first_list_bytes(run):
     """Bytes of one full, unpaginated LIST (what the Go tool fetched every 5 s)."""
     before = json.loads(get(f"{run.api}/fake/stats")[1])["bytes"]
@@ -402,6 +475,8 @@ ROWS = [
     ("peak RSS", "peak_rss_mib", "{:.0f} MiB"),
     ("CPU, idle (15 s scrapes, one OTLP cycle per --otlp-interval, 60 s by default)", "idle_cpu_s_per_min", "{:.2f} s/min"),
     ("CPU, under churn", "churn_cpu_s_per_min", "{:.2f} s/min"),
+    ("one real change (Ready flips, each back 5 s later: CPU over idle, per change)", "change_cpu_ms", "{:.2f} ms"),
+    ("an ignored kubelet re-post (re-posts raised to every node each --fast-repost-period: CPU over idle, per update)", "ignored_update_cpu_us", "{:.0f} µs"),
     ("/metrics p50 (gzip, as Prometheus asks)", "metrics_p50_ms", "{:.0f} ms"),
     ("/metrics p99 (gzip)", "metrics_p99_ms", "{:.0f} ms"),
     ("/metrics p50, plain text", "metrics_plain_p50_ms", "{:.0f} ms"),
@@ -422,15 +497,22 @@ ROWS = [
     ("updates that changed nothing kept (kubelet re-posts), ignored", "watch_unchanged", "{:,.0f}"),
     ("WATCH requests", "api_watches", "{:.0f}"),
     ("API bytes received", "api_bytes", "{:,.0f} B"),
+    ("API bytes a minute", "api_bytes_per_min", "{:,.0f} B"),
     ("Go tool's API bytes, same time (LIST every 5 s)", "go_tool_api_bytes", "{:,.0f} B"),
     ("Go tool / ours", "api_bytes_ratio_go_over_ours", "{:.0f}×"),
 ]
 
 
+def size_key(key):
+    """A results key ('10000', or '10000 json' for a second encoding) as (size, encoding)."""
+    size, _, encoding = key.partition(" ")
+    return int(size), encoding or "protobuf"
+
+
 def markdown(results):
     """The report's table: a column per size."""
-    sizes = sorted(results, key=int)
-    out = ["| | " + " | ".join(f"{int(n):,} nodes" for n in sizes) + " |",
+    sizes = sorted(results, key=size_key)
+    out = ["| | " + " | ".join(f"{size_key(n)[0]:,} nodes, {results[n].get('encoding', size_key(n)[1])}" for n in sizes) + " |",
            "|---|" + "---|" * len(sizes)]
     for label, key, fmt in ROWS:
         cells = []
@@ -451,7 +533,8 @@ def plot(results, path):
     except ImportError:
         print("matplotlib not installed: no plot", file=sys.stderr)
         return
-    sizes = sorted(int(n) for n in results)
+    # One line per measure: the default encoding's runs.
+    sizes = sorted(int(n) for n in results if " " not in n)
     fig, ax1 = plt.subplots(figsize=(7, 4))
     ax1.plot(sizes, [results[str(n)]["steady_rss_mib"] for n in sizes], "o-", color="tab:blue", label="steady RSS")
     ax1.plot(sizes, [results[str(n)]["peak_rss_mib"] for n in sizes], "o--", color="tab:cyan", label="peak RSS")
@@ -497,7 +580,7 @@ def check(results):
     """Every size's results against its scaled targets: the failures, as text."""
     failures = []
     for n, r in results.items():
-        t = targets(int(n))
+        t = targets(size_key(n)[0])
         for key in ("metrics_p99_ms", "steady_rss_mib", "ready_s", "idle_cpu_s_per_min", "outage_visible_ms"):
             if r[key] > t[key]:
                 failures.append(f"{n} nodes: {key} {r[key]:.1f} > {t[key]:.1f}")
@@ -520,6 +603,12 @@ def main():
     p.add_argument("--scrapes", type=int, default=20, help="scrapes timed per run (fewer above 10,000 nodes)")
     p.add_argument("--flips", type=int, default=5, help="nodes flipped (twice each) for freshness")
     p.add_argument("--churn", type=float, default=5.0, help="condition flips per second under churn")
+    p.add_argument("--encodings", default="protobuf,json",
+                   help="--api-encoding values, each measured at every size (the first is the headline)")
+    p.add_argument("--change-rate", type=float, default=2.0,
+                   help="Ready flips a second for the one-change cost (each flipped back 5 s later: twice the changes)")
+    p.add_argument("--fast-repost-period-ms", type=int, default=30_000,
+                   help="the re-post period for the ignored-update cost (0: not measured)")
     p.add_argument("--status-report-period", default="5m",
                    help="the fake API server re-posts every node's status once per this period, as kubelets do ('0s': none)")
     p.add_argument("--autoscaler-churn", type=float, default=12.0,
@@ -545,16 +634,20 @@ def main():
 
     results = {}
     with tempfile.TemporaryDirectory() as workdir:
+        encodings = args.encodings.split(",")
         for n in [int(s) for s in args.sizes.split(",")]:
             repeats = args.repeats if n <= 10_000 else 1
-            runs = []
-            for r in range(repeats):
-                print(f"== {n} nodes, run {r + 1}/{repeats}", file=sys.stderr, flush=True)
-                runs.append(measure(n, args, workdir, first=r == 0))
-                print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
-            results[str(n)] = {k: median([run[k] for run in runs]) if not isinstance(runs[0][k], bool)
-                               else runs[0][k] for k in runs[0]}
-            results[str(n)]["runs"] = repeats
+            for e, encoding in enumerate(encodings):
+                runs = []
+                for r in range(repeats):
+                    print(f"== {n} nodes, {encoding}, run {r + 1}/{repeats}", file=sys.stderr, flush=True)
+                    runs.append(measure(n, args, workdir, first=r == 0 and e == 0, encoding=encoding))
+                    print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+                key = str(n) if e == 0 else f"{n} {encoding}"
+                results[key] = {k: median([run[k] for run in runs if run[k] is not None] or [None])
+                                if not isinstance(runs[0][k], bool) else runs[0][k] for k in runs[0]}
+                results[key]["runs"] = repeats
+                results[key]["encoding"] = encoding
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor())
     doc = {

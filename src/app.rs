@@ -245,6 +245,7 @@ pub async fn run(
                         .family_enabled("kube_node_status_addresses", crate::config::Group::Metadata),
                 },
                 settings.api_timeout,
+                settings.api_encoding,
             ),
         ),
         Task::spawn("telemetry", telemetry.clone().run()),

@@ -53,10 +53,11 @@ fn classify<B>(req: &Request<B>) -> Option<ApiVerb> {
     if req.method() != http::Method::GET || !req.uri().path().ends_with("/nodes") {
         return None;
     }
-    let watching = req
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true"));
+    let query = req.uri().query().unwrap_or_default();
+    let has = |param: &str| query.split('&').any(|kv| kv == param);
+    // A streaming list is a list: its being accepted says nothing of the view
+    // until its initial events are all in.
+    let watching = has("watch=true") && !has("sendInitialEvents=true");
     Some(if watching { ApiVerb::Watch } else { ApiVerb::List })
 }
 

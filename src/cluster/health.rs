@@ -66,16 +66,31 @@ pub enum ErrorReason {
     WatchFailed,
     /// A response carried no resourceVersion.
     NoResourceVersion,
+    /// A protobuf body without the `k8s\0` magic.
+    BadMagic,
+    /// A watch stream that ended inside a frame.
+    TruncatedFrame,
+    /// A frame or line over the limit (16 MiB).
+    FrameTooLarge,
+    /// A body, frame or line that does not decode as what it should be.
+    UndecodableObject,
+    /// A response in an encoding this client does not read.
+    UnknownContentType,
 }
 
 impl ErrorReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [ErrorReason; 5] = [
+    pub const ALL: [ErrorReason; 10] = [
         ErrorReason::ListFailed,
         ErrorReason::WatchStartFailed,
         ErrorReason::WatchError,
         ErrorReason::WatchFailed,
         ErrorReason::NoResourceVersion,
+        ErrorReason::BadMagic,
+        ErrorReason::TruncatedFrame,
+        ErrorReason::FrameTooLarge,
+        ErrorReason::UndecodableObject,
+        ErrorReason::UnknownContentType,
     ];
 
     /// The attribute value for this reason.
@@ -86,7 +101,25 @@ impl ErrorReason {
             ErrorReason::WatchError => "watch_error",
             ErrorReason::WatchFailed => "watch_failed",
             ErrorReason::NoResourceVersion => "no_resource_version",
+            ErrorReason::BadMagic => "bad_magic",
+            ErrorReason::TruncatedFrame => "truncated_frame",
+            ErrorReason::FrameTooLarge => "frame_too_large",
+            ErrorReason::UndecodableObject => "undecodable_object",
+            ErrorReason::UnknownContentType => "unknown_content_type",
         }
+    }
+
+    /// True for the reasons of bad data from the API, which a healthy
+    /// cluster never has: served only once they have happened.
+    pub fn is_bad_data(self) -> bool {
+        matches!(
+            self,
+            ErrorReason::BadMagic
+                | ErrorReason::TruncatedFrame
+                | ErrorReason::FrameTooLarge
+                | ErrorReason::UndecodableObject
+                | ErrorReason::UnknownContentType
+        )
     }
 }
 
@@ -241,6 +274,11 @@ impl Health {
         if !matches!(kind, EventKind::InitApply | EventKind::Unchanged) {
             let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
             self.changed.send_replace(generation);
+        }
+        // A (re)list under way is no proof the view is current: it is once
+        // the list is stored, or a watch delivers.
+        if matches!(kind, EventKind::Init | EventKind::InitApply) {
+            return false;
         }
         self.mark_current()
     }

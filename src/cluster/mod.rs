@@ -9,8 +9,11 @@ pub mod condition_changes;
 mod feed;
 mod health;
 mod node;
+pub mod proto;
 mod transitions;
 mod watch;
+pub mod watcher;
+pub mod wire;
 
 pub use api_observer::ApiObserverLayer;
 pub use changes::Changes;

@@ -1,4 +1,6 @@
-//! The watch loop: one paginated LIST, then WATCH from its resourceVersion.
+//! The watch loop: a streaming or paginated LIST, then WATCH from its
+//! resourceVersion ([`super::watcher`]), in either encoding ([`super::wire`]),
+//! into the view, with its health counted.
 
 use std::{
     sync::Arc,
@@ -8,14 +10,17 @@ use std::{
 use super::node::{Node, ResourceList};
 use futures::StreamExt;
 use kube::{
-    Api, Client,
-    runtime::{WatchStreamExt, watcher, watcher::Event},
+    Client,
+    runtime::{WatchStreamExt, watcher::Event},
 };
 use tracing::{Span, debug, info, info_span, warn};
 
 use super::{
     Feed, condition_changes,
     health::{ErrorReason, EventKind},
+    proto::ProtoError,
+    watcher::{self, Step, WatchError},
+    wire::{self, Encoding},
 };
 
 /// Which node labels to keep: the view does not know what readings need,
@@ -82,26 +87,24 @@ pub fn strip_keeping(node: &mut Node, keep_label: &dyn Fn(&str) -> bool, all_add
     }
 }
 
-fn reason(err: &watcher::Error) -> ErrorReason {
+fn reason(err: &WatchError) -> ErrorReason {
     match err {
-        watcher::Error::InitialListFailed(_) => ErrorReason::ListFailed,
-        watcher::Error::WatchStartFailed(_) => ErrorReason::WatchStartFailed,
-        watcher::Error::WatchError(_) => ErrorReason::WatchError,
-        watcher::Error::WatchFailed(_) => ErrorReason::WatchFailed,
-        watcher::Error::NoResourceVersion => ErrorReason::NoResourceVersion,
-    }
-}
-
-/// The API refused us: say exactly which permission is missing, once.
-fn forbidden(err: &watcher::Error) -> bool {
-    match err {
-        watcher::Error::InitialListFailed(e)
-        | watcher::Error::WatchStartFailed(e)
-        | watcher::Error::WatchFailed(e) => {
-            matches!(e, kube::Error::Api(s) if s.is_forbidden())
-        }
-        watcher::Error::WatchError(s) => s.is_forbidden(),
-        watcher::Error::NoResourceVersion => false,
+        WatchError::Api { step, .. } | WatchError::Transport { step, .. } => match (step, err) {
+            (Step::List, _) => ErrorReason::ListFailed,
+            (Step::WatchStart, _) => ErrorReason::WatchStartFailed,
+            (Step::Watch, WatchError::Api { .. }) => ErrorReason::WatchError,
+            (Step::Watch, _) => ErrorReason::WatchFailed,
+        },
+        WatchError::Decode(e) => match e {
+            ProtoError::BadMagic => ErrorReason::BadMagic,
+            ProtoError::Truncated { .. } => ErrorReason::TruncatedFrame,
+            ProtoError::FrameTooLarge { .. } => ErrorReason::FrameTooLarge,
+            ProtoError::Undecodable { .. }
+            | ProtoError::UnexpectedKind { .. }
+            | ProtoError::UnknownEventType(_) => ErrorReason::UndecodableObject,
+        },
+        WatchError::UnknownContentType(_) => ErrorReason::UnknownContentType,
+        WatchError::NoResourceVersion => ErrorReason::NoResourceVersion,
     }
 }
 
@@ -114,24 +117,26 @@ pub fn watch_timeout_secs(api_timeout: Duration) -> u32 {
     u32::try_from(secs - secs / 4).unwrap_or(u32::MAX).max(1)
 }
 
-/// Runs the watcher until the stream ends (it does not on its own: errors are
+/// Runs the watch until the stream ends (it does not on its own: errors are
 /// retried with `default_backoff`), storing through `feed` and reporting into
 /// `health`. The client must time out reads after `api_timeout`.
-pub async fn run(client: Client, mut feed: Feed, keep: Keep, api_timeout: Duration) {
+pub async fn run(client: Client, mut feed: Feed, keep: Keep, api_timeout: Duration, encoding: Encoding) {
     let health = feed.view().health().clone();
-    let api: Api<Node> = Api::all(client);
-    // A paginated LIST at the most recent resourceVersion, then WATCH from it
-    // with bookmarks. No periodic relist: only 410 Gone forces one. Pages of
-    // 100, not kube's 500: a page of full Nodes (~15 KB each as JSON, several
-    // times that decoded) is garbage as soon as it is stripped, and smaller
-    // pages leave less of it interleaved with the stored nodes; at 10,000
-    // nodes the resident size after the LIST drops from ~137 to ~88 MiB.
-    let config = watcher::Config::default()
-        .page_size(100)
-        .timeout(watch_timeout_secs(api_timeout));
-    let stream = watcher::watcher(api, config)
-        .default_backoff()
-        .modify(move |node| strip_keeping(node, &*keep.label, keep.all_addresses));
+    // A streaming list (or a paginated LIST) at the most recent
+    // resourceVersion, then WATCH from it with bookmarks. No periodic relist:
+    // only 410 Gone forces one. Pages of 100, not client-go's 500: a page of
+    // full Nodes is garbage as soon as it is decoded, and smaller pages leave
+    // less of it interleaved with the stored nodes; at 10,000 nodes the
+    // resident size after the LIST dropped from ~137 to ~88 MiB.
+    let source = wire::Http {
+        client,
+        encoding,
+        page_size: 100,
+        timeout_secs: watch_timeout_secs(api_timeout),
+    };
+    let prepare: watcher::Prepare =
+        Box::new(move |node| strip_keeping(node, &*keep.label, keep.all_addresses));
+    let stream = watcher::watch(source, true, prepare).default_backoff();
     let mut stream = std::pin::pin!(stream);
     health.set_running(true);
     let mut list_span: Option<Span> = None;
@@ -169,14 +174,14 @@ pub async fn run(client: Client, mut feed: Feed, keep: Keep, api_timeout: Durati
             Err(err) => {
                 let reason = reason(&err);
                 if health.on_error(reason, Instant::now()) {
-                    if forbidden(&err) {
+                    if err.is_forbidden() {
                         warn!(
                             error = %err,
                             "forbidden: this service account needs `get`, `list` and `watch` on `nodes` \
                              (a ClusterRole bound with a ClusterRoleBinding); retrying with backoff"
                         );
                     } else {
-                        warn!(error = %err, reason = reason.as_str(), "node watch failing; serving last known view, retrying with backoff");
+                        warn!(error = %err, reason = reason.as_str(), encoding = encoding.as_str(), "node watch failing; serving last known view, retrying with backoff");
                     }
                 } else {
                     debug!(error = %err, reason = reason.as_str(), "node watch still failing");
@@ -190,8 +195,14 @@ pub async fn run(client: Client, mut feed: Feed, keep: Keep, api_timeout: Durati
 
 /// Spawns `run` on the runtime. Each (re)list is its own root span: a span
 /// for the watcher's whole life would never end, and traces under it never close.
-pub fn spawn(client: Client, feed: Feed, keep: Keep, api_timeout: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(client, feed, keep, api_timeout))
+pub fn spawn(
+    client: Client,
+    feed: Feed,
+    keep: Keep,
+    api_timeout: Duration,
+    encoding: Encoding,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(client, feed, keep, api_timeout, encoding))
 }
 
 #[cfg(test)]

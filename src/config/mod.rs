@@ -231,6 +231,13 @@ pub struct RunArgs {
     #[arg(long, env = "KNS_API_TIMEOUT", default_value = "60s", value_parser = parse_api_timeout)]
     pub api_timeout: Duration,
 
+    /// How nodes are listed and watched: `protobuf` asks for Kubernetes
+    /// protobuf with JSON accepted too, as client-go and kube-state-metrics
+    /// do (smaller and cheaper to decode, on both sides); `json` asks for JSON
+    /// only. Either way the response is decoded by its Content-Type.
+    #[arg(long, env = "KNS_API_ENCODING", value_enum, default_value = "protobuf")]
+    pub api_encoding: crate::cluster::wire::Encoding,
+
     /// Check /metrics bearer tokens with the Kubernetes API, as kube-rbac-proxy does:
     /// TokenReview, then SubjectAccessReview for `get` on the path /metrics (a
     /// ClusterRole rule `nonResourceURLs: ["/metrics"]`); answers cached for 60s (10s
@@ -424,6 +431,8 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// How long the Kubernetes API may stay silent on a request or a watch.
     pub api_timeout: Duration,
+    /// How nodes are asked for.
+    pub api_encoding: crate::cluster::wire::Encoding,
     /// Check scrape tokens with TokenReview and SubjectAccessReview.
     pub auth_kubernetes: bool,
     /// The file holding the bearer token scrapes of /metrics must carry.
@@ -860,6 +869,7 @@ impl RunArgs {
             max_connections: usize::from(self.max_connections),
             request_timeout: self.request_timeout,
             api_timeout: self.api_timeout,
+            api_encoding: self.api_encoding,
             tls: self.tls_cert_file.clone().zip(self.tls_key_file.clone()),
             log_format: self.log_format.unwrap_or(LogFormat::Json),
             prometheus: metrics.contains(&"prometheus"),

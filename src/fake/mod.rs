@@ -6,17 +6,22 @@
 //! Built only with the `fake-apiserver` feature (on by default); release
 //! images leave it out.
 
+mod admin;
 mod gate;
 mod leases;
+mod node_api;
 mod nodes;
+pub mod protobuf;
 mod rbac;
 mod reviews;
 mod server;
+mod state;
+mod traffic;
 
 pub use nodes::{KUBELET_CONDITIONS, NPD_CONDITIONS, name as node_name, node as generated_node};
 pub use rbac::{Attributes, Policy, Subject};
 pub use reviews::Reviews;
-pub use server::{FakeApiServer, FakeOptions, FakeStats};
+pub use server::{Breakage, FakeApiServer, FakeOptions, FakeStats};
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -27,7 +32,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 /// The fake cluster's shape and behaviour.
 #[derive(Clone, Debug, Args)]
 pub struct ClusterArgs {
-    /// Number of generated nodes (about 15 KB each, like real ones).
+    /// Number of generated nodes (about 20 KB each with managed fields, like real ones).
     #[arg(long, env = "KNS_FAKE_NODES", default_value_t = 50)]
     pub nodes: usize,
     /// Ready flips per second across the cluster (True → False/Unknown → True…); 0 for none.
@@ -51,6 +56,10 @@ pub struct ClusterArgs {
     /// Watch events kept for resuming; resuming from an older resourceVersion gets 410 Gone.
     #[arg(long, env = "KNS_FAKE_HISTORY", default_value_t = 10_000)]
     pub history: usize,
+    /// Serve streaming lists (`sendInitialEvents`); `false` refuses them with
+    /// 422 as a server with its WatchList gate off does, so clients list in pages.
+    #[arg(long, env = "KNS_FAKE_STREAMING_LISTS", action = clap::ArgAction::Set, default_value_t = true)]
+    pub streaming_lists: bool,
 }
 
 /// Settings of the `fake-apiserver` subcommand.
@@ -77,6 +86,7 @@ impl ClusterArgs {
             history: self.history,
             bookmark_interval: self.bookmark_interval,
             rbac: None,
+            streaming_lists: self.streaming_lists,
         }
     }
 }

@@ -1,4 +1,6 @@
-//! Realistic generated Node objects: what a GKE node looks like on the wire (about 15 KB).
+//! Realistic generated Node objects: what a GKE node looks like on the wire
+//! (about 20 KB of JSON, managed fields as server-side apply and the
+//! controllers leave them, 60 images, attached volumes).
 
 use serde_json::{Value, json};
 
@@ -58,6 +60,37 @@ fn condition(type_: &str, status: &str, now: &str) -> Value {
     })
 }
 
+/// What server-side apply records for the node labels GKE's labeler owns.
+fn managed_labels() -> Value {
+    let labels: serde_json::Map<String, Value> = [
+        "beta.kubernetes.io/arch",
+        "beta.kubernetes.io/instance-type",
+        "beta.kubernetes.io/os",
+        "cloud.google.com/gke-boot-disk",
+        "cloud.google.com/gke-container-runtime",
+        "cloud.google.com/gke-nodepool",
+        "cloud.google.com/gke-os-distribution",
+        "cloud.google.com/machine-family",
+        "cloud.google.com/gke-cpu-scaling-level",
+        "cloud.google.com/gke-logging-variant",
+        "cloud.google.com/gke-max-pods-per-node",
+        "cloud.google.com/gke-memory-gb-scaling-level",
+        "cloud.google.com/gke-provisioning",
+        "cloud.google.com/gke-stack-type",
+        "cloud.google.com/private-node",
+        "failure-domain.beta.kubernetes.io/region",
+        "failure-domain.beta.kubernetes.io/zone",
+        "node.kubernetes.io/instance-type",
+        "topology.gke.io/zone",
+        "topology.kubernetes.io/region",
+        "topology.kubernetes.io/zone",
+    ]
+    .iter()
+    .map(|k| (format!("f:{k}"), json!({})))
+    .collect();
+    json!({"f:metadata": {"f:labels": labels, "f:annotations": {"f:node.gke.io/last-applied-node-labels": {}, "f:node.gke.io/last-applied-node-taints": {}}}})
+}
+
 fn images(i: usize) -> Value {
     let repos = [
         "gke.gcr.io/gke-metrics-agent",
@@ -71,7 +104,7 @@ fn images(i: usize) -> Value {
         "registry.k8s.io/pause",
         "docker.io/library/nginx",
     ];
-    let list: Vec<Value> = (0..40)
+    let list: Vec<Value> = (0..60)
         .map(|k| {
             let repo = repos[k % repos.len()];
             let digest = format!("{:064x}", ((i as u128 + 1) * 0x9e37_79b9_7f4a_7c15) ^ ((k as u128) << 7));
@@ -151,7 +184,11 @@ pub fn node(i: usize, rv: u64, now: &str) -> Value {
                 "csi.volume.kubernetes.io/nodeid": format!("{{\"pd.csi.storage.gke.io\":\"projects/demo/zones/{zone}/instances/{name}\"}}"),
                 "node.alpha.kubernetes.io/ttl": "0",
                 "node.gke.io/last-applied-node-labels": "cloud.google.com/gke-boot-disk=pd-balanced,cloud.google.com/gke-container-runtime=containerd",
-                "volumes.kubernetes.io/controller-managed-attach-detach": "true"
+                "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+                "node.gke.io/last-applied-node-taints": if gpu { "nvidia.com/gpu=present:NoSchedule" } else { "" },
+                "alpha.kubernetes.io/provided-node-ip": ip.clone(),
+                "container.googleapis.com/instance-template": format!("https://www.googleapis.com/compute/v1/projects/demo-project/global/instanceTemplates/gke-demo-{pool}-{:08x}", (i as u64).wrapping_mul(2654435761) & 0xffff_ffff),
+                "node.gke.io/kubelet-config": "{\"kind\":\"KubeletConfiguration\",\"apiVersion\":\"kubelet.config.k8s.io/v1beta1\",\"cpuManagerPolicy\":\"none\",\"imageGCHighThresholdPercent\":85,\"imageGCLowThresholdPercent\":80,\"podPidsLimit\":4096,\"containerLogMaxSize\":\"10Mi\",\"containerLogMaxFiles\":5,\"topologyManagerPolicy\":\"none\",\"evictionHard\":{\"memory.available\":\"100Mi\",\"nodefs.available\":\"10%\",\"nodefs.inodesFree\":\"5%\",\"pid.available\":\"10%\"}}"
             },
             "managedFields": [
                 {"manager": "kubelet", "operation": "Update", "apiVersion": "v1", "time": now, "fieldsType": "FieldsV1",
@@ -164,7 +201,19 @@ pub fn node(i: usize, rv: u64, now: &str) -> Value {
                      "k:{\"type\":\"PIDPressure\"}": {"f:lastHeartbeatTime": {}}, "k:{\"type\":\"Ready\"}": {"f:lastHeartbeatTime": {}, "f:lastTransitionTime": {}, "f:message": {}, "f:reason": {}, "f:status": {}}},
                    "f:images": {}, "f:nodeInfo": {"f:bootID": {}}}}},
                 {"manager": "node-controller", "operation": "Update", "apiVersion": "v1", "time": now, "fieldsType": "FieldsV1", "subresource": "status",
-                 "fieldsV1": {"f:status": {"f:conditions": {"k:{\"type\":\"NetworkUnavailable\"}": {".": {}, "f:lastHeartbeatTime": {}, "f:lastTransitionTime": {}, "f:message": {}, "f:reason": {}, "f:status": {}, "f:type": {}}}}}}
+                 "fieldsV1": {"f:status": {"f:conditions": {"k:{\"type\":\"NetworkUnavailable\"}": {".": {}, "f:lastHeartbeatTime": {}, "f:lastTransitionTime": {}, "f:message": {}, "f:reason": {}, "f:status": {}, "f:type": {}}}}}},
+                {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1", "time": "2026-11-01T08:00:05Z", "fieldsType": "FieldsV1",
+                 "fieldsV1": {"f:metadata": {"f:annotations": {"f:node.alpha.kubernetes.io/ttl": {}}}, "f:spec": {"f:podCIDR": {}, "f:podCIDRs": {".": {}, format!("v:\"{}\"", format!("10.{}.{}.0/24", 64 + (i >> 8) % 64, i & 255)): {}}}}},
+                {"manager": "gke-node-labeler", "operation": "Apply", "apiVersion": "v1", "time": "2026-11-01T08:00:07Z", "fieldsType": "FieldsV1",
+                 "fieldsV1": managed_labels()},
+                {"manager": "gcp-controller-manager", "operation": "Update", "apiVersion": "v1", "time": "2026-11-01T08:00:09Z", "fieldsType": "FieldsV1", "subresource": "status",
+                 "fieldsV1": {"f:status": {"f:addresses": {".": {}, "k:{\"type\":\"ExternalIP\"}": {".": {}, "f:address": {}, "f:type": {}}, "k:{\"type\":\"Hostname\"}": {".": {}, "f:address": {}, "f:type": {}},
+                   "k:{\"type\":\"InternalDNS\"}": {".": {}, "f:address": {}, "f:type": {}}, "k:{\"type\":\"InternalIP\"}": {".": {}, "f:address": {}, "f:type": {}}},
+                   "f:conditions": {"k:{\"type\":\"NetworkUnavailable\"}": {".": {}, "f:message": {}, "f:reason": {}, "f:status": {}, "f:type": {}}}}}},
+                {"manager": "kubelet", "operation": "Update", "apiVersion": "v1", "time": "2026-11-01T08:00:01Z", "fieldsType": "FieldsV1",
+                 "fieldsV1": {"f:metadata": {"f:annotations": {"f:container.googleapis.com/instance_id": {}, "f:csi.volume.kubernetes.io/nodeid": {}, "f:node.gke.io/last-applied-node-labels": {}, "f:node.gke.io/last-applied-node-taints": {}}},
+                   "f:status": {"f:daemonEndpoints": {"f:kubeletEndpoint": {"f:Port": {}}}, "f:nodeInfo": {"f:architecture": {}, "f:bootID": {}, "f:containerRuntimeVersion": {}, "f:kernelVersion": {}, "f:kubeProxyVersion": {}, "f:kubeletVersion": {}, "f:machineID": {}, "f:operatingSystem": {}, "f:osImage": {}, "f:systemUUID": {}},
+                     "f:runtimeHandlers": {}, "f:features": {".": {}, "f:supplementalGroupsPolicy": {}}, "f:volumesAttached": {}, "f:volumesInUse": {}}}}
             ]
         },
         "spec": {
@@ -197,6 +246,16 @@ pub fn node(i: usize, rv: u64, now: &str) -> Value {
                 "architecture": "amd64"
             },
             "images": images(i),
+            "volumesAttached": (0..6).map(|v| json!({
+                "name": format!("kubernetes.io/csi/pd.csi.storage.gke.io^projects/demo-project/zones/{zone}/disks/pvc-{:08x}-{v:04x}-4000-8000-{:012x}", i, i * 31 + v),
+                "devicePath": ""
+            })).collect::<Vec<_>>(),
+            "runtimeHandlers": [
+                {"name": "", "features": {"recursiveReadOnlyMounts": true, "userNamespaces": true}},
+                {"name": "runc", "features": {"recursiveReadOnlyMounts": true, "userNamespaces": true}},
+                {"name": "gvisor", "features": {"recursiveReadOnlyMounts": false, "userNamespaces": false}}
+            ],
+            "features": {"supplementalGroupsPolicy": true},
             "config": {}
         }
     })
@@ -208,11 +267,11 @@ mod tests {
     use k8s_openapi::api::core::v1::Node;
 
     #[test]
-    fn generated_nodes_are_valid_and_about_15_kb() {
+    fn generated_nodes_are_valid_and_about_20_kb() {
         for i in [0, 1, 2, 3, 4, 9999] {
             let v = node(i, 7, "2026-11-27T00:00:00Z");
             let size = serde_json::to_vec(&v).unwrap().len();
-            assert!((12_000..20_000).contains(&size), "node {i} is {size} bytes");
+            assert!((18_000..24_000).contains(&size), "node {i} is {size} bytes");
             let n: Node = serde_json::from_value(v).expect("a valid Node");
             assert_eq!(n.metadata.name.as_deref(), Some(name(i).as_str()));
             assert_eq!(n.metadata.resource_version.as_deref(), Some("7"));

@@ -308,30 +308,45 @@ async fn throttling_with_retry_after_is_honoured() {
 /// changes, and it asks no more often than when the server is fast.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_api_server_is_waited_for_not_hammered() {
-    let api = fake_api(250).await;
-    api.set_delay(Duration::from_secs(3));
-    let started = Instant::now();
-    let exporter = Exporter::start(&api.kubeconfig(), &["--metrics-exporter", "prometheus"], &[]);
-    exporter
-        .wait_status("/readyz", 200, Duration::from_secs(30))
-        .await;
-    let ready = started.elapsed();
-    // Three LIST pages of 100, 3 s each.
-    assert!(
-        ready >= Duration::from_secs(9),
-        "ready after {ready:?}: were the pages really slow?"
-    );
-    let stats = api.stats();
-    assert_eq!((stats.full_lists, stats.lists), (1, 3), "{stats:?}");
-    api.set_condition(&api.node_names()[7], "Ready", "False");
-    exporter
-        .wait_for("a change through the slow watch", Duration::from_secs(15), |s| {
-            common::value(s, "k8s_cluster_nodes", &[("k8s_node_condition_status", "false")]) == Some(1.0)
-        })
-        .await;
-    let stats = api.stats();
-    assert!(stats.watches <= 2 && stats.full_lists == 1, "{stats:?}");
-    eprintln!("3 s per answer: ready after {ready:?}, {stats:?}");
+    // A server without streaming lists: three LIST pages of 100, 3 s each
+    // (after the refused streaming list, 3 s too); with them, one WATCH.
+    for (streaming, least, lists, watches) in [(false, 12, 3, 1), (true, 3, 0, 0)] {
+        let api = if streaming {
+            fake_api(250).await
+        } else {
+            common::fake_api_paged(250).await
+        };
+        api.set_delay(Duration::from_secs(3));
+        let started = Instant::now();
+        let exporter = Exporter::start(&api.kubeconfig(), &["--metrics-exporter", "prometheus"], &[]);
+        exporter
+            .wait_status("/readyz", 200, Duration::from_secs(40))
+            .await;
+        let ready = started.elapsed();
+        assert!(
+            ready >= Duration::from_secs(least),
+            "streaming lists {streaming}: ready after {ready:?}: were the answers really slow?"
+        );
+        let stats = api.stats();
+        assert_eq!(
+            (stats.full_lists, stats.lists),
+            (1, lists),
+            "streaming lists {streaming}: {stats:?}"
+        );
+        api.set_condition(&api.node_names()[7], "Ready", "False");
+        exporter
+            .wait_for("a change through the slow watch", Duration::from_secs(15), |s| {
+                common::value(s, "k8s_cluster_nodes", &[("k8s_node_condition_status", "false")]) == Some(1.0)
+            })
+            .await;
+        let stats = api.stats();
+        // The (refused or streaming) list's watch, the watch, and perhaps one renewed.
+        assert!(
+            stats.watches <= 2 + watches && stats.full_lists == 1,
+            "streaming lists {streaming}: {stats:?}"
+        );
+        eprintln!("3 s per answer, streaming lists {streaming}: ready after {ready:?}, {stats:?}");
+    }
 }
 
 /// An API server that accepts connections and then says nothing (hung, or cut

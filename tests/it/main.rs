@@ -7,6 +7,7 @@ mod common;
 mod auth;
 mod changes;
 mod docs;
+mod encodings;
 mod events;
 mod exporter;
 mod fake_apiserver;

@@ -51,6 +51,19 @@ pub async fn fake_api(nodes: usize) -> FakeApiServer {
     .expect("fake API server starts")
 }
 
+/// [`fake_api`] without streaming lists (a server whose WatchList gate is
+/// off): clients list in pages.
+pub async fn fake_api_paged(nodes: usize) -> FakeApiServer {
+    FakeApiServer::start(FakeOptions {
+        nodes,
+        bookmark_interval: Duration::from_millis(500),
+        streaming_lists: false,
+        ..Default::default()
+    })
+    .await
+    .expect("fake API server starts")
+}
+
 /// One GET: (status, body as text). A body that is cut short or is not
 /// UTF-8 is an error, never a short body that parses as complete.
 pub async fn http_get(

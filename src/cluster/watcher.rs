@@ -1,0 +1,383 @@
+//! The watch loop's states, held to what kube-runtime's `watcher` does (its
+//! JSON-only client cannot ask for protobuf, kube-rs/kube#725):
+//!
+//! - a (re)list is a streaming list (`sendInitialEvents`, KEP-3157) when the
+//!   server takes one, else a paginated LIST; either way `Init`, an
+//!   `InitApply` per node, and `InitDone` once the whole list is in;
+//! - a failed LIST page starts the list again from its first page;
+//! - then WATCH from the list's resourceVersion, with bookmarks; a watch
+//!   that ends is started again from the last resourceVersion seen;
+//! - 410 Gone (an ERROR event, or the answer to a WATCH) relists;
+//! - a frame or line that cannot be decoded ends that watch (nothing of it
+//!   is stored) and the next one resumes from the last resourceVersion.
+//!
+//! Errors are items of the stream, so the caller backs off after each and
+//! counts it; the transport is behind [`Source`], so each behaviour has a
+//! table test with a scripted one.
+
+use std::future::Future;
+
+use futures::{Stream, StreamExt as _, stream};
+use kube::runtime::watcher::Event;
+
+use super::{
+    Node,
+    proto::{ApiStatus, ListPage, ProtoError, envelope::WatchEvent},
+};
+
+/// Which request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A LIST page.
+    List,
+    /// Starting a WATCH.
+    WatchStart,
+    /// A WATCH under way.
+    Watch,
+}
+
+/// Why a step of the watch failed.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum WatchError {
+    /// The API answered with an error (or an ERROR event, in a watch).
+    #[error("{step:?}: the API answered {} {}: {}", status.code, status.reason, status.message)]
+    Api {
+        /// Which request.
+        step: Step,
+        /// Its Status.
+        status: ApiStatus,
+    },
+    /// The request or the stream failed below HTTP.
+    #[error("{step:?}: {error}")]
+    Transport {
+        /// Which request.
+        step: Step,
+        /// What failed.
+        error: String,
+    },
+    /// A body, frame or line that is not what it should be.
+    #[error("{0}")]
+    Decode(ProtoError),
+    /// A response in an encoding this client does not read.
+    #[error("unknown content type {0:?}")]
+    UnknownContentType(String),
+    /// A list or event without a resourceVersion to go on from.
+    #[error("no resourceVersion to resume from")]
+    NoResourceVersion,
+}
+
+impl WatchError {
+    /// True for the API's 403.
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, WatchError::Api { status, .. } if status.code == 403)
+    }
+
+    /// The same error, of a streaming list: a failed list, whichever request carried it.
+    fn listing(self) -> WatchError {
+        match self {
+            WatchError::Api { status, .. } => WatchError::Api {
+                step: Step::List,
+                status,
+            },
+            WatchError::Transport { error, .. } => WatchError::Transport {
+                step: Step::List,
+                error,
+            },
+            other => other,
+        }
+    }
+
+    fn is_gone(&self) -> bool {
+        matches!(self, WatchError::Api { status, .. } if status.code == 410)
+    }
+}
+
+/// Where a WATCH starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchFrom {
+    /// After this resourceVersion.
+    Version(String),
+    /// With every node first, as events, then a bookmark (a streaming list).
+    InitialEvents,
+}
+
+/// The LISTs and WATCHes the loop makes.
+pub trait Source: Send + Sync + 'static {
+    /// A WATCH's events.
+    type Events: EventSource;
+    /// One LIST page, the first when `continue_token` is `None`.
+    fn list(
+        &self,
+        continue_token: Option<String>,
+    ) -> impl Future<Output = Result<ListPage, WatchError>> + Send;
+    /// Starts a WATCH.
+    fn watch(&self, from: WatchFrom) -> impl Future<Output = Result<Self::Events, WatchError>> + Send;
+}
+
+/// A WATCH under way.
+pub trait EventSource: Send + 'static {
+    /// The next event; `None` once the stream has ended.
+    fn next(&mut self) -> impl Future<Output = Option<Result<WatchEvent, WatchError>>> + Send;
+}
+
+/// What each node gets before it is handed on (stripping what is not kept).
+pub type Prepare = Box<dyn Fn(&mut Node) + Send + Sync>;
+
+enum State<E> {
+    /// A (re)list is next: a streaming one first if `streaming`.
+    Start { streaming: bool },
+    /// The next LIST page; `None` for the first.
+    Listing { token: Option<String> },
+    /// A streaming list's initial events.
+    Initial { events: E },
+    /// Watching from `rv`; `None` until the WATCH is (re)started. `opened`
+    /// is when it was, until its first event.
+    Watching {
+        rv: String,
+        events: Option<E>,
+        opened: Option<std::time::Instant>,
+    },
+}
+
+type Item = Result<Event<Node>, WatchError>;
+
+/// How long a streaming list may go without an event before the server is
+/// taken for one that ignores `sendInitialEvents` (some emulators and proxies
+/// answer with a plain watch that never ends the initial events): the API
+/// server sends its initial events from its cache without pause. That list
+/// is then made in pages; the next relist tries a streaming list again.
+pub const INITIAL_EVENTS_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The events and errors of the watch, forever: relists, restarts and
+/// resumptions are its own; the caller only backs off after errors.
+/// `streaming` tries streaming lists first.
+pub fn watch<S: Source>(source: S, streaming: bool, prepare: Prepare) -> impl Stream<Item = Item> + Send {
+    let state = State::<S::Events>::Start { streaming };
+    stream::unfold(
+        (source, prepare, state, streaming),
+        |(source, prepare, state, streaming)| async move {
+            let (items, next) = step(&source, &prepare, state, streaming).await;
+            Some((stream::iter(items), (source, prepare, next, streaming)))
+        },
+    )
+    .flatten()
+}
+
+async fn step<S: Source>(
+    source: &S,
+    prepare: &Prepare,
+    state: State<S::Events>,
+    streaming: bool,
+) -> (Vec<Item>, State<S::Events>) {
+    let node = |mut n: Box<Node>| {
+        prepare(&mut n);
+        *n
+    };
+    // A streaming list that cannot be finished: this (re)list is made in pages instead.
+    let in_pages = |why: &str| {
+        tracing::info!(why, "streaming list given up; listing nodes in pages");
+        State::Listing { token: None }
+    };
+    match state {
+        State::Start { streaming: true } => match source.watch(WatchFrom::InitialEvents).await {
+            Ok(events) => (vec![Ok(Event::Init)], State::Initial { events }),
+            // A server without streaming lists refuses the request (422, or
+            // 400/403 from some proxies; 5xx from some others): a paginated
+            // LIST instead, as client-go does. Only overload (429) and a
+            // failed connection are retried as they are.
+            Err(WatchError::Api { status, .. }) if !matches!(status.code, 410 | 429) => {
+                tracing::debug!(code = status.code, reason = %status.reason, "no streaming list; listing in pages");
+                (Vec::new(), State::Listing { token: None })
+            }
+            Err(e) => (vec![Err(e.listing())], State::Start { streaming }),
+        },
+        State::Start { streaming: false } => (Vec::new(), State::Listing { token: None }),
+        State::Listing { token } => {
+            let first = token.is_none();
+            match source.list(token).await {
+                Ok(page) => {
+                    let mut items: Vec<Item> = Vec::with_capacity(page.items.len() + 2);
+                    if first {
+                        items.push(Ok(Event::Init));
+                    }
+                    items.extend(
+                        page.items
+                            .into_iter()
+                            .map(|n| Ok(Event::InitApply(node(Box::new(n))))),
+                    );
+                    match (page.continue_token, page.resource_version) {
+                        (Some(token), _) => (items, State::Listing { token: Some(token) }),
+                        (None, rv) if rv.is_empty() => {
+                            items.push(Err(WatchError::NoResourceVersion));
+                            (items, State::Start { streaming })
+                        }
+                        (None, rv) => {
+                            items.push(Ok(Event::InitDone));
+                            (items, State::watch_from(rv))
+                        }
+                    }
+                }
+                // Any failed page (an expired continue token too) starts the list again.
+                Err(e) => (vec![Err(e)], State::Start { streaming }),
+            }
+        }
+        State::Initial { mut events } => {
+            let next = match tokio::time::timeout(INITIAL_EVENTS_IDLE, events.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    return (
+                        Vec::new(),
+                        in_pages("no event for a while before the end of the initial events"),
+                    );
+                }
+            };
+            match next {
+                Some(Ok(WatchEvent::Added(n))) => {
+                    (vec![Ok(Event::InitApply(node(n)))], State::Initial { events })
+                }
+                // The end of the list. Its stream is dropped: the server's deadline
+                // for it was set long, for the list, and the watch that follows
+                // is renewed at the usual interval.
+                Some(Ok(WatchEvent::Bookmark {
+                    resource_version,
+                    initial_events_end: true,
+                })) if !resource_version.is_empty() => {
+                    (vec![Ok(Event::InitDone)], State::watch_from(resource_version))
+                }
+                Some(Ok(WatchEvent::Bookmark { .. })) => (Vec::new(), State::Initial { events }),
+                // A change before the end of the initial events (servers before
+                // 1.32, and some that serve a plain watch instead): a node
+                // already handed on could not be taken back, so the list is
+                // made in pages.
+                Some(Ok(WatchEvent::Modified(_) | WatchEvent::Deleted(_))) => (
+                    Vec::new(),
+                    in_pages("a change before the end of the initial events"),
+                ),
+                Some(Ok(WatchEvent::Error(status))) => (
+                    vec![Err(WatchError::Api {
+                        step: Step::List,
+                        status,
+                    })],
+                    State::Start { streaming },
+                ),
+                Some(Err(e)) => (vec![Err(e.listing())], State::Start { streaming }),
+                // Ended before the whole list was in: an error (so the caller
+                // backs off), and this list is made in pages.
+                None => (
+                    vec![Err(WatchError::Transport {
+                        step: Step::List,
+                        error: "the streaming list ended before its initial events did".into(),
+                    })],
+                    State::Listing { token: None },
+                ),
+            }
+        }
+        State::Watching { rv, events: None, .. } => {
+            match source.watch(WatchFrom::Version(rv.clone())).await {
+                Ok(events) => (
+                    Vec::new(),
+                    State::Watching {
+                        rv,
+                        events: Some(events),
+                        opened: Some(std::time::Instant::now()),
+                    },
+                ),
+                Err(e) if e.is_gone() => (vec![Err(e)], State::Start { streaming }),
+                Err(e) => (vec![Err(e)], State::watch_from(rv)),
+            }
+        }
+        State::Watching {
+            rv,
+            events: Some(mut events),
+            opened,
+        } => match events.next().await {
+            Some(Ok(WatchEvent::Added(n) | WatchEvent::Modified(n))) => {
+                let rv_of = n.metadata.resource_version.clone();
+                applied(rv_of, events, Event::Apply(node(n)), streaming)
+            }
+            Some(Ok(WatchEvent::Deleted(n))) => {
+                let rv_of = n.metadata.resource_version.clone();
+                applied(rv_of, events, Event::Delete(node(n)), streaming)
+            }
+            Some(Ok(WatchEvent::Bookmark { resource_version, .. })) => {
+                let rv = if resource_version.is_empty() {
+                    rv
+                } else {
+                    resource_version
+                };
+                (
+                    Vec::new(),
+                    State::Watching {
+                        rv,
+                        events: Some(events),
+                        opened: None,
+                    },
+                )
+            }
+            Some(Ok(WatchEvent::Error(status))) => {
+                let gone = status.code == 410;
+                let e = WatchError::Api {
+                    step: Step::Watch,
+                    status,
+                };
+                if gone {
+                    (vec![Err(e)], State::Start { streaming })
+                } else {
+                    (
+                        vec![Err(e)],
+                        State::Watching {
+                            rv,
+                            events: Some(events),
+                            opened: None,
+                        },
+                    )
+                }
+            }
+            // The source ends a stream after an error of its own: resume from `rv`.
+            Some(Err(e)) => (vec![Err(e)], State::watch_from(rv)),
+            // A watch that ends at once, having sent nothing, is an error, so
+            // that the caller backs off instead of asking again and again.
+            None if opened.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) => (
+                vec![Err(WatchError::Transport {
+                    step: Step::Watch,
+                    error: "the watch ended as soon as it began".into(),
+                })],
+                State::watch_from(rv),
+            ),
+            None => (Vec::new(), State::watch_from(rv)),
+        },
+    }
+}
+
+impl<E> State<E> {
+    /// A WATCH from `rv` is next.
+    fn watch_from(rv: String) -> State<E> {
+        State::Watching {
+            rv,
+            events: None,
+            opened: None,
+        }
+    }
+}
+
+/// An applied or deleted node moves the watch on to its resourceVersion.
+fn applied<E>(new: Option<String>, events: E, event: Event<Node>, streaming: bool) -> (Vec<Item>, State<E>) {
+    match new.filter(|rv| !rv.is_empty()) {
+        Some(rv) => (
+            vec![Ok(event)],
+            State::Watching {
+                rv,
+                events: Some(events),
+                opened: None,
+            },
+        ),
+        None => (
+            vec![Err(WatchError::NoResourceVersion)],
+            State::Start { streaming },
+        ),
+    }
+}
+
+#[cfg(test)]
+#[path = "watcher_tests.rs"]
+mod tests;

@@ -1,0 +1,362 @@
+//! The node LIST and WATCH over HTTP, in either encoding: the requests as
+//! client-go makes them, and the responses decoded by their `Content-Type`
+//! (JSON or Kubernetes protobuf) into the same pages and events.
+
+use bytes::Bytes;
+use http::{Request, StatusCode, header};
+use http_body_util::BodyExt as _;
+use kube::client::Body;
+
+use super::{
+    Node,
+    proto::{self, ApiStatus, Frames, ListPage, ProtoError, envelope::WatchEvent},
+    watcher::{EventSource, Source, Step, WatchError, WatchFrom},
+};
+
+/// How nodes are asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Encoding {
+    /// Kubernetes protobuf, with JSON accepted too (what client-go and
+    /// kube-state-metrics ask for): smaller, cheaper to decode, and one
+    /// JSON encoding of every Node event less for the API server.
+    Protobuf,
+    /// JSON only.
+    Json,
+}
+
+impl Encoding {
+    /// The `Accept` header.
+    pub fn accept(self) -> &'static str {
+        match self {
+            Encoding::Protobuf => "application/vnd.kubernetes.protobuf,application/json",
+            Encoding::Json => "application/json",
+        }
+    }
+
+    /// As the flag spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Protobuf => "protobuf",
+            Encoding::Json => "json",
+        }
+    }
+}
+
+/// What a response's body is, from its `Content-Type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Json,
+    Protobuf,
+}
+
+/// The format a `Content-Type` names; `None` for none, or the generic
+/// `application/octet-stream` some emulators and proxies send, when the
+/// body's first byte tells ([`sniff`]).
+fn format(headers: &http::HeaderMap) -> Result<Option<Format>, WatchError> {
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    // Parameters (`;stream=watch`, `;charset=utf-8`) say nothing about the decoding.
+    let media = value.split(';').next().unwrap_or_default().trim();
+    match media.to_ascii_lowercase().as_str() {
+        "application/json" => Ok(Some(Format::Json)),
+        "application/vnd.kubernetes.protobuf" => Ok(Some(Format::Protobuf)),
+        "" | "application/octet-stream" => Ok(None),
+        _ => Err(WatchError::UnknownContentType(value.to_string())),
+    }
+}
+
+/// The format of a body from its first byte, unambiguous for these two: JSON
+/// starts with `{` (or whitespace), a protobuf object with `k8s\0` and a
+/// protobuf watch frame with its length's high byte, 0 below 16 MiB.
+fn sniff(first: u8) -> Format {
+    if first == b'{' || first.is_ascii_whitespace() {
+        Format::Json
+    } else {
+        Format::Protobuf
+    }
+}
+
+/// The largest LIST page or error body read: a page of 100 Nodes with
+/// managed fields is ~3 MB; a body past this is a broken server.
+const MAX_BODY: usize = 256 * 1024 * 1024;
+
+/// The server-side deadline of a streaming list, which covers sending every node.
+const STREAMING_LIST_TIMEOUT_SECS: u32 = 600;
+
+/// Node LISTs and WATCHes against the API server of `client`.
+pub struct Http {
+    /// The client (its read timeout gives up on a silent server).
+    pub client: kube::Client,
+    /// What to ask for.
+    pub encoding: Encoding,
+    /// Nodes per LIST page.
+    pub page_size: u32,
+    /// The server-side length of each WATCH.
+    pub timeout_secs: u32,
+}
+
+impl Http {
+    async fn send(&self, step: Step, query: &str) -> Result<http::Response<Body>, WatchError> {
+        let request = Request::get(format!("/api/v1/nodes?{query}"))
+            .header(header::ACCEPT, self.encoding.accept())
+            .body(Body::empty())
+            .map_err(|e| WatchError::Transport {
+                step,
+                error: e.to_string(),
+            })?;
+        let response = self
+            .client
+            .send(request)
+            .await
+            .map_err(|e| WatchError::Transport {
+                step,
+                error: e.to_string(),
+            })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let code = response.status();
+        let format = format(response.headers()).ok().flatten();
+        let body = read_all(response.into_body(), 1 << 20, step).await?;
+        let format = format.or_else(|| body.first().copied().map(sniff));
+        Err(WatchError::Api {
+            step,
+            status: error_status(code, format, &body),
+        })
+    }
+}
+
+/// The Status of an error response, or one made from its HTTP code.
+fn error_status(code: StatusCode, format: Option<Format>, body: &[u8]) -> ApiStatus {
+    let decoded = match format {
+        Some(Format::Protobuf) => match proto::decode_object(body) {
+            Ok(proto::Decoded::Status(s)) => Some(s),
+            _ => None,
+        },
+        Some(Format::Json) => serde_json::from_slice::<kube::core::Status>(body)
+            .ok()
+            .map(|s| ApiStatus {
+                code: i32::from(s.code),
+                reason: s.reason,
+                message: s.message,
+            }),
+        None => None,
+    };
+    let mut status = decoded.unwrap_or_default();
+    if status.code == 0 {
+        status.code = i32::from(code.as_u16());
+    }
+    if status.message.is_empty() {
+        status.message = code.canonical_reason().unwrap_or("error").to_string();
+    }
+    status
+}
+
+async fn read_all(mut body: Body, max: usize, step: Step) -> Result<Vec<u8>, WatchError> {
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| WatchError::Transport {
+            step,
+            error: e.to_string(),
+        })?;
+        if let Some(data) = frame.data_ref() {
+            if out.len() + data.len() > max {
+                return Err(WatchError::Decode(ProtoError::FrameTooLarge {
+                    len: out.len() + data.len(),
+                    max,
+                }));
+            }
+            out.extend_from_slice(data);
+        }
+    }
+    Ok(out)
+}
+
+/// A JSON LIST page.
+#[derive(serde::Deserialize)]
+struct JsonList {
+    #[serde(default)]
+    metadata: kube::core::ListMeta,
+    #[serde(default)]
+    items: Vec<Node>,
+}
+
+impl Source for Http {
+    type Events = Events;
+
+    async fn list(&self, continue_token: Option<String>) -> Result<ListPage, WatchError> {
+        // No resourceVersion: a consistent read; later pages name only their token.
+        let query = match &continue_token {
+            Some(token) => format!("limit={}&continue={}", self.page_size, urlencode(token)),
+            None => format!("limit={}", self.page_size),
+        };
+        let response = self.send(Step::List, &query).await?;
+        let format = format(response.headers())?;
+        let body = read_all(response.into_body(), MAX_BODY, Step::List).await?;
+        match format.unwrap_or_else(|| sniff(body.first().copied().unwrap_or(b'{'))) {
+            Format::Protobuf => match proto::decode_list(&body) {
+                Ok(Ok(page)) => Ok(page),
+                Ok(Err(status)) => Err(WatchError::Api {
+                    step: Step::List,
+                    status,
+                }),
+                Err(e) => Err(WatchError::Decode(e)),
+            },
+            Format::Json => {
+                let list: JsonList = serde_json::from_slice(&body).map_err(json_error)?;
+                Ok(ListPage {
+                    resource_version: list.metadata.resource_version.unwrap_or_default(),
+                    continue_token: list.metadata.continue_.filter(|c| !c.is_empty()),
+                    items: list.items,
+                })
+            }
+        }
+    }
+
+    async fn watch(&self, from: WatchFrom) -> Result<Events, WatchError> {
+        let base = format!(
+            "watch=true&allowWatchBookmarks=true&timeoutSeconds={}",
+            self.timeout_secs
+        );
+        let query = match &from {
+            WatchFrom::Version(rv) => format!("{base}&resourceVersion={}", urlencode(rv)),
+            // A consistent read of the initial state, sent as events (KEP-3157).
+            // The server's deadline covers sending them, so it is long, as
+            // client-go's (5 to 10 minutes); the loop ends this stream at the
+            // end of the list and watches on with the usual one.
+            WatchFrom::InitialEvents => format!(
+                "watch=true&allowWatchBookmarks=true&timeoutSeconds={}&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&resourceVersion=",
+                STREAMING_LIST_TIMEOUT_SECS.max(self.timeout_secs)
+            ),
+        };
+        let response = self.send(Step::WatchStart, &query).await?;
+        let format = format(response.headers())?;
+        Ok(Events {
+            body: response.into_body(),
+            format,
+            frames: Frames::default(),
+            done: false,
+        })
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn json_error(e: serde_json::Error) -> WatchError {
+    WatchError::Decode(ProtoError::Undecodable {
+        what: "JSON",
+        reason: e.to_string(),
+    })
+}
+
+/// The events of one WATCH response.
+pub struct Events {
+    body: Body,
+    /// `None` until the first byte tells, when the Content-Type did not.
+    format: Option<Format>,
+    /// Length-prefixed frames (protobuf) or lines (JSON) as they arrive.
+    frames: Frames,
+    done: bool,
+}
+
+impl Events {
+    /// The next whole frame or line, if one is buffered.
+    fn buffered(&mut self) -> Result<Option<Bytes>, ProtoError> {
+        if self.format.is_none() {
+            self.format = self.frames.first_byte().map(sniff);
+        }
+        match self.format {
+            Some(Format::Protobuf) => self.frames.next_frame(),
+            Some(Format::Json) => self.frames.next_line(),
+            None => Ok(None),
+        }
+    }
+}
+
+impl EventSource for Events {
+    async fn next(&mut self) -> Option<Result<WatchEvent, WatchError>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            match self.buffered() {
+                Ok(Some(frame)) => {
+                    let event = match self.format {
+                        Some(Format::Protobuf) => {
+                            proto::decode_watch_event(&frame).map_err(WatchError::Decode)
+                        }
+                        _ => decode_json_event(&frame),
+                    };
+                    if event.is_err() {
+                        // Nothing after a bad frame can be trusted: the watch restarts.
+                        self.done = true;
+                    }
+                    return Some(event);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(WatchError::Decode(e)));
+                }
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.frames.push(data);
+                    }
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(WatchError::Transport {
+                        step: Step::Watch,
+                        error: e.to_string(),
+                    }));
+                }
+                None => {
+                    self.done = true;
+                    // A JSON stream may end without a newline after its last event.
+                    if self.format == Some(Format::Json)
+                        && let Ok(Some(last)) = self.frames.rest()
+                    {
+                        return Some(decode_json_event(&last));
+                    }
+                    return self.frames.finish().err().map(|e| Err(WatchError::Decode(e)));
+                }
+            }
+        }
+    }
+}
+
+/// One JSON watch line: kube's `WatchEvent` over the slim node.
+fn decode_json_event(line: &[u8]) -> Result<WatchEvent, WatchError> {
+    use kube::api::WatchEvent as Json;
+    Ok(
+        match serde_json::from_slice::<Json<Node>>(line).map_err(json_error)? {
+            Json::Added(n) => WatchEvent::Added(Box::new(n)),
+            Json::Modified(n) => WatchEvent::Modified(Box::new(n)),
+            Json::Deleted(n) => WatchEvent::Deleted(Box::new(n)),
+            Json::Bookmark(b) => WatchEvent::Bookmark {
+                initial_events_end: b
+                    .metadata
+                    .annotations
+                    .get(proto::envelope::INITIAL_EVENTS_END)
+                    .is_some_and(|v| v == "true"),
+                resource_version: b.metadata.resource_version,
+            },
+            Json::Error(s) => WatchEvent::Error(ApiStatus {
+                code: i32::from(s.code),
+                reason: s.reason,
+                message: s.message,
+            }),
+        },
+    )
+}

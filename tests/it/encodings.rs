@@ -1,0 +1,163 @@
+//! Both API encodings end to end against the fake API server: the same
+//! outputs from protobuf and from JSON, with streaming lists and with pages;
+//! and every kind of bad data from the API counted once, logged, and got over
+//! without a relist or a wrong reading.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::{Exporter, fake_api};
+use kube_node_status::fake::{Breakage, FakeApiServer};
+
+/// The node section of a scrape: every line but self-telemetry, sorted.
+async fn readings(exporter: &Exporter) -> Vec<String> {
+    let (_, body) = exporter.get("/metrics").await;
+    let mut lines: Vec<String> = common::without_self_telemetry(&body)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    lines.sort_unstable();
+    lines
+}
+
+async fn both(api: &FakeApiServer) -> [Exporter; 2] {
+    let kubeconfig = api.kubeconfig();
+    let mut started = Vec::new();
+    for encoding in ["protobuf", "json"] {
+        started.push(
+            Exporter::start_ready(
+                &kubeconfig,
+                &["--metrics-exporter", "prometheus", "--api-encoding", encoding],
+                &[],
+            )
+            .await,
+        );
+    }
+    let [a, b]: [Exporter; 2] = started
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("two exporters"));
+    [a, b]
+}
+
+/// Protobuf and JSON, with streaming lists and with paginated LISTs, give the
+/// same readings of the same nodes, before and after changes and a relist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_and_json_give_the_same_readings() {
+    for streaming in [true, false] {
+        let api = if streaming {
+            fake_api(300).await
+        } else {
+            common::fake_api_paged(300).await
+        };
+        let exporters = both(&api).await;
+        let same = |what: &str| {
+            let what = format!("{what} (streaming lists {streaming})");
+            let exporters = &exporters;
+            async move {
+                // Both show the same once both have caught up with the API.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                loop {
+                    let (a, b) = (readings(&exporters[0]).await, readings(&exporters[1]).await);
+                    if a == b && !a.is_empty() {
+                        return a;
+                    }
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{what}: protobuf and JSON differ"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        let before = same("after the list").await;
+        let names = api.node_names();
+        api.set_condition(&names[1], "Ready", "False");
+        api.set_condition(&names[2], "MemoryPressure", "True");
+        api.delete_node(&names[3]);
+        let new = api.add_generated(5_000);
+        let after = same("after changes").await;
+        assert_ne!(before, after);
+        assert!(after.iter().any(|l| l.contains(&new)), "the new node is shown");
+        // A relist: history compacted and every watch closed.
+        api.compact();
+        api.close_watches();
+        api.set_condition(&names[4], "Ready", "Unknown");
+        same("after a relist").await;
+        let stats = api.stats();
+        eprintln!("streaming lists {streaming}: {stats:?}");
+        if streaming {
+            assert_eq!(stats.lists, 0, "no LIST pages with streaming lists: {stats:?}");
+        } else {
+            assert!(stats.lists >= 6, "paginated LISTs: {stats:?}");
+        }
+    }
+}
+
+/// Each kind of bad data is one `watch.errors{reason}` and a log line; the
+/// watch resumes from its last resourceVersion (no relist), nothing of the bad
+/// frame is stored, and changes after it are shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_data_from_the_api_is_counted_logged_and_got_over() {
+    let api = fake_api(50).await;
+    let cases = [
+        ("protobuf", Breakage::BadMagic, "bad_magic"),
+        ("protobuf", Breakage::Truncated, "truncated_frame"),
+        ("protobuf", Breakage::Oversize, "frame_too_large"),
+        ("protobuf", Breakage::Undecodable, "undecodable_object"),
+        ("protobuf", Breakage::ContentType, "unknown_content_type"),
+        ("json", Breakage::Undecodable, "undecodable_object"),
+        ("json", Breakage::ContentType, "unknown_content_type"),
+    ];
+    for (i, (encoding, breakage, reason)) in cases.into_iter().enumerate() {
+        let exporter = Exporter::start_ready(
+            &api.kubeconfig(),
+            &["--metrics-exporter", "prometheus", "--api-encoding", encoding],
+            &[],
+        )
+        .await;
+        let lists = api.stats().full_lists;
+        let rss = exporter.rss();
+        api.break_next_watch(breakage);
+        // A content type is a response's: the next watch gets it.
+        api.close_watches();
+        let errors = |s: &[common::Sample]| {
+            common::value(s, "kube_node_status_watch_errors_total", &[("reason", reason)]).unwrap_or(0.0)
+        };
+        exporter
+            .wait_for(
+                &format!("{encoding} {breakage:?} counted"),
+                Duration::from_secs(20),
+                |s| errors(s) >= 1.0,
+            )
+            .await;
+        let node = &api.node_names()[i];
+        api.set_condition(node, "Ready", "False");
+        let samples = exporter
+            .wait_for(
+                &format!("a change after {breakage:?}"),
+                Duration::from_secs(20),
+                |s| common::value(s, "k8s_node_ready", &[("k8s_node_name", node)]) == Some(0.0),
+            )
+            .await;
+        assert_eq!(errors(&samples), 1.0, "{encoding} {breakage:?}: counted once");
+        assert_eq!(
+            api.stats().full_lists,
+            lists,
+            "{encoding} {breakage:?}: resumed, not relisted"
+        );
+        let logs = exporter.logs();
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("node watch failing") && l.contains(reason)),
+            "{encoding} {breakage:?}: a log line with the reason"
+        );
+        // The broken frame's declared 64 MiB was never taken.
+        assert!(
+            exporter.rss() < rss + 16 * 1024 * 1024,
+            "{encoding} {breakage:?}: memory"
+        );
+        assert_eq!(exporter.get("/readyz").await.0, 200);
+        api.set_condition(node, "Ready", "True");
+    }
+}
