@@ -6,6 +6,7 @@
 pub mod collect;
 pub mod families;
 pub mod instruments;
+pub mod otlp_cache;
 pub mod pass;
 pub mod shards;
 mod surface;

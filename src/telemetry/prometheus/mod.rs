@@ -8,6 +8,7 @@ use futures::future::BoxFuture;
 pub mod body;
 #[cfg(test)]
 mod reference_tests;
+mod section;
 pub mod text;
 
 use body::Exposition;

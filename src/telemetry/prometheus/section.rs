@@ -1,0 +1,263 @@
+//! The node section of `/metrics`: every family's header and its segments
+//! shard by shard, kept so that replacing a shard's segment costs the same at
+//! any cluster size, and taken whole by a scrape for the price of a few
+//! references.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crc32fast::Hasher as Crc;
+
+use super::body::Segment;
+
+/// CRC-32, plain length and points of a run of segments.
+#[derive(Clone, Default)]
+struct Sum {
+    crc: Crc,
+    len: u64,
+    points: usize,
+}
+
+impl Sum {
+    fn of(s: &Segment) -> Sum {
+        Sum {
+            crc: s.crc.clone(),
+            len: s.len,
+            points: s.points,
+        }
+    }
+
+    /// This run followed by `next`.
+    fn then(&self, next: &Sum) -> Sum {
+        let mut crc = self.crc.clone();
+        crc.combine(&next.crc);
+        Sum {
+            crc,
+            len: self.len + next.len,
+            points: self.points + next.points,
+        }
+    }
+}
+
+/// Shards to a chunk of a family's segments. A chunk is copied when a
+/// section being scraped still holds it, so a change copies one chunk and
+/// the list of chunks, never the whole family.
+const CHUNK: usize = 64;
+
+/// A family's segments, in chunks shared with the sections scrapes hold.
+type Chunks = Arc<Vec<Arc<Vec<Segment>>>>;
+
+/// One family's part of the node section: its header, then its samples
+/// shard by shard. Held by the pass; sections take [`FamilyText::snapshot`]s.
+///
+/// The CRC-32s of the shards are kept combined in a binary tree, so that
+/// replacing one shard's segment recombines the log2 of the shard count on
+/// its path to the root, not every shard: a change costs the same at any
+/// cluster size, where the shard count grows with the nodes.
+pub struct FamilyText {
+    header: Segment,
+    chunks: Chunks,
+    /// `tree[1]` is the root; node `i` combines `2i` and `2i + 1`; the
+    /// leaves are at `width..2 * width`, shards in order, padded with empty ones.
+    tree: Vec<Sum>,
+    width: usize,
+}
+
+impl FamilyText {
+    /// A family with `header` and `shards` empty shards.
+    pub fn new(header: Segment, shards: usize) -> FamilyText {
+        let width = shards.next_power_of_two().max(1);
+        let chunks = (0..shards.div_ceil(CHUNK))
+            .map(|c| Arc::new(vec![Segment::empty(); CHUNK.min(shards - c * CHUNK)]))
+            .collect();
+        FamilyText {
+            header,
+            chunks: Arc::new(chunks),
+            tree: vec![Sum::default(); 2 * width],
+            width,
+        }
+    }
+
+    /// The segment of shard `shard`.
+    pub fn shard(&self, shard: usize) -> &Segment {
+        &self.chunks[shard / CHUNK][shard % CHUNK]
+    }
+
+    /// Replaces the segment of shard `shard`.
+    pub fn set(&mut self, shard: usize, segment: Segment) {
+        let mut at = self.width + shard;
+        self.tree[at] = Sum::of(&segment);
+        let chunk = Arc::make_mut(&mut Arc::make_mut(&mut self.chunks)[shard / CHUNK]);
+        chunk[shard % CHUNK] = segment;
+        while at > 1 {
+            at /= 2;
+            self.tree[at] = self.tree[2 * at].then(&self.tree[2 * at + 1]);
+        }
+    }
+
+    /// Points in every shard.
+    pub fn points(&self) -> usize {
+        self.tree[1].points
+    }
+
+    /// The family as it stands, for a section: cheap (two references).
+    pub fn snapshot(&self) -> FamilySnapshot {
+        FamilySnapshot {
+            header: self.header.deflate.clone(),
+            chunks: self.chunks.clone(),
+            sum: (self.points() > 0).then(|| Sum::of(&self.header).then(&self.tree[1])),
+        }
+    }
+}
+
+/// A family as a section holds it.
+pub struct FamilySnapshot {
+    header: Bytes,
+    chunks: Chunks,
+    /// Header and samples; `None` when it has no sample.
+    sum: Option<Sum>,
+}
+
+impl FamilySnapshot {
+    /// Its non-empty deflate chunks, in order.
+    fn chunks(&self) -> impl Iterator<Item = &Bytes> {
+        std::iter::once(&self.header).chain(
+            self.chunks
+                .iter()
+                .flat_map(|c| c.iter())
+                .filter(|s| s.len > 0)
+                .map(|s| &s.deflate),
+        )
+    }
+}
+
+/// The node section: the families that have samples, then the cluster-wide
+/// readings, with their combined CRC-32 and length. Taking one holds the
+/// families as they are (cheap: two references each), so a scrape streams
+/// a consistent section while the pass writes the next.
+pub struct Section {
+    families: Vec<FamilySnapshot>,
+    tail: Option<Segment>,
+    sum: Sum,
+}
+
+impl Section {
+    /// An empty section (before the first render).
+    pub fn empty() -> Section {
+        Section::assemble(Vec::new(), None)
+    }
+
+    /// `families` (those without samples are left out), then `tail`.
+    pub fn assemble(families: Vec<FamilySnapshot>, tail: Option<Segment>) -> Section {
+        let families: Vec<_> = families.into_iter().filter(|f| f.sum.is_some()).collect();
+        let sum = families
+            .iter()
+            .filter_map(|f| f.sum.clone())
+            .chain(tail.as_ref().map(Sum::of))
+            .fold(Sum::default(), |acc, s| acc.then(&s));
+        Section { families, tail, sum }
+    }
+
+    /// Points it holds.
+    pub fn points(&self) -> usize {
+        self.sum.points
+    }
+
+    /// Bytes of plain text.
+    pub fn plain_len(&self) -> u64 {
+        self.sum.len
+    }
+
+    /// Bytes of deflate it is kept as (and sent as, gzip-encoded).
+    pub fn deflated_len(&self) -> u64 {
+        self.chunks().iter().map(|c| c.len() as u64).sum()
+    }
+
+    /// The CRC-32 of its plain text, to combine with what follows it.
+    pub(super) fn crc(&self) -> Crc {
+        self.sum.crc.clone()
+    }
+
+    /// Its deflate chunks, in order.
+    pub(super) fn chunks(&self) -> Vec<Bytes> {
+        self.families
+            .iter()
+            .flat_map(|f| f.chunks())
+            .chain(self.tail.iter().filter(|t| t.len > 0).map(|t| &t.deflate))
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    use super::*;
+    use crate::telemetry::prometheus::body::FINAL_BLOCK;
+
+    fn segment(text: &str) -> Segment {
+        let text = text.to_string();
+        Segment::render(move |w| {
+            w.write_all(text.as_bytes())?;
+            Ok(1)
+        })
+        .unwrap()
+    }
+
+    /// The text a section's chunks inflate to.
+    fn inflated(section: &Section) -> String {
+        let chunks: Vec<u8> = section.chunks().iter().flat_map(|c| c.to_vec()).collect();
+        let mut text = String::new();
+        flate2::read::DeflateDecoder::new([chunks.as_slice(), &FINAL_BLOCK].concat().as_slice())
+            .read_to_string(&mut text)
+            .expect("one deflate stream");
+        text
+    }
+
+    /// The tree of CRCs, updated one shard at a time in any order, always
+    /// equals the CRC of the text as it stands; a section taken before a
+    /// change keeps the text it was taken with.
+    #[test]
+    fn replacing_shards_keeps_the_combined_crc_of_the_text() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for shards in [1, 2, 5, 64, 100, 300] {
+            let mut family = FamilyText::new(segment("# HELP m x\n"), shards);
+            let mut texts = vec![String::new(); shards];
+            let mut before = (Section::empty(), String::new());
+            for round in 0..200 {
+                let at = rng.usize(..shards);
+                texts[at] = if rng.u8(..4) == 0 {
+                    String::new()
+                } else {
+                    format!("m{{shard=\"{at}\"}} {round}\n")
+                };
+                family.set(
+                    at,
+                    if texts[at].is_empty() {
+                        Segment::empty()
+                    } else {
+                        segment(&texts[at])
+                    },
+                );
+                let plain = texts.concat();
+                let section = Section::assemble(vec![family.snapshot()], None);
+                let want = if plain.is_empty() {
+                    String::new()
+                } else {
+                    format!("# HELP m x\n{plain}")
+                };
+                let what = format!("{shards} shards, round {round}");
+                assert_eq!(section.plain_len(), want.len() as u64, "{what}");
+                assert_eq!(
+                    section.crc().finalize(),
+                    crc32fast::hash(want.as_bytes()),
+                    "{what}"
+                );
+                assert_eq!(inflated(&section), want, "{what}");
+                assert_eq!(inflated(&before.0), before.1, "{what}: the section taken before");
+                before = (section, want);
+            }
+        }
+    }
+}
