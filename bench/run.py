@@ -255,6 +255,38 @@ def cpu_window(run, args, seconds):
     return 60 * (cpu_seconds(run.pid) - cpu0) / (time.monotonic() - t0)
 
 
+def measure_changes(run, args, result):
+    """One real change: Ready flips (each flipped back 5 s later) at
+    --change-rate a second over a window as long as the idle one (so that it
+    holds one OTLP cycle too); the CPU over idle, per change."""
+    stop = threading.Event()
+    flips = [0]
+
+    def flipper():
+        period = 1 / args.change_rate
+        i = 0
+        while not stop.is_set():
+            node = run.names[i % len(run.names)]
+            try:
+                run.set_ready(node, "False")
+                flips[0] += 1
+                threading.Timer(5, lambda n=node: (run.set_ready(n, "True"), flips.__setitem__(0, flips[0] + 1))).start()
+            except urllib.error.HTTPError:
+                pass
+            i += 1
+            stop.wait(period)
+
+    th = threading.Thread(target=flipper, daemon=True)
+    th.start()
+    changing = cpu_window(run, args, args.idle_window)
+    stop.set()
+    th.join()
+    time.sleep(6)
+    result["changes_per_s"] = 2 * args.change_rate
+    result["changing_cpu_s_per_min"] = changing
+    result["change_cpu_ms"] = 1000 * max(0.0, changing - result["idle_cpu_s_per_min"]) / 60 / (2 * args.change_rate)
+
+
 def measure(nodes, args, workdir, first=False, encoding="protobuf"):
     run = Run(nodes, workdir, args.otlp_interval, args.status_report_period, encoding)
     run.start()
@@ -324,35 +356,9 @@ def measure(nodes, args, workdir, first=False, encoding="protobuf"):
         result["idle_cpu_s_per_min"] = 60 * (cpu_seconds(run.pid) - cpu0) / (time.monotonic() - t0)
         result["steady_rss_mib"] = median(rss_samples)
 
-        # One real change: Ready flips (each flipped back 5 s later) at
-        # --change-rate a second over a window as long as the idle one (so
-        # that it holds one OTLP cycle too); the CPU over idle, per change.
-        stop = threading.Event()
-        flips = [0]
-
-        def flipper():
-            period = 1 / args.change_rate
-            i = 0
-            while not stop.is_set():
-                node = run.names[i % len(run.names)]
-                try:
-                    run.set_ready(node, "False")
-                    flips[0] += 1
-                    threading.Timer(5, lambda n=node: (run.set_ready(n, "True"), flips.__setitem__(0, flips[0] + 1))).start()
-                except urllib.error.HTTPError:
-                    pass
-                i += 1
-                stop.wait(period)
-
-        th = threading.Thread(target=flipper, daemon=True)
-        th.start()
-        changing = cpu_window(run, args, args.idle_window)
-        stop.set()
-        th.join()
-        time.sleep(6)
-        result["changes_per_s"] = 2 * args.change_rate
-        result["changing_cpu_s_per_min"] = changing
-        result["change_cpu_ms"] = 1000 * max(0.0, changing - result["idle_cpu_s_per_min"]) / 60 / (2 * args.change_rate)
+        # One real change (see measure_changes), unless --change-rate 0.
+        if args.change_rate > 0:
+            measure_changes(run, args, result)
 
         # An ignored kubelet re-post: the re-post rate raised to every node
         # once per --fast-repost-period; the CPU over idle per extra update

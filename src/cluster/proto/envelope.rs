@@ -22,13 +22,19 @@ struct PbTypeMeta {
     kind: Option<String>,
 }
 
-/// `runtime.Unknown`, without its content encoding and type (always empty).
+/// `runtime.Unknown`. Its content encoding and type are always empty (the
+/// raw object is protobuf); they are declared so that the fake API server
+/// writes them as the API server does.
 #[derive(Clone, PartialEq, Message)]
 struct PbUnknown {
     #[prost(message, optional, tag = "1")]
     type_meta: Option<PbTypeMeta>,
     #[prost(bytes = "bytes", optional, tag = "2")]
     raw: Option<bytes::Bytes>,
+    #[prost(string, optional, tag = "3")]
+    content_encoding: Option<String>,
+    #[prost(string, optional, tag = "4")]
+    content_type: Option<String>,
 }
 
 /// `meta.v1.WatchEvent`.
@@ -70,6 +76,8 @@ struct PbNodeList {
 /// `meta.v1.Status`, what an error is.
 #[derive(Clone, PartialEq, Message)]
 struct PbStatus {
+    #[prost(string, optional, tag = "2")]
+    status: Option<String>,
     #[prost(string, optional, tag = "3")]
     message: Option<String>,
     #[prost(string, optional, tag = "4")]
@@ -259,12 +267,12 @@ pub mod encode {
 
     /// `k8s\0` + `runtime.Unknown` around `raw`, of `kind`.
     pub fn envelope(api_version: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
-        let unknown = PbUnknownFull {
+        let unknown = PbUnknown {
             type_meta: Some(PbTypeMeta {
                 api_version: Some(api_version.into()),
                 kind: Some(kind.into()),
             }),
-            raw: Some(raw),
+            raw: Some(raw.into()),
             content_encoding: Some(String::new()),
             content_type: Some(String::new()),
         };
@@ -275,9 +283,11 @@ pub mod encode {
 
     /// A watch frame: the length, then a bare WatchEvent of `type_` around `object` (an envelope).
     pub fn watch_frame(type_: &str, object: Vec<u8>) -> Vec<u8> {
-        let event = PbWatchEventFull {
+        let event = PbWatchEvent {
             r#type: Some(type_.into()),
-            object: Some(PbRawExtensionFull { raw: Some(object) }),
+            object: Some(PbRawExtension {
+                raw: Some(object.into()),
+            }),
         };
         let body = event.encode_to_vec();
         let mut out = (body.len() as u32).to_be_bytes().to_vec();
@@ -287,7 +297,7 @@ pub mod encode {
 
     /// A Status envelope.
     pub fn status(code: i32, reason: &str, message: &str) -> Vec<u8> {
-        let s = PbStatusFull {
+        let s = PbStatus {
             status: Some("Failure".into()),
             message: Some(message.into()),
             reason: Some(reason.into()),
@@ -326,43 +336,5 @@ pub mod encode {
             raw.extend_from_slice(n);
         }
         envelope("v1", "NodeList", raw)
-    }
-
-    #[derive(Clone, PartialEq, Message)]
-    struct PbUnknownFull {
-        #[prost(message, optional, tag = "1")]
-        type_meta: Option<PbTypeMeta>,
-        #[prost(bytes = "vec", optional, tag = "2")]
-        raw: Option<Vec<u8>>,
-        #[prost(string, optional, tag = "3")]
-        content_encoding: Option<String>,
-        #[prost(string, optional, tag = "4")]
-        content_type: Option<String>,
-    }
-
-    #[derive(Clone, PartialEq, Message)]
-    struct PbWatchEventFull {
-        #[prost(string, optional, tag = "1")]
-        r#type: Option<String>,
-        #[prost(message, optional, tag = "2")]
-        object: Option<PbRawExtensionFull>,
-    }
-
-    #[derive(Clone, PartialEq, Message)]
-    struct PbRawExtensionFull {
-        #[prost(bytes = "vec", optional, tag = "1")]
-        raw: Option<Vec<u8>>,
-    }
-
-    #[derive(Clone, PartialEq, Message)]
-    struct PbStatusFull {
-        #[prost(string, optional, tag = "2")]
-        status: Option<String>,
-        #[prost(string, optional, tag = "3")]
-        message: Option<String>,
-        #[prost(string, optional, tag = "4")]
-        reason: Option<String>,
-        #[prost(int32, optional, tag = "6")]
-        code: Option<i32>,
     }
 }

@@ -268,7 +268,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     async fn body(e: Exposition) -> Vec<u8> {
@@ -276,7 +276,8 @@ mod tests {
         chunks.into_iter().flat_map(|c| c.unwrap().to_vec()).collect()
     }
 
-    fn segment(text: &str) -> Segment {
+    /// A segment of `text`, of one point.
+    pub(in crate::telemetry::prometheus) fn segment(text: &str) -> Segment {
         let text = text.to_string();
         Segment::render(move |w| {
             w.write_all(text.as_bytes())?;

@@ -194,16 +194,7 @@ mod tests {
     use std::io::Read as _;
 
     use super::*;
-    use crate::telemetry::prometheus::body::FINAL_BLOCK;
-
-    fn segment(text: &str) -> Segment {
-        let text = text.to_string();
-        Segment::render(move |w| {
-            w.write_all(text.as_bytes())?;
-            Ok(1)
-        })
-        .unwrap()
-    }
+    use crate::telemetry::prometheus::body::{FINAL_BLOCK, tests::segment};
 
     /// The text a section's chunks inflate to.
     fn inflated(section: &Section) -> String {
