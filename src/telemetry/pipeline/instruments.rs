@@ -451,7 +451,7 @@ fn register_self_telemetry(meter: &Meter, sources: &Sources) {
             .u64_observable_counter(names::SHARDS_WRITTEN)
             .with_unit("{shard}")
             .with_description(
-                "Shards of nodes (1/64 of the cluster each) whose readings were written again because a node in \
+                "Shards of nodes (about 8 nodes each, at any cluster size) whose readings were written again because a node in \
                  them changed, by output: prometheus (the /metrics node section), otlp (the encoded export cache)",
             )
             .with_callback(move |obs| {
