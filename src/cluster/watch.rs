@@ -19,7 +19,7 @@ use super::{
     Feed, condition_changes,
     health::{ErrorReason, EventKind},
     proto::ProtoError,
-    watcher::{self, Step, WatchError},
+    watcher::{self, Delivered, Step, WatchError},
     wire::{self, Encoding},
 };
 
@@ -143,7 +143,13 @@ pub async fn run(client: Client, mut feed: Feed, keep: Keep, api_timeout: Durati
     let mut listed = 0u64;
     while let Some(item) = stream.next().await {
         match item {
-            Ok(mut event) => {
+            // A re-post found unchanged before it was decoded: counted as the feed counts one it drops.
+            Ok(Delivered::Unchanged) => {
+                if health.on_event(EventKind::Unchanged) {
+                    info!("node watch recovered");
+                }
+            }
+            Ok(Delivered::Event(mut event)) => {
                 // Reasons and messages serve condition-change records; the view keeps statuses.
                 let details = match &mut event {
                     Event::Apply(node) | Event::InitApply(node) => condition_changes::take_details(node),

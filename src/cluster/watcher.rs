@@ -15,14 +15,18 @@
 //! counts it; the transport is behind [`Source`], so each behaviour has a
 //! table test with a scripted one.
 
-use std::future::Future;
+use std::{collections::HashMap, future::Future};
 
 use futures::{Stream, StreamExt as _, stream};
 use kube::runtime::watcher::Event;
 
 use super::{
     Node,
-    proto::{ApiStatus, ListPage, ProtoError, envelope::WatchEvent},
+    proto::{
+        ApiStatus, ListPage, ProtoError,
+        envelope::WatchEvent,
+        fingerprint::{Fingerprint, name_key},
+    },
 };
 
 /// Which request failed.
@@ -116,8 +120,88 @@ pub trait Source: Send + Sync + 'static {
 
 /// A WATCH under way.
 pub trait EventSource: Send + 'static {
-    /// The next event; `None` once the stream has ended.
-    fn next(&mut self) -> impl Future<Output = Option<Result<WatchEvent, WatchError>>> + Send;
+    /// The next event; `None` once the stream has ended. An update whose
+    /// node has a fingerprint `known` holds may be answered with
+    /// [`Received::Unchanged`] instead of being decoded.
+    fn next(
+        &mut self,
+        known: Option<&Known>,
+    ) -> impl Future<Output = Option<Result<Received, WatchError>>> + Send;
+}
+
+/// An event as a WATCH delivers it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Received {
+    /// Decoded, with its node's fingerprint if the encoding gives one.
+    Event(WatchEvent, Option<Fingerprint>),
+    /// An ADDED or MODIFIED event left undecoded: its node's fingerprint is
+    /// the one handed on last (a kubelet status re-post).
+    Unchanged {
+        /// Its resourceVersion, to resume from.
+        resource_version: String,
+    },
+}
+
+impl From<WatchEvent> for Received {
+    fn from(event: WatchEvent) -> Received {
+        Received::Event(event, None)
+    }
+}
+
+/// What the loop yields: an event for the view, or an update found
+/// unchanged before it was decoded.
+#[derive(Clone, Debug)]
+// The same size as the `Event` the loop yielded before; boxing it would be an allocation per event.
+#[allow(clippy::large_enum_variant)]
+pub enum Delivered {
+    /// For the view.
+    Event(Event<Node>),
+    /// An update that changes nothing the view keeps, not decoded.
+    Unchanged,
+}
+
+/// The fingerprint of the last version of each node handed on since the last
+/// complete list: an update with the same one changes nothing the view keeps.
+#[derive(Debug, Default)]
+pub struct Known {
+    current: HashMap<u64, u64, foldhash::fast::RandomState>,
+    /// What the (re)list under way delivered, in place of `current` once it is done.
+    listing: HashMap<u64, u64, foldhash::fast::RandomState>,
+}
+
+impl Known {
+    /// True if `f` is the fingerprint of the version of its node handed on last.
+    pub fn holds(&self, f: Fingerprint) -> bool {
+        self.current.get(&f.name) == Some(&f.content)
+    }
+
+    /// A node handed on to the view: its fingerprint is recorded, or, when it
+    /// came without one, what was recorded for it is no longer true.
+    fn handed_on(&mut self, node: &Node, f: Option<Fingerprint>) {
+        match f {
+            Some(f) => {
+                self.current.insert(f.name, f.content);
+            }
+            None => self.forget(node),
+        }
+    }
+
+    fn forget(&mut self, node: &Node) {
+        if let Some(name) = node.metadata.name.as_deref() {
+            self.current.remove(&name_key(name));
+        }
+    }
+
+    fn listed(&mut self, f: Option<Fingerprint>) {
+        if let Some(f) = f {
+            self.listing.insert(f.name, f.content);
+        }
+    }
+
+    /// The list is done: the view holds what it delivered, and nothing else.
+    fn list_done(&mut self) {
+        self.current = std::mem::take(&mut self.listing);
+    }
 }
 
 /// What each node gets before it is handed on (stripping what is not kept).
@@ -139,7 +223,7 @@ enum State<E> {
     },
 }
 
-type Item = Result<Event<Node>, WatchError>;
+type Item = Result<Delivered, WatchError>;
 
 /// How long a streaming list may go without an event before the server is
 /// taken for one that ignores `sendInitialEvents` (some emulators and proxies
@@ -154,13 +238,17 @@ pub const INITIAL_EVENTS_IDLE: std::time::Duration = std::time::Duration::from_s
 pub fn watch<S: Source>(source: S, streaming: bool, prepare: Prepare) -> impl Stream<Item = Item> + Send {
     let state = State::<S::Events>::Start { streaming };
     stream::unfold(
-        (source, prepare, state, streaming),
-        |(source, prepare, state, streaming)| async move {
-            let (items, next) = step(&source, &prepare, state, streaming).await;
-            Some((stream::iter(items), (source, prepare, next, streaming)))
+        (source, prepare, state, Known::default()),
+        move |(source, prepare, state, mut known)| async move {
+            let (items, next) = step(&source, &prepare, state, streaming, &mut known).await;
+            Some((stream::iter(items), (source, prepare, next, known)))
         },
     )
     .flatten()
+}
+
+fn ok(event: Event<Node>) -> Item {
+    Ok(Delivered::Event(event))
 }
 
 async fn step<S: Source>(
@@ -168,6 +256,7 @@ async fn step<S: Source>(
     prepare: &Prepare,
     state: State<S::Events>,
     streaming: bool,
+    known: &mut Known,
 ) -> (Vec<Item>, State<S::Events>) {
     let node = |mut n: Box<Node>| {
         prepare(&mut n);
@@ -179,32 +268,41 @@ async fn step<S: Source>(
         State::Listing { token: None }
     };
     match state {
-        State::Start { streaming: true } => match source.watch(WatchFrom::InitialEvents).await {
-            Ok(events) => (vec![Ok(Event::Init)], State::Initial { events }),
-            // A server without streaming lists refuses the request (422, or
-            // 400/403 from some proxies; 5xx from some others): a paginated
-            // LIST instead, as client-go does. Only overload (429) and a
-            // failed connection are retried as they are.
-            Err(WatchError::Api { status, .. }) if !matches!(status.code, 410 | 429) => {
-                tracing::debug!(code = status.code, reason = %status.reason, "no streaming list; listing in pages");
-                (Vec::new(), State::Listing { token: None })
+        State::Start { streaming } => {
+            // Every (re)list starts here; what a failed one delivered is not in the view.
+            known.listing.clear();
+            if !streaming {
+                return (Vec::new(), State::Listing { token: None });
             }
-            Err(e) => (vec![Err(e.listing())], State::Start { streaming }),
-        },
-        State::Start { streaming: false } => (Vec::new(), State::Listing { token: None }),
+            match source.watch(WatchFrom::InitialEvents).await {
+                Ok(events) => (vec![ok(Event::Init)], State::Initial { events }),
+                // A server without streaming lists refuses the request (422, or
+                // 400/403 from some proxies; 5xx from some others): a paginated
+                // LIST instead, as client-go does. Only overload (429) and a
+                // failed connection are retried as they are.
+                Err(WatchError::Api { status, .. }) if !matches!(status.code, 410 | 429) => {
+                    tracing::debug!(code = status.code, reason = %status.reason, "no streaming list; listing in pages");
+                    (Vec::new(), State::Listing { token: None })
+                }
+                Err(e) => (vec![Err(e.listing())], State::Start { streaming }),
+            }
+        }
         State::Listing { token } => {
             let first = token.is_none();
             match source.list(token).await {
                 Ok(page) => {
                     let mut items: Vec<Item> = Vec::with_capacity(page.items.len() + 2);
                     if first {
-                        items.push(Ok(Event::Init));
+                        known.listing.clear();
+                        items.push(ok(Event::Init));
                     }
-                    items.extend(
-                        page.items
-                            .into_iter()
-                            .map(|n| Ok(Event::InitApply(node(Box::new(n))))),
-                    );
+                    // Fingerprints only when there is one for every node.
+                    let mut fingerprints = page.fingerprints.into_iter();
+                    let fingerprinted = fingerprints.len() == page.items.len();
+                    for n in page.items {
+                        known.listed(fingerprints.next().filter(|_| fingerprinted));
+                        items.push(ok(Event::InitApply(node(Box::new(n)))));
+                    }
                     match (page.continue_token, page.resource_version) {
                         (Some(token), _) => (items, State::Listing { token: Some(token) }),
                         (None, rv) if rv.is_empty() => {
@@ -212,7 +310,8 @@ async fn step<S: Source>(
                             (items, State::Start { streaming })
                         }
                         (None, rv) => {
-                            items.push(Ok(Event::InitDone));
+                            known.list_done();
+                            items.push(ok(Event::InitDone));
                             (items, State::watch_from(rv))
                         }
                     }
@@ -222,7 +321,7 @@ async fn step<S: Source>(
             }
         }
         State::Initial { mut events } => {
-            let next = match tokio::time::timeout(INITIAL_EVENTS_IDLE, events.next()).await {
+            let next = match tokio::time::timeout(INITIAL_EVENTS_IDLE, events.next(None)).await {
                 Ok(next) => next,
                 Err(_) => {
                     return (
@@ -231,44 +330,58 @@ async fn step<S: Source>(
                     );
                 }
             };
-            match next {
-                Some(Ok(WatchEvent::Added(n))) => {
-                    (vec![Ok(Event::InitApply(node(n)))], State::Initial { events })
+            let (event, fingerprint) = match next {
+                Some(Ok(Received::Event(event, fingerprint))) => (event, fingerprint),
+                // Not asked for: nothing is known during a list.
+                Some(Ok(Received::Unchanged { .. })) => {
+                    return (
+                        Vec::new(),
+                        in_pages("an undecoded event among the initial events"),
+                    );
+                }
+                Some(Err(e)) => return (vec![Err(e.listing())], State::Start { streaming }),
+                // Ended before the whole list was in: an error (so the caller
+                // backs off), and this list is made in pages.
+                None => {
+                    return (
+                        vec![Err(WatchError::Transport {
+                            step: Step::List,
+                            error: "the streaming list ended before its initial events did".into(),
+                        })],
+                        State::Listing { token: None },
+                    );
+                }
+            };
+            match event {
+                WatchEvent::Added(n) => {
+                    known.listed(fingerprint);
+                    (vec![ok(Event::InitApply(node(n)))], State::Initial { events })
                 }
                 // The end of the list. Its stream is dropped: the server's deadline
                 // for it was set long, for the list, and the watch that follows
                 // is renewed at the usual interval.
-                Some(Ok(WatchEvent::Bookmark {
+                WatchEvent::Bookmark {
                     resource_version,
                     initial_events_end: true,
-                })) if !resource_version.is_empty() => {
-                    (vec![Ok(Event::InitDone)], State::watch_from(resource_version))
+                } if !resource_version.is_empty() => {
+                    known.list_done();
+                    (vec![ok(Event::InitDone)], State::watch_from(resource_version))
                 }
-                Some(Ok(WatchEvent::Bookmark { .. })) => (Vec::new(), State::Initial { events }),
+                WatchEvent::Bookmark { .. } => (Vec::new(), State::Initial { events }),
                 // A change before the end of the initial events (servers before
                 // 1.32, and some that serve a plain watch instead): a node
                 // already handed on could not be taken back, so the list is
                 // made in pages.
-                Some(Ok(WatchEvent::Modified(_) | WatchEvent::Deleted(_))) => (
+                WatchEvent::Modified(_) | WatchEvent::Deleted(_) => (
                     Vec::new(),
                     in_pages("a change before the end of the initial events"),
                 ),
-                Some(Ok(WatchEvent::Error(status))) => (
+                WatchEvent::Error(status) => (
                     vec![Err(WatchError::Api {
                         step: Step::List,
                         status,
                     })],
                     State::Start { streaming },
-                ),
-                Some(Err(e)) => (vec![Err(e.listing())], State::Start { streaming }),
-                // Ended before the whole list was in: an error (so the caller
-                // backs off), and this list is made in pages.
-                None => (
-                    vec![Err(WatchError::Transport {
-                        step: Step::List,
-                        error: "the streaming list ended before its initial events did".into(),
-                    })],
-                    State::Listing { token: None },
                 ),
             }
         }
@@ -290,16 +403,24 @@ async fn step<S: Source>(
             rv,
             events: Some(mut events),
             opened,
-        } => match events.next().await {
-            Some(Ok(WatchEvent::Added(n) | WatchEvent::Modified(n))) => {
+        } => match events.next(Some(known)).await {
+            Some(Ok(Received::Unchanged { resource_version })) => applied(
+                Some(resource_version),
+                events,
+                Ok(Delivered::Unchanged),
+                streaming,
+            ),
+            Some(Ok(Received::Event(WatchEvent::Added(n) | WatchEvent::Modified(n), fingerprint))) => {
+                known.handed_on(&n, fingerprint);
                 let rv_of = n.metadata.resource_version.clone();
-                applied(rv_of, events, Event::Apply(node(n)), streaming)
+                applied(rv_of, events, ok(Event::Apply(node(n))), streaming)
             }
-            Some(Ok(WatchEvent::Deleted(n))) => {
+            Some(Ok(Received::Event(WatchEvent::Deleted(n), _))) => {
+                known.forget(&n);
                 let rv_of = n.metadata.resource_version.clone();
-                applied(rv_of, events, Event::Delete(node(n)), streaming)
+                applied(rv_of, events, ok(Event::Delete(node(n))), streaming)
             }
-            Some(Ok(WatchEvent::Bookmark { resource_version, .. })) => {
+            Some(Ok(Received::Event(WatchEvent::Bookmark { resource_version, .. }, _))) => {
                 let rv = if resource_version.is_empty() {
                     rv
                 } else {
@@ -314,7 +435,7 @@ async fn step<S: Source>(
                     },
                 )
             }
-            Some(Ok(WatchEvent::Error(status))) => {
+            Some(Ok(Received::Event(WatchEvent::Error(status), _))) => {
                 let gone = status.code == 410;
                 let e = WatchError::Api {
                     step: Step::Watch,
@@ -360,11 +481,11 @@ impl<E> State<E> {
     }
 }
 
-/// An applied or deleted node moves the watch on to its resourceVersion.
-fn applied<E>(new: Option<String>, events: E, event: Event<Node>, streaming: bool) -> (Vec<Item>, State<E>) {
+/// An applied, deleted or unchanged node moves the watch on to its resourceVersion.
+fn applied<E>(new: Option<String>, events: E, item: Item, streaming: bool) -> (Vec<Item>, State<E>) {
     match new.filter(|rv| !rv.is_empty()) {
         Some(rv) => (
-            vec![Ok(event)],
+            vec![item],
             State::Watching {
                 rv,
                 events: Some(events),

@@ -8,6 +8,8 @@ use super::*;
 enum Answer {
     List(Result<ListPage, WatchError>),
     Watch(Result<Vec<Result<WatchEvent, WatchError>>, WatchError>),
+    /// A WATCH whose updates carry fingerprints, as protobuf ones do.
+    Printed(Vec<Result<(WatchEvent, Option<Fingerprint>), WatchError>>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,11 +24,19 @@ struct Script {
     calls: std::sync::Arc<Mutex<Vec<Call>>>,
 }
 
-struct Scripted(VecDeque<Result<WatchEvent, WatchError>>);
+struct Scripted(VecDeque<Result<(WatchEvent, Option<Fingerprint>), WatchError>>);
 
 impl EventSource for Scripted {
-    async fn next(&mut self) -> Option<Result<WatchEvent, WatchError>> {
-        self.0.pop_front()
+    /// As the protobuf source: an update whose fingerprint `known` holds is `Unchanged`.
+    async fn next(&mut self, known: Option<&Known>) -> Option<Result<Received, WatchError>> {
+        Some(self.0.pop_front()?.map(|(event, f)| match (&event, f, known) {
+            (WatchEvent::Added(n) | WatchEvent::Modified(n), Some(f), Some(known)) if known.holds(f) => {
+                Received::Unchanged {
+                    resource_version: n.metadata.resource_version.clone().unwrap_or_default(),
+                }
+            }
+            _ => Received::Event(event, f),
+        }))
     }
 }
 
@@ -46,7 +56,10 @@ impl Source for Script {
         self.calls.lock().unwrap().push(Call::Watch(from));
         let next = self.answers.lock().unwrap().pop_front();
         match next {
-            Some(Answer::Watch(a)) => a.map(|events| Scripted(events.into())),
+            Some(Answer::Watch(a)) => {
+                a.map(|events| Scripted(events.into_iter().map(|e| e.map(|e| (e, None))).collect()))
+            }
+            Some(Answer::Printed(events)) => Ok(Scripted(events.into())),
             _ => std::future::pending().await,
         }
     }
@@ -64,6 +77,7 @@ fn page(names: &[&str], rv: &str, token: Option<&str>) -> Answer {
         resource_version: rv.into(),
         continue_token: token.map(Into::into),
         items: names.iter().map(|n| node(n, rv)).collect(),
+        fingerprints: Vec::new(),
     }))
 }
 
@@ -97,11 +111,12 @@ fn bookmark(rv: &str, end: bool) -> Result<WatchEvent, WatchError> {
 fn short(item: &Item) -> String {
     let name = |n: &Node| n.metadata.name.clone().unwrap_or_default();
     match item {
-        Ok(Event::Init) => "init".into(),
-        Ok(Event::InitApply(n)) => format!("+{}", name(n)),
-        Ok(Event::InitDone) => "done".into(),
-        Ok(Event::Apply(n)) => name(n),
-        Ok(Event::Delete(n)) => format!("-{}", name(n)),
+        Ok(Delivered::Event(Event::Init)) => "init".into(),
+        Ok(Delivered::Event(Event::InitApply(n))) => format!("+{}", name(n)),
+        Ok(Delivered::Event(Event::InitDone)) => "done".into(),
+        Ok(Delivered::Event(Event::Apply(n))) => name(n),
+        Ok(Delivered::Event(Event::Delete(n))) => format!("-{}", name(n)),
+        Ok(Delivered::Unchanged) => "=".into(),
         Err(WatchError::Api { status, .. }) => format!("err:{}", status.code),
         Err(WatchError::Decode(e)) => format!("err:{}", e.reason()),
         Err(e) => format!("err:{e}"),
@@ -410,7 +425,7 @@ async fn a_streaming_list_refused_with_a_server_error_lists_in_pages() {
 async fn a_server_that_ignores_streaming_lists_is_listed_in_pages() {
     struct Silent;
     impl EventSource for Silent {
-        async fn next(&mut self) -> Option<Result<WatchEvent, WatchError>> {
+        async fn next(&mut self, _: Option<&Known>) -> Option<Result<Received, WatchError>> {
             std::future::pending().await
         }
     }
@@ -439,4 +454,131 @@ async fn a_server_that_ignores_streaming_lists_is_listed_in_pages() {
         calls.lock().unwrap()[..2],
         [Call::Watch(WatchFrom::InitialEvents), list(None)]
     );
+}
+
+/// A fingerprint of node `name` with content `c`.
+fn print(name: &str, c: u64) -> Fingerprint {
+    Fingerprint {
+        name: crate::cluster::proto::fingerprint::name_key(name),
+        content: c,
+    }
+}
+
+/// A LIST page whose nodes carry fingerprints: `(name, content)`.
+fn printed_page(nodes: &[(&str, u64)], rv: &str, token: Option<&str>) -> Answer {
+    Answer::List(Ok(ListPage {
+        resource_version: rv.into(),
+        continue_token: token.map(Into::into),
+        items: nodes.iter().map(|(n, _)| node(n, rv)).collect(),
+        fingerprints: nodes.iter().map(|(n, c)| print(n, *c)).collect(),
+    }))
+}
+
+fn printed(
+    event: fn(Box<Node>) -> WatchEvent,
+    name: &str,
+    rv: &str,
+    c: Option<u64>,
+) -> Result<(WatchEvent, Option<Fingerprint>), WatchError> {
+    Ok((event(Box::new(node(name, rv))), c.map(|c| print(name, c))))
+}
+
+/// An update whose fingerprint is the one handed on last is not decoded
+/// (`=`), and still moves the watch on; a changed one is handed on, and its
+/// fingerprint becomes the one compared with.
+#[tokio::test]
+async fn an_update_with_the_fingerprint_handed_on_last_is_not_decoded() {
+    let (items, calls) = run(
+        false,
+        vec![
+            printed_page(&[("a", 1), ("b", 7)], "5", None),
+            Answer::Printed(vec![
+                printed(WatchEvent::Modified, "a", "6", Some(1)),
+                printed(WatchEvent::Modified, "a", "7", Some(2)),
+                printed(WatchEvent::Modified, "a", "8", Some(2)),
+                printed(WatchEvent::Added, "b", "9", Some(7)),
+                // Back to what it was before: a change from what was handed on last.
+                printed(WatchEvent::Modified, "a", "10", Some(1)),
+            ]),
+        ],
+    )
+    .await;
+    assert_eq!(items, ["init", "+a", "+b", "done", "=", "a", "=", "=", "a"]);
+    assert_eq!(calls, [list(None), from("5"), from("10")]);
+}
+
+/// A node deleted, or handed on without a fingerprint (a JSON response), is
+/// no longer known: its next update is handed on whatever its fingerprint.
+#[tokio::test]
+async fn a_deleted_node_or_one_without_a_fingerprint_is_not_known() {
+    let (items, _) = run(
+        false,
+        vec![
+            printed_page(&[("a", 1), ("b", 2)], "5", None),
+            Answer::Printed(vec![
+                printed(WatchEvent::Deleted, "a", "6", Some(1)),
+                printed(WatchEvent::Added, "a", "7", Some(1)),
+                printed(WatchEvent::Modified, "b", "8", None),
+                printed(WatchEvent::Modified, "b", "9", Some(2)),
+                printed(WatchEvent::Modified, "b", "10", Some(2)),
+            ]),
+        ],
+    )
+    .await;
+    assert_eq!(items, ["init", "+a", "+b", "done", "-a", "a", "b", "b", "="]);
+}
+
+/// A relist replaces what is known with what it listed: not what a failed
+/// attempt's pages delivered, nor nodes it no longer lists.
+#[tokio::test]
+async fn a_relist_replaces_what_is_known() {
+    let (items, _) = run(
+        false,
+        vec![
+            printed_page(&[("a", 1), ("b", 2)], "5", None),
+            Answer::Printed(vec![Ok((WatchEvent::Error(status(410)), None))]),
+            // The relist: its first attempt fails after a page with a's version 9.
+            printed_page(&[("a", 9)], "20", Some("t")),
+            Answer::List(Err(api(Step::List, 500))),
+            printed_page(&[("a", 3)], "21", None),
+            Answer::Printed(vec![
+                printed(WatchEvent::Modified, "a", "22", Some(9)),
+                printed(WatchEvent::Modified, "a", "23", Some(3)),
+                printed(WatchEvent::Added, "b", "24", Some(2)),
+            ]),
+        ],
+    )
+    .await;
+    assert_eq!(
+        items,
+        [
+            "init", "+a", "+b", "done", "err:410", "init", "+a", "err:500", "init", "+a", "done", "a", "a",
+            "b"
+        ]
+    );
+}
+
+/// A streaming list's initial events are all handed on (nothing is known
+/// during a list), and what they carried is known once it ends.
+#[tokio::test]
+async fn a_streaming_list_hands_on_every_initial_event_and_then_knows_them() {
+    let (items, _) = run(
+        true,
+        vec![
+            Answer::Printed(vec![
+                printed(WatchEvent::Added, "a", "3", Some(1)),
+                printed(WatchEvent::Added, "a", "3", Some(1)),
+                Ok((
+                    WatchEvent::Bookmark {
+                        resource_version: "4".into(),
+                        initial_events_end: true,
+                    },
+                    None,
+                )),
+            ]),
+            Answer::Printed(vec![printed(WatchEvent::Modified, "a", "5", Some(1))]),
+        ],
+    )
+    .await;
+    assert_eq!(items, ["init", "+a", "+a", "done", "="]);
 }

@@ -9,8 +9,8 @@ use kube::client::Body;
 
 use super::{
     Node,
-    proto::{self, ApiStatus, Frames, ListPage, ProtoError, envelope::WatchEvent},
-    watcher::{EventSource, Source, Step, WatchError, WatchFrom},
+    proto::{self, ApiStatus, Frames, ListPage, ProtoError, envelope::WatchEvent, fingerprint},
+    watcher::{EventSource, Known, Received, Source, Step, WatchError, WatchFrom},
 };
 
 /// How nodes are asked for.
@@ -210,6 +210,7 @@ impl Source for Http {
                     resource_version: list.metadata.resource_version.unwrap_or_default(),
                     continue_token: list.metadata.continue_.filter(|c| !c.is_empty()),
                     items: list.items,
+                    fingerprints: Vec::new(),
                 })
             }
         }
@@ -238,6 +239,9 @@ impl Source for Http {
             format,
             frames: Frames::default(),
             done: false,
+            // Initial events are a list: read as fast as they come.
+            gather: matches!(from, WatchFrom::Version(_)).then_some(GATHER),
+            drained: false,
         })
     }
 }
@@ -254,6 +258,18 @@ fn json_error(e: serde_json::Error) -> WatchError {
     })
 }
 
+/// How long a watch lets events gather in the socket before it reads them,
+/// once it has read all it had: a few at a time, not one wake-up per event.
+/// At 10,000 nodes a kubelet re-post arrives every 30 ms, and being woken
+/// for each cost more than deciding that it changes nothing (see
+/// docs/benchmarks.md); this is the latency it adds to a change at most.
+pub const GATHER: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A chunk that takes this long to come was not buffered yet: the events
+/// gathered are all read, and the watch waits [`GATHER`] before the next.
+/// hyper hands a buffered chunk over in microseconds.
+const DRAINED_AFTER: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// The events of one WATCH response.
 pub struct Events {
     body: Body,
@@ -262,6 +278,10 @@ pub struct Events {
     /// Length-prefixed frames (protobuf) or lines (JSON) as they arrive.
     frames: Frames,
     done: bool,
+    /// See [`GATHER`]; `None` for a streaming list's initial events.
+    gather: Option<std::time::Duration>,
+    /// True once a read had to wait for its chunk: what had gathered is read.
+    drained: bool,
 }
 
 impl Events {
@@ -279,7 +299,7 @@ impl Events {
 }
 
 impl EventSource for Events {
-    async fn next(&mut self) -> Option<Result<WatchEvent, WatchError>> {
+    async fn next(&mut self, known: Option<&Known>) -> Option<Result<Received, WatchError>> {
         if self.done {
             return None;
         }
@@ -287,10 +307,8 @@ impl EventSource for Events {
             match self.buffered() {
                 Ok(Some(frame)) => {
                     let event = match self.format {
-                        Some(Format::Protobuf) => {
-                            proto::decode_watch_event(&frame).map_err(WatchError::Decode)
-                        }
-                        _ => decode_json_event(&frame),
+                        Some(Format::Protobuf) => decode_frame(&frame, known),
+                        _ => decode_json_event(&frame).map(Received::from),
                     };
                     if event.is_err() {
                         // Nothing after a bad frame can be trusted: the watch restarts.
@@ -304,7 +322,21 @@ impl EventSource for Events {
                     return Some(Err(WatchError::Decode(e)));
                 }
             }
-            match self.body.frame().await {
+            // Until this body is read, hyper does not read the socket: the
+            // events that come meanwhile are read at once, in large chunks.
+            // Only once the socket is drained, so that a burst (a zone
+            // outage) is read at full speed.
+            if let Some(gather) = self.gather
+                && self.drained
+                && self.frames.pending() == 0
+            {
+                tokio::time::sleep(gather).await;
+            }
+            let asked = std::time::Instant::now();
+            let frame = self.body.frame().await;
+            // A chunk that had to be waited for was the last of those buffered.
+            self.drained = asked.elapsed() >= DRAINED_AFTER;
+            match frame {
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
                         self.frames.push(data);
@@ -323,13 +355,28 @@ impl EventSource for Events {
                     if self.format == Some(Format::Json)
                         && let Ok(Some(last)) = self.frames.rest()
                     {
-                        return Some(decode_json_event(&last));
+                        return Some(decode_json_event(&last).map(Received::from));
                     }
                     return self.frames.finish().err().map(|e| Err(WatchError::Decode(e)));
                 }
             }
         }
     }
+}
+
+/// One protobuf watch frame: an update to a node whose fingerprint `known`
+/// holds is not decoded (a kubelet re-post, most of a watch's events).
+fn decode_frame(frame: &[u8], known: Option<&Known>) -> Result<Received, WatchError> {
+    let peeked = fingerprint::peek_update(frame);
+    if let (Some(p), Some(known)) = (&peeked, known)
+        && known.holds(p.fingerprint)
+    {
+        return Ok(Received::Unchanged {
+            resource_version: p.resource_version.to_string(),
+        });
+    }
+    let event = proto::decode_watch_event(frame).map_err(WatchError::Decode)?;
+    Ok(Received::Event(event, peeked.map(|p| p.fingerprint)))
 }
 
 /// One JSON watch line: kube's `WatchEvent` over the slim node.

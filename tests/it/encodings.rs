@@ -51,15 +51,17 @@ async fn protobuf_and_json_give_the_same_readings() {
             common::fake_api_paged(300).await
         };
         let exporters = both(&api).await;
-        let same = |what: &str| {
+        // Both show the same once both have caught up with the API (`done`
+        // says when: equal halfway through the changes is no proof).
+        type Done = Box<dyn Fn(&[String]) -> bool>;
+        let same = |what: &str, done: Done| {
             let what = format!("{what} (streaming lists {streaming})");
             let exporters = &exporters;
             async move {
-                // Both show the same once both have caught up with the API.
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
                 loop {
                     let (a, b) = (readings(&exporters[0]).await, readings(&exporters[1]).await);
-                    if a == b && !a.is_empty() {
+                    if a == b && !a.is_empty() && done(&a) {
                         return a;
                     }
                     assert!(
@@ -70,20 +72,35 @@ async fn protobuf_and_json_give_the_same_readings() {
                 }
             }
         };
-        let before = same("after the list").await;
+        let before = same("after the list", Box::new(|_| true)).await;
         let names = api.node_names();
         api.set_condition(&names[1], "Ready", "False");
         api.set_condition(&names[2], "MemoryPressure", "True");
         api.delete_node(&names[3]);
         let new = api.add_generated(5_000);
-        let after = same("after changes").await;
+        let shows =
+            |name: String| move |lines: &[String]| lines.iter().any(|l| l.contains(&format!("\"{name}\"")));
+        let after = same("after changes", Box::new(shows(new.clone()))).await;
         assert_ne!(before, after);
-        assert!(after.iter().any(|l| l.contains(&new)), "the new node is shown");
+        let gone = shows(names[3].clone());
+        assert!(!gone(&after), "the deleted node is not shown");
         // A relist: history compacted and every watch closed.
         api.compact();
         api.close_watches();
         api.set_condition(&names[4], "Ready", "Unknown");
-        same("after a relist").await;
+        let unknown = format!("\"{}\"", names[4]);
+        same(
+            "after a relist",
+            Box::new(move |lines| {
+                lines.iter().any(|l| {
+                    l.contains(&unknown)
+                        && l.contains("k8s_node_condition_type=\"Ready\"")
+                        && l.contains("k8s_node_condition_status=\"unknown\"")
+                        && l.ends_with(" 1")
+                })
+            }),
+        )
+        .await;
         let stats = api.stats();
         eprintln!("streaming lists {streaming}: {stats:?}");
         if streaming {

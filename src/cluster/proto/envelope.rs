@@ -3,7 +3,11 @@
 
 use prost::Message;
 
-use super::{ProtoError, slim::PbNode};
+use super::{
+    ProtoError,
+    fingerprint::{self, Fingerprint},
+    slim::PbNode,
+};
 use crate::cluster::node::Node;
 
 /// What every protobuf object body starts with: `k8s`, then the encoding
@@ -130,6 +134,9 @@ pub struct ListPage {
     pub continue_token: Option<String>,
     /// The nodes of this page.
     pub items: Vec<Node>,
+    /// The fingerprint of each node, in the same order, where the encoding
+    /// gives them (protobuf); empty otherwise.
+    pub fingerprints: Vec<Fingerprint>,
 }
 
 /// One watch event.
@@ -197,12 +204,14 @@ pub fn decode_list(body: &[u8]) -> Result<Result<ListPage, ApiStatus>, ProtoErro
     let (kind, raw) = open(body)?;
     match kind.as_str() {
         "NodeList" => {
+            let fingerprints = fingerprint::of_list_items(&raw).unwrap_or_default();
             let list = PbNodeList::decode(raw).map_err(|e| ProtoError::undecodable("NodeList", e))?;
             let meta = list.metadata.unwrap_or_default();
             Ok(Ok(ListPage {
                 resource_version: meta.resource_version.unwrap_or_default(),
                 continue_token: meta.r#continue.filter(|c| !c.is_empty()),
                 items: list.items.into_iter().map(Node::from).collect(),
+                fingerprints,
             }))
         }
         "Status" => Ok(Err(status(&raw)?)),

@@ -13,8 +13,12 @@
 //!
 //! Only the fields readings read are declared ([`slim`]); prost skips every
 //! other one without allocating it (managed fields, images, annotations).
+//! Before any of that, an update's [`fingerprint`] is read off its bytes: a
+//! kubelet re-post has the fingerprint of the node as it was handed on last,
+//! and is dropped undecoded.
 
 pub mod envelope;
+pub mod fingerprint;
 pub mod frames;
 pub mod slim;
 
@@ -88,3 +92,6 @@ impl ProtoError {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod k8s_pb_tests;
