@@ -9,7 +9,13 @@ use kube::client::Body;
 
 use super::{
     Node,
-    proto::{self, ApiStatus, Frames, ListPage, ProtoError, envelope::WatchEvent, fingerprint},
+    gather::Gather,
+    json,
+    proto::{
+        self, ApiStatus, Frames, ListPage, ProtoError,
+        envelope::WatchEvent,
+        fingerprint::{self, Peeked},
+    },
     watcher::{EventSource, Known, Received, Source, Step, WatchError, WatchFrom},
 };
 
@@ -205,7 +211,7 @@ impl Source for Http {
                 Err(e) => Err(WatchError::Decode(e)),
             },
             Format::Json => {
-                let list: JsonList = serde_json::from_slice(&body).map_err(json_error)?;
+                let list: JsonList = serde_json::from_slice(&body).map_err(json::error)?;
                 Ok(ListPage {
                     resource_version: list.metadata.resource_version.unwrap_or_default(),
                     continue_token: list.metadata.continue_.filter(|c| !c.is_empty()),
@@ -240,8 +246,7 @@ impl Source for Http {
             frames: Frames::default(),
             done: false,
             // Initial events are a list: read as fast as they come.
-            gather: matches!(from, WatchFrom::Version(_)).then_some(GATHER),
-            drained: false,
+            gather: matches!(from, WatchFrom::Version(_)).then(Gather::default),
         })
     }
 }
@@ -251,25 +256,6 @@ fn urlencode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-fn json_error(e: serde_json::Error) -> WatchError {
-    WatchError::Decode(ProtoError::Undecodable {
-        what: "JSON",
-        reason: e.to_string(),
-    })
-}
-
-/// How long a watch lets events gather in the socket before it reads them,
-/// once it has read all it had: a few at a time, not one wake-up per event.
-/// At 10,000 nodes a kubelet re-post arrives every 30 ms, and being woken
-/// for each cost more than deciding that it changes nothing (see
-/// docs/benchmarks.md); this is the latency it adds to a change at most.
-pub const GATHER: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// A chunk that takes this long to come was not buffered yet: the events
-/// gathered are all read, and the watch waits [`GATHER`] before the next.
-/// hyper hands a buffered chunk over in microseconds.
-const DRAINED_AFTER: std::time::Duration = std::time::Duration::from_millis(1);
-
 /// The events of one WATCH response.
 pub struct Events {
     body: Body,
@@ -278,10 +264,9 @@ pub struct Events {
     /// Length-prefixed frames (protobuf) or lines (JSON) as they arrive.
     frames: Frames,
     done: bool,
-    /// See [`GATHER`]; `None` for a streaming list's initial events.
-    gather: Option<std::time::Duration>,
-    /// True once a read had to wait for its chunk: what had gathered is read.
-    drained: bool,
+    /// When to leave the socket alone for a while ([`Gather`]); `None` for
+    /// a streaming list's initial events, read as fast as they come.
+    gather: Option<Gather>,
 }
 
 impl Events {
@@ -306,9 +291,12 @@ impl EventSource for Events {
         loop {
             match self.buffered() {
                 Ok(Some(frame)) => {
+                    if let Some(gather) = self.gather.as_mut() {
+                        gather.frame();
+                    }
                     let event = match self.format {
                         Some(Format::Protobuf) => decode_frame(&frame, known),
-                        _ => decode_json_event(&frame).map(Received::from),
+                        _ => decode_line(&frame, known),
                     };
                     if event.is_err() {
                         // Nothing after a bad frame can be trusted: the watch restarts.
@@ -322,20 +310,18 @@ impl EventSource for Events {
                     return Some(Err(WatchError::Decode(e)));
                 }
             }
-            // Until this body is read, hyper does not read the socket: the
-            // events that come meanwhile are read at once, in large chunks.
-            // Only once the socket is drained, so that a burst (a zone
-            // outage) is read at full speed.
-            if let Some(gather) = self.gather
-                && self.drained
+            if let Some(gather) = self.gather.as_mut()
                 && self.frames.pending() == 0
+                && let Some(pause) = gather.pause(std::time::Instant::now())
             {
-                tokio::time::sleep(gather).await;
+                tokio::time::sleep(pause).await;
+                gather.paused(std::time::Instant::now());
             }
             let asked = std::time::Instant::now();
             let frame = self.body.frame().await;
-            // A chunk that had to be waited for was the last of those buffered.
-            self.drained = asked.elapsed() >= DRAINED_AFTER;
+            if let Some(gather) = self.gather.as_mut() {
+                gather.read(asked.elapsed());
+            }
             match frame {
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
@@ -355,7 +341,7 @@ impl EventSource for Events {
                     if self.format == Some(Format::Json)
                         && let Ok(Some(last)) = self.frames.rest()
                     {
-                        return Some(decode_json_event(&last).map(Received::from));
+                        return Some(decode_line(&last, known));
                     }
                     return self.frames.finish().err().map(|e| Err(WatchError::Decode(e)));
                 }
@@ -367,39 +353,37 @@ impl EventSource for Events {
 /// One protobuf watch frame: an update to a node whose fingerprint `known`
 /// holds is not decoded (a kubelet re-post, most of a watch's events).
 fn decode_frame(frame: &[u8], known: Option<&Known>) -> Result<Received, WatchError> {
-    let peeked = fingerprint::peek_update(frame);
-    if let (Some(p), Some(known)) = (&peeked, known)
+    decode_unless_known(frame, known, fingerprint::peek_update, |f| {
+        proto::decode_watch_event(f).map_err(WatchError::Decode)
+    })
+}
+
+/// One JSON watch line, as [`decode_frame`].
+fn decode_line(line: &[u8], known: Option<&Known>) -> Result<Received, WatchError> {
+    decode_unless_known(line, known, json::peek_update, json::decode_event)
+}
+
+/// `Unchanged` for an update whose fingerprint `known` holds, else the event
+/// decoded, with its fingerprint. A streaming list's initial events (nothing
+/// known) are not peeked: a JSON peek is a second parse, and the list is
+/// what `/readyz` waits for; a node's first re-post after it is decoded.
+fn decode_unless_known<'a>(
+    bytes: &'a [u8],
+    known: Option<&Known>,
+    peek: fn(&'a [u8]) -> Option<Peeked<'a>>,
+    decode: fn(&[u8]) -> Result<WatchEvent, WatchError>,
+) -> Result<Received, WatchError> {
+    let Some(known) = known else {
+        return Ok(Received::Event(decode(bytes)?, None));
+    };
+    let peeked = peek(bytes);
+    if let Some(p) = &peeked
         && known.holds(p.fingerprint)
     {
         return Ok(Received::Unchanged {
             resource_version: p.resource_version.to_string(),
         });
     }
-    let event = proto::decode_watch_event(frame).map_err(WatchError::Decode)?;
+    let event = decode(bytes)?;
     Ok(Received::Event(event, peeked.map(|p| p.fingerprint)))
-}
-
-/// One JSON watch line: kube's `WatchEvent` over the slim node.
-fn decode_json_event(line: &[u8]) -> Result<WatchEvent, WatchError> {
-    use kube::api::WatchEvent as Json;
-    Ok(
-        match serde_json::from_slice::<Json<Node>>(line).map_err(json_error)? {
-            Json::Added(n) => WatchEvent::Added(Box::new(n)),
-            Json::Modified(n) => WatchEvent::Modified(Box::new(n)),
-            Json::Deleted(n) => WatchEvent::Deleted(Box::new(n)),
-            Json::Bookmark(b) => WatchEvent::Bookmark {
-                initial_events_end: b
-                    .metadata
-                    .annotations
-                    .get(proto::envelope::INITIAL_EVENTS_END)
-                    .is_some_and(|v| v == "true"),
-                resource_version: b.metadata.resource_version,
-            },
-            Json::Error(s) => WatchEvent::Error(ApiStatus {
-                code: i32::from(s.code),
-                reason: s.reason,
-                message: s.message,
-            }),
-        },
-    )
 }

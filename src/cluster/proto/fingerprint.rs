@@ -47,6 +47,11 @@ pub struct Peeked<'a> {
 
 static KEY: std::sync::LazyLock<foldhash::quality::RandomState> = std::sync::LazyLock::new(Default::default);
 
+/// A hasher keyed per process, for fingerprints of either encoding.
+pub fn hasher() -> impl Hasher {
+    KEY.build_hasher()
+}
+
 /// The key of a node name in a fingerprint table: keyed per process.
 pub fn name_key(name: &str) -> u64 {
     KEY.hash_one(name)

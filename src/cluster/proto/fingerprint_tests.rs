@@ -1,6 +1,7 @@
-//! The fingerprint against the store's own comparison, on realistic nodes
-//! (the fake API server's, with managed fields, images and volumes) put
-//! through the same protobuf transcoder that matches upstream bytes.
+//! The fingerprint, protobuf and JSON, against the store's own comparison,
+//! on realistic nodes (the fake API server's, with managed fields, images
+//! and volumes) put through the same protobuf transcoder that matches
+//! upstream bytes.
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -154,6 +155,11 @@ fn fingerprint(message: &[u8]) -> Fingerprint {
     of_node(message).expect("a fingerprint").1
 }
 
+/// The fingerprint of the node's JSON, as the JSON path reads it.
+fn json_fingerprint(node: &Value) -> Fingerprint {
+    crate::cluster::json::of_node(&serde_json::to_vec(node).expect("serializes")).expect("a fingerprint")
+}
+
 #[test]
 fn each_mutation_has_the_effect_on_record() {
     let before = crate::fake::protobuf::node_message(&base(3));
@@ -166,6 +172,12 @@ fn each_mutation_has_the_effect_on_record() {
         let same_content = stored(&before).same_content(&stored(&after));
         assert_eq!(same_print, *effect == Effect::Ignored, "{what}: fingerprint");
         assert_eq!(same_content, *effect != Effect::Kept, "{what}: content");
+        let same_json_print = json_fingerprint(&base(3)) == json_fingerprint(&j);
+        assert_eq!(
+            same_json_print,
+            *effect == Effect::Ignored,
+            "{what}: JSON fingerprint"
+        );
     }
 }
 
@@ -183,6 +195,29 @@ fn a_fingerprint_names_its_node_and_version() {
     for kind in ["DELETED", "BOOKMARK", "ERROR"] {
         let frame = proto::envelope::encode::watch_frame(kind, crate::fake::protobuf::node(&base(3)));
         assert_eq!(peek_update(&frame[4..]), None, "{kind}");
+    }
+    // A JSON line, `type` first as the API server writes it, or last.
+    let object = base(3);
+    let json_print = json_fingerprint(&object);
+    assert_eq!(json_print.name, f.name, "the same name key in both encodings");
+    for line in [
+        json!({"type": "MODIFIED", "object": object}).to_string(),
+        format!(r#"{{"object":{object},"type":"ADDED"}}"#),
+    ] {
+        let peeked = crate::cluster::json::peek_update(line.as_bytes()).expect("an update");
+        assert_eq!((peeked.resource_version, peeked.fingerprint), ("10", json_print));
+    }
+    for kind in ["DELETED", "BOOKMARK", "ERROR"] {
+        let line = json!({"type": kind, "object": object}).to_string();
+        assert_eq!(crate::cluster::json::peek_update(line.as_bytes()), None, "{kind}");
+    }
+    for broken in [
+        &b"{"[..],
+        b"",
+        b"[1]",
+        br#"{"type":"MODIFIED","object":{"metadata":[}}"#,
+    ] {
+        assert_eq!(crate::cluster::json::peek_update(broken), None);
     }
 }
 
@@ -213,7 +248,18 @@ proptest! {
         let after = crate::fake::protobuf::node_message(&j);
         let same_print = fingerprint(&before) == fingerprint(&after);
         let same_content = stored(&before).same_content(&stored(&after));
-        prop_assert_eq!(same_print, picks.iter().all(|&p| MUTATIONS[p].1 == Effect::Ignored));
+        let ignored_only = picks.iter().all(|&p| MUTATIONS[p].1 == Effect::Ignored);
+        prop_assert_eq!(same_print, ignored_only);
         prop_assert!(!same_print || same_content);
+        // The JSON path: the same, against the node decoded from JSON.
+        let same_json_print = json_fingerprint(&base(node)) == json_fingerprint(&j);
+        let from_json = |v: &Value| {
+            let mut n: Node = serde_json::from_value(v.clone()).expect("decodes");
+            strip(&mut n, &|k| k.starts_with("topology.kubernetes.io/"));
+            condition_changes::take_details(&mut n);
+            n
+        };
+        prop_assert_eq!(same_json_print, ignored_only);
+        prop_assert!(!same_json_print || from_json(&base(node)).same_content(&from_json(&j)));
     }
 }

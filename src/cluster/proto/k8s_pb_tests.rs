@@ -452,8 +452,8 @@ proptest! {
     }
 
     /// A re-post (new heartbeat times, images, volumes, managed fields,
-    /// annotations, messages) of a k8s-pb node keeps its fingerprint; a new
-    /// condition status does not.
+    /// annotations, messages) of a k8s-pb node keeps its fingerprint, in
+    /// both encodings; a new condition status does not.
     #[test]
     fn a_k8s_pb_re_post_keeps_its_fingerprint(d in desc(), later in seconds()) {
         let print = |d: &Desc| {
@@ -471,10 +471,13 @@ proptest! {
         re_post.volumes.push("kubernetes.io/csi/pd^new".into());
         re_post.managers.push(("kubelet".into(), later));
         re_post.annotations.insert("node.alpha.kubernetes.io/ttl".into(), "0".into());
+        let json_print = |d: &Desc| crate::cluster::json::of_node(&json(d)).expect("a JSON fingerprint");
         prop_assert_eq!(print(&d), print(&re_post));
+        prop_assert_eq!(json_print(&d), json_print(&re_post));
         if let Some(c) = re_post.conditions.first_mut() {
             c.1 = if c.1 == "True" { "False".into() } else { "True".into() };
             prop_assert_ne!(print(&d), print(&re_post));
+            prop_assert_ne!(json_print(&d), json_print(&re_post));
         }
     }
 }
