@@ -28,6 +28,7 @@ import time
 import zlib
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -469,9 +470,17 @@ def parse_seconds(text):
 
 
 def first_list_bytes(run):
-    """Bytes of one full, unpaginated LIST (what the Go tool fetched every 5 s)."""
+    """Bytes of one full LIST (what the Go tool fetched every 5 s), read in
+    pages of 5,000: one unpaginated JSON LIST of 100,000 nodes is ~2 GB, more
+    than the fake server writes in one response."""
     before = json.loads(get(f"{run.api}/fake/stats")[1])["bytes"]
-    get(f"{run.api}/api/v1/nodes")
+    token = ""
+    while True:
+        query = "limit=5000" + (f"&continue={urllib.parse.quote(token)}" if token else "")
+        _, body = get(f"{run.api}/api/v1/nodes?{query}", 600)
+        token = json.loads(body).get("metadata", {}).get("continue") or ""
+        if not token:
+            break
     return json.loads(get(f"{run.api}/fake/stats")[1])["bytes"] - before
 
 
