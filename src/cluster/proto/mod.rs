@@ -94,4 +94,4 @@ impl ProtoError {
 mod tests;
 
 #[cfg(test)]
-mod k8s_pb_tests;
+mod generated_types_tests;
