@@ -91,8 +91,8 @@ fn next_field<'a>(buf: &mut &'a [u8]) -> Option<Field<'a>> {
         5 => 4,
         _ => return None,
     };
-    let payload = if tag & 7 == 0 {
-        &start[start.len() - buf.len()..start.len() - buf.len()]
+    let payload: &[u8] = if tag & 7 == 0 {
+        &[]
     } else {
         let p = buf.get(..payload_len)?;
         *buf = &buf[payload_len..];
