@@ -351,33 +351,48 @@ impl EventSource for Events {
 }
 
 /// One protobuf watch frame: an update to a node whose fingerprint `known`
-/// holds is not decoded (a kubelet re-post, most of a watch's events).
+/// holds is not decoded (a kubelet re-post, most of a watch's events). A
+/// streaming list's initial events (nothing known yet) are fingerprinted
+/// too: the peek is a few µs beside the decode, and without it each node's
+/// first re-post after every list would be decoded in full.
 fn decode_frame(frame: &[u8], known: Option<&Known>) -> Result<Received, WatchError> {
-    decode_unless_known(frame, known, fingerprint::peek_update, |f| {
+    decode_unless_known(frame, known, Peek::Always(fingerprint::peek_update), |f| {
         proto::decode_watch_event(f).map_err(WatchError::Decode)
     })
 }
 
-/// One JSON watch line, as [`decode_frame`].
+/// One JSON watch line, as [`decode_frame`], except that a streaming list's
+/// initial events are not peeked: a JSON peek is a second parse, and the
+/// list is what `/readyz` waits for. A node's first re-post after it is
+/// decoded, and fingerprinted then.
 fn decode_line(line: &[u8], known: Option<&Known>) -> Result<Received, WatchError> {
-    decode_unless_known(line, known, json::peek_update, json::decode_event)
+    decode_unless_known(line, known, Peek::Updates(json::peek_update), json::decode_event)
 }
 
+/// When an encoding's fingerprint is read off an event, and how.
+enum Peek<'a> {
+    /// For every event, a streaming list's initial events included.
+    Always(PeekFn<'a>),
+    /// Only when something is known: in a watch, not in a streaming list.
+    Updates(PeekFn<'a>),
+}
+
+/// Reads an update's resourceVersion and fingerprint without decoding it.
+type PeekFn<'a> = fn(&'a [u8]) -> Option<Peeked<'a>>;
+
 /// `Unchanged` for an update whose fingerprint `known` holds, else the event
-/// decoded, with its fingerprint. A streaming list's initial events (nothing
-/// known) are not peeked: a JSON peek is a second parse, and the list is
-/// what `/readyz` waits for; a node's first re-post after it is decoded.
+/// decoded, with its fingerprint when `peek` reads one.
 fn decode_unless_known<'a>(
     bytes: &'a [u8],
     known: Option<&Known>,
-    peek: fn(&'a [u8]) -> Option<Peeked<'a>>,
+    peek: Peek<'a>,
     decode: fn(&[u8]) -> Result<WatchEvent, WatchError>,
 ) -> Result<Received, WatchError> {
-    let Some(known) = known else {
-        return Ok(Received::Event(decode(bytes)?, None));
+    let peeked = match (peek, known) {
+        (Peek::Updates(_), None) => return Ok(Received::Event(decode(bytes)?, None)),
+        (Peek::Always(peek) | Peek::Updates(peek), _) => peek(bytes),
     };
-    let peeked = peek(bytes);
-    if let Some(p) = &peeked
+    if let (Some(p), Some(known)) = (&peeked, known)
         && known.holds(p.fingerprint)
     {
         return Ok(Received::Unchanged {
@@ -386,4 +401,31 @@ fn decode_unless_known<'a>(
     }
     let event = decode(bytes)?;
     Ok(Received::Event(event, peeked.map(|p| p.fingerprint)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::protobuf;
+
+    /// A streaming list's initial events come with nothing known: protobuf
+    /// still fingerprints them (so the first re-post after a list is
+    /// dropped undecoded), JSON does not (its peek is a second parse).
+    #[test]
+    fn initial_events_are_fingerprinted_in_protobuf_only() {
+        let object = crate::fake::generated_node(4, 10, "2026-01-01T00:00:00Z");
+        let frame = proto::envelope::encode::watch_frame("ADDED", protobuf::node(&object));
+        let want = fingerprint::peek_update(&frame[4..])
+            .expect("an update")
+            .fingerprint;
+        match decode_frame(&frame[4..], None) {
+            Ok(Received::Event(WatchEvent::Added(_), Some(f))) => assert_eq!(f, want),
+            other => panic!("protobuf: {other:?}"),
+        }
+        let line = serde_json::json!({"type": "ADDED", "object": object}).to_string();
+        match decode_line(line.as_bytes(), None) {
+            Ok(Received::Event(WatchEvent::Added(_), None)) => {}
+            other => panic!("JSON: {other:?}"),
+        }
+    }
 }

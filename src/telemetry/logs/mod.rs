@@ -39,8 +39,11 @@ use crate::{
 /// Records per request at most.
 const BATCH: usize = 512;
 /// How long the sender waits after a record arrives, so that a burst (a zone
-/// outage) goes in one request instead of one each.
-const LINGER: Duration = Duration::from_millis(200);
+/// outage) goes in one request instead of one each, and so that changes
+/// arriving a few a second (a node-pool upgrade) share requests: a request
+/// cost about as much CPU as the change it carried. The OTel SDK's batch
+/// log processor waits as long (`OTEL_BLRP_SCHEDULE_DELAY`, 1 s).
+const LINGER: Duration = Duration::from_secs(1);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 

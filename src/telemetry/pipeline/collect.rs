@@ -8,11 +8,15 @@
 //! families are collected one at a time from a provider built for that
 //! collection, with a limit that is exactly the points at hand, and dropped
 //! straight after: the SDK's state lives for milliseconds, memory is
-//! bounded by the largest family, and the limit can never overflow.
+//! bounded by the largest family, and the limit can never overflow. The
+//! cluster-wide readings, a handful of points, keep one provider
+//! ([`ClusterReadings`]).
 
 use std::sync::{Arc, Weak};
 
-use opentelemetry::metrics::{Meter, MeterProvider as _};
+#[cfg(test)]
+use opentelemetry::metrics::Meter;
+use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
@@ -85,6 +89,7 @@ fn provider(resource: &Resource, limit: usize) -> MeterProviderBuilder {
 
 /// Registers instruments with `register` on a provider that lives for one
 /// collection, collects it and drops it.
+#[cfg(test)]
 fn once(resource: &Resource, limit: usize, register: impl FnOnce(&Meter)) -> Option<ResourceMetrics> {
     let reader = SharedReader::new();
     let provider = provider(resource, limit).with_reader(reader.clone()).build();
@@ -116,7 +121,7 @@ pub fn node_families(
     let collections = families
         .iter()
         .filter_map(|f| family(f, sources, resource, &nodes))
-        .chain(cluster(sources, resource, None));
+        .chain(cluster(sources, resource));
     for rm in collections {
         sink(rm);
     }
@@ -142,16 +147,57 @@ pub fn family(
     })
 }
 
-/// The cluster-wide readings, collected from a provider that lives for this
-/// collection, from `summary` (the view's nodes counted) when given.
-pub fn cluster(
-    sources: &Sources,
-    resource: &Resource,
-    summary: Option<ClusterSummary>,
-) -> Option<ResourceMetrics> {
+/// The cluster-wide readings, counted from the view, collected from a
+/// provider that lives for this collection: the reference for tests.
+#[cfg(test)]
+pub fn cluster(sources: &Sources, resource: &Resource) -> Option<ResourceMetrics> {
     once(resource, 16, |m| {
-        instruments::register_cluster_readings(m, sources, summary)
+        instruments::register_cluster_readings(m, sources, None)
     })
+}
+
+/// The cluster-wide readings' provider, built once and collected at every
+/// pass from the Ready counts the pass keeps. Unlike the per-node families
+/// it holds a handful of attribute sets, so it can live: building a provider
+/// (resource detection included) was a tenth of a change's CPU.
+pub struct ClusterReadings {
+    reader: SharedReader,
+    provider: SdkMeterProvider,
+    summary: instruments::KeptSummary,
+}
+
+impl ClusterReadings {
+    /// Registers the cluster-wide readings of `sources` under `resource`.
+    pub fn new(sources: &Sources, resource: &Resource) -> ClusterReadings {
+        let reader = SharedReader::new();
+        let provider = provider(resource, 16).with_reader(reader.clone()).build();
+        let summary = instruments::KeptSummary::default();
+        instruments::register_cluster_readings(&provider.meter(METER), sources, Some(summary.clone()));
+        ClusterReadings {
+            reader,
+            provider,
+            summary,
+        }
+    }
+
+    /// The readings for `summary` (the view's nodes counted by Ready status).
+    pub fn collect(&self, summary: ClusterSummary) -> Option<ResourceMetrics> {
+        *self.summary.lock().unwrap_or_else(|e| e.into_inner()) = Some(summary);
+        match self.reader.collect() {
+            Ok(rm) => Some(rm),
+            Err(e) => {
+                tracing::warn!(error = %e, "metric collection failed");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for ClusterReadings {
+    fn drop(&mut self) {
+        // A manual reader has nothing to flush; shutting down only unregisters.
+        let _ = self.provider.shutdown();
+    }
 }
 
 /// The data points of each metric in a collection, by instrument name.

@@ -274,13 +274,21 @@ fn build(
     }
 }
 
+/// The Ready counts a pass keeps node by node, read by the cluster-wide
+/// readings' callbacks; `None` inside until the first pass.
+pub type KeptSummary = std::sync::Arc<std::sync::Mutex<Option<ClusterSummary>>>;
+
 /// Registers the cluster-wide readings (node counts by Ready status, not-ready ratio).
-pub fn register_cluster_readings(meter: &Meter, sources: &Sources, summary: Option<ClusterSummary>) {
-    // Counted from the view unless the caller kept the count: the pass does,
+pub fn register_cluster_readings(meter: &Meter, sources: &Sources, summary: Option<KeptSummary>) {
+    // Counted from the view unless the caller keeps the count: the pass does,
     // node by node as they change, so that a change does not cost a walk of
     // the whole cluster.
-    let summary =
-        move |v: &View| summary.unwrap_or_else(|| ClusterSummary::of(v.nodes().iter().map(|n| &**n)));
+    let summary = move |v: &View| {
+        summary
+            .as_ref()
+            .and_then(|kept| *kept.lock().unwrap_or_else(|e| e.into_inner()))
+            .unwrap_or_else(|| ClusterSummary::of(v.nodes().iter().map(|n| &**n)))
+    };
     let naming = sources.settings.naming;
     let (nodes_name, not_ready_name) = families::cluster_names(naming);
     let status_key = families::status_key(naming);
@@ -288,7 +296,7 @@ pub fn register_cluster_readings(meter: &Meter, sources: &Sources, summary: Opti
     // Before the first sync the view is empty, and zero nodes would read as an
     // empty (healthy) cluster: cluster-level readings are absent instead.
     if sources.settings.enabled(nodes_name) {
-        let (v, leader) = (sources.view.clone(), sources.leadership.clone());
+        let (v, leader, summary) = (sources.view.clone(), sources.leadership.clone(), summary.clone());
         let b = meter.u64_observable_gauge(nodes_name).with_description(
             "Number of nodes by the status of their Ready condition; a missing Ready counts as unknown",
         );
