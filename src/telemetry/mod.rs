@@ -368,7 +368,7 @@ impl Inner {
                     Err(e) => warn!(error = %e, "reading the OTLP cache"),
                 }
             }
-            self.write_rest(cache.cluster, own, max, sink);
+            self.write_rest(cache.cluster, now, own, max, sink);
             return;
         }
         let mut writer = wire::Writer::new(&self.origin, max, now, self.started, &mut sink);
@@ -387,7 +387,7 @@ impl Inner {
         if !open {
             return;
         }
-        self.write_rest(cache.cluster, own, max, sink);
+        self.write_rest(cache.cluster, now, own, max, sink);
     }
 
     /// Writes the cluster-wide readings, under the readings' resource, and
@@ -395,6 +395,7 @@ impl Inner {
     fn write_rest(
         &self,
         mut cluster: Option<opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest>,
+        now: u64,
         own: &SharedReader,
         max: usize,
         mut sink: impl FnMut(wire::Part) -> bool,
@@ -403,6 +404,7 @@ impl Inner {
             for rm in &mut request.resource_metrics {
                 rm.resource = Some(self.readings_resource.clone());
             }
+            stamp_gauges(request, now);
         }
         let own = own
             .collect()
@@ -632,6 +634,30 @@ impl Telemetry {
 /// True when `/metrics` is on and served from the pass's node section.
 fn streaming(settings: &Settings) -> bool {
     settings.prometheus && settings.prometheus_encoder == PrometheusEncoder::Streaming
+}
+
+/// Gives every gauge point of `request` the export time as its time and its
+/// start, as the per-node gauges have: the cluster-wide readings were
+/// collected at their pass, maybe minutes before this export, by a
+/// long-lived provider whose gauges start at its previous collection.
+fn stamp_gauges(
+    request: &mut opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+    now: u64,
+) {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    let metrics = request
+        .resource_metrics
+        .iter_mut()
+        .flat_map(|rm| &mut rm.scope_metrics)
+        .flat_map(|sm| &mut sm.metrics);
+    for metric in metrics {
+        if let Some(Data::Gauge(gauge)) = &mut metric.data {
+            for point in &mut gauge.data_points {
+                point.time_unix_nano = now;
+                point.start_time_unix_nano = now;
+            }
+        }
+    }
 }
 
 fn unix_nanos(t: std::time::SystemTime) -> u64 {

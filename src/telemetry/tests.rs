@@ -207,9 +207,12 @@ fn reference(t: &Telemetry) -> Vec<String> {
     node_points(&requests, &inner.families)
 }
 
-/// What the cache sends, decoded, with every point checked to carry the cycle's time.
+/// What the cache sends, decoded, with every point of the readings (per-node
+/// and cluster-wide) checked to carry the cycle's time.
 fn cached(t: &Telemetry, max: usize) -> (Vec<String>, Vec<wire::Part>) {
     let inner = &t.inner;
+    let (nodes, not_ready) = families::cluster_names(inner.settings.readings.naming);
+    let mut cluster_points = 0;
     let Some((_, reader)) = inner.current().otlp.clone() else {
         panic!("OTLP is on")
     };
@@ -228,8 +231,11 @@ fn cached(t: &Telemetry, max: usize) -> (Vec<String>, Vec<wire::Part>) {
         .flat_map(|r| &r.resource_metrics)
         .flat_map(|r| &r.scope_metrics)
         .flat_map(|s| &s.metrics)
-        .filter(|m| is_node_family(&inner.families, &m.name))
+        .filter(|m| is_node_family(&inner.families, &m.name) || [nodes, not_ready].contains(&m.name.as_str()))
     {
+        if !is_node_family(&inner.families, &m.name) {
+            cluster_points += points(m).len();
+        }
         for p in points(m) {
             assert!(
                 p.time_unix_nano >= before,
@@ -243,6 +249,18 @@ fn cached(t: &Telemetry, max: usize) -> (Vec<String>, Vec<wire::Part>) {
             assert_eq!(p.start_time_unix_nano, start, "{}", m.name);
         }
     }
+    let names: std::collections::BTreeSet<&str> = requests
+        .iter()
+        .flat_map(|r| &r.resource_metrics)
+        .flat_map(|r| &r.scope_metrics)
+        .flat_map(|s| &s.metrics)
+        .map(|m| m.name.as_str())
+        .filter(|n| !is_node_family(&inner.families, n))
+        .collect();
+    assert!(
+        cluster_points > 0,
+        "the cluster-wide readings were checked too: {names:?}"
+    );
     for (p, r) in parts.iter().zip(&requests) {
         assert!(
             p.points <= max,
@@ -257,6 +275,12 @@ fn cached(t: &Telemetry, max: usize) -> (Vec<String>, Vec<wire::Part>) {
 #[tokio::test(flavor = "multi_thread")]
 async fn otlp_requests_from_the_cache_equal_opentelemetry_protos_conversion() {
     let (t, mut writer) = telemetry(300);
+    // Synced as the watch task marks it: the cluster-wide readings show only then.
+    t.inner
+        .sources
+        .view
+        .health()
+        .on_event(crate::cluster::EventKind::InitDone);
     let want = reference(&t);
     assert!(want.len() > 300 * 10, "every family has points: {}", want.len());
     let (got, parts) = cached(&t, 997);

@@ -45,13 +45,17 @@ async fn wait_records(receiver: &Receiver, n: usize) -> Vec<LogRecord> {
     }
 }
 
-/// Waits for two whole metric exports: by then any record start-up would send has been sent.
+/// Waits for two whole metric export cycles, and at least twice the 1 s a
+/// record waits for others before it is sent: by then any record start-up
+/// (or a change before the call) would send has been sent. Cycles, not
+/// requests: a cycle is several requests, sent within milliseconds.
 async fn settle(receiver: &Receiver) {
-    let seen = receiver.exports();
+    let seen = receiver.cycles();
     let start = Instant::now();
-    while receiver.exports() < seen + 2 {
-        assert!(start.elapsed() < T, "no metric exports");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    receiver.wait_cycles(seen + 2, T).await;
+    let linger = Duration::from_secs(2);
+    if let Some(rest) = linger.checked_sub(start.elapsed()) {
+        tokio::time::sleep(rest).await;
     }
 }
 

@@ -437,14 +437,17 @@ fn write_shard(
 ) -> io::Result<Written> {
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
-        let Scratch { plain, samples, body } = &mut *scratch;
+        let Scratch { plain, body } = &mut *scratch;
+        // Not kept: it caches the label names it has seen, which a glob in
+        // --node-labels would grow without bound on a long-lived thread.
+        let mut samples = exposition::SampleWriter::default();
         plain.resize_with(families.len(), Plain::default);
         for p in plain.iter_mut() {
             p.text.clear();
             p.otlp.clear();
             p.points = 0;
         }
-        render_shard(families, ctx, nodes, names, otlp, plain, samples, body)?;
+        render_shard(families, ctx, nodes, names, otlp, plain, &mut samples, body)?;
         compress_changed(plain, old, names.is_some(), otlp)
     })
 }
@@ -455,7 +458,6 @@ fn write_shard(
 #[derive(Default)]
 struct Scratch {
     plain: Vec<Plain>,
-    samples: exposition::SampleWriter,
     body: Vec<u8>,
 }
 
