@@ -356,7 +356,7 @@ impl EventSource for Events {
 /// too: the peek is a few µs beside the decode, and without it each node's
 /// first re-post after every list would be decoded in full.
 fn decode_frame(frame: &[u8], known: Option<&Known>) -> Result<Received, WatchError> {
-    decode_unless_known(frame, known, Peek::Always(fingerprint::peek_update), |f| {
+    decode_unless_known(frame, known, (fingerprint::peek_update, true), |f| {
         proto::decode_watch_event(f).map_err(WatchError::Decode)
     })
 }
@@ -366,19 +366,13 @@ fn decode_frame(frame: &[u8], known: Option<&Known>) -> Result<Received, WatchEr
 /// list is what `/readyz` waits for. A node's first re-post after it is
 /// decoded, and fingerprinted then.
 fn decode_line(line: &[u8], known: Option<&Known>) -> Result<Received, WatchError> {
-    decode_unless_known(line, known, Peek::Updates(json::peek_update), json::decode_event)
+    decode_unless_known(line, known, (json::peek_update, false), json::decode_event)
 }
 
-/// When an encoding's fingerprint is read off an event, and how.
-enum Peek<'a> {
-    /// For every event, a streaming list's initial events included.
-    Always(PeekFn<'a>),
-    /// Only when something is known: in a watch, not in a streaming list.
-    Updates(PeekFn<'a>),
-}
-
-/// Reads an update's resourceVersion and fingerprint without decoding it.
-type PeekFn<'a> = fn(&'a [u8]) -> Option<Peeked<'a>>;
+/// How an encoding reads an update's resourceVersion and fingerprint without
+/// decoding it, and whether it does for a streaming list's initial events
+/// (nothing known yet) too.
+type Peek<'a> = (fn(&'a [u8]) -> Option<Peeked<'a>>, bool);
 
 /// `Unchanged` for an update whose fingerprint `known` holds, else the event
 /// decoded, with its fingerprint when `peek` reads one.
@@ -388,10 +382,11 @@ fn decode_unless_known<'a>(
     peek: Peek<'a>,
     decode: fn(&[u8]) -> Result<WatchEvent, WatchError>,
 ) -> Result<Received, WatchError> {
-    let peeked = match (peek, known) {
-        (Peek::Updates(_), None) => return Ok(Received::Event(decode(bytes)?, None)),
-        (Peek::Always(peek) | Peek::Updates(peek), _) => peek(bytes),
-    };
+    let (peek, initial_too) = peek;
+    if known.is_none() && !initial_too {
+        return Ok(Received::Event(decode(bytes)?, None));
+    }
+    let peeked = peek(bytes);
     if let (Some(p), Some(known)) = (&peeked, known)
         && known.holds(p.fingerprint)
     {

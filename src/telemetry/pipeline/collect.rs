@@ -94,16 +94,18 @@ fn once(resource: &Resource, limit: usize, register: impl FnOnce(&Meter)) -> Opt
     let reader = SharedReader::new();
     let provider = provider(resource, limit).with_reader(reader.clone()).build();
     register(&provider.meter(METER));
-    let rm = reader.collect();
+    let rm = collected(&reader);
     // A manual reader has nothing to flush; shutting down only unregisters.
     let _ = provider.shutdown();
-    match rm {
-        Ok(rm) => Some(rm),
-        Err(e) => {
-            tracing::warn!(error = %e, "metric collection failed");
-            None
-        }
-    }
+    rm
+}
+
+/// What `reader`'s provider reports now; `None`, logged, if collecting failed.
+fn collected(reader: &SharedReader) -> Option<ResourceMetrics> {
+    reader
+        .collect()
+        .map_err(|e| tracing::warn!(error = %e, "metric collection failed"))
+        .ok()
 }
 
 /// Collects the enabled per-node families, one short-lived provider each,
@@ -183,13 +185,7 @@ impl ClusterReadings {
     /// The readings for `summary` (the view's nodes counted by Ready status).
     pub fn collect(&self, summary: ClusterSummary) -> Option<ResourceMetrics> {
         *self.summary.lock().unwrap_or_else(|e| e.into_inner()) = Some(summary);
-        match self.reader.collect() {
-            Ok(rm) => Some(rm),
-            Err(e) => {
-                tracing::warn!(error = %e, "metric collection failed");
-                None
-            }
-        }
+        collected(&self.reader)
     }
 }
 

@@ -437,18 +437,8 @@ fn write_shard(
 ) -> io::Result<Written> {
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
-        let Scratch { plain, body } = &mut *scratch;
-        // Not kept: it caches the label names it has seen, which a glob in
-        // --node-labels would grow without bound on a long-lived thread.
-        let mut samples = exposition::SampleWriter::default();
-        plain.resize_with(families.len(), Plain::default);
-        for p in plain.iter_mut() {
-            p.text.clear();
-            p.otlp.clear();
-            p.points = 0;
-        }
-        render_shard(families, ctx, nodes, names, otlp, plain, &mut samples, body)?;
-        compress_changed(plain, old, names.is_some(), otlp)
+        render_shard(families, ctx, nodes, names, otlp, &mut scratch)?;
+        compress_changed(&scratch.plain, old, names.is_some(), otlp)
     })
 }
 
@@ -465,18 +455,25 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
 }
 
-/// Writes the points of `nodes` into `plain`, one entry per family.
-#[allow(clippy::too_many_arguments)]
+/// Writes the points of `nodes` into `scratch.plain`, one entry per family.
 fn render_shard(
     families: &[Family],
     ctx: &Ctx<'_>,
     nodes: &[Arc<Node>],
     names: Option<&[String]>,
     otlp: bool,
-    plain: &mut [Plain],
-    samples: &mut exposition::SampleWriter,
-    body: &mut Vec<u8>,
+    scratch: &mut Scratch,
 ) -> io::Result<()> {
+    let Scratch { plain, body } = scratch;
+    plain.resize_with(families.len(), Plain::default);
+    for p in plain.iter_mut() {
+        p.text.clear();
+        p.otlp.clear();
+        p.points = 0;
+    }
+    // Not kept in the scratch: it caches the label names it has seen, which
+    // a glob in --node-labels would grow without bound on a long-lived thread.
+    let mut samples = exposition::SampleWriter::default();
     let mut failed: Option<io::Error> = None;
     for node in nodes {
         // The attributes every point of the node starts with: built once, shared by every family.
@@ -525,11 +522,10 @@ fn compress_changed(plain: &[Plain], old: &[Digests], text: bool, otlp: bool) ->
         .iter()
         .zip(old)
         .map(|(p, old)| {
-            let text = match text {
-                true if old.text != Some(body::digest(&p.text)) => {
-                    Some(Segment::of_plain(&p.text, p.points)?)
-                }
-                _ => None,
+            let text = if text && old.text != Some(body::digest(&p.text)) {
+                Some(Segment::of_plain(&p.text, p.points)?)
+            } else {
+                None
             };
             let encoded = if otlp && old.otlp != Some(body::digest(&p.otlp)) {
                 Some(otlp_cache::deflate(&p.otlp, p.points)?)
