@@ -20,12 +20,12 @@ use axum::{
 };
 use futures::Stream;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::broadcast;
 
 use super::{
     gate, protobuf,
-    state::{Shared, WireEvent, watch_event, watch_line},
+    state::{Shared, StoredNode, WireEvent, watch_line},
 };
 
 const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
@@ -91,10 +91,10 @@ pub(super) async fn get_node(
     let encoding = Encoding::of(&headers);
     match (shared.lock().nodes.get(&name), encoding) {
         (Some(node), Encoding::Json) => {
-            ([(header::CONTENT_TYPE, "application/json")], node.to_string()).into_response()
+            ([(header::CONTENT_TYPE, "application/json")], node.json.clone()).into_response()
         }
         (Some(node), Encoding::Protobuf) => {
-            ([(header::CONTENT_TYPE, PROTOBUF)], protobuf::node(node)).into_response()
+            ([(header::CONTENT_TYPE, PROTOBUF)], node.protobuf_object()).into_response()
         }
         (None, _) => status(
             encoding,
@@ -195,7 +195,7 @@ fn list_nodes(shared: &Shared, p: &ListParams, encoding: Encoding) -> Response {
         }
     };
     let limit = p.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
-    let range: Box<dyn Iterator<Item = (&String, &Value)>> = match &after {
+    let range: Box<dyn Iterator<Item = (&String, &StoredNode)>> = match &after {
         Some(last) => Box::new(store.nodes.range::<String, _>((
             std::ops::Bound::Excluded(last.clone()),
             std::ops::Bound::Unbounded,
@@ -224,11 +224,22 @@ fn list_nodes(shared: &Shared, p: &ListParams, encoding: Encoding) -> Response {
                 metadata["continue"] = json!(token);
                 metadata["remainingItemCount"] = json!(store.nodes.len() - items.len());
             }
-            let body = json!({"kind": "NodeList", "apiVersion": "v1", "metadata": metadata, "items": items});
-            ("application/json", body.to_string().into_bytes())
+            // The stored objects' bytes, spliced in as they are.
+            let mut body = Vec::with_capacity(items.iter().map(|n| n.json.len() + 1).sum::<usize>() + 256);
+            body.extend_from_slice(b"{\"kind\":\"NodeList\",\"apiVersion\":\"v1\",\"metadata\":");
+            body.extend_from_slice(metadata.to_string().as_bytes());
+            body.extend_from_slice(b",\"items\":[");
+            for (i, node) in items.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(&node.json);
+            }
+            body.extend_from_slice(b"]}");
+            ("application/json", body)
         }
         Encoding::Protobuf => {
-            let nodes: Vec<Vec<u8>> = items.iter().map(|n| protobuf::node_message(n)).collect();
+            let nodes: Vec<&[u8]> = items.iter().map(|n| &n.protobuf[..]).collect();
             let body =
                 protobuf::node_list(&list_rv.to_string(), token.as_deref().unwrap_or_default(), &nodes);
             (PROTOBUF, body)
@@ -315,22 +326,28 @@ fn watch_nodes(shared: Arc<Shared>, p: ListParams, encoding: Encoding) -> Respon
             drop(store);
             Box::pin(futures::stream::once(async move { Ok(line) }))
         } else {
-            // A streaming list: every node as ADDED at the current version, then the bookmark that ends them.
-            let replay: Vec<Bytes> = if initial {
+            // A streaming list: every node as ADDED at the current version,
+            // then the bookmark that ends them. The nodes are taken under the
+            // lock (shared bytes) and framed as the stream is read.
+            let replay: Replay = if initial {
                 shared.full_lists.fetch_add(1, Ordering::Relaxed);
-                store
-                    .nodes
-                    .values()
-                    .map(|n| pick(&watch_event("ADDED", n)))
-                    .chain(std::iter::once(pick(&bookmark_event(store.rv, true))))
-                    .collect()
+                let nodes: Vec<StoredNode> = store.nodes.values().cloned().collect();
+                let end = pick(&bookmark_event(store.rv, true));
+                let protobuf = encoding == Encoding::Protobuf;
+                Box::new(
+                    nodes
+                        .into_iter()
+                        .map(move |n| n.event("ADDED", protobuf))
+                        .chain(std::iter::once(end)),
+                )
             } else {
-                store
+                let events: Vec<Bytes> = store
                     .history
                     .iter()
                     .filter(|(rv, _)| *rv > from)
                     .map(|(_, e)| pick(e))
-                    .collect()
+                    .collect();
+                Box::new(events.into_iter())
             };
             let rx = shared.events.subscribe();
             drop(store);
@@ -373,10 +390,13 @@ fn watch_nodes(shared: Arc<Shared>, p: ListParams, encoding: Encoding) -> Respon
         })
 }
 
+/// What a watch sends before the events it is subscribed to.
+type Replay = Box<dyn Iterator<Item = Bytes> + Send>;
+
 fn watch_stream(
     shared: Arc<Shared>,
     from: u64,
-    replay: Vec<Bytes>,
+    replay: Replay,
     mut rx: broadcast::Receiver<(u64, WireEvent)>,
     timeout: Duration,
     bookmarks: bool,

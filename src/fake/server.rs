@@ -26,7 +26,7 @@ use tokio::{
 };
 
 pub use super::state::Breakage;
-use super::state::{Shared, Store};
+use super::state::{Shared, Store, StoredNode};
 use super::{
     gate::{Gate, now_rfc3339},
     nodes,
@@ -103,7 +103,7 @@ impl FakeApiServer {
         for i in 0..options.nodes {
             store.rv += 1;
             let node = nodes::node(i, store.rv, &now);
-            store.nodes.insert(nodes::name(i), node);
+            store.nodes.insert(nodes::name(i), StoredNode::new(&node));
         }
         store.compacted = store.rv;
         let (events, _) = broadcast::channel(65_536);
@@ -233,7 +233,7 @@ impl FakeApiServer {
 
     /// The stored object of node `name`, as the API serves it.
     pub fn node(&self, name: &str) -> Option<Value> {
-        self.shared.lock().nodes.get(name).cloned()
+        self.shared.lock().nodes.get(name).map(StoredNode::object)
     }
 
     /// Re-posts a node's status with nothing changed but heartbeat times, as

@@ -22,11 +22,65 @@ use super::{
 
 pub(super) struct Store {
     pub(super) rv: u64,
-    pub(super) nodes: BTreeMap<String, Value>,
+    pub(super) nodes: BTreeMap<String, StoredNode>,
     /// Serialized watch events (with their resourceVersion), oldest first.
     pub(super) history: VecDeque<(u64, WireEvent)>,
     /// Events at or below this resourceVersion are gone: resuming from before it is 410.
     pub(super) compacted: u64,
+}
+
+/// A node as the server keeps it: its object encoded once in each encoding
+/// when it is written, as the API server's watch cache keeps its
+/// serializations. A LIST or a streaming list then copies bytes rather than
+/// encoding every node under the store's lock, and 130,000 nodes fit in
+/// memory (a parsed `Value` is several times its JSON).
+#[derive(Clone, Debug)]
+pub(super) struct StoredNode {
+    /// The object's JSON.
+    pub(super) json: Bytes,
+    /// The object's protobuf `Node` message, without the `k8s\0` envelope.
+    pub(super) protobuf: Bytes,
+    /// Its `topology.kubernetes.io/zone` label, for zone outages.
+    pub(super) zone: Option<Box<str>>,
+}
+
+impl StoredNode {
+    pub(super) fn new(object: &Value) -> StoredNode {
+        StoredNode {
+            json: Bytes::from(object.to_string()),
+            protobuf: Bytes::from(protobuf::node_message(object)),
+            zone: object["metadata"]["labels"]["topology.kubernetes.io/zone"]
+                .as_str()
+                .map(Box::from),
+        }
+    }
+
+    /// The object, parsed again.
+    pub(super) fn object(&self) -> Value {
+        // Written from a `Value` by `new`, so it parses.
+        serde_json::from_slice(&self.json).unwrap_or(Value::Null)
+    }
+
+    /// The object as a protobuf body: `k8s\0` and the envelope.
+    pub(super) fn protobuf_object(&self) -> Vec<u8> {
+        protobuf::envelope("v1", "Node", self.protobuf.to_vec())
+    }
+
+    /// A watch event of `kind` about this node, in one encoding. The JSON
+    /// line is written as [`watch_line`] writes one.
+    pub(super) fn event(&self, kind: &str, protobuf: bool) -> Bytes {
+        if protobuf {
+            Bytes::from(protobuf::watch_frame(kind, self.protobuf_object()))
+        } else {
+            let mut line = Vec::with_capacity(self.json.len() + 40);
+            line.extend_from_slice(b"{\"type\":");
+            line.extend_from_slice(json!(kind).to_string().as_bytes());
+            line.extend_from_slice(b",\"object\":");
+            line.extend_from_slice(&self.json);
+            line.extend_from_slice(b"}\n");
+            Bytes::from(line)
+        }
+    }
 }
 
 /// A watch event as each encoding writes it, serialized once for every watcher.
@@ -102,7 +156,7 @@ impl Shared {
     /// image list too (fields no reading reads). False if the node does not exist.
     pub(super) fn repost_status(&self, name: &str, extra: Option<u64>) -> bool {
         let mut store = self.lock();
-        let Some(mut node) = store.nodes.get(name).cloned() else {
+        let Some(mut node) = store.nodes.get(name).map(StoredNode::object) else {
             return false;
         };
         let now = now_rfc3339();
@@ -130,7 +184,7 @@ impl Shared {
     }
 
     fn set_condition_in(&self, store: &mut Store, name: &str, type_: &str, status: &str, now: &str) -> bool {
-        let Some(mut node) = store.nodes.get(name).cloned() else {
+        let Some(mut node) = store.nodes.get(name).map(StoredNode::object) else {
             return false;
         };
         let conditions = &mut node["status"]["conditions"];
@@ -169,7 +223,7 @@ impl Shared {
             Some(zone) => store
                 .nodes
                 .iter()
-                .filter(|(_, n)| n["metadata"]["labels"]["topology.kubernetes.io/zone"] == zone)
+                .filter(|(_, n)| n.zone.as_deref() == Some(zone))
                 .map(|(name, _)| name.clone())
                 .collect(),
             None => {
@@ -187,7 +241,7 @@ impl Shared {
     /// Adds taint `key` with `effect` to node `name`. False if the node does not exist.
     pub(super) fn taint(&self, name: &str, key: &str, effect: &str) -> bool {
         let mut store = self.lock();
-        let Some(mut node) = store.nodes.get(name).cloned() else {
+        let Some(mut node) = store.nodes.get(name).map(StoredNode::object) else {
             return false;
         };
         let taints = &mut node["spec"]["taints"];
@@ -203,7 +257,7 @@ impl Shared {
 
     pub(super) fn delete_node(&self, name: &str) -> bool {
         let mut store = self.lock();
-        let Some(node) = store.nodes.get(name).cloned() else {
+        let Some(node) = store.nodes.get(name).map(StoredNode::object) else {
             return false;
         };
         self.publish(&mut store, "DELETED", node);
@@ -229,18 +283,16 @@ impl Shared {
         let rv = store.rv;
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
         // Serialized once in each encoding; every watcher shares the same bytes.
-        let line = watch_event(kind, &object);
-        match kind {
-            "DELETED" => {
-                if let Some(name) = object["metadata"]["name"].as_str() {
-                    store.nodes.remove(name);
-                }
-            }
-            _ => {
-                if let Some(name) = object["metadata"]["name"].as_str() {
-                    store.nodes.insert(name.to_string(), object);
-                }
-            }
+        let stored = StoredNode::new(&object);
+        let line = WireEvent {
+            json: stored.event(kind, false),
+            protobuf: stored.event(kind, true),
+        };
+        if let Some(name) = object["metadata"]["name"].as_str() {
+            match kind {
+                "DELETED" => store.nodes.remove(name),
+                _ => store.nodes.insert(name.to_string(), stored),
+            };
         }
         store.history.push_back((rv, line.clone()));
         while store.history.len() > self.history {
@@ -294,12 +346,4 @@ impl Breakage {
 /// before they know what it is: twice the decode cost of the real thing.
 pub(super) fn watch_line(kind: &str, object: &Value) -> String {
     format!("{{\"type\":{},\"object\":{object}}}\n", json!(kind))
-}
-
-/// A watch event of `kind` about `object`, in both encodings.
-pub(super) fn watch_event(kind: &str, object: &Value) -> WireEvent {
-    WireEvent {
-        json: Bytes::from(watch_line(kind, object)),
-        protobuf: Bytes::from(protobuf::watch_frame(kind, protobuf::node(object))),
-    }
 }

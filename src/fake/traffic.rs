@@ -29,7 +29,7 @@ impl FakeApiServer {
                     continue;
                 }
                 let name = &names[rng.usize(..names.len())];
-                let ready = server.shared.lock().nodes.get(name).map(|n| {
+                let ready = server.node(name).map(|n| {
                     n["status"]["conditions"]
                         .as_array()
                         .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))

@@ -331,7 +331,7 @@ pub mod encode {
     }
 
     /// A NodeList envelope around already encoded Node messages.
-    pub fn node_list(resource_version: &str, continue_token: &str, nodes: &[Vec<u8>]) -> Vec<u8> {
+    pub fn node_list(resource_version: &str, continue_token: &str, nodes: &[impl AsRef<[u8]>]) -> Vec<u8> {
         let meta = PbListMeta {
             resource_version: Some(resource_version.into()),
             r#continue: Some(continue_token.into()),
@@ -340,6 +340,7 @@ pub mod encode {
         let mut raw = Vec::new();
         prost::encoding::message::encode(1, &meta, &mut raw);
         for n in nodes {
+            let n = n.as_ref();
             prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut raw);
             prost::encoding::encode_varint(n.len() as u64, &mut raw);
             raw.extend_from_slice(n);
