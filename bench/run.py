@@ -14,6 +14,7 @@ with matplotlib, docs/benchmark.png.
 """
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
@@ -640,6 +641,8 @@ def main():
     p.add_argument("--soak-at", type=int, default=10_000)
     p.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     p.add_argument("--plot", default=str(ROOT / "docs" / "benchmark.png"), help="'' for no plot")
+    p.add_argument("--keep-logs", metavar="DIR",
+                   help="run in DIR and keep each run's logs there (the exporter's, the fake API server's, rotel's)")
     p.add_argument("--check", action="store_true",
                    help="exit 1 if a result misses its target scaled to the size (the CI smoke test)")
     args = p.parse_args()
@@ -648,7 +651,9 @@ def main():
             sys.exit(f"{tool} is missing: run scripts/bench (it builds and installs what is needed)")
 
     results = {}
-    with tempfile.TemporaryDirectory() as workdir:
+    if args.keep_logs:
+        Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(args.keep_logs) if args.keep_logs else tempfile.TemporaryDirectory()) as workdir:
         encodings = args.encodings.split(",")
         for n in [int(s) for s in args.sizes.split(",")]:
             repeats = args.repeats if n <= 10_000 else 1

@@ -87,8 +87,8 @@ struct Inner {
     current: RwLock<Arc<Pipelines>>,
     /// The one pass that writes the per-node families for both outputs, and what it keeps.
     pass: std::sync::Mutex<Pass>,
-    /// What a pass over every shard took last (estimated from one over many), in ms.
-    full_pass_ms: std::sync::atomic::AtomicU64,
+    /// What the last pass took, in ms.
+    last_pass_ms: std::sync::atomic::AtomicU64,
     /// True once the cost of the synced view has been logged.
     cost_announced: AtomicBool,
     /// The last rendered node section of `/metrics`.
@@ -131,11 +131,8 @@ impl Inner {
         let started = Instant::now();
         match pass.run(&self.families, &self.sources, &self.resource) {
             Ok(done) => {
-                let count = pass.shard_count();
-                if done.shards >= count / 4 {
-                    let full = started.elapsed().as_millis() as u64 * count as u64 / done.shards as u64;
-                    self.full_pass_ms.store(full, Ordering::Relaxed);
-                }
+                self.last_pass_ms
+                    .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
                 let work = &self.sources.work;
                 let shards = done.shards as u64;
                 if self.streaming() {
@@ -236,20 +233,22 @@ impl Inner {
         }
     }
 
-    /// Waits after a change until the view has stayed still for [`QUIET`].
-    /// A zone outage arrives as thousands of events over a second or more,
-    /// and they touch every shard: a pass started in the middle of the burst
-    /// writes every shard, competes with the watch for the cores while the
-    /// rest arrives, and the pass after it writes every shard again. One pass
-    /// after the burst shows the outage sooner. A lone flip waits [`QUIET`];
-    /// a stream of changes that never pauses waits at most twice what a full
-    /// pass costs (measured, at least [`LEAST_SETTLING`]): what is not yet
-    /// shown is never older than what showing it costs, give or take.
+    /// Waits after a change until the view has stayed still for [`QUIET`],
+    /// or for twice what the last pass took (at least [`LEAST_SETTLING`], at
+    /// most [`MOST_SETTLING`]), whichever comes first. A lone flip waits
+    /// [`QUIET`]. A zone outage arrives as thousands of events: one that
+    /// arrives within a second is written in one or two passes. One that
+    /// takes many seconds to arrive (33,000 nodes at 100,000) is written as
+    /// it comes, each pass writing the shards the last one's wait dirtied:
+    /// a pass never runs more than a third of the time, and what is left to
+    /// write after the last event is what arrived during one wait, not the
+    /// whole burst. (Waiting on a full pass's cost instead held a 100,000
+    /// node outage back 5 s at a time, and then wrote nearly every shard.)
     async fn settle(&self) {
         let health = self.sources.view.health();
         let started = tokio::time::Instant::now();
-        let full = Duration::from_millis(self.full_pass_ms.load(Ordering::Relaxed));
-        let most = (2 * full).clamp(LEAST_SETTLING, MOST_SETTLING);
+        let last = Duration::from_millis(self.last_pass_ms.load(Ordering::Relaxed));
+        let most = (2 * last).clamp(LEAST_SETTLING, MOST_SETTLING);
         let mut seen = health.generation();
         loop {
             tokio::time::sleep(QUIET).await;
@@ -515,7 +514,7 @@ impl Telemetry {
                 otlp: None,
             })),
             pass: std::sync::Mutex::new(pass),
-            full_pass_ms: Default::default(),
+            last_pass_ms: Default::default(),
             cost_announced: AtomicBool::new(false),
             section: RwLock::new(Arc::new(Section::empty())),
             outputs,
