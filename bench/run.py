@@ -474,6 +474,9 @@ def first_list_bytes(run):
     """Bytes of one full LIST (what the Go tool fetched every 5 s), read in
     pages of 5,000: one unpaginated JSON LIST of 100,000 nodes is ~2 GB, more
     than the fake server writes in one response."""
+    # Re-posts off first: at 130,000 nodes they would outrun the server's
+    # history while the pages are read, and expire the continue token (410).
+    post(f"{run.api}/fake/reposts?period_ms=0")
     before = json.loads(get(f"{run.api}/fake/stats")[1])["bytes"]
     token = ""
     while True:

@@ -86,7 +86,8 @@ async fn admin_outage(State(shared): State<Arc<Shared>>, Query(q): Query<OutageP
     // woken task next on the waking worker), so the watches would get the
     // burst only once it was over, where the API server streams it as it goes.
     let fraction = q.fraction.unwrap_or(1.0 / 3.0);
-    let names = tokio::task::spawn_blocking(move || shared.outage(q.zone.as_deref(), fraction, &status)).await;
+    let names =
+        tokio::task::spawn_blocking(move || shared.outage(q.zone.as_deref(), fraction, &status)).await;
     match names {
         Ok(names) => axum::Json(json!({"nodes": names})).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),

@@ -222,7 +222,13 @@ fn list_nodes(shared: &Shared, p: &ListParams, encoding: Encoding) -> Response {
             let mut metadata = json!({"resourceVersion": list_rv.to_string()});
             if let Some(token) = &token {
                 metadata["continue"] = json!(token);
-                metadata["remainingItemCount"] = json!(store.nodes.len() - items.len());
+                let after = last_name.map_or(0, |last| {
+                    store
+                        .nodes
+                        .range::<str, _>((std::ops::Bound::Excluded(last), std::ops::Bound::Unbounded))
+                        .count()
+                });
+                metadata["remainingItemCount"] = json!(after);
             }
             // The stored objects' bytes, spliced in as they are.
             let mut body = Vec::with_capacity(items.iter().map(|n| n.json.len() + 1).sum::<usize>() + 256);

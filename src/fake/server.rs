@@ -109,6 +109,7 @@ impl FakeApiServer {
         let (events, _) = broadcast::channel(65_536);
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
+            outages: Mutex::default(),
             events,
             watch_generation: watch::channel(0).0,
             gate: Arc::new(Gate {

@@ -94,6 +94,8 @@ pub(super) struct WireEvent {
 
 pub(super) struct Shared {
     pub(super) store: Mutex<Store>,
+    /// Held by a zone outage from its first write to its last.
+    pub(super) outages: Mutex<()>,
     pub(super) events: broadcast::Sender<(u64, WireEvent)>,
     /// Bumped to end every open watch.
     pub(super) watch_generation: watch::Sender<u64>,
@@ -218,6 +220,8 @@ impl Shared {
     /// of the nodes by name, in one burst: as the node lifecycle controller
     /// does when a zone's kubelets all stop posting. Returns their names.
     pub(super) fn outage(&self, zone: Option<&str>, fraction: f64, status: &str) -> Vec<String> {
+        // One outage at a time: two would interleave their writes.
+        let _one = self.outages.lock().unwrap_or_else(|e| e.into_inner());
         let store = self.lock();
         let names: Vec<String> = match zone {
             Some(zone) => store
@@ -235,10 +239,10 @@ impl Shared {
         // One write each, taking the lock for each as the API server takes
         // one request at a time: held for the whole burst, it would stall
         // every watch's bookmarks for seconds at 100,000 nodes.
+        // A node deleted in between is not one it set.
         let now = now_rfc3339();
-        for name in &names {
-            self.set_condition_in(&mut self.lock(), name, "Ready", status, &now);
-        }
+        let mut names = names;
+        names.retain(|name| self.set_condition_in(&mut self.lock(), name, "Ready", status, &now));
         names
     }
 

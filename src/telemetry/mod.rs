@@ -240,9 +240,10 @@ impl Inner {
     /// arrives within a second is written in one or two passes. One that
     /// takes many seconds to arrive (33,000 nodes at 100,000) is written as
     /// it comes, each pass writing the shards the last one's wait dirtied:
-    /// a pass never runs more than a third of the time, and what is left to
-    /// write after the last event is what arrived during one wait, not the
-    /// whole burst. (Waiting on a full pass's cost instead held a 100,000
+    /// rendering takes about a third of the time while changes keep coming
+    /// (more once a pass takes over 2.5 s, where the wait stops growing), and
+    /// what is left to write after the last event is what arrived during
+    /// one wait, not the whole burst. (Waiting on a full pass's cost instead held a 100,000
     /// node outage back 5 s at a time, and then wrote nearly every shard.)
     async fn settle(&self) {
         let health = self.sources.view.health();
