@@ -30,17 +30,21 @@ async fn list_paginates_with_limit_and_continue() {
     let mut params = ListParams::default().limit(3);
     let mut pages = 0;
     let mut list_rv = None;
+    let mut remaining = Vec::new();
     loop {
         let page = api.list(&params).await.unwrap();
         pages += 1;
         list_rv.get_or_insert(page.metadata.resource_version.clone().unwrap());
         names.extend(page.items.iter().map(|n| n.metadata.name.clone().unwrap()));
+        remaining.push(page.metadata.remaining_item_count);
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
             None => break,
         }
     }
     assert_eq!(pages, 3);
+    // What is left after each page, as the API server counts it.
+    assert_eq!(remaining, [Some(4), Some(1), None]);
     let mut want = server.node_names();
     want.sort();
     assert_eq!(names, want);
