@@ -17,7 +17,7 @@
 //! relist, so a retried page counts nothing twice.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     sync::Mutex,
 };
 
@@ -27,9 +27,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::node::Node;
 
 /// Per node, per condition type: the status changes observed since start.
+///
+/// A node's counters are one small vector sorted by type, not a map: a node
+/// has a handful of conditions, and a `BTreeMap` of `String` keys per node
+/// was ~370 bytes a node in a heap profile at 50,000 nodes (docs/benchmarks.md).
 #[derive(Debug, Default)]
 pub struct Transitions {
-    counts: Mutex<HashMap<String, BTreeMap<String, u64>>>,
+    counts: Mutex<HashMap<CompactString, Counters>>,
     /// Names seen during a (re)list, to forget nodes that vanished meanwhile.
     listing: Mutex<Option<HashSet<String>>>,
 }
@@ -127,8 +131,23 @@ pub(super) fn conditions(node: &Node) -> Vec<(&str, &str, Option<&Time>)> {
     out
 }
 
+/// One node's counters, sorted by condition type.
+type Counters = Vec<(CompactString, u64)>;
+
+/// The counter of `type_` in `counters`, added at zero if missing.
+fn counter<'a>(counters: &'a mut Counters, type_: &str) -> &'a mut u64 {
+    let at = match counters.binary_search_by(|(t, _)| t.as_str().cmp(type_)) {
+        Ok(at) => at,
+        Err(at) => {
+            counters.insert(at, (type_.into(), 0));
+            at
+        }
+    };
+    &mut counters[at].1
+}
+
 impl Transitions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeMap<String, u64>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CompactString, Counters>> {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -145,12 +164,12 @@ impl Transitions {
         if old.is_none() {
             counts.remove(name);
         }
-        let entry = counts.entry(name.to_string()).or_default();
+        let entry = counts.entry(name.into()).or_default();
         for (type_, status, transition) in conditions(new) {
             let moved = old.map_or(Moved::New, |o| o.moved(type_, status, transition, across_gap));
-            let count = entry.entry(type_.to_string()).or_default();
-            *count += moved.count();
+            *counter(entry, type_) += moved.count();
         }
+        entry.shrink_to_fit();
         if let Some(listing) = self.listing.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             listing.insert(name.to_string());
         }
@@ -169,7 +188,7 @@ impl Transitions {
     /// A (re)list completed: nodes it did not return were deleted meanwhile.
     pub(crate) fn list_done(&self) {
         if let Some(listed) = self.listing.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            self.lock().retain(|name, _| listed.contains(name));
+            self.lock().retain(|name, _| listed.contains(name.as_str()));
         }
     }
 
@@ -185,12 +204,17 @@ impl Transitions {
     /// Every change counted for `node`, over all its condition types: it moves
     /// whenever one of the node's counters does.
     pub fn total(&self, node: &str) -> u64 {
-        self.lock().get(node).map_or(0, |t| t.values().sum())
+        self.lock()
+            .get(node)
+            .map_or(0, |t| t.iter().map(|(_, c)| c).sum())
     }
 
     /// One counter, if it exists.
     pub fn get(&self, node: &str, type_: &str) -> Option<u64> {
-        self.lock().get(node).and_then(|t| t.get(type_)).copied()
+        self.lock()
+            .get(node)
+            .and_then(|t| t.iter().find(|(t, _)| t == type_))
+            .map(|(_, c)| *c)
     }
 }
 
@@ -227,6 +251,39 @@ mod tests {
         assert_eq!(t.get("a", "KernelDeadlock"), Some(0));
         t.forget("a");
         assert_eq!(t.get("a", "Ready"), None);
+    }
+
+    #[test]
+    fn counters_are_kept_by_type_whatever_order_the_conditions_come_in() {
+        let t = Transitions::default();
+        let before = node(
+            "a",
+            Some(&[
+                ("Ready", "True"),
+                ("DiskPressure", "False"),
+                ("MemoryPressure", "False"),
+            ]),
+        );
+        let after = node(
+            "a",
+            Some(&[
+                ("MemoryPressure", "True"),
+                ("Ready", "False"),
+                ("DiskPressure", "False"),
+            ]),
+        );
+        t.observe(None, &before, false);
+        t.observe(Some(&Seen::of(&before)), &after, false);
+        let mut seen = Vec::new();
+        t.for_each(|n, ty, c| seen.push((n.to_string(), ty.to_string(), c)));
+        let row = |ty: &str, c| ("a".to_string(), ty.to_string(), c);
+        assert_eq!(
+            seen,
+            vec![row("DiskPressure", 0), row("MemoryPressure", 1), row("Ready", 1)]
+        );
+        assert_eq!(t.total("a"), 2);
+        assert_eq!(t.get("a", "MemoryPressure"), Some(1));
+        assert_eq!(t.get("a", "PIDPressure"), None);
     }
 
     #[test]

@@ -108,9 +108,19 @@ thread_local! {
 /// other deflate data may follow, `Finish` for a whole stream. The result
 /// holds no slack: it is kept until its shard changes.
 pub fn deflate(plain: &[u8], flush: FlushCompress) -> io::Result<Vec<u8>> {
+    deflate_with(plain, flush, &[])
+}
+
+/// [`deflate`], with `dictionary` preset (none if empty): what inflates the
+/// result must preset the same bytes. Only for data this process reads
+/// back itself; a scraper's gzip knows no dictionary.
+pub fn deflate_with(plain: &[u8], flush: FlushCompress, dictionary: &[u8]) -> io::Result<Vec<u8>> {
     DEFLATE.with(|c| {
         let mut c = c.borrow_mut();
         c.reset();
+        if !dictionary.is_empty() {
+            c.set_dictionary(dictionary).map_err(io::Error::other)?;
+        }
         let mut out = Vec::with_capacity(plain.len() / 3 + 64);
         loop {
             let consumed = c.total_in() as usize;
