@@ -134,9 +134,14 @@ pub(super) fn conditions(node: &Node) -> Vec<(&str, &str, Option<&Time>)> {
 /// One node's counters, sorted by condition type.
 type Counters = Vec<(CompactString, u64)>;
 
+/// Where `type_` is in `counters`, or where it would go.
+fn position(counters: &Counters, type_: &str) -> Result<usize, usize> {
+    counters.binary_search_by(|(t, _)| t.as_str().cmp(type_))
+}
+
 /// The counter of `type_` in `counters`, added at zero if missing.
 fn counter<'a>(counters: &'a mut Counters, type_: &str) -> &'a mut u64 {
-    let at = match counters.binary_search_by(|(t, _)| t.as_str().cmp(type_)) {
+    let at = match position(counters, type_) {
         Ok(at) => at,
         Err(at) => {
             counters.insert(at, (type_.into(), 0));
@@ -211,10 +216,9 @@ impl Transitions {
 
     /// One counter, if it exists.
     pub fn get(&self, node: &str, type_: &str) -> Option<u64> {
-        self.lock()
-            .get(node)
-            .and_then(|t| t.iter().find(|(t, _)| t == type_))
-            .map(|(_, c)| *c)
+        let counts = self.lock();
+        let counters = counts.get(node)?;
+        position(counters, type_).ok().map(|at| counters[at].1)
     }
 }
 
