@@ -146,7 +146,7 @@ class Run:
             "exporter.log",
             {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{self.otlp_port}",
              "RUST_LOG": "info,kube_runtime::watcher=error,opentelemetry_sdk=warn,"
-                         "kube_node_status::telemetry::otlp=debug"})
+                         "kube_node_status::telemetry::otlp=debug,kube_node_status::cluster::watch=debug"})
         self.ready_s = wait_for(lambda: get(f"{self.metrics}/readyz", 5)[0] == 200, 600, "/readyz")
         self.pid = self.exporter.pid
 
@@ -459,9 +459,71 @@ def measure(nodes, args, workdir, first=False, encoding="protobuf"):
         go_bytes = list_bytes * (60 / GO_TOOL_PERIOD_S) * elapsed_min
         result["go_tool_api_bytes"] = go_bytes
         result["api_bytes_ratio_go_over_ours"] = go_bytes / max(ours, 1)
+
+        # Last, so that every figure above is one list's: a relist after 410 Gone.
+        if args.relist:
+            measure_relist(run, result)
         return result
     finally:
         run.stop()
+
+
+def log_count(run, line):
+    """How many times the exporter has logged `line`."""
+    return (run.dir / "exporter.log").read_text().count(line)
+
+
+def measure_relist(run, result):
+    """The history compacted and every watch closed: the watch's resume is
+    refused with 410 Gone and it lists every node again, holding the new
+    list beside the stored one until it is done. Every scrape meanwhile must
+    show every node as it was (nothing changes in the cluster): a scrape that
+    misses a node or shows another value is a gap. Scrapes sample the
+    relist (a 10 s relist at 100,000 nodes holds a dozen), and read only
+    `k8s_node_ready`: no gap in them is evidence, not proof. Timed from the
+    close to the exporter's log line for the finished list; the peak RSS is
+    the relist's (the high-water mark is reset before it)."""
+    _, want = ready_values(run)
+    started, synced = log_count(run, "listing nodes"), log_count(run, "node list synced; watching")
+    # Reset VmHWM, so that the peak read after is the relist's own.
+    Path(f"/proc/{run.pid}/clear_refs").write_text("5")
+    t0 = time.monotonic()
+    # A bookmark sent between the compaction and the close can carry the
+    # compacted resourceVersion, and the resume from it is then no 410:
+    # compact and close again until a list starts.
+    for _ in range(5):
+        post(f"{run.api}/fake/compact")
+        post(f"{run.api}/fake/watches/close")
+        try:
+            wait_for(lambda: log_count(run, "listing nodes") > started, 30, "a relist")
+            break
+        except RuntimeError:
+            continue
+    else:
+        raise SystemExit("no relist after five compactions")
+    scrapes, gaps, smallest = 0, 0, len(want)
+    done = None
+    # Scrape through the relist and a few times after it.
+    while done is None or scrapes_after < 3:
+        _, values = ready_values(run)
+        scrapes += 1
+        smallest = min(smallest, len(values))
+        gaps += values != want
+        if done is None:
+            if log_count(run, "node list synced; watching") > synced:
+                done, scrapes_after = time.monotonic() - t0, 0
+            elif time.monotonic() - t0 > 600:
+                raise SystemExit("the exporter did not finish a relist within 600 s")
+        else:
+            scrapes_after += 1
+    result.update(
+        relist_s=done,
+        relist_scrapes=scrapes,
+        relist_gaps=gaps,
+        relist_fewest_nodes=smallest,
+        relist_nodes=len(want),
+        relist_peak_rss_mib=proc_status(run.pid)[1],
+    )
 
 
 def parse_seconds(text):
@@ -513,6 +575,10 @@ ROWS = [
     ("run length", "run_minutes", "{:.1f} min"),
     ("LIST requests (pages) / full LISTs", ("api_lists", "api_full_lists"), "{:.0f} / {:.0f}"),
     ("relists (kube_node_status_watch_restarts_total)", "watch_restarts", "{:.0f}"),
+    ("a relist after 410 Gone (history compacted, watches closed → the list logged done)", "relist_s", "{:.1f} s"),
+    ("scrapes during and after it / those that missed or changed a node", ("relist_scrapes", "relist_gaps"), "{:.0f} / {:.0f}"),
+    ("the fewest nodes a scrape showed then / nodes", ("relist_fewest_nodes", "relist_nodes"), "{:,.0f} / {:,.0f}"),
+    ("peak RSS during the relist", "relist_peak_rss_mib", "{:.0f} MiB"),
     ("updates that changed nothing kept (kubelet re-posts), ignored", "watch_unchanged", "{:,.0f}"),
     ("WATCH requests", "api_watches", "{:.0f}"),
     ("API bytes received", "api_bytes", "{:,.0f} B"),
@@ -610,6 +676,8 @@ def check(results):
             failures.append(f"{n} nodes: {r['api_full_lists']} full LISTs, not exactly 1")
         if r.get("watch_restarts", 0) != t["watch_restarts"]:
             failures.append(f"{n} nodes: {r['watch_restarts']} relists")
+        if r.get("relist_gaps"):
+            failures.append(f"{n} nodes: {r['relist_gaps']} scrapes during a relist missed or changed a node")
         if not r["served_gzip"]:
             failures.append(f"{n} nodes: /metrics was not served gzip-encoded")
     return failures
@@ -642,6 +710,8 @@ def main():
     p.add_argument("--soak", type=float, default=480.0,
                    help="extra idle seconds at the end of the first run at --soak-at nodes (API traffic over a long run)")
     p.add_argument("--soak-at", type=int, default=10_000)
+    p.add_argument("--relist", action=argparse.BooleanOptionalAction, default=True,
+                   help="end each run with a relist after 410 Gone, scraping throughout (--no-relist: not)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     p.add_argument("--plot", default=str(ROOT / "docs" / "benchmark.png"), help="'' for no plot")
     p.add_argument("--keep-logs", metavar="DIR",
@@ -667,7 +737,9 @@ def main():
                     runs.append(measure(n, args, workdir, first=r == 0 and e == 0, encoding=encoding))
                     print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
                 key = str(n) if e == 0 else f"{n} {encoding}"
-                results[key] = {k: median([run[k] for run in runs if run[k] is not None] or [None])
+                # A gap in any run is a gap: the worst run, not the median.
+                worst = {"relist_gaps": max, "relist_fewest_nodes": min}
+                results[key] = {k: worst.get(k, median)([run[k] for run in runs if run[k] is not None] or [None])
                                 if not isinstance(runs[0][k], bool) else runs[0][k] for k in runs[0]}
                 results[key]["runs"] = repeats
                 results[key]["encoding"] = encoding

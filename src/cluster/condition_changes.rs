@@ -64,10 +64,13 @@ pub fn take_details(node: &mut Node) -> Vec<ConditionDetail> {
         .and_then(|s| s.conditions.as_mut())
         .into_iter()
         .flatten()
-        .map(|c| ConditionDetail {
-            type_: c.type_.clone(),
-            reason: c.reason.take().filter(|r| !r.is_empty()),
-            message: c.message.take().filter(|m| !m.is_empty()),
+        .map(|c| {
+            let text = c.details.take().map(|d| *d).unwrap_or_default();
+            ConditionDetail {
+                type_: c.type_.clone(),
+                reason: text.reason.filter(|r| !r.is_empty()),
+                message: text.message.filter(|m| !m.is_empty()),
+            }
         })
         .collect()
 }
@@ -95,8 +98,8 @@ pub fn changes(
     let mut out = Vec::new();
     for (type_, status, transition) in conditions(new) {
         let previous = match old.moved(type_, status, transition, across_gap) {
-            Moved::Changed { previous } => previous.to_string(),
-            Moved::ChangedAndBack => status.to_string(),
+            Moved::Changed { previous } => previous.api().to_string(),
+            Moved::ChangedAndBack => status.api().to_string(),
             Moved::New | Moved::Same => continue,
         };
         let detail = details.iter().find(|d| d.type_ == type_);
@@ -104,11 +107,13 @@ pub fn changes(
             node: name.to_string(),
             uid: new.metadata.uid.clone(),
             type_: type_.to_string(),
-            status: status.to_string(),
+            status: status.api().to_string(),
             previous,
             reason: detail.and_then(|d| d.reason.as_deref()).map(str::to_string),
             message: detail.and_then(|d| d.message.clone()),
-            last_transition: transition.map(|t| SystemTime::from(t.0)),
+            last_transition: transition
+                .and_then(|s| k8s_openapi::jiff::Timestamp::from_second(s).ok())
+                .map(SystemTime::from),
             observed,
         });
     }
@@ -146,9 +151,7 @@ mod tests {
             .and_then(|s| s.conditions.as_ref())
             .expect("conditions");
         assert!(
-            conditions
-                .iter()
-                .all(|c| c.reason.is_none() && c.message.is_none()),
+            conditions.iter().all(|c| c.details.is_none()),
             "nothing kept to store"
         );
         let now = SystemTime::now();

@@ -5,6 +5,7 @@
 
 mod api_observer;
 mod changes;
+mod condition;
 pub mod condition_changes;
 mod feed;
 mod gather;
@@ -22,7 +23,10 @@ pub use changes::Changes;
 pub use condition_changes::{ConditionChange, ConditionSink};
 pub use feed::Feed;
 pub use health::{ApiVerb, ErrorReason, EventKind, Health, WatchStats};
-pub use node::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, ResourceList, Taint};
+pub use node::{
+    ConditionStatus, ConditionText, Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,
+    NodeVersions, ResourceList, Taint,
+};
 pub use transitions::{Seen, Transitions};
 pub use watch::{Keep, KeepLabel, spawn as spawn_watcher, strip, strip_keeping};
 

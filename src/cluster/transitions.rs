@@ -22,9 +22,8 @@ use std::{
 };
 
 use compact_str::CompactString;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::node::Node;
+use super::node::{ConditionStatus, Node};
 
 /// Per node, per condition type: the status changes observed since start.
 ///
@@ -44,7 +43,7 @@ pub struct Transitions {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Seen {
     uid: Option<String>,
-    conditions: Vec<(CompactString, CompactString, Option<Time>)>,
+    conditions: Vec<(CompactString, ConditionStatus, Option<i64>)>,
 }
 
 impl Seen {
@@ -54,7 +53,7 @@ impl Seen {
             uid: node.metadata.uid.clone(),
             conditions: conditions(node)
                 .into_iter()
-                .map(|(t, s, since)| (t.into(), s.into(), since.cloned()))
+                .map(|(t, s, since)| (t.into(), s, since))
                 .collect(),
         }
     }
@@ -71,17 +70,21 @@ impl Seen {
     /// status change, and a live update that moves only the transition time
     /// (node-problem-detector does, when a condition's reason changes) is no
     /// change of status.
-    pub fn moved(&self, type_: &str, status: &str, transition: Option<&Time>, across_gap: bool) -> Moved {
+    pub fn moved(
+        &self,
+        type_: &str,
+        status: ConditionStatus,
+        transition: Option<i64>,
+        across_gap: bool,
+    ) -> Moved {
         let Some((_, before, seen_at)) = self.conditions.iter().find(|(t, _, _)| t == type_) else {
             return Moved::New;
         };
-        if before != status {
-            return Moved::Changed {
-                previous: before.clone(),
-            };
+        if *before != status {
+            return Moved::Changed { previous: *before };
         }
         match (seen_at, transition) {
-            (Some(a), Some(b)) if across_gap && b.0 > a.0 => Moved::ChangedAndBack,
+            (Some(a), Some(b)) if across_gap && b > *a => Moved::ChangedAndBack,
             _ => Moved::Same,
         }
     }
@@ -97,7 +100,7 @@ pub enum Moved {
     /// Another status.
     Changed {
         /// The status seen before.
-        previous: CompactString,
+        previous: ConditionStatus,
     },
     /// Same status, a newer transition time: it changed and changed back unseen.
     ChangedAndBack,
@@ -115,8 +118,8 @@ impl Moved {
 }
 
 /// The conditions of `node` with their transition times (first entry of a type wins).
-pub(super) fn conditions(node: &Node) -> Vec<(&str, &str, Option<&Time>)> {
-    let mut out: Vec<(&str, &str, Option<&Time>)> = Vec::new();
+pub(super) fn conditions(node: &Node) -> Vec<(&str, ConditionStatus, Option<i64>)> {
+    let mut out: Vec<(&str, ConditionStatus, Option<i64>)> = Vec::new();
     for c in node
         .status
         .as_ref()
@@ -125,7 +128,7 @@ pub(super) fn conditions(node: &Node) -> Vec<(&str, &str, Option<&Time>)> {
         .flatten()
     {
         if !c.type_.is_empty() && !out.iter().any(|(t, _, _)| *t == c.type_) {
-            out.push((&c.type_, &c.status, c.last_transition_time.as_ref()));
+            out.push((&c.type_, c.status, c.last_transition_seconds()));
         }
     }
     out

@@ -366,6 +366,6 @@ mod tests {
         assert_eq!(addresses.len(), 1);
         assert_eq!(addresses[0].address, "10.0.0.1");
         let c = &status.conditions.as_ref().unwrap()[0];
-        assert_eq!((c.type_.as_str(), c.status.as_str()), ("Ready", "True"));
+        assert_eq!((c.type_.as_str(), c.status.api()), ("Ready", "True"));
     }
 }

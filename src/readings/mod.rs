@@ -7,52 +7,11 @@
 pub mod labels;
 pub mod quantity;
 
+pub use crate::cluster::ConditionStatus;
 use crate::cluster::Node;
 
 /// The condition type the kubelet uses for overall node readiness.
 pub const READY: &str = "Ready";
-
-/// The status of one node condition, as the three values the API allows.
-///
-/// Anything other than `True` or `False` (including a missing or misspelt
-/// status) reads as `Unknown`: an exporter must never turn garbage into
-/// "healthy" or "unhealthy".
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ConditionStatus {
-    /// The condition holds.
-    True,
-    /// The condition does not hold.
-    False,
-    /// The kubelet stopped reporting, or the status is unreadable.
-    Unknown,
-}
-
-impl ConditionStatus {
-    /// Every status, in the order points are emitted.
-    pub const ALL: [ConditionStatus; 3] = [
-        ConditionStatus::True,
-        ConditionStatus::False,
-        ConditionStatus::Unknown,
-    ];
-
-    /// Reads the API's string (`"True"`, `"False"`, `"Unknown"`).
-    pub fn from_api(status: &str) -> Self {
-        match status {
-            "True" => ConditionStatus::True,
-            "False" => ConditionStatus::False,
-            _ => ConditionStatus::Unknown,
-        }
-    }
-
-    /// The lower-case attribute value used by the OTel semantic conventions.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConditionStatus::True => "true",
-            ConditionStatus::False => "false",
-            ConditionStatus::Unknown => "unknown",
-        }
-    }
-}
 
 /// One condition of one node, after de-duplication.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -109,8 +68,8 @@ pub fn conditions(node: &Node) -> Vec<ConditionReading<'_>> {
         }
         out.push(ConditionReading {
             type_: &c.type_,
-            status: ConditionStatus::from_api(&c.status),
-            last_transition: c.last_transition_time.as_ref().map(|t| unix_seconds(&t.0)),
+            status: c.status,
+            last_transition: c.last_transition_seconds().map(|s| s as f64),
         });
     }
     out
@@ -125,7 +84,7 @@ pub fn ready_status(node: &Node) -> Option<ConditionStatus> {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .and_then(|list| list.iter().find(|c| c.type_ == READY))
-        .map(|c| ConditionStatus::from_api(&c.status))
+        .map(|c| c.status)
 }
 
 /// True only when the Ready condition is present and `True`.
@@ -273,8 +232,8 @@ pub fn info(node: &Node) -> NodeInfo<'_> {
     let status = node.status.as_ref();
     let ni = status.and_then(|s| s.node_info.as_ref());
     let spec = node.spec.as_ref();
-    let field = |f: fn(&crate::cluster::NodeSystemInfo) -> &compact_str::CompactString| {
-        ni.map(|n| f(n).as_str()).unwrap_or("")
+    let field = |f: fn(&crate::cluster::NodeVersions) -> &compact_str::CompactString| {
+        ni.map(|n| f(&n.versions).as_str()).unwrap_or("")
     };
     NodeInfo {
         kubelet_version: field(|n| &n.kubelet_version),
@@ -283,7 +242,7 @@ pub fn info(node: &Node) -> NodeInfo<'_> {
         kernel_version: field(|n| &n.kernel_version),
         os_image: field(|n| &n.os_image),
         architecture: field(|n| &n.architecture),
-        system_uuid: field(|n| &n.system_uuid),
+        system_uuid: ni.map(|n| n.system_uuid.as_str()).unwrap_or(""),
         provider_id: spec.and_then(|s| s.provider_id.as_deref()).unwrap_or(""),
         pod_cidr: spec.and_then(|s| s.pod_cidr.as_deref()).unwrap_or(""),
         internal_ip: status
@@ -402,10 +361,8 @@ pub(crate) mod test_nodes {
             status: conditions.map(|cs| NodeStatus {
                 conditions: Some(
                     cs.iter()
-                        .map(|(t, s)| NodeCondition {
-                            type_: (*t).into(),
-                            status: (*s).into(),
-                            ..Default::default()
+                        .map(|(t, s)| {
+                            NodeCondition::new((*t).into(), super::ConditionStatus::from_api(s), None)
                         })
                         .collect(),
                 ),

@@ -13,7 +13,8 @@ use compact_str::CompactString;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use crate::cluster::node::{
-    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, ResourceList, Taint,
+    ConditionStatus, Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, NodeVersions,
+    ResourceList, Taint,
 };
 
 /// `core.v1.Node`.
@@ -258,23 +259,28 @@ impl From<PbNode> for Node {
             conditions: (!s.conditions.is_empty()).then(|| {
                 s.conditions
                     .into_iter()
-                    .map(|c| NodeCondition {
-                        type_: compact_or_empty(c.r#type),
-                        status: compact_or_empty(c.status),
-                        last_transition_time: time(c.last_transition_time),
-                        reason: compact(c.reason),
-                        message: some(c.message),
+                    .map(|c| {
+                        NodeCondition::new(
+                            compact_or_empty(c.r#type),
+                            ConditionStatus::from_api(c.status.as_deref().unwrap_or_default()),
+                            time(c.last_transition_time).as_ref(),
+                        )
+                        .with_text(compact(c.reason), some(c.message))
                     })
                     .collect()
             }),
-            node_info: s.node_info.map(|i| NodeSystemInfo {
-                kubelet_version: compact_or_empty(i.kubelet_version),
-                kube_proxy_version: compact_or_empty(i.kube_proxy_version),
-                container_runtime_version: compact_or_empty(i.container_runtime_version),
-                kernel_version: compact_or_empty(i.kernel_version),
-                os_image: compact_or_empty(i.os_image),
-                architecture: compact_or_empty(i.architecture),
-                system_uuid: compact_or_empty(i.system_uuid),
+            node_info: s.node_info.map(|i| {
+                NodeSystemInfo::new(
+                    NodeVersions {
+                        kubelet_version: compact_or_empty(i.kubelet_version),
+                        kube_proxy_version: compact_or_empty(i.kube_proxy_version),
+                        container_runtime_version: compact_or_empty(i.container_runtime_version),
+                        kernel_version: compact_or_empty(i.kernel_version),
+                        os_image: compact_or_empty(i.os_image),
+                        architecture: compact_or_empty(i.architecture),
+                    },
+                    compact_or_empty(i.system_uuid),
+                )
             }),
             addresses: (!s.addresses.is_empty()).then(|| {
                 s.addresses

@@ -95,7 +95,7 @@ fn ready_of(node: &Node) -> &str {
         .and_then(|s| s.conditions.as_ref())
         .expect("conditions")[0]
         .status
-        .as_str()
+        .api()
 }
 
 #[test]

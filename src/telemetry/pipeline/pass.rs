@@ -20,11 +20,7 @@
 //! hold them equal to opentelemetry-prometheus and to opentelemetry-proto's
 //! conversion of an SDK collection.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    io,
-    sync::Arc,
-};
+use std::{collections::BTreeSet, io, sync::Arc};
 
 use opentelemetry_proto::tonic::{
     collector::metrics::v1::ExportMetricsServiceRequest, metrics::v1::number_data_point,
@@ -37,7 +33,7 @@ use super::{
     families::{self, Ctx, Family, Kind},
     instruments::Sources,
     otlp_cache::{self, OtlpShard},
-    shards::{self, shard_of},
+    shards::{self, Members, shard_of},
 };
 
 use crate::cluster::Node;
@@ -96,7 +92,7 @@ struct Otlp {
 /// Everything the pass keeps between passes.
 pub struct Pass {
     /// Per shard: its nodes by name, as of the last pass.
-    members: Vec<BTreeMap<String, Arc<Node>>>,
+    members: Vec<Members>,
     /// Nodes in `members`.
     nodes: usize,
     /// `members` counted by Ready status.
@@ -183,10 +179,11 @@ impl Pass {
     /// Moves every node held to `count` shards, all of them empty of
     /// output: the caller writes every shard next.
     fn reshard(&mut self, count: usize) {
-        let held: Vec<_> = self.members.iter_mut().flat_map(std::mem::take).collect();
-        self.members = vec![BTreeMap::new(); count];
-        for (name, node) in held {
-            self.members[shard_of(&name, count)].insert(name, node);
+        let held: Vec<_> = self.members.iter_mut().flat_map(Members::take).collect();
+        self.members = vec![Members::default(); count];
+        for node in held {
+            let shard = shard_of(node.metadata.name.as_deref().unwrap_or_default(), count);
+            self.members[shard].insert(node);
         }
         let families = self.series_total.len();
         self.series = vec![vec![0; count]; families];
@@ -236,7 +233,7 @@ impl Pass {
     /// The nodes the pass holds: for tests of what it keeps.
     #[cfg(test)]
     pub fn held(&self) -> impl Iterator<Item = &Arc<Node>> {
-        self.members.iter().flat_map(|m| m.values())
+        self.members.iter().flat_map(Members::iter)
     }
 
     /// Forgets what was written: the next pass writes and compresses every
@@ -265,7 +262,7 @@ impl Pass {
                 let old = match view.node(&name) {
                     Some(node) => {
                         self.summary.add(&node);
-                        members.insert(name, node)
+                        members.insert(node)
                     }
                     None => members.remove(&name),
                 };
@@ -277,14 +274,14 @@ impl Pass {
             }
             dirty.into_iter().collect()
         } else {
-            self.members.iter_mut().for_each(BTreeMap::clear);
+            self.members.iter_mut().for_each(Members::clear);
             self.nodes = 0;
             self.summary = ClusterSummary::default();
             let count = self.members.len();
             for node in view.nodes() {
-                if let Some(name) = node.metadata.name.clone() {
+                if let Some(name) = node.metadata.name.as_deref() {
                     self.summary.add(&node);
-                    self.members[shard_of(&name, count)].insert(name, node);
+                    self.members[shard_of(name, count)].insert(node);
                     self.nodes += 1;
                 }
             }
@@ -318,7 +315,7 @@ impl Pass {
                             otlp: self.otlp.as_ref().map(|o| o.shards[f][shard].digest),
                         })
                         .collect();
-                    let nodes = self.members[shard].values().cloned().collect();
+                    let nodes = self.members[shard].iter().cloned().collect();
                     (shard, ShardWork { nodes, old })
                 })
                 .collect();

@@ -8,7 +8,12 @@
 //! [`NODES_PER_SHARD`] nodes at any size: a change costs the same at 1,000
 //! nodes as at 130,000.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::{
+    hash::{DefaultHasher, Hash, Hasher},
+    sync::Arc,
+};
+
+use crate::cluster::Node;
 
 /// Nodes in a shard, at most on average, right after the count was chosen.
 /// A change re-renders its shard: each node is ~50 points written for both
@@ -88,6 +93,65 @@ pub fn map<T: Sync, R: Send>(shards: &[(usize, T)], work: impl Fn(&T) -> R + Syn
     });
     done.sort_unstable_by_key(|(i, _)| *i);
     done.into_iter().map(|(_, r)| r).collect()
+}
+
+/// The nodes of one shard, sorted by name: the order they are written in.
+///
+/// A sorted vector, not a map keyed by a copy of each name: a shard holds
+/// ~8 nodes, and a `BTreeMap<String, _>` per shard was ~85 bytes a node
+/// (the name's copy and the map's node), ~8.5 MB at 100,000 nodes.
+#[derive(Clone, Debug, Default)]
+pub struct Members(Vec<Arc<Node>>);
+
+fn name(node: &Node) -> &str {
+    node.metadata.name.as_deref().unwrap_or_default()
+}
+
+impl Members {
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|n| name(n).cmp(key))
+    }
+
+    /// Holds `node` under its name, returning the node it replaces.
+    pub fn insert(&mut self, node: Arc<Node>) -> Option<Arc<Node>> {
+        match self.find(name(&node)) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i], node)),
+            Err(i) => {
+                self.0.insert(i, node);
+                None
+            }
+        }
+    }
+
+    /// Lets go of the node named `key`, returning it.
+    pub fn remove(&mut self, key: &str) -> Option<Arc<Node>> {
+        self.find(key).ok().map(|i| self.0.remove(i))
+    }
+
+    /// The node named `key`.
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Arc<Node>> {
+        self.find(key).ok().map(|i| &mut self.0[i])
+    }
+
+    /// The nodes, by name.
+    pub fn iter(&self) -> std::slice::Iter<'_, Arc<Node>> {
+        self.0.iter()
+    }
+
+    /// How many nodes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Lets go of every node.
+    pub fn clear(&mut self) {
+        self.0.clear()
+    }
+
+    /// Every node, leaving it empty.
+    pub fn take(&mut self) -> Vec<Arc<Node>> {
+        std::mem::take(&mut self.0)
+    }
 }
 
 #[cfg(test)]
@@ -175,5 +239,39 @@ mod tests {
         let one = &all[..1];
         let caller = std::thread::current().id();
         assert_eq!(map(one, |_| std::thread::current().id()), vec![caller]);
+    }
+
+    #[test]
+    fn members_are_kept_by_name_and_replaced_by_name() {
+        let node = |n: &str, uid: &str| {
+            Arc::new(Node {
+                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    name: Some(n.into()),
+                    uid: Some(uid.into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
+        };
+        let mut m = Members::default();
+        for n in ["c", "a", "b"] {
+            assert!(m.insert(node(n, "1")).is_none());
+        }
+        let old = m.insert(node("b", "2")).expect("b was held");
+        assert_eq!(old.metadata.uid.as_deref(), Some("1"));
+        let held = |m: &Members| {
+            m.iter()
+                .map(|n| format!("{}{}", name(n), n.metadata.uid.as_deref().unwrap_or_default()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(held(&m), ["a1", "b2", "c1"]);
+        assert!(m.remove("x").is_none() && m.get_mut("x").is_none());
+        assert_eq!(
+            m.remove("a").map(|n| held(&Members(vec![n]))),
+            Some(vec!["a1".into()])
+        );
+        assert_eq!(m.len(), 2);
+        assert_eq!(m.take().len(), 2);
+        assert_eq!(m.len(), 0);
     }
 }
