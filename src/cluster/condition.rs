@@ -1,6 +1,7 @@
 //! A node condition as it is stored: the status as one of the three values
-//! the API allows, and the reason and message (kept only until the
-//! condition-change records have read them) behind one pointer.
+//! the API allows, the transition time in whole seconds, and the reason and
+//! message (kept only until the condition-change records have read them)
+//! behind one pointer.
 
 use compact_str::CompactString;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -88,12 +89,6 @@ pub struct NodeCondition {
 /// The stored transition time of a condition without one.
 const NO_TIME: i64 = i64::MIN;
 
-impl Default for NodeCondition {
-    fn default() -> Self {
-        NodeCondition::new(CompactString::default(), ConditionStatus::default(), None)
-    }
-}
-
 /// A condition's `reason` and `message`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ConditionText {
@@ -134,7 +129,7 @@ impl NodeCondition {
 }
 
 /// A condition as the API writes it, for serde.
-#[derive(Clone, Default, Deserialize, Serialize)]
+#[derive(Default, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 struct WireCondition {
     #[serde(rename = "type")]

@@ -182,8 +182,7 @@ impl Pass {
         let held: Vec<_> = self.members.iter_mut().flat_map(Members::take).collect();
         self.members = vec![Members::default(); count];
         for node in held {
-            let shard = shard_of(node.metadata.name.as_deref().unwrap_or_default(), count);
-            self.members[shard].insert(node);
+            self.members[shard_of(shards::name(&node), count)].insert(node);
         }
         let families = self.series_total.len();
         self.series = vec![vec![0; count]; families];

@@ -103,7 +103,8 @@ pub fn map<T: Sync, R: Send>(shards: &[(usize, T)], work: impl Fn(&T) -> R + Syn
 #[derive(Clone, Debug, Default)]
 pub struct Members(Vec<Arc<Node>>);
 
-fn name(node: &Node) -> &str {
+/// The name a node is sharded and kept by (empty if it has none).
+pub fn name(node: &Node) -> &str {
     node.metadata.name.as_deref().unwrap_or_default()
 }
 
@@ -211,9 +212,7 @@ mod tests {
         const SHARDS: usize = 64;
         let mut all: Vec<(usize, Vec<Arc<Node>>)> = (0..SHARDS).map(|s| (s, Vec::new())).collect();
         for n in nodes {
-            all[shard_of(n.metadata.name.as_deref().unwrap_or_default(), SHARDS)]
-                .1
-                .push(n);
+            all[shard_of(name(&n), SHARDS)].1.push(n);
         }
         let names = |shard: &[Arc<Node>]| -> Vec<String> {
             shard
