@@ -28,6 +28,46 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/fake/compact", post(admin_compact))
         .route("/fake/stats", get(admin_stats))
         .route("/fake/reposts", post(admin_reposts))
+        .route("/fake/nodes/{name}/kubelet", post(admin_kubelet))
+        .route("/fake/controller", post(admin_controller))
+}
+
+#[derive(Deserialize)]
+struct KubeletParams {
+    alive: bool,
+}
+
+/// `POST /fake/nodes/NAME/kubelet?alive=false` kills a node's kubelet (its
+/// Lease renewals and status re-posts stop); `alive=true` revives it.
+async fn admin_kubelet(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(q): Query<KubeletParams>,
+) -> StatusCode {
+    match tokio::task::spawn_blocking(move || shared.set_kubelet_alive(&name, q.alive)).await {
+        Ok(true) => StatusCode::NO_CONTENT,
+        _ => StatusCode::NOT_FOUND,
+    }
+}
+
+#[derive(Deserialize)]
+struct ControllerParams {
+    running: bool,
+}
+
+/// `POST /fake/controller?running=false` stops the node lifecycle
+/// controller (Ready stays as the kubelet last posted it); `true` restarts it.
+async fn admin_controller(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<ControllerParams>,
+) -> StatusCode {
+    match &shared.node_leases {
+        Some(leases) => {
+            leases.set_controller(q.running);
+            StatusCode::NO_CONTENT
+        }
+        None => StatusCode::NOT_FOUND,
+    }
 }
 
 #[derive(Deserialize)]

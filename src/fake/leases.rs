@@ -6,22 +6,35 @@
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use axum::{
     Router,
     body::Bytes,
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use serde_json::{Value, json};
 
-use super::gate::{Gate, now_rfc3339, status};
+use serde::Deserialize;
 
-/// What the lease endpoints see: the gate and the leases.
-type Api = (Arc<Gate>, Arc<Leases>);
+use super::{
+    gate::{Gate, now_rfc3339, status},
+    node_leases::{NAMESPACE, NodeLeases},
+};
+
+/// What the lease endpoints see: the gate, the leases, and the node Leases
+/// of `kube-node-lease` (with the bookmark interval their watches use).
+#[derive(Clone)]
+struct Api {
+    gate: Arc<Gate>,
+    leases: Arc<Leases>,
+    nodes: Option<Arc<NodeLeases>>,
+    bookmark_every: Duration,
+}
 
 /// The Leases, by (namespace, name).
 type Store = BTreeMap<(String, String), Value>;
@@ -58,11 +71,59 @@ impl Leases {
 
 const BASE: &str = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases";
 
-pub(super) fn routes<S: Clone + Send + Sync + 'static>(gate: Arc<Gate>, leases: Arc<Leases>) -> Router<S> {
+pub(super) fn routes<S: Clone + Send + Sync + 'static>(
+    gate: Arc<Gate>,
+    leases: Arc<Leases>,
+    nodes: Option<Arc<NodeLeases>>,
+    bookmark_every: Duration,
+) -> Router<S> {
     Router::new()
-        .route(BASE, post(create))
+        .route(BASE, post(create).get(list_or_watch))
         .route(&format!("{BASE}/{{name}}"), get(read).patch(patch))
-        .with_state((gate, leases))
+        .with_state(Api {
+            gate,
+            leases,
+            nodes,
+            bookmark_every,
+        })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListParams {
+    watch: Option<String>,
+    resource_version: Option<String>,
+    allow_watch_bookmarks: Option<bool>,
+    timeout_seconds: Option<u64>,
+}
+
+/// LIST or WATCH of a namespace's Leases: the node Leases in
+/// `kube-node-lease` (when the server keeps them), none elsewhere.
+async fn list_or_watch(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(ns): Path<String>,
+    Query(p): Query<ListParams>,
+) -> Response {
+    if let Some(r) = api.gate.refusal(&headers) {
+        return r;
+    }
+    let nodes = match (&api.nodes, ns == NAMESPACE) {
+        (Some(nodes), true) => nodes.clone(),
+        // Node Leases off, or another namespace: an empty list that never changes.
+        _ => Arc::new(NodeLeases::new(Default::default(), 1)),
+    };
+    if matches!(p.watch.as_deref(), Some("true" | "1")) {
+        let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1800).max(1));
+        nodes.watch(
+            p.resource_version.as_deref(),
+            p.allow_watch_bookmarks.unwrap_or(false),
+            api.bookmark_every,
+            timeout,
+        )
+    } else {
+        nodes.list()
+    }
 }
 
 fn json_response(code: StatusCode, body: &Value) -> Response {
@@ -121,21 +182,26 @@ fn stamp(lease: &mut Value, rv: &mut u64, ns: &str, name: &str, created: Option<
 }
 
 async fn read(
-    State((gate, leases)): State<Api>,
+    State(api): State<Api>,
     headers: HeaderMap,
     Path((ns, name)): Path<(String, String)>,
 ) -> Response {
-    if let Some(r) = gate.refusal(&headers) {
+    if let Some(r) = api.gate.refusal(&headers) {
         return r;
     }
-    match leases.get(&ns, &name) {
+    if let (Some(nodes), true) = (&api.nodes, ns == NAMESPACE)
+        && let Some(lease) = nodes.get(&name)
+    {
+        return json_response(StatusCode::OK, &lease);
+    }
+    match api.leases.get(&ns, &name) {
         Some(lease) => json_response(StatusCode::OK, &lease),
         None => not_found(&name),
     }
 }
 
 async fn create(
-    State((gate, leases)): State<Api>,
+    State(Api { gate, leases, .. }): State<Api>,
     headers: HeaderMap,
     Path(ns): Path<String>,
     body: Bytes,
@@ -189,7 +255,7 @@ fn merge(target: &mut Value, patch: &Value) {
 }
 
 async fn patch(
-    State((gate, leases)): State<Api>,
+    State(Api { gate, leases, .. }): State<Api>,
     headers: HeaderMap,
     Path((ns, name)): Path<(String, String)>,
     body: Bytes,

@@ -10,6 +10,7 @@ mod admin;
 mod gate;
 mod leases;
 mod node_api;
+mod node_leases;
 mod nodes;
 pub mod protobuf;
 mod rbac;
@@ -18,10 +19,11 @@ mod server;
 mod state;
 mod traffic;
 
+pub use node_leases::NAMESPACE as NODE_LEASE_NAMESPACE;
 pub use nodes::{KUBELET_CONDITIONS, NPD_CONDITIONS, name as node_name, node as generated_node};
 pub use rbac::{Attributes, Policy, Subject};
 pub use reviews::Reviews;
-pub use server::{Breakage, FakeApiServer, FakeOptions, FakeStats};
+pub use server::{Breakage, FakeApiServer, FakeOptions, FakeStats, HeartbeatOptions};
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -60,6 +62,20 @@ pub struct ClusterArgs {
     /// 422 as a server with its WatchList gate off does, so clients list in pages.
     #[arg(long, env = "KNS_FAKE_STREAMING_LISTS", action = clap::ArgAction::Set, default_value_t = true)]
     pub streaming_lists: bool,
+    /// Keep a Lease per node in kube-node-lease, renewed by its kubelet every
+    /// --lease-renew-period (with jitter), and run a node lifecycle controller
+    /// that marks a node whose Lease went unrenewed for
+    /// --node-monitor-grace-period (Ready Unknown, the unreachable taints).
+    /// Kill a kubelet with `POST /fake/nodes/NAME/kubelet?alive=false`, stop
+    /// the controller with `POST /fake/controller?running=false`.
+    #[arg(long, env = "KNS_FAKE_NODE_LEASES")]
+    pub node_leases: bool,
+    /// How often each kubelet renews its Lease (leaseDurationSeconds is four times this).
+    #[arg(long, env = "KNS_FAKE_LEASE_RENEW_PERIOD", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_renew_period: Duration,
+    /// How long the node lifecycle controller waits on an unrenewed Lease.
+    #[arg(long, env = "KNS_FAKE_NODE_MONITOR_GRACE_PERIOD", default_value = "40s", value_parser = humantime::parse_duration)]
+    pub node_monitor_grace_period: Duration,
 }
 
 /// Settings of the `fake-apiserver` subcommand.
@@ -87,6 +103,10 @@ impl ClusterArgs {
             bookmark_interval: self.bookmark_interval,
             rbac: None,
             streaming_lists: self.streaming_lists,
+            heartbeats: self.node_leases.then_some(HeartbeatOptions {
+                renew_every: self.lease_renew_period.max(std::time::Duration::from_millis(100)),
+                grace: self.node_monitor_grace_period,
+            }),
         }
     }
 }

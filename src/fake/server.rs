@@ -25,10 +25,12 @@ use tokio::{
     sync::{broadcast, watch},
 };
 
+pub use super::node_leases::HeartbeatOptions;
 pub use super::state::Breakage;
 use super::state::{Shared, Store, StoredNode};
 use super::{
     gate::{Gate, now_rfc3339},
+    node_leases::NodeLeases,
     nodes,
     reviews::Reviews,
 };
@@ -52,6 +54,9 @@ pub struct FakeOptions {
     /// Streaming lists (`sendInitialEvents`); without them the request is
     /// refused with 422, as by a server whose WatchList gate is off.
     pub streaming_lists: bool,
+    /// A Lease per node in `kube-node-lease`, renewed by its kubelet, and the
+    /// node lifecycle controller acting on them (`None`: neither).
+    pub heartbeats: Option<HeartbeatOptions>,
 }
 
 impl Default for FakeOptions {
@@ -64,6 +69,7 @@ impl Default for FakeOptions {
             bookmark_interval: Duration::from_secs(10),
             rbac: None,
             streaming_lists: true,
+            heartbeats: None,
         }
     }
 }
@@ -106,6 +112,17 @@ impl FakeApiServer {
             store.nodes.insert(nodes::name(i), StoredNode::new(&node));
         }
         store.compacted = store.rv;
+        let node_leases = options.heartbeats.map(|h| {
+            let leases = Arc::new(NodeLeases::new(h, options.history));
+            for (name, node) in &store.nodes {
+                let uid = node.object()["metadata"]["uid"]
+                    .as_str()
+                    .unwrap_or(name)
+                    .to_string();
+                leases.ensure(name, &uid);
+            }
+            leases
+        });
         let (events, _) = broadcast::channel(65_536);
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
@@ -124,6 +141,7 @@ impl FakeApiServer {
             breakage: Mutex::new(None),
             autoscaler: AtomicU64::new(0),
             leases: Arc::default(),
+            node_leases,
             reviews: Arc::default(),
             history: options.history.max(1),
             bookmark_interval: options.bookmark_interval,
@@ -141,7 +159,38 @@ impl FakeApiServer {
             kill: Mutex::new(None),
         };
         server.serve(listener);
+        if let Some(leases) = server.shared.node_leases.clone() {
+            spawn_kubelets_and_controller(Arc::downgrade(&server.shared), leases);
+        }
         Ok(server)
+    }
+
+    /// Kills (`alive` false: its Lease renewals and status re-posts stop) or
+    /// revives a node's kubelet (it renews at once and posts Ready). False if
+    /// the node has no Lease (or the server keeps none).
+    pub fn set_kubelet_alive(&self, name: &str, alive: bool) -> bool {
+        self.shared.set_kubelet_alive(name, alive)
+    }
+
+    /// Stops or restarts the node lifecycle controller. False if the server keeps no node Leases.
+    pub fn set_node_controller(&self, running: bool) -> bool {
+        self.shared
+            .node_leases
+            .as_ref()
+            .map(|l| l.set_controller(running))
+            .is_some()
+    }
+
+    /// Deletes node `name`'s Lease, as for a virtual kubelet's node, which has none.
+    pub fn delete_node_lease(&self, name: &str) {
+        if let Some(leases) = &self.shared.node_leases {
+            leases.remove(name);
+        }
+    }
+
+    /// Node `name`'s Lease in `kube-node-lease`, if it has one.
+    pub fn node_lease(&self, name: &str) -> Option<Value> {
+        self.shared.node_leases.as_ref()?.get(name)
     }
 
     fn serve(&self, listener: TcpListener) {
@@ -367,6 +416,37 @@ impl Drop for FakeApiServer {
     }
 }
 
+/// The kubelets' renewals and the node lifecycle controller, until the server is dropped.
+fn spawn_kubelets_and_controller(shared: std::sync::Weak<Shared>, leases: Arc<NodeLeases>) {
+    let options = leases.options();
+    let tick = (options.renew_every / 20).clamp(Duration::from_millis(20), Duration::from_millis(250));
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(tick);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            leases.renew_due();
+            let verdicts = leases.overdue();
+            if verdicts.unreachable.is_empty() && verdicts.reachable.is_empty() {
+                continue;
+            }
+            // Off the workers: a zone's worth of nodes is thousands of writes.
+            let _ = tokio::task::spawn_blocking(move || {
+                for name in &verdicts.unreachable {
+                    shared.mark_unreachable(name, true);
+                }
+                for name in &verdicts.reachable {
+                    shared.mark_unreachable(name, false);
+                }
+            })
+            .await;
+        }
+    });
+}
+
 fn router(shared: Arc<Shared>) -> Router {
     let api = Router::new()
         .route("/api/v1/nodes", get(super::node_api::list_or_watch))
@@ -376,7 +456,12 @@ fn router(shared: Arc<Shared>) -> Router {
             get(|| async { axum::Json(json!({"major": "1", "minor": "31", "gitVersion": "v1.31.0-fake"})) }),
         )
         .merge(super::admin::routes())
-        .merge(super::leases::routes(shared.gate.clone(), shared.leases.clone()))
+        .merge(super::leases::routes(
+            shared.gate.clone(),
+            shared.leases.clone(),
+            shared.node_leases.clone(),
+            shared.bookmark_interval,
+        ))
         .merge(super::reviews::routes(
             shared.gate.clone(),
             shared.reviews.clone(),

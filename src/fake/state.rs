@@ -16,6 +16,7 @@ use tokio::sync::{broadcast, watch};
 use super::{
     gate::{Gate, now_rfc3339},
     leases::Leases,
+    node_leases::NodeLeases,
     protobuf,
     reviews::Reviews,
 };
@@ -118,6 +119,9 @@ pub(super) struct Shared {
     pub(super) autoscaler: AtomicU64,
     /// Leases, for leader election.
     pub(super) leases: Arc<Leases>,
+    /// The node Leases in `kube-node-lease`, their kubelets and the node
+    /// lifecycle controller, when the server keeps them.
+    pub(super) node_leases: Option<Arc<NodeLeases>>,
     /// Tokens and /metrics readers, for TokenReview and SubjectAccessReview.
     pub(super) reviews: Arc<Reviews>,
     /// RBAC in force, if any.
@@ -157,6 +161,10 @@ impl Shared {
     /// times on every condition, and with `extra` a new `volumesInUse` and
     /// image list too (fields no reading reads). False if the node does not exist.
     pub(super) fn repost_status(&self, name: &str, extra: Option<u64>) -> bool {
+        // A killed kubelet posts nothing.
+        if self.node_leases.as_ref().is_some_and(|l| !l.is_alive(name)) {
+            return true;
+        }
         let mut store = self.lock();
         let Some(mut node) = store.nodes.get(name).map(StoredNode::object) else {
             return false;
@@ -246,6 +254,74 @@ impl Shared {
         names
     }
 
+    /// What the node lifecycle controller does to a node whose Lease went
+    /// unrenewed for the grace period (`unreachable`): every kubelet
+    /// condition but NetworkUnavailable `Unknown`, and the
+    /// `node.kubernetes.io/unreachable` taints, NoSchedule and NoExecute. Or,
+    /// once the Lease is renewed again, takes the taints off. False if the
+    /// node does not exist.
+    pub(super) fn mark_unreachable(&self, name: &str, unreachable: bool) -> bool {
+        const TAINT: &str = "node.kubernetes.io/unreachable";
+        let now = now_rfc3339();
+        let mut store = self.lock();
+        let Some(mut node) = store.nodes.get(name).map(StoredNode::object) else {
+            return false;
+        };
+        if unreachable {
+            let (reason, message) = super::nodes::reason_and_message("Ready", "Unknown");
+            for c in node["status"]["conditions"].as_array_mut().into_iter().flatten() {
+                let kubelets = super::nodes::KUBELET_CONDITIONS.iter().any(|k| c["type"] == *k);
+                if kubelets && c["type"] != "NetworkUnavailable" && c["status"] != "Unknown" {
+                    c["status"] = json!("Unknown");
+                    c["lastTransitionTime"] = json!(now);
+                    c["reason"] = json!(reason);
+                    c["message"] = json!(message);
+                }
+            }
+        }
+        let taints = &mut node["spec"]["taints"];
+        if !taints.is_array() {
+            *taints = json!([]);
+        }
+        if let Some(list) = taints.as_array_mut() {
+            list.retain(|t| t["key"] != TAINT);
+            if unreachable {
+                for effect in ["NoSchedule", "NoExecute"] {
+                    list.push(json!({"key": TAINT, "effect": effect, "timeAdded": now}));
+                }
+            }
+        }
+        self.publish(&mut store, "MODIFIED", node);
+        true
+    }
+
+    /// Kills or revives node `name`'s kubelet (see
+    /// `FakeApiServer::set_kubelet_alive`). False without a Lease.
+    pub(super) fn set_kubelet_alive(&self, name: &str, alive: bool) -> bool {
+        let Some(leases) = &self.node_leases else {
+            return false;
+        };
+        if !leases.set_alive(name, alive) {
+            return false;
+        }
+        if alive {
+            self.post_healthy(name);
+        }
+        true
+    }
+
+    /// What a kubelet that comes back posts: Ready `True`, no pressure.
+    pub(super) fn post_healthy(&self, name: &str) -> bool {
+        let now = now_rfc3339();
+        let mut store = self.lock();
+        ["MemoryPressure", "DiskPressure", "PIDPressure", "Ready"]
+            .into_iter()
+            .all(|c| {
+                let status = if c == "Ready" { "True" } else { "False" };
+                self.set_condition_in(&mut store, name, c, status, &now)
+            })
+    }
+
     /// Adds taint `key` with `effect` to node `name`. False if the node does not exist.
     pub(super) fn taint(&self, name: &str, key: &str, effect: &str) -> bool {
         let mut store = self.lock();
@@ -279,10 +355,16 @@ impl Shared {
         store.rv += 1;
         store.history.clear();
         store.compacted = store.rv;
+        if let Some(leases) = &self.node_leases {
+            leases.compact();
+        }
     }
 
     pub(super) fn close_watches(&self) {
         self.watch_generation.send_modify(|g| *g += 1);
+        if let Some(leases) = &self.node_leases {
+            leases.close_watches();
+        }
     }
 
     /// Stores `object` under the next resourceVersion and publishes the event.
@@ -297,10 +379,19 @@ impl Shared {
             protobuf: stored.event(kind, true),
         };
         if let Some(name) = object["metadata"]["name"].as_str() {
-            match kind {
-                "DELETED" => store.nodes.remove(name),
-                _ => store.nodes.insert(name.to_string(), stored),
+            let added = match kind {
+                "DELETED" => store.nodes.remove(name).is_none(),
+                _ => store.nodes.insert(name.to_string(), stored).is_none(),
             };
+            // A joining node's kubelet creates its Lease; the garbage collector
+            // deletes it after the node. (Lock order: nodes, then Leases.)
+            if let Some(leases) = &self.node_leases {
+                match kind {
+                    "DELETED" => leases.remove(name),
+                    _ if added => leases.ensure(name, object["metadata"]["uid"].as_str().unwrap_or(name)),
+                    _ => {}
+                }
+            }
         }
         store.history.push_back((rv, line.clone()));
         while store.history.len() > self.history {
