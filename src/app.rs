@@ -175,7 +175,10 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(settings.listen_address)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen_address))?;
-    let (view, feed) = View::new();
+    let (view, feed) = match &settings.node_leases {
+        Some(leases) => View::with_heartbeats(cluster::Heartbeats::new(leases.stale_after)),
+        None => View::new(),
+    };
     let leadership = match settings.lease {
         Some(_) => Leadership::elected(),
         None => Leadership::sole(),
@@ -194,6 +197,10 @@ pub async fn run(
             .map_err(|e| ConfigError::Kube(format!("building the Kubernetes client: {e}")))
     };
     let lease_client = match &settings.lease {
+        Some(_) => Some(own_client()?),
+        None => None,
+    };
+    let node_lease_client = match &settings.node_leases {
         Some(_) => Some(own_client()?),
         None => None,
     };
@@ -228,7 +235,8 @@ pub async fn run(
     let selector = settings.readings.node_labels.clone();
     let keep_label: cluster::KeepLabel = Arc::new(move |k| crate::readings::reads_label(k, &selector));
     let mut feed = feed;
-    if let Some(sink) = telemetry.condition_sink() {
+    let sink = telemetry.condition_sink();
+    if let Some(sink) = sink.clone() {
         feed.set_sink(sink);
     }
     let mut tasks = vec![
@@ -250,6 +258,18 @@ pub async fn run(
         ),
         Task::spawn("telemetry", telemetry.clone().run()),
     ];
+    if let (Some(leases), Some(client)) = (&settings.node_leases, node_lease_client) {
+        tasks.push(Task::new(
+            "node lease watch",
+            cluster::spawn_lease_watcher(
+                client,
+                leases.namespace.clone(),
+                view.clone(),
+                sink,
+                settings.api_timeout,
+            ),
+        ));
+    }
     let elector = match settings.lease.clone().zip(lease_client) {
         Some((lease, client)) => {
             let (elector, task) = Elector::spawn(client, lease, leadership.clone());

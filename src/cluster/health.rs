@@ -252,6 +252,13 @@ impl Health {
         self.changed.subscribe()
     }
 
+    /// Moves the generation on for a change the node watch did not make (a
+    /// heartbeat gone stale or back), so that whatever follows changes redoes it.
+    pub(crate) fn touch(&self) {
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.changed.send_replace(generation);
+    }
+
     pub(crate) fn set_running(&self, running: bool) {
         self.running.store(running, Ordering::Release);
     }

@@ -1,4 +1,6 @@
-//! The cluster view: one watcher + reflector over Nodes, and what is known of its health.
+//! The cluster view: one watcher + reflector over Nodes, and what is known of
+//! its health; with `--node-leases`, a second watch over the node Leases
+//! for each node's kubelet heartbeat.
 //!
 //! Data leaves this module only through [`View`]; nothing here knows about
 //! readings, instruments or exporters.
@@ -10,7 +12,9 @@ pub mod condition_changes;
 mod feed;
 mod gather;
 mod health;
+mod heartbeats;
 pub mod json;
+pub mod lease_watch;
 mod node;
 pub mod proto;
 mod transitions;
@@ -23,6 +27,8 @@ pub use changes::Changes;
 pub use condition_changes::{ConditionChange, ConditionSink};
 pub use feed::Feed;
 pub use health::{ApiVerb, ErrorReason, EventKind, Health, WatchStats};
+pub use heartbeats::{Heartbeat, HeartbeatChange, Heartbeats, LeaseWatchStats};
+pub use lease_watch::{HEARTBEAT_CONDITION, spawn as spawn_lease_watcher};
 pub use node::{
     ConditionStatus, ConditionText, Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,
     NodeVersions, ResourceList, Taint,
@@ -43,19 +49,31 @@ pub struct View {
     health: Arc<Health>,
     transitions: Arc<Transitions>,
     changes: Arc<Changes>,
+    heartbeats: Arc<Heartbeats>,
 }
 
 impl View {
     /// Creates an empty view and the feed the watcher fills it through.
     pub fn new() -> (View, Feed) {
+        Self::with_heartbeats(Heartbeats::off())
+    }
+
+    /// [`View::new`], keeping node heartbeats in `heartbeats` (filled by the Lease watch).
+    pub fn with_heartbeats(heartbeats: Heartbeats) -> (View, Feed) {
         let (store, writer) = reflector::store();
         let view = View {
             store,
             health: Arc::new(Health::new()),
             transitions: Arc::new(Transitions::default()),
             changes: Arc::new(Changes::default()),
+            heartbeats: Arc::new(heartbeats),
         };
         (view.clone(), Feed::new(writer, view))
+    }
+
+    /// Each node's kubelet heartbeat, from its Lease (off unless `--node-leases`).
+    pub fn heartbeats(&self) -> &Arc<Heartbeats> {
+        &self.heartbeats
     }
 
     /// A snapshot of the stored (stripped) Nodes, in no particular order.

@@ -238,6 +238,27 @@ pub struct RunArgs {
     #[arg(long, env = "KNS_API_ENCODING", value_enum, default_value = "protobuf")]
     pub api_encoding: crate::cluster::wire::Encoding,
 
+    /// Read kubelet heartbeats from the node Leases (coordination.k8s.io/v1)
+    /// in --node-lease-namespace, which every kubelet renews every 10s: per
+    /// node whether its heartbeat is stale and, while it is, its last renewal;
+    /// the nodes with fresh, stale and missing Leases; a log record when a
+    /// heartbeat is lost or resumed. Renewals re-render nothing. Needs `get`,
+    /// `list` and `watch` on `leases` in that namespace (the chart's Role);
+    /// without them one line says so and the node readings go on.
+    #[arg(long, env = "KNS_NODE_LEASES", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub node_leases: bool,
+
+    /// Where kubelets keep their node Leases.
+    #[arg(long, env = "KNS_NODE_LEASE_NAMESPACE", default_value = "kube-node-lease", value_parser = parse_object_name)]
+    pub node_lease_namespace: String,
+
+    /// A heartbeat is stale once its Lease has not been renewed for this long.
+    /// Default: three of the kubelet's renew intervals, 3/4 of each Lease's
+    /// leaseDurationSeconds (30s for the kubelet's 40s), well inside the node
+    /// lifecycle controller's grace period (40s, 50s since v1.32).
+    #[arg(long, env = "KNS_HEARTBEAT_STALE_AFTER", value_parser = parse_at_least_a_second)]
+    pub heartbeat_stale_after: Option<Duration>,
+
     /// Check /metrics bearer tokens with the Kubernetes API, as kube-rbac-proxy does:
     /// TokenReview, then SubjectAccessReview for `get` on the path /metrics (a
     /// ClusterRole rule `nonResourceURLs: ["/metrics"]`); answers cached for 60s (10s
@@ -433,6 +454,8 @@ pub struct Settings {
     pub api_timeout: Duration,
     /// How nodes are asked for.
     pub api_encoding: crate::cluster::wire::Encoding,
+    /// Where the node Leases are watched, when heartbeats are read.
+    pub node_leases: Option<NodeLeaseSettings>,
     /// Check scrape tokens with TokenReview and SubjectAccessReview.
     pub auth_kubernetes: bool,
     /// The file holding the bearer token scrapes of /metrics must carry.
@@ -467,6 +490,15 @@ pub struct Settings {
     pub readings: ReadingSettings,
 }
 
+/// Where kubelet heartbeats are read from (`--node-leases`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeLeaseSettings {
+    /// The namespace of the node Leases.
+    pub namespace: String,
+    /// Stale after this long without a renewal; `None`: 3/4 of each Lease's duration.
+    pub stale_after: Option<Duration>,
+}
+
 /// What to read from each node and how to name it.
 #[derive(Clone, Debug, Default)]
 pub struct ReadingSettings {
@@ -486,6 +518,8 @@ pub struct ReadingSettings {
     pub profile: MetricProfile,
     /// Problem-only condition statuses and cordons instead of one-hot and 0/1.
     pub sparse: bool,
+    /// Kubelet heartbeats are read (`--node-leases`): their families are on.
+    pub heartbeats: bool,
 }
 
 impl ReadingSettings {
@@ -841,6 +875,7 @@ impl RunArgs {
             sparse: self
                 .sparse_readings
                 .unwrap_or_else(|| self.metric_profile.sparse_by_default()),
+            heartbeats: self.node_leases,
         };
 
         Ok(Settings {
@@ -870,6 +905,10 @@ impl RunArgs {
             request_timeout: self.request_timeout,
             api_timeout: self.api_timeout,
             api_encoding: self.api_encoding,
+            node_leases: self.node_leases.then(|| NodeLeaseSettings {
+                namespace: self.node_lease_namespace.clone(),
+                stale_after: self.heartbeat_stale_after,
+            }),
             tls: self.tls_cert_file.clone().zip(self.tls_key_file.clone()),
             log_format: self.log_format.unwrap_or(LogFormat::Json),
             prometheus: metrics.contains(&"prometheus"),

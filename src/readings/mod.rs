@@ -7,8 +7,11 @@
 pub mod labels;
 pub mod quantity;
 
+pub mod heartbeats;
+
 pub use crate::cluster::ConditionStatus;
 use crate::cluster::Node;
+pub use heartbeats::HeartbeatSummary;
 
 /// The condition type the kubelet uses for overall node readiness.
 pub const READY: &str = "Ready";
@@ -101,6 +104,9 @@ pub struct ClusterSummary {
     pub ready_false: u64,
     /// Nodes whose Ready is `Unknown`, unreadable or missing.
     pub ready_unknown: u64,
+    /// Nodes by kubelet heartbeat (all zero unless `--node-leases`; not
+    /// counted by [`ClusterSummary::of`], which sees nodes only).
+    pub heartbeats: HeartbeatSummary,
 }
 
 impl ClusterSummary {
@@ -544,6 +550,7 @@ mod tests {
                     ready_true: 3,
                     ready_false: 0,
                     ready_unknown: 1,
+                    ..Default::default()
                 },
                 0.25,
             ),

@@ -48,6 +48,9 @@ VALUE_SETS = {
         "extraEnv": [{"name": "RUST_LOG", "value": "info"}],
     },
     "gmp-only": {"podMonitoring": {"enabled": True}},
+    "node-leases": {"nodeLeases": {"enabled": True, "namespace": "kube-node-lease", "staleAfter": "45s"},
+                    "podMonitoring": {"enabled": True}, "gmpRules": {"enabled": True},
+                    "prometheusRule": {"enabled": True}, "alerts": {"controllerNotActingAfterSeconds": 90}},
     "gmp-alerting": {"podMonitoring": {"enabled": True}, "gmpRules": {"enabled": True}},
     "gmp-cluster-rules": {"podMonitoring": {"enabled": True}, "metricNaming": "kube-state-metrics",
                           "gmpRules": {"enabled": True, "scope": "cluster", "labels": {"team": "platform"}},
@@ -136,6 +139,26 @@ def test_rbac_is_exactly_get_list_watch_on_nodes():
     assert binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "monitoring"}]
     assert not any(o["kind"] in ("Role", "RoleBinding") for _, o in objects)
+
+
+def test_node_leases_are_read_with_a_role_in_their_namespace_and_nothing_more():
+    objects = render({"nodeLeases": {"enabled": True, "staleAfter": "45s"}})
+    roles = [o for _, o in objects if o["kind"] == "Role"]
+    assert len(roles) == 1 and roles[0]["metadata"]["namespace"] == "kube-node-lease"
+    assert roles[0]["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                                  "verbs": ["get", "list", "watch"]}]
+    binding = next(o for _, o in objects if o["kind"] == "RoleBinding")
+    assert binding["metadata"]["namespace"] == "kube-node-lease"
+    assert binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
+    sa = next(o for _, o in objects if o["kind"] == "ServiceAccount")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "monitoring"}]
+    args = next(o for _, o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert {"--node-leases", "--node-lease-namespace=kube-node-lease", "--heartbeat-stale-after=45s"} <= set(args)
+    # Two releases in two namespaces bind their own accounts: the names differ.
+    other = render({"nodeLeases": {"enabled": True}}, namespace="other")
+    assert next(o for _, o in other if o["kind"] == "Role")["metadata"]["name"] != roles[0]["metadata"]["name"]
+    assert "--node-leases" not in " ".join(
+        next(o for _, o in render({}) if o["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"])
 
 
 def test_two_replicas_elect_a_leader_on_a_lease_only_they_may_write():
@@ -517,6 +540,8 @@ def promtool(*args, stdin=""):
 
 
 NODE_ALERTS = {"NodeNotReady", "NodeUnreachable", "NodeUnderPressure", "NodeReadinessFlapping"}
+# With nodeLeases.enabled only.
+HEARTBEAT_ALERTS = {"NodeHeartbeatLost", "NodeLifecycleControllerNotActing"}
 EXPORTER_ALERTS = {"KubeNodeStatusExporterDown", "KubeNodeStatusWatchErrors", "KubeNodeStatusViewStale",
                    "KubeNodeStatusNoLeader", "KubeNodeStatusOtlpDataRejected", "KubeNodeStatusCertificateExpiring"}
 ALERTS = NODE_ALERTS | EXPORTER_ALERTS
@@ -535,6 +560,9 @@ def test_alert_rules_are_written_once_and_pass_promtool_as_prometheusrule_and_gm
     assert gmp["spec"]["groups"] == rule["spec"]["groups"], "the same rules both ways"
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
     assert alerts == ALERTS
+    with_leases = render({"prometheusRule": {"enabled": True}, "nodeLeases": {"enabled": True}, "metricNaming": naming})
+    rule = next(o for _, o in with_leases if o["kind"] == "PrometheusRule")
+    assert {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]} == ALERTS | HEARTBEAT_ALERTS
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump({"groups": gmp["spec"]["groups"]}))
     code, output = promtool("check", "rules", str(path))
@@ -550,7 +578,8 @@ def rule_unit_tests(naming, profile, tmp_path, **values):
     """Runs tests/rules/<naming>.<profile>.test.yaml and exporter.test.yaml
     against the chart's rules (as GMP Rules: the same groups as the
     PrometheusRule, asserted above)."""
-    objects = render({"gmpRules": {"enabled": True}, "podMonitoring": {"enabled": True}, "metricNaming": naming, **values})
+    objects = render({"gmpRules": {"enabled": True}, "podMonitoring": {"enabled": True}, "metricNaming": naming,
+                      "nodeLeases": {"enabled": True}, **values})
     rules = next(o for _, o in objects if o["kind"] == "Rules")
     (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": rules["spec"]["groups"]}))
     files = []
@@ -572,7 +601,7 @@ def test_every_rule_test_file_is_run():
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("naming", ["otel", "kube-state-metrics"])
 def test_every_alert_fires_where_it_should_and_stays_quiet_elsewhere(naming, profile, tmp_path):
-    assert alerts_tested_in(f"{naming}.{profile}.test.yaml") == NODE_ALERTS
+    assert alerts_tested_in(f"{naming}.{profile}.test.yaml") == NODE_ALERTS | HEARTBEAT_ALERTS
     assert alerts_tested_in("exporter.test.yaml") == EXPORTER_ALERTS
     code, output = rule_unit_tests(naming, profile, tmp_path)
     assert code == 0, output

@@ -7,7 +7,7 @@ use crate::common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{Exporter, fixture_api, otlp};
+use common::{Exporter, otlp};
 
 /// A documented metric: its instrument and Prometheus names and attribute keys.
 #[derive(Debug)]
@@ -102,7 +102,27 @@ async fn check_mode(mode: &str) {
         "{mode}: parsed only {} documented metrics",
         docs.len()
     );
-    let api = fixture_api().await;
+    // Kubelets renewing their node Leases, one of them dead: every heartbeat
+    // reading is served, the stale-only ones too. No controller acts within the test.
+    let api = kube_node_status::fake::FakeApiServer::start(kube_node_status::fake::FakeOptions {
+        nodes: 0,
+        heartbeats: Some(kube_node_status::fake::HeartbeatOptions {
+            renew_every: Duration::from_millis(300),
+            grace: Duration::from_secs(3600),
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("fake API server");
+    let fixtures = common::fixture_nodes();
+    for node in &fixtures {
+        assert!(api.put_node(node.clone()));
+    }
+    let dead = fixtures[0]["metadata"]["name"]
+        .as_str()
+        .expect("a name")
+        .to_string();
+    assert!(api.set_kubelet_alive(&dead, false));
     let receiver = otlp::Receiver::start(None).await;
     let endpoint = format!("http://{}", receiver.addr);
     // Every documented metric: the leader gauge, the optional families.
@@ -115,6 +135,9 @@ async fn check_mode(mode: &str) {
         "--node-labels",
         "topology.kubernetes.io/*",
         "--leader-election",
+        "--node-leases",
+        "--heartbeat-stale-after",
+        "1s",
     ];
     if mode == "kube-state-metrics" {
         args.extend(["--optional-families", &optional]);
@@ -129,8 +152,10 @@ async fn check_mode(mode: &str) {
     )
     .await;
     let samples = exporter
-        .wait_for("leadership", Duration::from_secs(10), |s| {
+        .wait_for("leadership and a stale heartbeat", Duration::from_secs(20), |s| {
             common::value(s, "kube_node_status_leader", &[]) == Some(1.0)
+                && s.iter()
+                    .any(|s| s.name.contains("heartbeat_stale") && s.value == 1.0)
         })
         .await;
 

@@ -14,6 +14,7 @@ mod fake_apiserver;
 mod faults;
 mod gcp;
 mod hardening;
+mod heartbeats;
 mod image;
 mod install;
 mod ksm;

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::common::{
     Exporter,
     chart::{dashboard, render},
-    fake_api, parse,
+    parse,
 };
 
 /// What docs name but this exporter deliberately does not serve: the Go
@@ -37,8 +37,20 @@ struct Served {
 /// trouble (so sparse series exist), a watch error and failing OTLP exports
 /// (so their counters exist), and returns what /metrics serves.
 async fn served(naming: &str, profile: &str) -> Served {
-    let api = fake_api(6).await;
+    // Kubelets renewing their node Leases, one dead (its heartbeat readings
+    // are served only while stale); no controller acts within the test.
+    let api = kube_node_status::fake::FakeApiServer::start(kube_node_status::fake::FakeOptions {
+        nodes: 6,
+        heartbeats: Some(kube_node_status::fake::HeartbeatOptions {
+            renew_every: Duration::from_millis(300),
+            grace: Duration::from_secs(3600),
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("fake API server");
     let n = api.node_names();
+    assert!(api.set_kubelet_alive(&n[2], false));
     let edit = |name: &str, change: &dyn Fn(&mut Value)| {
         let mut node = api.node(name).expect("the node exists");
         change(&mut node);
@@ -76,6 +88,9 @@ async fn served(naming: &str, profile: &str) -> Served {
         "4s",
         "--cluster-name",
         "test",
+        "--node-leases",
+        "--heartbeat-stale-after",
+        "1s",
     ];
     if naming == "kube-state-metrics" {
         args.extend(["--optional-families", &optional]);
@@ -108,6 +123,7 @@ async fn served(naming: &str, profile: &str) -> Served {
             s.iter()
                 .any(|s| s.name == "kube_node_status_otlp_export_failures_total")
                 && s.iter().any(|s| s.name.ends_with("_transitions_total"))
+                && s.iter().any(|s| s.name.contains("heartbeat_last_renewal_time"))
         })
         .await;
     let mut served = Served::default();
@@ -145,7 +161,9 @@ fn unknown(text: &str, names: &BTreeSet<String>, labels: &BTreeSet<String>) -> B
 
 /// The expressions of the chart's rules and dashboard for `naming`.
 fn chart_queries(naming: &str) -> String {
-    let objects = render(&json!({"metricNaming": naming, "prometheusRule": {"enabled": true}}));
+    let objects = render(&json!({
+        "metricNaming": naming, "prometheusRule": {"enabled": true}, "nodeLeases": {"enabled": true},
+    }));
     let mut out = String::new();
     for o in &objects {
         if o["kind"] == "PrometheusRule" {

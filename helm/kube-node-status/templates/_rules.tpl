@@ -74,6 +74,29 @@ that Ready going False to Unknown is the same alert, not a new one.
         severity: warning
       annotations:
         summary: Node {{ $nodeLabel }} changed Ready status more than {{ $a.flapThreshold }} times in an hour.
+{{- if .Values.nodeLeases.enabled }}
+{{- $stale := ternary "kube_node_heartbeat_stale" "k8s_node_heartbeat_stale" $ksm }}
+{{- $renewed := ternary "kube_node_heartbeat_last_renewal_time" "k8s_node_heartbeat_last_renewal_time_seconds" $ksm }}
+{{- $heartbeatLost := printf "S(%s) == 1 and on (%s) S(%s) == 1" $stale $node $ready }}
+{{- $notActing := printf "time() - S(%s) > %v and on (%s) S(%s) == 1" $renewed $a.controllerNotActingAfterSeconds $node $ready }}
+- name: kube-node-status.heartbeats
+  rules:
+    - alert: NodeHeartbeatLost
+      expr: ({{ regexReplaceAll "S\\(([^)]*)\\)" $heartbeatLost $live }}) or (({{ regexReplaceAll "S\\(([^)]*)\\)" $heartbeatLost $last }}) {{ $gap }})
+      for: {{ $a.heartbeatLostFor }}
+      labels:
+        severity: warning
+      annotations:
+        summary: The kubelet on node {{ $nodeLabel }} stopped renewing its node Lease; the node is still Ready.
+        description: The early warning before NodeNotReady. The kubelet died, hangs, or cannot reach the API server; the node lifecycle controller sets Ready Unknown once the Lease has gone unrenewed for its grace period (40 s, 50 s since Kubernetes 1.32). If Ready never changes, NodeLifecycleControllerNotActing fires.
+    - alert: NodeLifecycleControllerNotActing
+      expr: ({{ regexReplaceAll "S\\(([^)]*)\\)" $notActing $live }}) or (({{ regexReplaceAll "S\\(([^)]*)\\)" $notActing $last }}) {{ $gap }})
+      labels:
+        severity: critical
+      annotations:
+        summary: Node {{ $nodeLabel }}'s kubelet has not renewed its Lease for over {{ $a.controllerNotActingAfterSeconds }} s, yet the node is still Ready.
+        description: The node lifecycle controller (kube-controller-manager) should have set Ready Unknown after its grace period and is not acting, so pods on dead nodes are not evicted and every readiness signal says the cluster is healthy. A control-plane problem, not a node problem - check kube-controller-manager (running, partitioned, holding its leader Lease).
+{{- end }}
 - name: kube-node-status.exporter
   rules:
     - alert: KubeNodeStatusExporterDown

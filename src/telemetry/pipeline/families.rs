@@ -9,7 +9,7 @@ use std::sync::Arc;
 use opentelemetry::{Key, KeyValue, Value};
 
 use crate::{
-    cluster::{Node, Transitions},
+    cluster::{Heartbeat, Heartbeats, Node, Transitions},
     config::{Group, Naming, ReadingSettings},
     readings::{self, ConditionStatus, ResourceList, labels::sanitize},
 };
@@ -60,6 +60,8 @@ pub struct Ctx<'a> {
     pub settings: &'a ReadingSettings,
     /// Observed condition transitions.
     pub transitions: &'a Transitions,
+    /// Kubelet heartbeats, from the node Leases (off unless `--node-leases`).
+    pub heartbeats: &'a Heartbeats,
 }
 
 /// Attribute keys of one naming mode.
@@ -396,6 +398,56 @@ fn taint(naming: Naming) -> Family {
     }
 }
 
+fn heartbeat_stale(naming: Naming) -> Family {
+    Family {
+        name: pick(naming, "k8s.node.heartbeat.stale", "kube_node_heartbeat_stale"),
+        unit: unit(naming, "{node}"),
+        help: "1 while the node's kubelet has not renewed its Lease in kube-node-lease for longer \
+               than --heartbeat-stale-after, otherwise 0; none for a node without a Lease \
+               (with --sparse-readings: only stale nodes, as 1)",
+        kind: Kind::IntGauge,
+        group: Group::Readiness,
+        uid_on_metrics: false,
+        points: Box::new(|ctx, node, base, emit| {
+            let stale = match heartbeat(ctx, node) {
+                Some(Heartbeat::Stale { .. }) => true,
+                Some(Heartbeat::Fresh) => false,
+                Some(Heartbeat::Missing) | None => return,
+            };
+            if stale || !ctx.settings.sparse {
+                emit(f64::from(u8::from(stale)), base.to_vec());
+            }
+        }),
+        count: one,
+    }
+}
+
+fn heartbeat_last_renewal(naming: Naming) -> Family {
+    Family {
+        name: pick(
+            naming,
+            "k8s.node.heartbeat.last_renewal_time",
+            "kube_node_heartbeat_last_renewal_time",
+        ),
+        unit: unit(naming, "s"),
+        help: "The renewTime of the node's Lease, in Unix seconds; only while its heartbeat is stale \
+               (a renewal every 10 s would otherwise be a change of every node)",
+        kind: Kind::FloatGauge,
+        group: Group::Readiness,
+        uid_on_metrics: false,
+        points: Box::new(|ctx, node, base, emit| {
+            if let Some(Heartbeat::Stale { last_renewal }) = heartbeat(ctx, node) {
+                emit(last_renewal, base.to_vec());
+            }
+        }),
+        count: one,
+    }
+}
+
+fn heartbeat(ctx: &Ctx<'_>, node: &Node) -> Option<Heartbeat> {
+    ctx.heartbeats.of(readings::node_name(node)?)
+}
+
 fn info(naming: Naming) -> Family {
     Family {
         name: pick(naming, "k8s.node.info", "kube_node_info"),
@@ -713,6 +765,11 @@ fn unit(naming: Naming, otel: &'static str) -> &'static str {
     pick(naming, otel, "")
 }
 
+/// The per-node heartbeat families of a naming mode (with `--node-leases`).
+pub fn heartbeat_families(naming: Naming) -> Vec<Family> {
+    vec![heartbeat_stale(naming), heartbeat_last_renewal(naming)]
+}
+
 /// Every per-node family of a naming mode, before filtering.
 pub fn node_families(naming: Naming) -> Vec<Family> {
     let mut out = vec![
@@ -767,8 +824,13 @@ pub fn node_families(naming: Naming) -> Vec<Family> {
 /// The per-node families `settings` read: of the naming mode, in the
 /// profile, through the allow and deny lists.
 pub fn enabled_families(settings: &ReadingSettings) -> Vec<Family> {
+    let heartbeats = match settings.heartbeats {
+        true => heartbeat_families(settings.naming),
+        false => Vec::new(),
+    };
     node_families(settings.naming)
         .into_iter()
+        .chain(heartbeats)
         .filter(|f| settings.family_enabled(f.name, f.group))
         // As in kube-state-metrics, kube_node_labels has series only when
         // labels are selected (its allowlist, our --node-labels).
@@ -786,6 +848,20 @@ pub fn cluster_names(naming: Naming) -> (&'static str, &'static str) {
             "kube_node_cluster_not_ready_ratio",
         ),
     )
+}
+
+/// The name of the cluster-level count of nodes by heartbeat.
+pub fn cluster_heartbeats_name(naming: Naming) -> &'static str {
+    pick(
+        naming,
+        "k8s.cluster.node.heartbeats",
+        "kube_node_cluster_heartbeats",
+    )
+}
+
+/// The attribute key of the heartbeat state on the cluster-level count.
+pub fn heartbeat_state_key(naming: Naming) -> &'static str {
+    pick(naming, "k8s.node.heartbeat.state", "state")
 }
 
 /// The attribute key of the Ready status on the cluster-level count.
@@ -818,9 +894,11 @@ mod tests {
     /// without the node name (the same on every point).
     fn points_of(settings: &ReadingSettings, node: &Node) -> Vec<String> {
         let transitions = Transitions::default();
+        let heartbeats = Heartbeats::off();
         let ctx = Ctx {
             settings,
             transitions: &transitions,
+            heartbeats: &heartbeats,
         };
         let base = ctx.node_attrs(node).expect("a named node");
         let mut out = Vec::new();

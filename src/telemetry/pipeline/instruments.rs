@@ -19,7 +19,7 @@ use crate::{
     cluster::{ApiVerb, ErrorReason, EventKind, Node, View},
     config::{Naming, ReadingSettings},
     leader::Leadership,
-    readings::{ClusterSummary, ConditionStatus},
+    readings::{ClusterSummary, ConditionStatus, HeartbeatSummary},
 };
 
 use super::families::{self, Ctx, Family, Kind};
@@ -65,6 +65,10 @@ pub mod names {
     pub const AUTH_REQUESTS: &str = "kube_node_status.auth.requests";
     /// Token lookups with --auth-kubernetes, by outcome.
     pub const AUTH_LOOKUPS: &str = "kube_node_status.auth.lookups";
+    /// Failed node Lease list or watch steps (with `--node-leases`).
+    pub const LEASE_WATCH_ERRORS: &str = "kube_node_status.lease_watch.errors";
+    /// Kubelet heartbeats found lost or resumed (with `--node-leases`).
+    pub const HEARTBEAT_CHANGES: &str = "kube_node_status.heartbeat.changes";
     /// The serving certificate's notAfter.
     pub const TLS_EXPIRY: &str = "kube_node_status.tls.certificate.expiration_timestamp";
     /// Changed certificate files that did not load.
@@ -187,6 +191,7 @@ pub fn points_of(family: &Family, sources: &Sources, nodes: &[Arc<Node>]) -> Vec
     let ctx = Ctx {
         settings: &sources.settings,
         transitions: sources.view.transitions(),
+        heartbeats: sources.view.heartbeats(),
     };
     let mut points = Vec::new();
     for node in nodes {
@@ -287,7 +292,13 @@ pub fn register_cluster_readings(meter: &Meter, sources: &Sources, summary: Opti
         summary
             .as_ref()
             .and_then(|kept| *kept.lock().unwrap_or_else(|e| e.into_inner()))
-            .unwrap_or_else(|| ClusterSummary::of(v.nodes().iter().map(|n| &**n)))
+            .unwrap_or_else(|| {
+                let nodes = v.nodes();
+                ClusterSummary {
+                    heartbeats: HeartbeatSummary::of(v.heartbeats(), nodes.iter().map(|n| &**n)),
+                    ..ClusterSummary::of(nodes.iter().map(|n| &**n))
+                }
+            })
     };
     let naming = sources.settings.naming;
     let (nodes_name, not_ready_name) = families::cluster_names(naming);
@@ -308,6 +319,26 @@ pub fn register_cluster_readings(meter: &Meter, sources: &Sources, summary: Opti
             let summary = summary(&v);
             for s in ConditionStatus::ALL {
                 obs.observe(summary.count(s), &[KeyValue::new(status_key, s.as_str())]);
+            }
+        })
+        .build();
+    }
+    let heartbeats_name = families::cluster_heartbeats_name(naming);
+    if sources.settings.heartbeats && sources.settings.enabled(heartbeats_name) {
+        let (v, leader, summary) = (sources.view.clone(), sources.leadership.clone(), summary.clone());
+        let state_key = families::heartbeat_state_key(naming);
+        let b = meter.u64_observable_gauge(heartbeats_name).with_description(
+            "Number of nodes by their kubelet heartbeat: fresh (the node Lease renewed within \
+             --heartbeat-stale-after), stale, or missing (no Lease)",
+        );
+        let b = if otel { b.with_unit("{node}") } else { b };
+        b.with_callback(move |obs| {
+            // Absent until both the nodes and the Leases are listed: zero would read as healthy.
+            if !v.health().is_synced() || !v.heartbeats().is_synced() || !leader.is_leader() {
+                return;
+            }
+            for (state, count) in summary(&v).heartbeats.by_state() {
+                obs.observe(count, &[KeyValue::new(state_key, state)]);
             }
         })
         .build();
@@ -350,6 +381,30 @@ fn register_self_telemetry(meter: &Meter, sources: &Sources) {
                 for kind in EventKind::ALL {
                     obs.observe(h.stats().events(kind), &[KeyValue::new("type", kind.as_str())]);
                 }
+            })
+            .build();
+    }
+    if sources.view.heartbeats().enabled() && on(names::LEASE_WATCH_ERRORS) {
+        let v = sources.view.clone();
+        meter
+            .u64_observable_counter(names::LEASE_WATCH_ERRORS)
+            .with_unit("{error}")
+            .with_description("Failed node Lease list or watch steps (a missing Role is one per retry)")
+            .with_callback(move |obs| {
+                obs.observe(v.heartbeats().stats.errors.load(Ordering::Relaxed), &[]);
+            })
+            .build();
+    }
+    if sources.view.heartbeats().enabled() && on(names::HEARTBEAT_CHANGES) {
+        let v = sources.view.clone();
+        meter
+            .u64_observable_counter(names::HEARTBEAT_CHANGES)
+            .with_unit("{change}")
+            .with_description("Kubelet heartbeats found lost (a node Lease unrenewed past --heartbeat-stale-after) or resumed")
+            .with_callback(move |obs| {
+                let stats = &v.heartbeats().stats;
+                obs.observe(stats.lost.load(Ordering::Relaxed), &[KeyValue::new("change", "lost")]);
+                obs.observe(stats.resumed.load(Ordering::Relaxed), &[KeyValue::new("change", "resumed")]);
             })
             .build();
     }

@@ -37,7 +37,7 @@ use super::{
 };
 
 use crate::cluster::Node;
-use crate::readings::ClusterSummary;
+use crate::readings::{ClusterSummary, HeartbeatSummary};
 use crate::telemetry::{
     otlp::wire,
     prometheus::{
@@ -95,8 +95,10 @@ pub struct Pass {
     members: Vec<Members>,
     /// Nodes in `members`.
     nodes: usize,
-    /// `members` counted by Ready status.
+    /// `members` counted by Ready status (and by heartbeat, from `heartbeats`).
     summary: ClusterSummary,
+    /// Per shard: its members counted by heartbeat as of the last pass that wrote it.
+    heartbeats: Vec<HeartbeatSummary>,
     text: Option<Text>,
     otlp: Option<Otlp>,
     /// False until a pass has written every shard, and after [`Pass::invalidate`].
@@ -153,6 +155,7 @@ impl Pass {
             members: Vec::new(),
             nodes: 0,
             summary: ClusterSummary::default(),
+            heartbeats: Vec::new(),
             text,
             otlp,
             primed: false,
@@ -181,6 +184,9 @@ impl Pass {
     fn reshard(&mut self, count: usize) {
         let held: Vec<_> = self.members.iter_mut().flat_map(Members::take).collect();
         self.members = vec![Members::default(); count];
+        // Every shard is written next, and counted again with it.
+        self.heartbeats = vec![HeartbeatSummary::default(); count];
+        self.summary.heartbeats = HeartbeatSummary::default();
         for node in held {
             self.members[shard_of(shards::name(&node), count)].insert(node);
         }
@@ -276,6 +282,9 @@ impl Pass {
             self.members.iter_mut().for_each(Members::clear);
             self.nodes = 0;
             self.summary = ClusterSummary::default();
+            self.heartbeats
+                .iter_mut()
+                .for_each(|h| *h = HeartbeatSummary::default());
             let count = self.members.len();
             for node in view.nodes() {
                 if let Some(name) = node.metadata.name.as_deref() {
@@ -295,6 +304,7 @@ impl Pass {
         let ctx = Ctx {
             settings: &sources.settings,
             transitions: view.transitions(),
+            heartbeats: view.heartbeats(),
         };
         let otlp = self.otlp.as_ref().map(|o| o.dictionaries.clone());
         let mut done = Done::default();
@@ -305,6 +315,13 @@ impl Pass {
         for batch in dirty.chunks(PASS_BATCH) {
             // What each dirty shard holds now, family by family: output that
             // comes out the same is not compressed again.
+            // A heartbeat that moves after this is marked changed again, and counted at the next pass.
+            for &shard in batch {
+                let counted =
+                    HeartbeatSummary::of(view.heartbeats(), self.members[shard].iter().map(|n| &**n));
+                let old = std::mem::replace(&mut self.heartbeats[shard], counted);
+                self.summary.heartbeats.replace(old, counted);
+            }
             let work: Vec<(usize, ShardWork)> = batch
                 .iter()
                 .map(|&shard| {

@@ -91,6 +91,10 @@ pub fn find<'a>(objects: &'a [Value], kind: &str) -> Option<&'a Value> {
     objects.iter().find(|o| o["kind"] == kind)
 }
 
+/// Dashboard panels whose title ends with this read the heartbeat readings,
+/// served only with `nodeLeases.enabled` (`tests/it/heartbeats.rs` fills them).
+pub const NEEDS_NODE_LEASES: &str = "(nodeLeases.enabled)";
+
 /// The dashboard the chart renders for `naming`: each panel's title and its queries.
 pub fn dashboard(naming: &str) -> Vec<(String, Vec<String>)> {
     let objects = render(&serde_json::json!({"grafanaDashboard": {"enabled": true}, "metricNaming": naming}));
@@ -137,6 +141,16 @@ pub fn rule_file(objects: &[Value]) -> String {
 /// A fake API server with `nodes` nodes, the chart's RBAC for the exporter's
 /// service account in force, and the chart's Leases created.
 pub async fn api_as_installed(objects: &[Value], nodes: usize) -> FakeApiServer {
+    api_as_installed_with(objects, nodes, None).await
+}
+
+/// [`api_as_installed`], with kubelets renewing node Leases and a node
+/// lifecycle controller as `heartbeats` says.
+pub async fn api_as_installed_with(
+    objects: &[Value],
+    nodes: usize,
+    heartbeats: Option<kube_node_status::fake::HeartbeatOptions>,
+) -> FakeApiServer {
     let (_, account) = exporter_container(objects);
     let policy = Policy::from_objects(
         objects,
@@ -149,6 +163,7 @@ pub async fn api_as_installed(objects: &[Value], nodes: usize) -> FakeApiServer 
         nodes,
         bookmark_interval: Duration::from_millis(500),
         rbac: Some(policy.into()),
+        heartbeats,
         ..Default::default()
     })
     .await
