@@ -102,9 +102,11 @@ def median(values):
 class Run:
     """One exporter against one fake cluster."""
 
-    def __init__(self, nodes, workdir, interval_s, status_report_period="5m", encoding="protobuf"):
+    def __init__(self, nodes, workdir, interval_s, status_report_period="5m", encoding="protobuf", leases=False):
         self.nodes = nodes
         self.encoding = encoding
+        # Node Leases renewed every 10 s by the fake server's kubelets, watched by the exporter.
+        self.leases = leases
         self.status_report_period = status_report_period
         self.dir = Path(tempfile.mkdtemp(dir=workdir))
         self.api_port, self.http_port, self.otlp_port = free_port(), free_port(), free_port()
@@ -123,6 +125,7 @@ class Run:
         # Kubelet-like status re-posts (heartbeat times only) are on, as in a real cluster.
         self.spawn([str(BIN), "fake-apiserver", "--nodes", str(self.nodes), "--flips-per-second", "0",
                     "--status-report-period", self.status_report_period,
+                    *(["--node-leases"] if self.leases else []),
                     "--listen", f"127.0.0.1:{self.api_port}"], "api.log")
         wait_for(lambda: get(f"{self.api}/fake/stats", 5)[0] == 200, 600, "the fake API server")
         self.spawn([str(ROTEL), "start", "--exporter", "blackhole", "--otlp-grpc-endpoint",
@@ -142,6 +145,7 @@ class Run:
             [str(BIN), "--kubeconfig", str(kubeconfig), "--listen-address", f"127.0.0.1:{self.http_port}",
              "--metrics-exporter", "prometheus,otlp", "--traces-exporter", "none",
              "--api-encoding", self.encoding,
+             *(["--node-leases"] if self.leases else []),
              "--metric-export-interval", f"{self.interval_s}s", "--log-format", "text"],
             "exporter.log",
             {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{self.otlp_port}",
@@ -289,8 +293,8 @@ def measure_changes(run, args, result):
     result["change_cpu_ms"] = 1000 * max(0.0, changing - result["idle_cpu_s_per_min"]) / 60 / (2 * args.change_rate)
 
 
-def measure(nodes, args, workdir, first=False, encoding="protobuf"):
-    run = Run(nodes, workdir, args.otlp_interval, args.status_report_period, encoding)
+def measure(nodes, args, workdir, first=False, encoding="protobuf", leases=False):
+    run = Run(nodes, workdir, args.otlp_interval, args.status_report_period, encoding, leases)
     run.start()
     try:
         result = {"ready_s": run.ready_s}
@@ -593,15 +597,20 @@ ROWS = [
 
 
 def size_key(key):
-    """A results key ('10000', or '10000 json' for a second encoding) as (size, encoding)."""
-    size, _, encoding = key.partition(" ")
-    return int(size), encoding or "protobuf"
+    """A results key ('10000', '10000 json' for a second encoding, '10000
+    protobuf leases' with node Leases on) as (size, encoding, leases)."""
+    size, _, rest = key.partition(" ")
+    encoding, _, leases = rest.partition(" ")
+    return int(size), encoding or "protobuf", leases
 
 
 def markdown(results):
     """The report's table: a column per size."""
     sizes = sorted(results, key=size_key)
-    out = ["| | " + " | ".join(f"{size_key(n)[0]:,} nodes, {results[n].get('encoding', size_key(n)[1])}" for n in sizes) + " |",
+    def column(n):
+        size, encoding, leases = size_key(n)
+        return f"{size:,} nodes, {results[n].get('encoding', encoding)}" + (", node Leases" if leases else "")
+    out = ["| | " + " | ".join(column(n) for n in sizes) + " |",
            "|---|" + "---|" * len(sizes)]
     for label, key, fmt in ROWS:
         cells = []
@@ -714,6 +723,9 @@ def main():
     p.add_argument("--soak", type=float, default=480.0,
                    help="extra idle seconds at the end of the first run at --soak-at nodes (API traffic over a long run)")
     p.add_argument("--soak-at", type=int, default=10_000)
+    p.add_argument("--node-leases", choices=["off", "on", "both"], default="off",
+                   help="node Leases renewed every 10 s by the fake server's kubelets and watched by the exporter "
+                        "(--node-leases): off, on, or both (each size and encoding measured without, then with)")
     p.add_argument("--relist", action=argparse.BooleanOptionalAction, default=True,
                    help="end each run with a relist after 410 Gone, scraping throughout (--no-relist: not)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
@@ -734,19 +746,22 @@ def main():
         encodings = args.encodings.split(",")
         for n in [int(s) for s in args.sizes.split(",")]:
             repeats = args.repeats if n <= 10_000 else 1
-            for e, encoding in enumerate(encodings):
+            lease_modes = {"off": [False], "on": [True], "both": [False, True]}[args.node_leases]
+            for e, (encoding, leases) in enumerate((enc, l) for enc in encodings for l in lease_modes):
                 runs = []
                 for r in range(repeats):
-                    print(f"== {n} nodes, {encoding}, run {r + 1}/{repeats}", file=sys.stderr, flush=True)
-                    runs.append(measure(n, args, workdir, first=r == 0 and e == 0, encoding=encoding))
+                    what = ", node Leases" if leases else ""
+                    print(f"== {n} nodes, {encoding}{what}, run {r + 1}/{repeats}", file=sys.stderr, flush=True)
+                    runs.append(measure(n, args, workdir, first=r == 0 and e == 0, encoding=encoding, leases=leases))
                     print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
-                key = str(n) if e == 0 else f"{n} {encoding}"
+                key = str(n) if e == 0 and not leases else f"{n} {encoding}" + (" leases" if leases else "")
                 # A gap in any run is a gap: the worst run, not the median.
                 worst = {"relist_gaps": max, "relist_fewest_nodes": min}
                 results[key] = {k: worst.get(k, median)([run[k] for run in runs if run[k] is not None] or [None])
                                 if not isinstance(runs[0][k], bool) else runs[0][k] for k in runs[0]}
                 results[key]["runs"] = repeats
                 results[key]["encoding"] = encoding
+                results[key]["node_leases"] = leases
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor())
     doc = {
