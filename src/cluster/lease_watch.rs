@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use super::{
     ConditionChange, ConditionSink, View,
-    heartbeats::{Applied, HeartbeatChange, LeaseWatchStats},
+    heartbeats::{Applied, HeartbeatChange, LeaseWatchStats, Now},
 };
 
 /// The condition type of a heartbeat's log records: `True` when lost.
@@ -159,7 +159,7 @@ pub async fn run(
                     if !matches!(event, Event::Init) && stats.failing.swap(false, Ordering::AcqRel) {
                         info!(namespace, "node Lease watch recovered");
                     }
-                    let now = SystemTime::now();
+                    let now = Now::current();
                     match event {
                         Event::Init => {
                             heartbeats.list_started();
@@ -168,12 +168,12 @@ pub async fn run(
                         Event::InitApply(lease) => heartbeats.apply(&lease, true, now),
                         Event::Apply(lease) => heartbeats.apply(&lease, false, now),
                         Event::Delete(lease) => match lease.metadata.name.as_deref() {
-                            Some(name) => heartbeats.delete(name),
+                            Some(name) => heartbeats.delete(name, now),
                             None => Applied::default(),
                         },
                         Event::InitDone => {
                             let first = !heartbeats.is_synced();
-                            let applied = heartbeats.list_done();
+                            let applied = heartbeats.list_done(now);
                             if first {
                                 let (fresh, stale) = heartbeats.counts();
                                 info!(namespace, leases = fresh + stale, "node Leases listed; watching heartbeats");
@@ -207,7 +207,7 @@ pub async fn run(
                     Applied::default()
                 }
             },
-            _ = looks.tick() => heartbeats.expire(SystemTime::now()),
+            _ = looks.tick() => heartbeats.expire(Now::current()),
         };
         if applied != Applied::default() {
             deliver(&view, applied, sink.as_ref(), &namespace, stats);

@@ -27,7 +27,7 @@ pub use changes::Changes;
 pub use condition_changes::{ConditionChange, ConditionSink};
 pub use feed::Feed;
 pub use health::{ApiVerb, ErrorReason, EventKind, Health, WatchStats};
-pub use heartbeats::{Heartbeat, HeartbeatChange, Heartbeats, LeaseWatchStats};
+pub use heartbeats::{Heartbeat, HeartbeatChange, Heartbeats, LeaseWatchStats, Now};
 pub use lease_watch::{HEARTBEAT_CONDITION, spawn as spawn_lease_watcher};
 pub use node::{
     ConditionStatus, ConditionText, Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,

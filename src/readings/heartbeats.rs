@@ -69,7 +69,9 @@ mod tests {
         total.replace(HeartbeatSummary::default(), shard);
         let mut again = HeartbeatSummary::default();
         again.count(Heartbeat::Fresh);
-        again.count(Heartbeat::Stale { last_renewal: 1.0 });
+        again.count(Heartbeat::Stale {
+            last_renewal: Some(1.0),
+        });
         again.count(Heartbeat::Missing);
         total.replace(shard, again);
         assert_eq!(total.by_state(), [("fresh", 1), ("stale", 1), ("missing", 1)]);

@@ -50,7 +50,7 @@ VALUE_SETS = {
     "gmp-only": {"podMonitoring": {"enabled": True}},
     "node-leases": {"nodeLeases": {"enabled": True, "namespace": "kube-node-lease", "staleAfter": "45s"},
                     "podMonitoring": {"enabled": True}, "gmpRules": {"enabled": True},
-                    "prometheusRule": {"enabled": True}, "alerts": {"controllerNotActingAfterSeconds": 90}},
+                    "prometheusRule": {"enabled": True}, "alerts": {"controllerNotActingFor": "2m"}},
     "gmp-alerting": {"podMonitoring": {"enabled": True}, "gmpRules": {"enabled": True}},
     "gmp-cluster-rules": {"podMonitoring": {"enabled": True}, "metricNaming": "kube-state-metrics",
                           "gmpRules": {"enabled": True, "scope": "cluster", "labels": {"team": "platform"}},

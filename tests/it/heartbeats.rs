@@ -440,14 +440,15 @@ async fn the_charts_alerts_catch_a_dead_kubelet_early_and_a_node_controller_that
     let values = json!({
         "nodeLeases": {"enabled": true, "staleAfter": "2s"},
         "gmpRules": {"enabled": true}, "podMonitoring": {"enabled": true},
-        "alerts": {"controllerNotActingAfterSeconds": 8},
+        "alerts": {"controllerNotActingFor": "12s"},
         "metricsExporter": "prometheus,otlp", "logsExporter": "otlp",
         "otlp": {"endpoint": format!("http://{}", receiver.addr)},
         "extraArgs": ["--metric-export-interval=1s"],
     });
     let objects = render(&values);
     // Renewals every 500 ms; the controller's grace is 10 s: the early warning
-    // (stale after 2 s) has 8 s to fire before Ready moves.
+    // (stale after 2 s) has 8 s to fire before Ready moves, and the
+    // control-plane alert (stale for 12 s) fires only if Ready never does.
     let heartbeats = HeartbeatOptions {
         renew_every: Duration::from_millis(500),
         grace: Duration::from_secs(10),
@@ -474,7 +475,16 @@ async fn the_charts_alerts_catch_a_dead_kubelet_early_and_a_node_controller_that
 
     // A dead kubelet: the early warning fires while the API still says Ready.
     assert!(api.set_kubelet_alive(early, false));
-    wait_heartbeat_alerts(prom, early, &[("NodeHeartbeatLost", "firing")]).await;
+    // The control-plane alert waits its `for` (12 s, past the controller's 10 s grace).
+    wait_heartbeat_alerts(
+        prom,
+        early,
+        &[
+            ("NodeHeartbeatLost", "firing"),
+            ("NodeLifecycleControllerNotActing", "pending"),
+        ],
+    )
+    .await;
     assert_eq!(
         api_ready(&api, early),
         "True",

@@ -75,14 +75,17 @@ that Ready going False to Unknown is the same alert, not a new one.
       annotations:
         summary: Node {{ $nodeLabel }} changed Ready status more than {{ $a.flapThreshold }} times in an hour.
 {{- if .Values.nodeLeases.enabled }}
+{{- /* Both read whether the heartbeat is stale, as the exporter ages it on its own
+clock from when it saw each renewal, never the kubelet's renewTime: a kubelet's
+clock skew would move a threshold on time() - renewTime. NotActing is the same
+condition held past any grace period; `for` survives a failover (see above). */}}
 {{- $stale := ternary "kube_node_heartbeat_stale" "k8s_node_heartbeat_stale" $ksm }}
-{{- $renewed := ternary "kube_node_heartbeat_last_renewal_time" "k8s_node_heartbeat_last_renewal_time_seconds" $ksm }}
 {{- $heartbeatLost := printf "S(%s) == 1 and on (%s) S(%s) == 1" $stale $node $ready }}
-{{- $notActing := printf "time() - S(%s) > %v and on (%s) S(%s) == 1" $renewed $a.controllerNotActingAfterSeconds $node $ready }}
+{{- $lost := printf "(%s) or ((%s) %s)" (regexReplaceAll "S\\(([^)]*)\\)" $heartbeatLost $live) (regexReplaceAll "S\\(([^)]*)\\)" $heartbeatLost $last) $gap }}
 - name: kube-node-status.heartbeats
   rules:
     - alert: NodeHeartbeatLost
-      expr: ({{ regexReplaceAll "S\\(([^)]*)\\)" $heartbeatLost $live }}) or (({{ regexReplaceAll "S\\(([^)]*)\\)" $heartbeatLost $last }}) {{ $gap }})
+      expr: {{ $lost }}
       for: {{ $a.heartbeatLostFor }}
       labels:
         severity: warning
@@ -90,11 +93,12 @@ that Ready going False to Unknown is the same alert, not a new one.
         summary: The kubelet on node {{ $nodeLabel }} stopped renewing its node Lease; the node is still Ready.
         description: The early warning before NodeNotReady. The kubelet died, hangs, or cannot reach the API server; the node lifecycle controller sets Ready Unknown once the Lease has gone unrenewed for its grace period (40 s, 50 s since Kubernetes 1.32). If Ready never changes, NodeLifecycleControllerNotActing fires.
     - alert: NodeLifecycleControllerNotActing
-      expr: ({{ regexReplaceAll "S\\(([^)]*)\\)" $notActing $live }}) or (({{ regexReplaceAll "S\\(([^)]*)\\)" $notActing $last }}) {{ $gap }})
+      expr: {{ $lost }}
+      for: {{ $a.controllerNotActingFor }}
       labels:
         severity: critical
       annotations:
-        summary: Node {{ $nodeLabel }}'s kubelet has not renewed its Lease for over {{ $a.controllerNotActingAfterSeconds }} s, yet the node is still Ready.
+        summary: Node {{ $nodeLabel }}'s kubelet stopped renewing its Lease, and the node has stayed Ready for {{ $a.controllerNotActingFor }} since.
         description: The node lifecycle controller (kube-controller-manager) should have set Ready Unknown after its grace period and is not acting, so pods on dead nodes are not evicted and every readiness signal says the cluster is healthy. A control-plane problem, not a node problem - check kube-controller-manager (running, partitioned, holding its leader Lease).
 {{- end }}
 - name: kube-node-status.exporter

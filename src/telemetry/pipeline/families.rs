@@ -430,14 +430,17 @@ fn heartbeat_last_renewal(naming: Naming) -> Family {
             "kube_node_heartbeat_last_renewal_time",
         ),
         unit: unit(naming, "s"),
-        help: "The renewTime of the node's Lease, in Unix seconds; only while its heartbeat is stale \
-               (a renewal every 10 s would otherwise be a change of every node)",
+        help: "The renewTime of the node's Lease as its kubelet wrote it, in Unix seconds; only while \
+               its heartbeat is stale (a renewal every 10 s would otherwise be a change of every node)",
         kind: Kind::FloatGauge,
         group: Group::Readiness,
         uid_on_metrics: false,
         points: Box::new(|ctx, node, base, emit| {
-            if let Some(Heartbeat::Stale { last_renewal }) = heartbeat(ctx, node) {
-                emit(last_renewal, base.to_vec());
+            if let Some(Heartbeat::Stale {
+                last_renewal: Some(renewed),
+            }) = heartbeat(ctx, node)
+            {
+                emit(renewed, base.to_vec());
             }
         }),
         count: one,
