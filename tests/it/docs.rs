@@ -104,16 +104,8 @@ async fn check_mode(mode: &str) {
     );
     // Kubelets renewing their node Leases, one of them dead: every heartbeat
     // reading is served, the stale-only ones too. No controller acts within the test.
-    let api = kube_node_status::fake::FakeApiServer::start(kube_node_status::fake::FakeOptions {
-        nodes: 0,
-        heartbeats: Some(kube_node_status::fake::HeartbeatOptions {
-            renew_every: Duration::from_millis(300),
-            grace: Duration::from_secs(3600),
-        }),
-        ..Default::default()
-    })
-    .await
-    .expect("fake API server");
+    let api =
+        crate::common::fake_api_with_kubelets(0, Duration::from_millis(300), Duration::from_secs(3600)).await;
     let fixtures = common::fixture_nodes();
     for node in &fixtures {
         assert!(api.put_node(node.clone()));

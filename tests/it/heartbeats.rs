@@ -20,7 +20,7 @@ use crate::common::{
         NEEDS_NODE_LEASES, api_as_installed_with, args_for_loopback, dashboard, exporter_container, pod_env,
         render, rule_file,
     },
-    otlp,
+    fake_api_with_kubelets, otlp,
     otlp::Receiver,
     prometheus::{Prometheus, query_series, wait_query},
     value,
@@ -32,16 +32,19 @@ const T: Duration = Duration::from_secs(30);
 /// kubelet is stale after 1 s (the exporter's --heartbeat-stale-after), and
 /// Ready Unknown 2 s later.
 async fn api(nodes: usize) -> FakeApiServer {
-    FakeApiServer::start(FakeOptions {
-        nodes,
-        heartbeats: Some(HeartbeatOptions {
-            renew_every: Duration::from_millis(300),
-            grace: Duration::from_secs(3),
-        }),
-        ..Default::default()
-    })
-    .await
-    .expect("fake API server")
+    fake_api_with_kubelets(nodes, Duration::from_millis(300), Duration::from_secs(3)).await
+}
+
+/// The exporter with Leases on and `/metrics` only.
+fn start_scraped(api: &FakeApiServer) -> Exporter {
+    let args = [
+        "--node-leases",
+        "--metrics-exporter",
+        "prometheus",
+        "--traces-exporter",
+        "none",
+    ];
+    Exporter::start(&api.kubeconfig(), &args, &[])
 }
 
 fn start(api: &FakeApiServer, receiver: &Receiver) -> Exporter {
@@ -309,17 +312,7 @@ async fn with_no_leases_every_node_is_missing_and_without_a_role_one_line_says_s
     })
     .await
     .expect("fake API server");
-    let exporter = Exporter::start(
-        &api.kubeconfig(),
-        &[
-            "--node-leases",
-            "--metrics-exporter",
-            "prometheus",
-            "--traces-exporter",
-            "none",
-        ],
-        &[],
-    );
+    let exporter = start_scraped(&api);
     let s = exporter
         .wait_for("missing", T, |s| state(s, "missing") == Some(2.0))
         .await;
@@ -356,17 +349,7 @@ async fn with_no_leases_every_node_is_missing_and_without_a_role_one_line_says_s
     })
     .await
     .expect("fake API server");
-    let exporter = Exporter::start(
-        &api.kubeconfig(),
-        &[
-            "--node-leases",
-            "--metrics-exporter",
-            "prometheus",
-            "--traces-exporter",
-            "none",
-        ],
-        &[],
-    );
+    let exporter = start_scraped(&api);
     let s = exporter
         .wait_for("a lease watch error", T, |s| {
             value(s, "kube_node_status_lease_watch_errors_total", &[]).is_some_and(|e| e >= 2.0)

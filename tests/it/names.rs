@@ -39,16 +39,8 @@ struct Served {
 async fn served(naming: &str, profile: &str) -> Served {
     // Kubelets renewing their node Leases, one dead (its heartbeat readings
     // are served only while stale); no controller acts within the test.
-    let api = kube_node_status::fake::FakeApiServer::start(kube_node_status::fake::FakeOptions {
-        nodes: 6,
-        heartbeats: Some(kube_node_status::fake::HeartbeatOptions {
-            renew_every: Duration::from_millis(300),
-            grace: Duration::from_secs(3600),
-        }),
-        ..Default::default()
-    })
-    .await
-    .expect("fake API server");
+    let api =
+        crate::common::fake_api_with_kubelets(6, Duration::from_millis(300), Duration::from_secs(3600)).await;
     let n = api.node_names();
     assert!(api.set_kubelet_alive(&n[2], false));
     let edit = |name: &str, change: &dyn Fn(&mut Value)| {

@@ -64,6 +64,19 @@ pub async fn fake_api_paged(nodes: usize) -> FakeApiServer {
     .expect("fake API server starts")
 }
 
+/// [`fake_api`] whose kubelets renew node Leases every `renew_every`, with
+/// a node lifecycle controller that marks a node after `grace`.
+pub async fn fake_api_with_kubelets(nodes: usize, renew_every: Duration, grace: Duration) -> FakeApiServer {
+    FakeApiServer::start(FakeOptions {
+        nodes,
+        bookmark_interval: Duration::from_millis(500),
+        heartbeats: Some(kube_node_status::fake::HeartbeatOptions { renew_every, grace }),
+        ..Default::default()
+    })
+    .await
+    .expect("fake API server starts")
+}
+
 /// One GET: (status, body as text). A body that is cut short or is not
 /// UTF-8 is an error, never a short body that parses as complete.
 pub async fn http_get(
