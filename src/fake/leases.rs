@@ -33,6 +33,8 @@ struct Api {
     gate: Arc<Gate>,
     leases: Arc<Leases>,
     nodes: Option<Arc<NodeLeases>>,
+    /// What every other namespace (or all, with node Leases off) lists and watches: none.
+    empty: Arc<NodeLeases>,
     bookmark_every: Duration,
 }
 
@@ -84,6 +86,7 @@ pub(super) fn routes<S: Clone + Send + Sync + 'static>(
             gate,
             leases,
             nodes,
+            empty: Arc::new(NodeLeases::new(Default::default(), 1)),
             bookmark_every,
         })
 }
@@ -109,9 +112,9 @@ async fn list_or_watch(
         return r;
     }
     let nodes = match (&api.nodes, ns == NAMESPACE) {
-        (Some(nodes), true) => nodes.clone(),
+        (Some(nodes), true) => nodes,
         // Node Leases off, or another namespace: an empty list that never changes.
-        _ => Arc::new(NodeLeases::new(Default::default(), 1)),
+        _ => &api.empty,
     };
     if matches!(p.watch.as_deref(), Some("true" | "1")) {
         let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1800).max(1));
