@@ -267,6 +267,7 @@ pub async fn run(
                 view.clone(),
                 sink,
                 settings.api_timeout,
+                settings.api_encoding,
             ),
         ));
     }

@@ -1,9 +1,13 @@
 //! Any bytes as a protobuf watch body (split at an arbitrary point) and as a
-//! LIST body: frames, envelopes and objects are decoded or refused with a
-//! reason, never a panic, and no frame over the limit is ever held.
+//! LIST body, of Nodes and of node Leases: frames, envelopes and objects are
+//! decoded or refused with a reason, never a panic, and no frame over the
+//! limit is ever held.
 #![no_main]
 
-use kube_node_status::cluster::proto::{Frames, decode_list, decode_object, decode_watch_event};
+use kube_node_status::cluster::{
+    NodeLease,
+    proto::{Frames, decode_list, decode_list_of, decode_object, decode_watch_event, decode_watch_event_of},
+};
 use libfuzzer_sys::fuzz_target;
 
 /// Small, so that the fuzzer reaches the limit.
@@ -19,6 +23,7 @@ fuzz_target!(|data: &[u8]| {
                 Ok(Some(frame)) => {
                     assert!(frame.len() <= LIMIT);
                     let _ = decode_watch_event(&frame);
+                    let _ = decode_watch_event_of::<NodeLease>(&frame);
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -34,4 +39,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = frames.finish();
     let _ = decode_object(data);
     let _ = decode_list(data);
+    let _ = decode_list_of::<NodeLease>(data);
 });

@@ -35,7 +35,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use k8s_openapi::api::coordination::v1::Lease;
+use super::lease::NodeLease;
 
 /// A node's heartbeat, as the view knows it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -185,14 +185,13 @@ fn system_time(us: i64) -> Option<SystemTime> {
     })
 }
 
-/// What is kept of a Lease: its name, `renewTime` (µs) and `leaseDurationSeconds`.
-pub fn slim(lease: &Lease) -> Option<(&str, i64, Option<i32>)> {
-    let name = lease.metadata.name.as_deref()?;
-    let spec = lease.spec.as_ref();
-    let renew = spec
-        .and_then(|s| s.renew_time.as_ref())
-        .map_or(NEVER, |t| t.0.as_microsecond());
-    Some((name, renew, spec.and_then(|s| s.lease_duration_seconds)))
+/// What a Lease gives: its name, `renewTime` (µs, [`NEVER`] without one) and `leaseDurationSeconds`.
+fn slim(lease: &NodeLease) -> Option<(&str, i64, Option<i32>)> {
+    Some((
+        lease.name.as_deref()?,
+        lease.renew_us.unwrap_or(NEVER),
+        lease.duration_s,
+    ))
 }
 
 impl Heartbeats {
@@ -254,7 +253,7 @@ impl Heartbeats {
     }
 
     /// A Lease added or updated, delivered at `now`. `listed`: it came in a (re)list.
-    pub fn apply(&self, lease: &Lease, listed: bool, now: Now) -> Applied {
+    pub fn apply(&self, lease: &NodeLease, listed: bool, now: Now) -> Applied {
         let Some((name, renew_us, duration)) = slim(lease) else {
             return Applied::default();
         };
@@ -424,9 +423,7 @@ impl Heartbeats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::{
-        api::coordination::v1::LeaseSpec, apimachinery::pkg::apis::meta::v1::MicroTime, jiff::Timestamp,
-    };
+    use k8s_openapi::jiff::Timestamp;
 
     const BASE: i64 = 1_800_000_000;
 
@@ -438,27 +435,22 @@ mod tests {
         }
     }
 
-    fn lease_with(name: &str, renewed: Option<i64>, duration: i32) -> Lease {
-        Lease {
-            metadata: kube::api::ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            spec: Some(LeaseSpec {
-                holder_identity: Some(name.into()),
-                lease_duration_seconds: Some(duration),
-                renew_time: renewed.map(|r| MicroTime(Timestamp::from_second(BASE + r).expect("in range"))),
-                ..Default::default()
-            }),
-        }
+    fn lease_with(name: &str, renewed: Option<i64>, duration: i32) -> NodeLease {
+        NodeLease::new(
+            Some(name.into()),
+            Some("1".into()),
+            Some(name.into()),
+            renewed.map(|r| (BASE + r) * 1_000_000),
+            Some(duration),
+        )
     }
 
     /// A kubelet's Lease renewed `renewed` seconds in, 40 s long: stale after 30 s.
-    fn lease(name: &str, renewed: i64) -> Lease {
+    fn lease(name: &str, renewed: i64) -> NodeLease {
         lease_with(name, Some(renewed), 40)
     }
 
-    fn synced(h: &Heartbeats, leases: &[Lease], now: Now) {
+    fn synced(h: &Heartbeats, leases: &[NodeLease], now: Now) {
         h.list_started();
         for l in leases {
             h.apply(l, true, now);
@@ -485,7 +477,7 @@ mod tests {
                 env!("CARGO_MANIFEST_DIR")
             );
             let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            let lease: Lease = serde_json::from_slice(&bytes).expect("a Lease");
+            let lease: NodeLease = serde_json::from_slice(&bytes).expect("a Lease");
             let renewed = "2004-01-01T01:01:01.000004Z"
                 .parse::<Timestamp>()
                 .expect("a time")

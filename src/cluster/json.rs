@@ -13,7 +13,6 @@ use std::hash::Hasher;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::{
-    Node,
     proto::{
         ApiStatus, ProtoError,
         envelope::{INITIAL_EVENTS_END, WatchEvent},
@@ -30,10 +29,10 @@ pub fn error(e: serde_json::Error) -> WatchError {
     })
 }
 
-/// One JSON watch line: kube's `WatchEvent` over the slim node.
-pub fn decode_event(line: &[u8]) -> Result<WatchEvent, WatchError> {
+/// One JSON watch line: kube's `WatchEvent` over the slim object (a node, a Lease).
+pub fn decode_event<K: serde::de::DeserializeOwned>(line: &[u8]) -> Result<WatchEvent<K>, WatchError> {
     use kube::api::WatchEvent as Json;
-    Ok(match serde_json::from_slice::<Json<Node>>(line).map_err(error)? {
+    Ok(match serde_json::from_slice::<Json<K>>(line).map_err(error)? {
         Json::Added(n) => WatchEvent::Added(Box::new(n)),
         Json::Modified(n) => WatchEvent::Modified(Box::new(n)),
         Json::Deleted(n) => WatchEvent::Deleted(Box::new(n)),

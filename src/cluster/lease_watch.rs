@@ -1,11 +1,12 @@
-//! The node Lease watch: a LIST of `kube-node-lease`, then WATCH (kube-runtime's
-//! watcher: bookmarks, 410 → relist, backoff), into the view's
-//! [`Heartbeats`], and a look once a second for Leases gone stale.
+//! The node Lease watch: a LIST of `kube-node-lease`, then WATCH, with the
+//! node watch's own loop ([`watcher`]: streaming lists, bookmarks, 410 →
+//! relist, backoff) and encoding (protobuf unless `--api-encoding json`),
+//! each Lease decoded slim ([`NodeLease`]: holder, `renewTime`,
+//! `leaseDurationSeconds`); into the view's [`Heartbeats`], with a look once
+//! a second for Leases gone stale.
 //!
-//! In JSON, each Lease decoded whole: ~7-10 µs a renewal, 0.4 s of CPU a
-//! minute at 10,000 nodes and ~6 s at 100,000 (docs/benchmarks.md). A
-//! protobuf watch with a slim decode, as the node watch has, would cut that;
-//! it is not built yet.
+//! A renewal is one small event: its cost in each encoding is in
+//! docs/benchmarks.md.
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -13,19 +14,18 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::api::coordination::v1::Lease;
 use kube::{
-    Api, Client,
-    runtime::{
-        WatchStreamExt,
-        watcher::{self, Event},
-    },
+    Client,
+    runtime::{WatchStreamExt, watcher::Event},
 };
 use tracing::{info, warn};
 
 use super::{
     ConditionChange, ConditionSink, View,
     heartbeats::{Applied, HeartbeatChange, LeaseWatchStats, Now},
+    lease::NodeLease,
+    watcher::{self, Delivered},
+    wire::{self, Encoding},
 };
 
 /// The condition type of a heartbeat's log records: `True` when lost.
@@ -34,16 +34,6 @@ pub const HEARTBEAT_CONDITION: &str = "KubeletHeartbeatStale";
 /// How often Leases are looked at for staleness: the most a stale heartbeat
 /// waits to be found.
 pub const LOOK_EVERY: Duration = Duration::from_secs(1);
-
-fn is_forbidden(e: &watcher::Error) -> bool {
-    match e {
-        watcher::Error::InitialListFailed(kube::Error::Api(s))
-        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
-        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 403,
-        watcher::Error::WatchError(s) => s.code == 403,
-        _ => false,
-    }
-}
 
 /// The log record of a heartbeat lost or resumed.
 pub fn record(
@@ -143,12 +133,20 @@ pub async fn run(
     view: View,
     sink: Option<Arc<dyn ConditionSink>>,
     api_timeout: Duration,
+    encoding: Encoding,
 ) {
     let heartbeats = view.heartbeats().clone();
     let stats = &heartbeats.stats;
-    let api: Api<Lease> = Api::namespaced(client, &namespace);
-    let config = watcher::Config::default().timeout(super::watch::watch_timeout_secs(api_timeout));
-    let stream = watcher::watcher(api, config).default_backoff();
+    // Pages of 500, as client-go's: a Lease is ~500 bytes.
+    let source = wire::Http::<NodeLease> {
+        client,
+        path: wire::leases_path(&namespace),
+        encoding,
+        page_size: 500,
+        timeout_secs: super::watch::watch_timeout_secs(api_timeout),
+        kind: std::marker::PhantomData,
+    };
+    let stream = watcher::watch(source, true, Box::new(|_| {})).default_backoff();
     let mut stream = std::pin::pin!(stream);
     let mut looks = tokio::time::interval(LOOK_EVERY);
     looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -156,7 +154,9 @@ pub async fn run(
         let applied = tokio::select! {
             item = stream.next() => match item {
                 None => break,
-                Some(Ok(event)) => {
+                // Never for Leases: nothing of theirs is fingerprinted.
+                Some(Ok(Delivered::Unchanged)) => Applied::default(),
+                Some(Ok(Delivered::Event(event))) => {
                     // Init only announces an attempt to list, which may fail: it proves nothing.
                     if !matches!(event, Event::Init) && stats.failing.swap(false, Ordering::AcqRel) {
                         info!(namespace, "node Lease watch recovered");
@@ -169,7 +169,7 @@ pub async fn run(
                         }
                         Event::InitApply(lease) => heartbeats.apply(&lease, true, now),
                         Event::Apply(lease) => heartbeats.apply(&lease, false, now),
-                        Event::Delete(lease) => match lease.metadata.name.as_deref() {
+                        Event::Delete(lease) => match lease.name.as_deref() {
                             Some(name) => heartbeats.delete(name, now),
                             None => Applied::default(),
                         },
@@ -194,7 +194,7 @@ pub async fn run(
                 Some(Err(e)) => {
                     stats.errors.fetch_add(1, Ordering::Relaxed);
                     if !stats.failing.swap(true, Ordering::AcqRel) {
-                        if is_forbidden(&e) {
+                        if e.is_forbidden() {
                             warn!(
                                 namespace,
                                 error = %e,
@@ -203,7 +203,7 @@ pub async fn run(
                                  node readings go on; retrying with backoff"
                             );
                         } else {
-                            warn!(namespace, error = %e, "node Lease watch failing; retrying with backoff");
+                            warn!(namespace, error = %e, encoding = encoding.as_str(), "node Lease watch failing; retrying with backoff");
                         }
                     }
                     Applied::default()
@@ -225,8 +225,14 @@ pub fn spawn(
     view: View,
     sink: Option<Arc<dyn ConditionSink>>,
     api_timeout: Duration,
+    encoding: Encoding,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(client, namespace, view, sink, api_timeout))
+    // The watch loop's own lines (a streaming list given up, …) say which watch they are of.
+    let span = tracing::info_span!("node_leases");
+    tokio::spawn(tracing::Instrument::instrument(
+        run(client, namespace, view, sink, api_timeout, encoding),
+        span,
+    ))
 }
 
 #[cfg(test)]

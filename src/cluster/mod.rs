@@ -14,8 +14,10 @@ mod gather;
 mod health;
 mod heartbeats;
 pub mod json;
+pub mod lease;
 pub mod lease_watch;
 mod node;
+pub mod object;
 pub mod proto;
 mod transitions;
 mod watch;
@@ -28,6 +30,7 @@ pub use condition_changes::{ConditionChange, ConditionSink};
 pub use feed::Feed;
 pub use health::{ApiVerb, ErrorReason, EventKind, Health, WatchStats};
 pub use heartbeats::{Heartbeat, HeartbeatChange, Heartbeats, LeaseWatchStats, Now};
+pub use lease::NodeLease;
 pub use lease_watch::{HEARTBEAT_CONDITION, spawn as spawn_lease_watcher};
 pub use node::{
     ConditionStatus, ConditionText, Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,

@@ -130,9 +130,11 @@ pub async fn run(client: Client, mut feed: Feed, keep: Keep, api_timeout: Durati
     // resident size after the LIST dropped from ~137 to ~88 MiB.
     let source = wire::Http {
         client,
+        path: wire::NODES.to_string(),
         encoding,
         page_size: 100,
         timeout_secs: watch_timeout_secs(api_timeout),
+        kind: std::marker::PhantomData,
     };
     let prepare: watcher::Prepare =
         Box::new(move |node| strip_keeping(node, &*keep.label, keep.all_addresses));

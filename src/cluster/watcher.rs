@@ -22,6 +22,7 @@ use kube::runtime::watcher::Event;
 
 use super::{
     Node,
+    object::Object,
     proto::{
         ApiStatus, ListPage, ProtoError,
         envelope::WatchEvent,
@@ -105,35 +106,35 @@ pub enum WatchFrom {
     InitialEvents,
 }
 
-/// The LISTs and WATCHes the loop makes.
-pub trait Source: Send + Sync + 'static {
+/// The LISTs and WATCHes the loop makes, of objects `K`.
+pub trait Source<K: Object = Node>: Send + Sync + 'static {
     /// A WATCH's events.
-    type Events: EventSource;
+    type Events: EventSource<K>;
     /// One LIST page, the first when `continue_token` is `None`.
     fn list(
         &self,
         continue_token: Option<String>,
-    ) -> impl Future<Output = Result<ListPage, WatchError>> + Send;
+    ) -> impl Future<Output = Result<ListPage<K>, WatchError>> + Send;
     /// Starts a WATCH.
     fn watch(&self, from: WatchFrom) -> impl Future<Output = Result<Self::Events, WatchError>> + Send;
 }
 
 /// A WATCH under way.
-pub trait EventSource: Send + 'static {
+pub trait EventSource<K: Object = Node>: Send + 'static {
     /// The next event; `None` once the stream has ended. An update whose
-    /// node has a fingerprint `known` holds may be answered with
+    /// object has a fingerprint `known` holds may be answered with
     /// [`Received::Unchanged`] instead of being decoded.
     fn next(
         &mut self,
         known: Option<&Known>,
-    ) -> impl Future<Output = Option<Result<Received, WatchError>>> + Send;
+    ) -> impl Future<Output = Option<Result<Received<K>, WatchError>>> + Send;
 }
 
 /// An event as a WATCH delivers it.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Received {
-    /// Decoded, with its node's fingerprint if the encoding gives one.
-    Event(WatchEvent, Option<Fingerprint>),
+pub enum Received<K = Node> {
+    /// Decoded, with its object's fingerprint if the encoding gives one.
+    Event(WatchEvent<K>, Option<Fingerprint>),
     /// An ADDED or MODIFIED event left undecoded: its node's fingerprint is
     /// the one handed on last (a kubelet status re-post).
     Unchanged {
@@ -142,8 +143,8 @@ pub enum Received {
     },
 }
 
-impl From<WatchEvent> for Received {
-    fn from(event: WatchEvent) -> Received {
+impl<K> From<WatchEvent<K>> for Received<K> {
+    fn from(event: WatchEvent<K>) -> Received<K> {
         Received::Event(event, None)
     }
 }
@@ -153,9 +154,9 @@ impl From<WatchEvent> for Received {
 #[derive(Clone, Debug)]
 // The same size as the `Event` the loop yielded before; boxing it would be an allocation per event.
 #[allow(clippy::large_enum_variant)]
-pub enum Delivered {
+pub enum Delivered<K = Node> {
     /// For the view.
-    Event(Event<Node>),
+    Event(Event<K>),
     /// An update that changes nothing the view keeps, not decoded.
     Unchanged,
 }
@@ -177,17 +178,17 @@ impl Known {
 
     /// A node handed on to the view: its fingerprint is recorded, or, when it
     /// came without one, what was recorded for it is no longer true.
-    fn handed_on(&mut self, node: &Node, f: Option<Fingerprint>) {
+    fn handed_on<K: Object>(&mut self, object: &K, f: Option<Fingerprint>) {
         match f {
             Some(f) => {
                 self.current.insert(f.name, f.content);
             }
-            None => self.forget(node),
+            None => self.forget(object),
         }
     }
 
-    fn forget(&mut self, node: &Node) {
-        if let Some(name) = node.metadata.name.as_deref() {
+    fn forget<K: Object>(&mut self, object: &K) {
+        if let Some(name) = object.name() {
             self.current.remove(&name_key(name));
         }
     }
@@ -205,7 +206,7 @@ impl Known {
 }
 
 /// What each node gets before it is handed on (stripping what is not kept).
-pub type Prepare = Box<dyn Fn(&mut Node) + Send + Sync>;
+pub type Prepare<K = Node> = Box<dyn Fn(&mut K) + Send + Sync>;
 
 enum State<E> {
     /// A (re)list is next: a streaming one first if `streaming`.
@@ -223,7 +224,7 @@ enum State<E> {
     },
 }
 
-type Item = Result<Delivered, WatchError>;
+type Item<K = Node> = Result<Delivered<K>, WatchError>;
 
 /// How long a streaming list may go without an event before the server is
 /// taken for one that ignores `sendInitialEvents` (some emulators and proxies
@@ -235,7 +236,11 @@ pub const INITIAL_EVENTS_IDLE: std::time::Duration = std::time::Duration::from_s
 /// The events and errors of the watch, forever: relists, restarts and
 /// resumptions are its own; the caller only backs off after errors.
 /// `streaming` tries streaming lists first.
-pub fn watch<S: Source>(source: S, streaming: bool, prepare: Prepare) -> impl Stream<Item = Item> + Send {
+pub fn watch<K: Object, S: Source<K>>(
+    source: S,
+    streaming: bool,
+    prepare: Prepare<K>,
+) -> impl Stream<Item = Item<K>> + Send {
     let state = State::<S::Events>::Start { streaming };
     stream::unfold(
         (source, prepare, state, Known::default()),
@@ -247,24 +252,24 @@ pub fn watch<S: Source>(source: S, streaming: bool, prepare: Prepare) -> impl St
     .flatten()
 }
 
-fn ok(event: Event<Node>) -> Item {
+fn ok<K>(event: Event<K>) -> Item<K> {
     Ok(Delivered::Event(event))
 }
 
-async fn step<S: Source>(
+async fn step<K: Object, S: Source<K>>(
     source: &S,
-    prepare: &Prepare,
+    prepare: &Prepare<K>,
     state: State<S::Events>,
     streaming: bool,
     known: &mut Known,
-) -> (Vec<Item>, State<S::Events>) {
-    let node = |mut n: Box<Node>| {
+) -> (Vec<Item<K>>, State<S::Events>) {
+    let node = |mut n: Box<K>| {
         prepare(&mut n);
         *n
     };
     // A streaming list that cannot be finished: this (re)list is made in pages instead.
     let in_pages = |why: &str| {
-        tracing::info!(why, "streaming list given up; listing nodes in pages");
+        tracing::info!(why, "streaming list given up; listing in pages");
         State::Listing { token: None }
     };
     match state {
@@ -291,7 +296,7 @@ async fn step<S: Source>(
             let first = token.is_none();
             match source.list(token).await {
                 Ok(page) => {
-                    let mut items: Vec<Item> = Vec::with_capacity(page.items.len() + 2);
+                    let mut items: Vec<Item<K>> = Vec::with_capacity(page.items.len() + 2);
                     if first {
                         known.listing.clear();
                         items.push(ok(Event::Init));
@@ -411,13 +416,13 @@ async fn step<S: Source>(
                 streaming,
             ),
             Some(Ok(Received::Event(WatchEvent::Added(n) | WatchEvent::Modified(n), fingerprint))) => {
-                known.handed_on(&n, fingerprint);
-                let rv_of = n.metadata.resource_version.clone();
+                known.handed_on(&*n, fingerprint);
+                let rv_of = n.resource_version().map(str::to_owned);
                 applied(rv_of, events, ok(Event::Apply(node(n))), streaming)
             }
             Some(Ok(Received::Event(WatchEvent::Deleted(n), _))) => {
-                known.forget(&n);
-                let rv_of = n.metadata.resource_version.clone();
+                known.forget(&*n);
+                let rv_of = n.resource_version().map(str::to_owned);
                 applied(rv_of, events, ok(Event::Delete(node(n))), streaming)
             }
             Some(Ok(Received::Event(WatchEvent::Bookmark { resource_version, .. }, _))) => {
@@ -482,7 +487,7 @@ impl<E> State<E> {
 }
 
 /// An applied, deleted or unchanged node moves the watch on to its resourceVersion.
-fn applied<E>(new: Option<String>, events: E, item: Item, streaming: bool) -> (Vec<Item>, State<E>) {
+fn applied<K, E>(new: Option<String>, events: E, item: Item<K>, streaming: bool) -> (Vec<Item<K>>, State<E>) {
     match new.filter(|rv| !rv.is_empty()) {
         Some(rv) => (
             vec![item],

@@ -1,6 +1,7 @@
-//! The node LIST and WATCH over HTTP, in either encoding: the requests as
-//! client-go makes them, and the responses decoded by their `Content-Type`
-//! (JSON or Kubernetes protobuf) into the same pages and events.
+//! LISTs and WATCHes over HTTP (of Nodes, and of node Leases), in either
+//! encoding: the requests as client-go makes them, and the responses decoded
+//! by their `Content-Type` (JSON or Kubernetes protobuf) into the same pages
+//! and events.
 
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
@@ -11,13 +12,53 @@ use super::{
     Node,
     gather::Gather,
     json,
+    lease::NodeLease,
+    object::Object,
     proto::{
-        self, ApiStatus, Frames, ListPage, ProtoError,
+        self, ApiStatus, Frames, Kind, ListPage, ProtoError,
         envelope::WatchEvent,
         fingerprint::{self, Peeked},
     },
     watcher::{EventSource, Known, Received, Source, Step, WatchError, WatchFrom},
 };
+
+/// A kind of object listed and watched over HTTP: its decodes in both
+/// encodings, and how an update's fingerprint is read off its bytes.
+pub trait Wired: Object + Kind + serde::de::DeserializeOwned + Sync {
+    /// An update's resourceVersion and fingerprint off a protobuf frame,
+    /// without decoding it; `None` where every update changes what is kept.
+    fn peek_frame(_frame: &[u8]) -> Option<Peeked<'_>> {
+        None
+    }
+    /// The same off a JSON line.
+    fn peek_line(_line: &[u8]) -> Option<Peeked<'_>> {
+        None
+    }
+    /// A JSON watch line.
+    fn decode_line(line: &[u8]) -> Result<WatchEvent<Self>, WatchError> {
+        json::decode_event(line)
+    }
+}
+
+impl Wired for Node {
+    fn peek_frame(frame: &[u8]) -> Option<Peeked<'_>> {
+        fingerprint::peek_update(frame)
+    }
+    fn peek_line(line: &[u8]) -> Option<Peeked<'_>> {
+        json::peek_update(line)
+    }
+}
+
+/// Every renewal moves `renewTime`: nothing to fingerprint.
+impl Wired for NodeLease {}
+
+/// The collection path of the Nodes.
+pub const NODES: &str = "/api/v1/nodes";
+
+/// The collection path of the Leases in `namespace`.
+pub fn leases_path(namespace: &str) -> String {
+    format!("/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases")
+}
 
 /// How nodes are asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -91,21 +132,25 @@ const MAX_BODY: usize = 256 * 1024 * 1024;
 /// The server-side deadline of a streaming list, which covers sending every node.
 const STREAMING_LIST_TIMEOUT_SECS: u32 = 600;
 
-/// Node LISTs and WATCHes against the API server of `client`.
-pub struct Http {
+/// LISTs and WATCHes of `K`s against the API server of `client`.
+pub struct Http<K = Node> {
     /// The client (its read timeout gives up on a silent server).
     pub client: kube::Client,
+    /// The collection's path ([`NODES`], [`leases_path`]).
+    pub path: String,
     /// What to ask for.
     pub encoding: Encoding,
     /// Nodes per LIST page.
     pub page_size: u32,
     /// The server-side length of each WATCH.
     pub timeout_secs: u32,
+    /// What is listed and watched.
+    pub kind: std::marker::PhantomData<fn() -> K>,
 }
 
-impl Http {
+impl<K> Http<K> {
     async fn send(&self, step: Step, query: &str) -> Result<http::Response<Body>, WatchError> {
-        let request = Request::get(format!("/api/v1/nodes?{query}"))
+        let request = Request::get(format!("{}?{query}", self.path))
             .header(header::ACCEPT, self.encoding.accept())
             .body(Body::empty())
             .map_err(|e| WatchError::Transport {
@@ -182,17 +227,18 @@ async fn read_all(mut body: Body, max: usize, step: Step) -> Result<Vec<u8>, Wat
 
 /// A JSON LIST page.
 #[derive(serde::Deserialize)]
-struct JsonList {
+#[serde(bound = "K: serde::de::DeserializeOwned")]
+struct JsonList<K> {
     #[serde(default)]
     metadata: kube::core::ListMeta,
-    #[serde(default)]
-    items: Vec<Node>,
+    #[serde(default = "Vec::new")]
+    items: Vec<K>,
 }
 
-impl Source for Http {
-    type Events = Events;
+impl<K: Wired> Source<K> for Http<K> {
+    type Events = Events<K>;
 
-    async fn list(&self, continue_token: Option<String>) -> Result<ListPage, WatchError> {
+    async fn list(&self, continue_token: Option<String>) -> Result<ListPage<K>, WatchError> {
         // No resourceVersion: a consistent read; later pages name only their token.
         let query = match &continue_token {
             Some(token) => format!("limit={}&continue={}", self.page_size, urlencode(token)),
@@ -202,7 +248,7 @@ impl Source for Http {
         let format = format(response.headers())?;
         let body = read_all(response.into_body(), MAX_BODY, Step::List).await?;
         match format.unwrap_or_else(|| sniff(body.first().copied().unwrap_or(b'{'))) {
-            Format::Protobuf => match proto::decode_list(&body) {
+            Format::Protobuf => match proto::decode_list_of::<K>(&body) {
                 Ok(Ok(page)) => Ok(page),
                 Ok(Err(status)) => Err(WatchError::Api {
                     step: Step::List,
@@ -211,7 +257,7 @@ impl Source for Http {
                 Err(e) => Err(WatchError::Decode(e)),
             },
             Format::Json => {
-                let list: JsonList = serde_json::from_slice(&body).map_err(json::error)?;
+                let list: JsonList<K> = serde_json::from_slice(&body).map_err(json::error)?;
                 Ok(ListPage {
                     resource_version: list.metadata.resource_version.unwrap_or_default(),
                     continue_token: list.metadata.continue_.filter(|c| !c.is_empty()),
@@ -222,7 +268,7 @@ impl Source for Http {
         }
     }
 
-    async fn watch(&self, from: WatchFrom) -> Result<Events, WatchError> {
+    async fn watch(&self, from: WatchFrom) -> Result<Events<K>, WatchError> {
         let base = format!(
             "watch=true&allowWatchBookmarks=true&timeoutSeconds={}",
             self.timeout_secs
@@ -247,6 +293,7 @@ impl Source for Http {
             done: false,
             // Initial events are a list: read as fast as they come.
             gather: matches!(from, WatchFrom::Version(_)).then(Gather::default),
+            kind: std::marker::PhantomData,
         })
     }
 }
@@ -257,7 +304,7 @@ fn urlencode(s: &str) -> String {
 }
 
 /// The events of one WATCH response.
-pub struct Events {
+pub struct Events<K = Node> {
     body: Body,
     /// `None` until the first byte tells, when the Content-Type did not.
     format: Option<Format>,
@@ -267,9 +314,10 @@ pub struct Events {
     /// When to leave the socket alone for a while ([`Gather`]); `None` for
     /// a streaming list's initial events, read as fast as they come.
     gather: Option<Gather>,
+    kind: std::marker::PhantomData<fn() -> K>,
 }
 
-impl Events {
+impl<K> Events<K> {
     /// The next whole frame or line, if one is buffered.
     fn buffered(&mut self) -> Result<Option<Bytes>, ProtoError> {
         if self.format.is_none() {
@@ -283,8 +331,8 @@ impl Events {
     }
 }
 
-impl EventSource for Events {
-    async fn next(&mut self, known: Option<&Known>) -> Option<Result<Received, WatchError>> {
+impl<K: Wired> EventSource<K> for Events<K> {
+    async fn next(&mut self, known: Option<&Known>) -> Option<Result<Received<K>, WatchError>> {
         if self.done {
             return None;
         }
@@ -295,8 +343,8 @@ impl EventSource for Events {
                         gather.frame();
                     }
                     let event = match self.format {
-                        Some(Format::Protobuf) => decode_frame(&frame, known),
-                        _ => decode_line(&frame, known),
+                        Some(Format::Protobuf) => decode_frame::<K>(&frame, known),
+                        _ => decode_line::<K>(&frame, known),
                     };
                     if event.is_err() {
                         // Nothing after a bad frame can be trusted: the watch restarts.
@@ -341,7 +389,7 @@ impl EventSource for Events {
                     if self.format == Some(Format::Json)
                         && let Ok(Some(last)) = self.frames.rest()
                     {
-                        return Some(decode_line(&last, known));
+                        return Some(decode_line::<K>(&last, known));
                     }
                     return self.frames.finish().err().map(|e| Err(WatchError::Decode(e)));
                 }
@@ -355,9 +403,9 @@ impl EventSource for Events {
 /// streaming list's initial events (nothing known yet) are fingerprinted
 /// too: the peek is a few µs beside the decode, and without it each node's
 /// first re-post after every list would be decoded in full.
-fn decode_frame(frame: &[u8], known: Option<&Known>) -> Result<Received, WatchError> {
-    decode_unless_known(frame, known, (fingerprint::peek_update, true), |f| {
-        proto::decode_watch_event(f).map_err(WatchError::Decode)
+fn decode_frame<K: Wired>(frame: &[u8], known: Option<&Known>) -> Result<Received<K>, WatchError> {
+    decode_unless_known(frame, known, (K::peek_frame, true), |f| {
+        proto::decode_watch_event_of::<K>(f).map_err(WatchError::Decode)
     })
 }
 
@@ -365,8 +413,8 @@ fn decode_frame(frame: &[u8], known: Option<&Known>) -> Result<Received, WatchEr
 /// initial events are not peeked: a JSON peek is a second parse, and the
 /// list is what `/readyz` waits for. A node's first re-post after it is
 /// decoded, and fingerprinted then.
-fn decode_line(line: &[u8], known: Option<&Known>) -> Result<Received, WatchError> {
-    decode_unless_known(line, known, (json::peek_update, false), json::decode_event)
+fn decode_line<K: Wired>(line: &[u8], known: Option<&Known>) -> Result<Received<K>, WatchError> {
+    decode_unless_known(line, known, (K::peek_line, false), K::decode_line)
 }
 
 /// How an encoding reads an update's resourceVersion and fingerprint without
@@ -376,12 +424,12 @@ type Peek<'a> = (fn(&'a [u8]) -> Option<Peeked<'a>>, bool);
 
 /// `Unchanged` for an update whose fingerprint `known` holds, else the event
 /// decoded, with its fingerprint when `peek` reads one.
-fn decode_unless_known<'a>(
+fn decode_unless_known<'a, K>(
     bytes: &'a [u8],
     known: Option<&Known>,
     peek: Peek<'a>,
-    decode: fn(&[u8]) -> Result<WatchEvent, WatchError>,
-) -> Result<Received, WatchError> {
+    decode: fn(&[u8]) -> Result<WatchEvent<K>, WatchError>,
+) -> Result<Received<K>, WatchError> {
     let (peek, initial_too) = peek;
     if known.is_none() && !initial_too {
         return Ok(Received::Event(decode(bytes)?, None));
@@ -413,12 +461,12 @@ mod tests {
         let want = fingerprint::peek_update(&frame[4..])
             .expect("an update")
             .fingerprint;
-        match decode_frame(&frame[4..], None) {
+        match decode_frame::<Node>(&frame[4..], None) {
             Ok(Received::Event(WatchEvent::Added(_), Some(f))) => assert_eq!(f, want),
             other => panic!("protobuf: {other:?}"),
         }
         let line = serde_json::json!({"type": "ADDED", "object": object}).to_string();
-        match decode_line(line.as_bytes(), None) {
+        match decode_line::<Node>(line.as_bytes(), None) {
             Ok(Received::Event(WatchEvent::Added(_), None)) => {}
             other => panic!("JSON: {other:?}"),
         }

@@ -231,10 +231,11 @@ pub struct RunArgs {
     #[arg(long, env = "KNS_API_TIMEOUT", default_value = "60s", value_parser = parse_api_timeout)]
     pub api_timeout: Duration,
 
-    /// How nodes are listed and watched: `protobuf` asks for Kubernetes
-    /// protobuf with JSON accepted too, as client-go and kube-state-metrics
-    /// do (smaller and cheaper to decode, on both sides); `json` asks for JSON
-    /// only. Either way the response is decoded by its Content-Type.
+    /// How nodes (and, with --node-leases, their Leases) are listed and
+    /// watched: `protobuf` asks for Kubernetes protobuf with JSON accepted
+    /// too, as client-go and kube-state-metrics do (smaller and cheaper to
+    /// decode, on both sides); `json` asks for JSON only. Either way the
+    /// response is decoded by its Content-Type.
     #[arg(long, env = "KNS_API_ENCODING", value_enum, default_value = "protobuf")]
     pub api_encoding: crate::cluster::wire::Encoding,
 
@@ -452,7 +453,7 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// How long the Kubernetes API may stay silent on a request or a watch.
     pub api_timeout: Duration,
-    /// How nodes are asked for.
+    /// How nodes and node Leases are asked for.
     pub api_encoding: crate::cluster::wire::Encoding,
     /// Where the node Leases are watched, when heartbeats are read.
     pub node_leases: Option<NodeLeaseSettings>,

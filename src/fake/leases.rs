@@ -22,8 +22,9 @@ use serde_json::{Value, json};
 use serde::Deserialize;
 
 use super::{
+    encoding::Encoding,
     gate::{Gate, now_rfc3339, status},
-    node_leases::{NAMESPACE, NodeLeases},
+    node_leases::{NAMESPACE, NodeLeases, WatchFrom},
 };
 
 /// What the lease endpoints see: the gate, the leases, and the node Leases
@@ -36,6 +37,8 @@ struct Api {
     /// What every other namespace (or all, with node Leases off) lists and watches: none.
     empty: Arc<NodeLeases>,
     bookmark_every: Duration,
+    /// Streaming lists served (else refused with 422, as for nodes).
+    streaming_lists: bool,
 }
 
 /// The Leases, by (namespace, name).
@@ -78,6 +81,7 @@ pub(super) fn routes<S: Clone + Send + Sync + 'static>(
     leases: Arc<Leases>,
     nodes: Option<Arc<NodeLeases>>,
     bookmark_every: Duration,
+    streaming_lists: bool,
 ) -> Router<S> {
     Router::new()
         .route(BASE, post(create).get(list_or_watch))
@@ -88,6 +92,7 @@ pub(super) fn routes<S: Clone + Send + Sync + 'static>(
             nodes,
             empty: Arc::new(NodeLeases::new(Default::default(), 1)),
             bookmark_every,
+            streaming_lists,
         })
 }
 
@@ -98,6 +103,8 @@ struct ListParams {
     resource_version: Option<String>,
     allow_watch_bookmarks: Option<bool>,
     timeout_seconds: Option<u64>,
+    send_initial_events: Option<bool>,
+    resource_version_match: Option<String>,
 }
 
 /// LIST or WATCH of a namespace's Leases: the node Leases in
@@ -116,16 +123,33 @@ async fn list_or_watch(
         // Node Leases off, or another namespace: an empty list that never changes.
         _ => &api.empty,
     };
+    let encoding = Encoding::of(&headers);
     if matches!(p.watch.as_deref(), Some("true" | "1")) {
-        let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1800).max(1));
-        nodes.watch(
-            p.resource_version.as_deref(),
-            p.allow_watch_bookmarks.unwrap_or(false),
-            api.bookmark_every,
-            timeout,
-        )
+        let initial = p.send_initial_events == Some(true);
+        // As the API server validates it (and as one without streaming lists refuses it).
+        let refusal = if !initial {
+            None
+        } else if !api.streaming_lists {
+            Some("sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled")
+        } else if p.resource_version_match.as_deref() != Some("NotOlderThan") {
+            Some("sendInitialEvents requires setting resourceVersionMatch to NotOlderThan")
+        } else if p.allow_watch_bookmarks != Some(true) {
+            Some("sendInitialEvents requires setting allowWatchBookmarks to true")
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
+            return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message);
+        }
+        let from = WatchFrom {
+            resource_version: p.resource_version,
+            initial,
+            bookmarks: p.allow_watch_bookmarks.unwrap_or(false),
+            timeout: Duration::from_secs(p.timeout_seconds.unwrap_or(1800).max(1)),
+        };
+        nodes.watch(encoding, from, api.bookmark_every)
     } else {
-        nodes.list()
+        nodes.list(encoding)
     }
 }
 

@@ -7,7 +7,9 @@
 //! images leave it out.
 
 mod admin;
+mod encoding;
 mod gate;
+mod lease_wire;
 mod leases;
 mod node_api;
 mod node_leases;

@@ -28,30 +28,7 @@ use super::{
     state::{Shared, StoredNode, WireEvent, watch_line},
 };
 
-const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
-
-/// The encoding a request gets: protobuf when it is the first media type its
-/// `Accept` names (client-go's `application/vnd.kubernetes.protobuf,application/json`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Encoding {
-    Json,
-    Protobuf,
-}
-
-impl Encoding {
-    fn of(headers: &HeaderMap) -> Encoding {
-        let accept = headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let first = accept.split(',').next().unwrap_or_default();
-        if first.split(';').next().unwrap_or_default().trim() == PROTOBUF {
-            Encoding::Protobuf
-        } else {
-            Encoding::Json
-        }
-    }
-}
+use super::encoding::{Encoding, PROTOBUF};
 
 /// An error response in `encoding`.
 fn status(encoding: Encoding, code: StatusCode, reason: &str, message: &str) -> Response {
@@ -299,6 +276,8 @@ fn watch_nodes(shared: Arc<Shared>, p: ListParams, encoding: Encoding) -> Respon
             Some("sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled")
         } else if p.resource_version_match.as_deref() != Some("NotOlderThan") {
             Some("sendInitialEvents requires setting resourceVersionMatch to NotOlderThan")
+        } else if p.allow_watch_bookmarks != Some(true) {
+            Some("sendInitialEvents requires setting allowWatchBookmarks to true")
         } else {
             None
         };

@@ -6,12 +6,12 @@
 //! (every kubelet condition `Unknown`, the `unreachable` taints) and can be
 //! stopped, as a kube-controller-manager that is down or partitioned is.
 //!
-//! The Leases are listed and watched as the node API is (list, watch from a
-//! resourceVersion, bookmarks, 410 for a compacted one), in JSON.
+//! The Leases are listed and watched as the node API is (list, streaming
+//! list, watch from a resourceVersion, bookmarks, 410 for a compacted one),
+//! in JSON or protobuf as `Accept` asks ([`lease_wire`](super::lease_wire)).
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    convert::Infallible,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
@@ -19,15 +19,15 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use axum::{
-    body::{Body, Bytes},
-    http::{StatusCode, header},
-    response::{IntoResponse, Response},
-};
+use axum::{body::Bytes, http::StatusCode, response::Response};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 
-use super::gate::status;
+use super::{
+    encoding::Encoding,
+    gate::status,
+    lease_wire::{self, LeaseEvent},
+};
 
 /// Where kubelets keep their Leases.
 pub const NAMESPACE: &str = "kube-node-lease";
@@ -76,9 +76,9 @@ struct Entry {
 struct Store {
     rv: u64,
     leases: BTreeMap<String, Entry>,
-    /// Watch events (JSON lines) with their resourceVersion, oldest first.
-    history: VecDeque<(u64, Bytes)>,
-    /// Resuming from at or below this is 410 Gone.
+    /// Watch events with their resourceVersion, oldest first.
+    history: VecDeque<(u64, lease_wire::Shared)>,
+    /// Resuming from below this is 410 Gone.
     compacted: u64,
 }
 
@@ -86,7 +86,7 @@ struct Store {
 pub struct NodeLeases {
     options: HeartbeatOptions,
     store: Mutex<Store>,
-    events: broadcast::Sender<(u64, Bytes)>,
+    events: broadcast::Sender<(u64, lease_wire::Shared)>,
     /// Bumped to end every open Lease watch.
     generation: watch::Sender<u64>,
     controller: AtomicBool,
@@ -176,7 +176,7 @@ impl NodeLeases {
     }
 
     /// Stores `name`'s Lease under the next resourceVersion (or deletes it) and publishes the event.
-    fn publish(&self, store: &mut Store, kind: &str, name: &str) {
+    fn publish(&self, store: &mut Store, kind: &'static str, name: &str) {
         store.rv += 1;
         let rv = store.rv;
         let object = match store.leases.get_mut(name) {
@@ -190,8 +190,7 @@ impl NodeLeases {
         if kind == "DELETED" {
             store.leases.remove(name);
         }
-        // `type` before `object`, as the API server writes it.
-        let line = Bytes::from(format!("{{\"type\":{},\"object\":{object}}}\n", json!(kind)));
+        let line = std::sync::Arc::new(LeaseEvent { kind, object });
         store.history.push_back((rv, line.clone()));
         while store.history.len() > self.history {
             if let Some((old, _)) = store.history.pop_front() {
@@ -320,113 +319,112 @@ impl NodeLeases {
     }
 
     /// `GET .../namespaces/kube-node-lease/leases`: every Lease, at the latest resourceVersion.
-    pub fn list(&self) -> Response {
+    pub fn list(&self, encoding: Encoding) -> Response {
         let store = self.lock();
         let items: Vec<Value> = store.leases.iter().map(|(n, e)| self.object(n, e)).collect();
-        let body = json!({
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "LeaseList",
-            "metadata": {"resourceVersion": store.rv.to_string()},
-            "items": items,
-        });
-        (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        )
-            .into_response()
+        lease_wire::list(encoding, store.rv, &items)
     }
 
     /// `...?watch=true&resourceVersion=N`: the events after `N`, then live
-    /// ones, with bookmarks every `bookmark_every` if asked, until `timeout`.
+    /// ones, with bookmarks every `bookmark_every` if asked, until
+    /// `timeout`. `initial`: a streaming list (`sendInitialEvents`), every
+    /// Lease as ADDED, then the bookmark that ends them.
     pub fn watch(
         self: &Arc<Self>,
-        resource_version: Option<&str>,
-        bookmarks: bool,
+        encoding: Encoding,
+        from: WatchFrom,
         bookmark_every: Duration,
-        timeout: Duration,
     ) -> Response {
         let store = self.lock();
-        let from = match resource_version {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+        let mut first: Vec<Bytes> = Vec::new();
+        let from_rv = match from.resource_version.as_deref() {
+            _ if from.initial => {
+                first.extend(store.leases.iter().map(|(n, e)| {
+                    LeaseEvent {
+                        kind: "ADDED",
+                        object: self.object(n, e),
+                    }
+                    .encode(encoding)
+                }));
+                first.push(lease_wire::bookmark(encoding, store.rv, true));
+                store.rv
+            }
             None | Some("") | Some("0") => store.rv,
             Some(v) => match v.parse::<u64>() {
                 Ok(rv) => rv,
                 Err(_) => return status(StatusCode::BAD_REQUEST, "BadRequest", "invalid resourceVersion"),
             },
         };
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
-        if from < store.compacted {
-            let gone = json!({"type": "ERROR", "object": {
-                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": format!("too old resource version: {from} ({})", store.compacted),
-                "reason": "Expired", "code": 410,
-            }});
-            let _ = tx.try_send(Bytes::from(format!("{gone}\n")));
-        } else {
-            let replay: Vec<Bytes> = store
-                .history
-                .iter()
-                .filter(|(rv, _)| *rv > from)
-                .map(|(_, l)| l.clone())
-                .collect();
-            let live = self.events.subscribe();
-            let mut closed = self.generation.subscribe();
+        if from_rv < store.compacted {
+            let _ = tx.try_send(lease_wire::gone(encoding, from_rv, store.compacted));
             drop(store);
-            tokio::spawn(async move {
-                let mut last = from;
-                for line in replay {
-                    if tx.send(line).await.is_err() {
-                        return;
-                    }
-                }
-                let mut live = live;
-                let end = tokio::time::sleep(timeout);
-                tokio::pin!(end);
-                let mut ticks = tokio::time::interval(bookmark_every);
-                ticks.tick().await;
-                loop {
-                    let line = tokio::select! {
-                        _ = &mut end => return,
-                        _ = closed.changed() => return,
-                        event = live.recv() => match event {
-                            Ok((rv, line)) if rv > last => {
-                                last = rv;
-                                line
-                            }
-                            Ok(_) => continue,
-                            // Too slow for the broadcast: the API server ends such a watch too.
-                            Err(_) => return,
-                        },
-                        _ = ticks.tick(), if bookmarks => Bytes::from(format!(
-                            "{}\n",
-                            json!({"type": "BOOKMARK", "object": {
-                                "kind": "Lease", "apiVersion": "coordination.k8s.io/v1",
-                                "metadata": {"resourceVersion": last.to_string()},
-                            }})
-                        )),
-                    };
-                    if tx.send(line).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            return stream_response(rx);
+            return lease_wire::stream(encoding, rx);
         }
+        let replay: Vec<(u64, lease_wire::Shared)> = store
+            .history
+            .iter()
+            .filter(|(rv, _)| *rv > from_rv)
+            .cloned()
+            .collect();
+        let live = self.events.subscribe();
+        let mut closed = self.generation.subscribe();
         drop(store);
-        stream_response(rx)
+        let (bookmarks, timeout) = (from.bookmarks, from.timeout);
+        tokio::spawn(async move {
+            let mut last = from_rv;
+            for line in first {
+                if tx.send(line).await.is_err() {
+                    return;
+                }
+            }
+            // Bookmarks name the last event sent, replayed ones too.
+            for (rv, event) in replay {
+                last = rv;
+                if tx.send(event.encode(encoding)).await.is_err() {
+                    return;
+                }
+            }
+            let mut live = live;
+            let end = tokio::time::sleep(timeout);
+            tokio::pin!(end);
+            let mut ticks = tokio::time::interval(bookmark_every);
+            ticks.tick().await;
+            loop {
+                let line = tokio::select! {
+                    _ = &mut end => return,
+                    _ = closed.changed() => return,
+                    event = live.recv() => match event {
+                        Ok((rv, event)) if rv > last => {
+                            last = rv;
+                            event.encode(encoding)
+                        }
+                        Ok(_) => continue,
+                        // Too slow for the broadcast: the API server ends such a watch too.
+                        Err(_) => return,
+                    },
+                    _ = ticks.tick(), if bookmarks => lease_wire::bookmark(encoding, last, false),
+                };
+                if tx.send(line).await.is_err() {
+                    return;
+                }
+            }
+        });
+        lease_wire::stream(encoding, rx)
     }
 }
 
-fn stream_response(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response {
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
-    });
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        Body::from_stream(stream),
-    )
-        .into_response()
+/// Where a Lease watch starts and how it goes.
+#[derive(Clone, Debug)]
+pub struct WatchFrom {
+    /// After this resourceVersion (`None`, empty or `0`: from now).
+    pub resource_version: Option<String>,
+    /// A streaming list: every Lease first.
+    pub initial: bool,
+    /// Bookmarks asked for.
+    pub bookmarks: bool,
+    /// When the server ends it.
+    pub timeout: Duration,
 }
 
 #[cfg(test)]

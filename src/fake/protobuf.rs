@@ -9,7 +9,9 @@
 use prost::encoding::{WireType, encode_key, encode_varint};
 use serde_json::Value;
 
-pub use crate::cluster::proto::envelope::encode::{bookmark, envelope, node_list, status, watch_frame};
+pub use crate::cluster::proto::envelope::encode::{
+    bookmark, bookmark_of, envelope, list_of, node_list, status, watch_frame,
+};
 
 /// How a field's JSON value is written.
 #[derive(Clone, Copy)]
@@ -190,11 +192,16 @@ pub fn node(node: &Value) -> Vec<u8> {
     envelope("v1", "Node", node_message(node))
 }
 
-/// A Lease's JSON as a protobuf object body.
-pub fn lease(lease: &Value) -> Vec<u8> {
+/// A Lease's JSON as its protobuf message (no envelope).
+pub fn lease_message(lease: &Value) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     message(LEASE, lease, &mut out);
-    envelope("coordination.k8s.io/v1", "Lease", out)
+    out
+}
+
+/// A Lease's JSON as a protobuf object body.
+pub fn lease(lease: &Value) -> Vec<u8> {
+    envelope("coordination.k8s.io/v1", "Lease", lease_message(lease))
 }
 
 fn len_delimited(tag: u32, body: &[u8], out: &mut Vec<u8>) {

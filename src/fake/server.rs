@@ -461,6 +461,7 @@ fn router(shared: Arc<Shared>) -> Router {
             shared.leases.clone(),
             shared.node_leases.clone(),
             shared.bookmark_interval,
+            shared.streaming_lists,
         ))
         .merge(super::reviews::routes(
             shared.gate.clone(),

@@ -8,6 +8,8 @@ use crate::common;
 use std::time::Duration;
 
 use common::{Exporter, fake_api};
+
+const T: Duration = Duration::from_secs(30);
 use kube_node_status::fake::{Breakage, FakeApiServer};
 
 /// The node section of a scrape: every line but self-telemetry, sorted.
@@ -177,4 +179,151 @@ async fn bad_data_from_the_api_is_counted_logged_and_got_over() {
         assert_eq!(exporter.get("/readyz").await.0, 200);
         api.set_condition(node, "Ready", "True");
     }
+}
+
+/// The heartbeat section of a scrape: per-node staleness and the counts.
+async fn heartbeats(exporter: &Exporter) -> Vec<String> {
+    let mut lines: Vec<String> = readings(exporter)
+        .await
+        .into_iter()
+        .filter(|l| l.starts_with("k8s_node_heartbeat") || l.starts_with("k8s_cluster_node_heartbeats"))
+        .collect();
+    lines.sort_unstable();
+    lines
+}
+
+/// The node Lease watch in protobuf and in JSON, with streaming lists and
+/// with LISTs: the same heartbeats from both, through a dead kubelet and a
+/// relist after 410 Gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_and_json_lease_watches_give_the_same_heartbeats() {
+    for streaming in [true, false] {
+        let api = FakeApiServer::start(kube_node_status::fake::FakeOptions {
+            nodes: 4,
+            bookmark_interval: Duration::from_millis(500),
+            streaming_lists: streaming,
+            heartbeats: Some(kube_node_status::fake::HeartbeatOptions {
+                renew_every: Duration::from_millis(300),
+                grace: Duration::from_secs(60),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("fake API server");
+        let kubeconfig = api.kubeconfig();
+        let exporters: Vec<Exporter> = ["protobuf", "json"]
+            .iter()
+            .map(|encoding| {
+                let args = [
+                    "--metrics-exporter",
+                    "prometheus",
+                    "--traces-exporter",
+                    "none",
+                    "--api-encoding",
+                    encoding,
+                    "--node-leases",
+                    "--heartbeat-stale-after",
+                    "1s",
+                ];
+                Exporter::start(&kubeconfig, &args, &[])
+            })
+            .collect();
+        let count = |s: &[common::Sample], state: &str| {
+            common::value(
+                s,
+                "k8s_cluster_node_heartbeats",
+                &[("k8s_node_heartbeat_state", state)],
+            )
+        };
+        for e in &exporters {
+            e.wait_for("every heartbeat fresh", T, |s| count(s, "fresh") == Some(4.0))
+                .await;
+        }
+        // A relist: every watch resumes from a compacted resourceVersion and gets 410.
+        api.compact();
+        api.close_watches();
+        let dead = api.node_names()[1].clone();
+        assert!(api.set_kubelet_alive(&dead, false));
+        for e in &exporters {
+            e.wait_for("relisted, and the dead kubelet stale", T, |s| {
+                common::value(s, "kube_node_status_lease_watch_errors_total", &[]).is_some_and(|n| n >= 1.0)
+                    && common::value(s, "k8s_node_heartbeat_stale", &[("k8s_node_name", &dead)]) == Some(1.0)
+                    && count(s, "fresh") == Some(3.0)
+            })
+            .await;
+        }
+        assert_eq!(
+            heartbeats(&exporters[0]).await,
+            heartbeats(&exporters[1]).await,
+            "streaming lists {streaming}: protobuf and JSON differ"
+        );
+        assert!(api.set_kubelet_alive(&dead, true));
+        for e in &exporters {
+            e.wait_for("fresh again", T, |s| count(s, "fresh") == Some(4.0))
+                .await;
+        }
+    }
+}
+
+/// The fake API server's node Leases in protobuf, as the API server writes
+/// them: a `LeaseList` envelope for a LIST, `;stream=watch` frames for a
+/// streaming list; and the exporter's decode keeps the same Leases from
+/// both encodings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_serves_node_leases_in_protobuf_as_in_json() {
+    use kube_node_status::cluster::{NodeLease, proto, wire};
+    let api = common::fake_api_with_kubelets(3, Duration::from_secs(600), Duration::from_secs(600)).await;
+    let path = wire::leases_path("kube-node-lease");
+    let protobuf = [("Accept", "application/vnd.kubernetes.protobuf,application/json")];
+    let (code, body) = common::http_get_bytes(api.addr(), &path, &protobuf)
+        .await
+        .expect("a LIST");
+    assert_eq!(code, 200);
+    assert!(body.starts_with(b"k8s\0"), "a protobuf envelope");
+    let page = proto::decode_list_of::<NodeLease>(&body)
+        .expect("decodes")
+        .expect("a page");
+    let (code, json) = common::http_get_bytes(api.addr(), &path, &[("Accept", "application/json")])
+        .await
+        .expect("a LIST");
+    assert_eq!(code, 200);
+    #[derive(serde::Deserialize)]
+    struct List {
+        items: Vec<NodeLease>,
+    }
+    let list: List = serde_json::from_slice(&json).expect("a JSON LeaseList");
+    assert_eq!(page.items, list.items);
+    assert_eq!(page.items.len(), 3);
+    assert!(
+        page.items
+            .iter()
+            .all(|l| l.renew_us.is_some() && l.duration_s == Some(2400))
+    );
+
+    // A streaming list: three ADDED frames, then the bookmark that ends them.
+    let watch = format!(
+        "{path}?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&resourceVersion=&allowWatchBookmarks=true&timeoutSeconds=1"
+    );
+    let (code, body) = common::http_get_bytes(api.addr(), &watch, &protobuf)
+        .await
+        .expect("a WATCH");
+    assert_eq!(code, 200);
+    let mut frames = proto::Frames::default();
+    frames.push(&body);
+    let mut added = Vec::new();
+    loop {
+        let frame = frames
+            .next_frame()
+            .expect("whole frames")
+            .expect("the end bookmark");
+        match proto::decode_watch_event_of::<NodeLease>(&frame).expect("an event") {
+            proto::envelope::WatchEvent::Added(l) => added.push(*l),
+            proto::envelope::WatchEvent::Bookmark {
+                initial_events_end: true,
+                ..
+            } => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(added, page.items);
 }

@@ -59,13 +59,56 @@ struct PbRawExtension {
 
 /// `meta.v1.ListMeta`.
 #[derive(Clone, PartialEq, Message)]
-struct PbListMeta {
+pub(super) struct PbListMeta {
     #[prost(string, optional, tag = "2")]
-    resource_version: Option<String>,
+    pub(super) resource_version: Option<String>,
     #[prost(string, optional, tag = "3")]
-    r#continue: Option<String>,
+    pub(super) r#continue: Option<String>,
     #[prost(int64, optional, tag = "4")]
     remaining_item_count: Option<i64>,
+}
+
+impl PbListMeta {
+    /// A page of `items`, with this list's resourceVersion and continue token.
+    pub(super) fn page<K>(self, items: Vec<K>, fingerprints: Vec<Fingerprint>) -> ListPage<K> {
+        ListPage {
+            resource_version: self.resource_version.unwrap_or_default(),
+            continue_token: self.r#continue.filter(|c| !c.is_empty()),
+            items,
+            fingerprints,
+        }
+    }
+}
+
+/// A kind of object the protobuf path decodes: what its envelopes name, and
+/// its slim decode.
+pub trait Kind: Sized {
+    /// The kind an envelope of one object names (`Node`).
+    const KIND: &'static str;
+    /// The kind an envelope of a list page names (`NodeList`).
+    const LIST_KIND: &'static str;
+    /// The object out of an envelope's raw bytes.
+    fn decode_raw(raw: bytes::Bytes) -> Result<Self, ProtoError>;
+    /// A list page out of an envelope's raw bytes, with each item's
+    /// fingerprint where the kind has them.
+    fn decode_list_raw(raw: bytes::Bytes) -> Result<ListPage<Self>, ProtoError>;
+}
+
+impl Kind for Node {
+    const KIND: &'static str = "Node";
+    const LIST_KIND: &'static str = "NodeList";
+
+    fn decode_raw(raw: bytes::Bytes) -> Result<Node, ProtoError> {
+        let node = PbNode::decode(raw).map_err(|e| ProtoError::undecodable("Node", e))?;
+        Ok(node.into())
+    }
+
+    fn decode_list_raw(raw: bytes::Bytes) -> Result<ListPage<Node>, ProtoError> {
+        let fingerprints = fingerprint::of_list_items(&raw).unwrap_or_default();
+        let list = PbNodeList::decode(raw).map_err(|e| ProtoError::undecodable("NodeList", e))?;
+        let items = list.items.into_iter().map(Node::from).collect();
+        Ok(list.metadata.unwrap_or_default().page(items, fingerprints))
+    }
 }
 
 /// `core.v1.NodeList`.
@@ -127,27 +170,27 @@ pub enum Decoded {
 
 /// One page of a LIST.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct ListPage {
+pub struct ListPage<K = Node> {
     /// The list's resourceVersion.
     pub resource_version: String,
     /// The token for the next page; `None` on the last.
     pub continue_token: Option<String>,
-    /// The nodes of this page.
-    pub items: Vec<Node>,
-    /// The fingerprint of each node, in the same order, where the encoding
-    /// gives them (protobuf); empty otherwise.
+    /// The objects of this page.
+    pub items: Vec<K>,
+    /// The fingerprint of each object, in the same order, where the encoding
+    /// and kind give them (protobuf nodes); empty otherwise.
     pub fingerprints: Vec<Fingerprint>,
 }
 
 /// One watch event.
 #[derive(Clone, Debug, PartialEq)]
-pub enum WatchEvent {
+pub enum WatchEvent<K = Node> {
     /// ADDED.
-    Added(Box<Node>),
+    Added(Box<K>),
     /// MODIFIED.
-    Modified(Box<Node>),
-    /// DELETED: the node as it was last.
-    Deleted(Box<Node>),
+    Modified(Box<K>),
+    /// DELETED: the object as it was last.
+    Deleted(Box<K>),
     /// BOOKMARK: how far the watch has come.
     Bookmark {
         /// The resourceVersion to resume from.
@@ -199,50 +242,54 @@ pub fn decode_object(body: &[u8]) -> Result<Decoded, ProtoError> {
     }
 }
 
-/// Decodes a LIST body: a page of nodes, or the Status of an error.
+/// Decodes a LIST body of nodes: a page, or the Status of an error.
 pub fn decode_list(body: &[u8]) -> Result<Result<ListPage, ApiStatus>, ProtoError> {
+    decode_list_of::<Node>(body)
+}
+
+/// Decodes a LIST body of `K`s: a page, or the Status of an error.
+pub fn decode_list_of<K: Kind>(body: &[u8]) -> Result<Result<ListPage<K>, ApiStatus>, ProtoError> {
     let (kind, raw) = open(body)?;
     match kind.as_str() {
-        "NodeList" => {
-            let fingerprints = fingerprint::of_list_items(&raw).unwrap_or_default();
-            let list = PbNodeList::decode(raw).map_err(|e| ProtoError::undecodable("NodeList", e))?;
-            let meta = list.metadata.unwrap_or_default();
-            Ok(Ok(ListPage {
-                resource_version: meta.resource_version.unwrap_or_default(),
-                continue_token: meta.r#continue.filter(|c| !c.is_empty()),
-                items: list.items.into_iter().map(Node::from).collect(),
-                fingerprints,
-            }))
-        }
+        k if k == K::LIST_KIND => Ok(Ok(K::decode_list_raw(raw)?)),
         "Status" => Ok(Err(status(&raw)?)),
         _ => Err(ProtoError::UnexpectedKind {
-            want: "NodeList",
+            want: K::LIST_KIND,
             got: kind,
         }),
     }
 }
 
-/// Decodes one watch frame: a bare `meta.v1.WatchEvent` whose object is an envelope.
+/// Decodes one watch frame of nodes.
 pub fn decode_watch_event(frame: &[u8]) -> Result<WatchEvent, ProtoError> {
+    decode_watch_event_of::<Node>(frame)
+}
+
+/// Decodes one watch frame of `K`s: a bare `meta.v1.WatchEvent` whose object is an envelope.
+pub fn decode_watch_event_of<K: Kind>(frame: &[u8]) -> Result<WatchEvent<K>, ProtoError> {
     let event = PbWatchEvent::decode(frame).map_err(|e| ProtoError::undecodable("WatchEvent", e))?;
     let raw = event.object.and_then(|o| o.raw).unwrap_or_default();
     let kind = event.r#type.unwrap_or_default();
-    let node = |raw: &[u8]| match decode_object(raw)? {
-        Decoded::Node(node) => Ok(node),
-        Decoded::Status(_) => Err(ProtoError::UnexpectedKind {
-            want: "Node",
-            got: "Status".into(),
-        }),
+    let object = |raw: &[u8]| {
+        let (kind, raw) = open(raw)?;
+        if kind == K::KIND {
+            Ok(Box::new(K::decode_raw(raw)?))
+        } else {
+            Err(ProtoError::UnexpectedKind {
+                want: K::KIND,
+                got: kind,
+            })
+        }
     };
     match kind.as_str() {
-        "ADDED" => Ok(WatchEvent::Added(node(&raw)?)),
-        "MODIFIED" => Ok(WatchEvent::Modified(node(&raw)?)),
-        "DELETED" => Ok(WatchEvent::Deleted(node(&raw)?)),
+        "ADDED" => Ok(WatchEvent::Added(object(&raw)?)),
+        "MODIFIED" => Ok(WatchEvent::Modified(object(&raw)?)),
+        "DELETED" => Ok(WatchEvent::Deleted(object(&raw)?)),
         "BOOKMARK" => {
             let (kind, raw) = open(&raw)?;
-            if kind != "Node" {
+            if kind != K::KIND {
                 return Err(ProtoError::UnexpectedKind {
-                    want: "Node",
+                    want: K::KIND,
                     got: kind,
                 });
             }
@@ -258,11 +305,11 @@ pub fn decode_watch_event(frame: &[u8]) -> Result<WatchEvent, ProtoError> {
                     .is_some_and(|v| v == "true"),
             })
         }
-        "ERROR" => match decode_object(&raw)? {
-            Decoded::Status(s) => Ok(WatchEvent::Error(s)),
-            Decoded::Node(_) => Err(ProtoError::UnexpectedKind {
+        "ERROR" => match open(&raw)? {
+            (kind, raw) if kind == "Status" => Ok(WatchEvent::Error(status(&raw)?)),
+            (kind, _) => Err(ProtoError::UnexpectedKind {
                 want: "Status",
-                got: "Node".into(),
+                got: kind,
             }),
         },
         _ => Err(ProtoError::UnknownEventType(kind)),
@@ -317,7 +364,17 @@ pub mod encode {
 
     /// A bookmark's Node envelope.
     pub fn bookmark(resource_version: &str, initial_events_end: bool) -> Vec<u8> {
-        let node = PbBookmark {
+        bookmark_of("v1", "Node", resource_version, initial_events_end)
+    }
+
+    /// A bookmark's envelope, of an object of `kind`.
+    pub fn bookmark_of(
+        api_version: &str,
+        kind: &str,
+        resource_version: &str,
+        initial_events_end: bool,
+    ) -> Vec<u8> {
+        let object = PbBookmark {
             metadata: Some(PbBookmarkMeta {
                 resource_version: Some(resource_version.into()),
                 annotations: if initial_events_end {
@@ -327,11 +384,22 @@ pub mod encode {
                 },
             }),
         };
-        envelope("v1", "Node", node.encode_to_vec())
+        envelope(api_version, kind, object.encode_to_vec())
     }
 
     /// A NodeList envelope around already encoded Node messages.
     pub fn node_list(resource_version: &str, continue_token: &str, nodes: &[impl AsRef<[u8]>]) -> Vec<u8> {
+        list_of("v1", "NodeList", resource_version, continue_token, nodes)
+    }
+
+    /// A list envelope of `list_kind` around already encoded object messages.
+    pub fn list_of(
+        api_version: &str,
+        list_kind: &str,
+        resource_version: &str,
+        continue_token: &str,
+        items: &[impl AsRef<[u8]>],
+    ) -> Vec<u8> {
         let meta = PbListMeta {
             resource_version: Some(resource_version.into()),
             r#continue: Some(continue_token.into()),
@@ -339,12 +407,12 @@ pub mod encode {
         };
         let mut raw = Vec::new();
         prost::encoding::message::encode(1, &meta, &mut raw);
-        for n in nodes {
+        for n in items {
             let n = n.as_ref();
             prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut raw);
             prost::encoding::encode_varint(n.len() as u64, &mut raw);
             raw.extend_from_slice(n);
         }
-        envelope("v1", "NodeList", raw)
+        envelope(api_version, list_kind, raw)
     }
 }

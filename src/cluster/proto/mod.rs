@@ -20,9 +20,13 @@
 pub mod envelope;
 pub mod fingerprint;
 pub mod frames;
+pub mod lease;
 pub mod slim;
 
-pub use envelope::{ApiStatus, Decoded, ListPage, decode_list, decode_object, decode_watch_event};
+pub use envelope::{
+    ApiStatus, Decoded, Kind, ListPage, decode_list, decode_list_of, decode_object, decode_watch_event,
+    decode_watch_event_of,
+};
 pub use frames::Frames;
 
 /// Why a protobuf body or frame could not be used. Each is one counted watch
