@@ -25,6 +25,7 @@ pub struct NodeLease {
 }
 
 impl Object for NodeLease {
+    const PLURAL: &'static str = "node Leases";
     fn name(&self) -> Option<&str> {
         self.name.as_deref()
     }

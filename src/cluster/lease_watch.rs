@@ -227,12 +227,7 @@ pub fn spawn(
     api_timeout: Duration,
     encoding: Encoding,
 ) -> tokio::task::JoinHandle<()> {
-    // The watch loop's own lines (a streaming list given up, …) say which watch they are of.
-    let span = tracing::info_span!("node_leases");
-    tokio::spawn(tracing::Instrument::instrument(
-        run(client, namespace, view, sink, api_timeout, encoding),
-        span,
-    ))
+    tokio::spawn(run(client, namespace, view, sink, api_timeout, encoding))
 }
 
 #[cfg(test)]

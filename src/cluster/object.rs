@@ -4,6 +4,8 @@ use super::Node;
 
 /// What a watch keeps of each object: enough to name it and to resume after it.
 pub trait Object: Clone + std::fmt::Debug + Send + 'static {
+    /// What a log line of the watch calls them (`nodes`).
+    const PLURAL: &'static str;
     /// Its name.
     fn name(&self) -> Option<&str>;
     /// Its resourceVersion.
@@ -11,6 +13,7 @@ pub trait Object: Clone + std::fmt::Debug + Send + 'static {
 }
 
 impl Object for Node {
+    const PLURAL: &'static str = "nodes";
     fn name(&self) -> Option<&str> {
         self.metadata.name.as_deref()
     }

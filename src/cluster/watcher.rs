@@ -269,7 +269,7 @@ async fn step<K: Object, S: Source<K>>(
     };
     // A streaming list that cannot be finished: this (re)list is made in pages instead.
     let in_pages = |why: &str| {
-        tracing::info!(why, "streaming list given up; listing in pages");
+        tracing::info!(why, what = K::PLURAL, "streaming list given up; listing in pages");
         State::Listing { token: None }
     };
     match state {
@@ -286,7 +286,7 @@ async fn step<K: Object, S: Source<K>>(
                 // LIST instead, as client-go does. Only overload (429) and a
                 // failed connection are retried as they are.
                 Err(WatchError::Api { status, .. }) if !matches!(status.code, 410 | 429) => {
-                    tracing::debug!(code = status.code, reason = %status.reason, "no streaming list; listing in pages");
+                    tracing::debug!(code = status.code, reason = %status.reason, what = K::PLURAL, "no streaming list; listing in pages");
                     (Vec::new(), State::Listing { token: None })
                 }
                 Err(e) => (vec![Err(e.listing())], State::Start { streaming }),
