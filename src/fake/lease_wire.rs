@@ -13,8 +13,8 @@ use axum::{
 use serde_json::{Value, json};
 
 use super::{
-    encoding::{Encoding, PROTOBUF},
     protobuf,
+    request::{Encoding, PROTOBUF},
 };
 
 const API_VERSION: &str = "coordination.k8s.io/v1";

@@ -22,9 +22,9 @@ use serde_json::{Value, json};
 use serde::Deserialize;
 
 use super::{
-    encoding::Encoding,
     gate::{Gate, now_rfc3339, status},
     node_leases::{NAMESPACE, NodeLeases, WatchFrom},
+    request::{Encoding, streaming_list_refusal},
 };
 
 /// What the lease endpoints see: the gate, the leases, and the node Leases
@@ -127,14 +127,12 @@ async fn list_or_watch(
     if matches!(p.watch.as_deref(), Some("true" | "1")) {
         let initial = p.send_initial_events == Some(true);
         // As the API server validates it (and as one without streaming lists refuses it).
-        let refusal = if !initial {
-            None
-        } else if !api.streaming_lists {
-            Some("sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled")
-        } else if p.resource_version_match.as_deref() != Some("NotOlderThan") {
-            Some("sendInitialEvents requires setting resourceVersionMatch to NotOlderThan")
-        } else if p.allow_watch_bookmarks != Some(true) {
-            Some("sendInitialEvents requires setting allowWatchBookmarks to true")
+        let refusal = if initial {
+            streaming_list_refusal(
+                api.streaming_lists,
+                p.resource_version_match.as_deref(),
+                p.allow_watch_bookmarks,
+            )
         } else {
             None
         };

@@ -7,7 +7,6 @@
 //! images leave it out.
 
 mod admin;
-mod encoding;
 mod gate;
 mod lease_wire;
 mod leases;
@@ -16,6 +15,7 @@ mod node_leases;
 mod nodes;
 pub mod protobuf;
 mod rbac;
+mod request;
 mod reviews;
 mod server;
 mod state;

@@ -28,7 +28,7 @@ use super::{
     state::{Shared, StoredNode, WireEvent, watch_line},
 };
 
-use super::encoding::{Encoding, PROTOBUF};
+use super::request::{Encoding, PROTOBUF, streaming_list_refusal};
 
 /// An error response in `encoding`.
 fn status(encoding: Encoding, code: StatusCode, reason: &str, message: &str) -> Response {
@@ -272,15 +272,11 @@ fn watch_nodes(shared: Arc<Shared>, p: ListParams, encoding: Encoding) -> Respon
     let initial = p.send_initial_events == Some(true);
     if initial {
         // As the API server validates it (and as one without streaming lists refuses it).
-        let refusal = if !shared.streaming_lists {
-            Some("sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled")
-        } else if p.resource_version_match.as_deref() != Some("NotOlderThan") {
-            Some("sendInitialEvents requires setting resourceVersionMatch to NotOlderThan")
-        } else if p.allow_watch_bookmarks != Some(true) {
-            Some("sendInitialEvents requires setting allowWatchBookmarks to true")
-        } else {
-            None
-        };
+        let refusal = streaming_list_refusal(
+            shared.streaming_lists,
+            p.resource_version_match.as_deref(),
+            p.allow_watch_bookmarks,
+        );
         if let Some(message) = refusal {
             return status(encoding, StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message);
         }

@@ -24,9 +24,9 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 
 use super::{
-    encoding::Encoding,
     gate::status,
     lease_wire::{self, LeaseEvent},
+    request::Encoding,
 };
 
 /// Where kubelets keep their Leases.

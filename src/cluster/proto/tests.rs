@@ -222,3 +222,30 @@ fn every_truncation_of_a_real_node_is_refused_or_partial_never_a_panic() {
         }
     }
 }
+
+/// The upstream API machinery's Lease, every field set, in JSON and in
+/// protobuf, for each version: both paths keep the same Lease, and its
+/// renewTime to the microsecond.
+#[test]
+fn the_upstream_lease_decodes_the_same_in_both_encodings() {
+    use crate::cluster::NodeLease;
+    let renewed = "2004-01-01T01:01:01.000004Z"
+        .parse::<k8s_openapi::jiff::Timestamp>()
+        .expect("a time")
+        .as_microsecond();
+    for version in VERSIONS {
+        let json: NodeLease = serde_json::from_slice(&fixture(version, "coordination.k8s.io.v1.Lease.json"))
+            .expect("a JSON Lease");
+        let (kind, raw) =
+            envelope::tests_open(&fixture(version, "coordination.k8s.io.v1.Lease.pb")).expect("an envelope");
+        assert_eq!(kind, "Lease", "{version}");
+        let pb = NodeLease::decode_raw(raw).expect("a protobuf Lease");
+        assert_eq!(pb, json, "{version}");
+        assert_eq!(
+            (pb.name.as_deref(), pb.renew_us, pb.duration_s),
+            (Some("nameValue"), Some(renewed), Some(2)),
+            "{version}"
+        );
+        assert_eq!(pb.holder.as_deref(), Some("holderIdentityValue"), "{version}");
+    }
+}
