@@ -1,9 +1,10 @@
 //! The watch loop's states, held to what kube-runtime's `watcher` does (its
-//! JSON-only client cannot ask for protobuf, kube-rs/kube#725):
+//! JSON-only client cannot ask for protobuf, kube-rs/kube#725), for any
+//! [`Object`] (Nodes, node Leases):
 //!
 //! - a (re)list is a streaming list (`sendInitialEvents`, KEP-3157) when the
 //!   server takes one, else a paginated LIST; either way `Init`, an
-//!   `InitApply` per node, and `InitDone` once the whole list is in;
+//!   `InitApply` per object, and `InitDone` once the whole list is in;
 //! - a failed LIST page starts the list again from its first page;
 //! - then WATCH from the list's resourceVersion, with bookmarks; a watch
 //!   that ends is started again from the last resourceVersion seen;
@@ -102,7 +103,7 @@ impl WatchError {
 pub enum WatchFrom {
     /// After this resourceVersion.
     Version(String),
-    /// With every node first, as events, then a bookmark (a streaming list).
+    /// With every object first, as events, then a bookmark (a streaming list).
     InitialEvents,
 }
 
@@ -205,7 +206,7 @@ impl Known {
     }
 }
 
-/// What each node gets before it is handed on (stripping what is not kept).
+/// What each object gets before it is handed on (stripping what is not kept).
 pub type Prepare<K = Node> = Box<dyn Fn(&mut K) + Send + Sync>;
 
 enum State<E> {
@@ -486,7 +487,7 @@ impl<E> State<E> {
     }
 }
 
-/// An applied, deleted or unchanged node moves the watch on to its resourceVersion.
+/// An applied, deleted or unchanged object moves the watch on to its resourceVersion.
 fn applied<K, E>(new: Option<String>, events: E, item: Item<K>, streaming: bool) -> (Vec<Item<K>>, State<E>) {
     match new.filter(|rv| !rv.is_empty()) {
         Some(rv) => (

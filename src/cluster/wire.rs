@@ -60,7 +60,7 @@ pub fn leases_path(namespace: &str) -> String {
     format!("/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases")
 }
 
-/// How nodes are asked for.
+/// How nodes and node Leases are asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Encoding {
     /// Kubernetes protobuf, with JSON accepted too (what client-go and
@@ -129,7 +129,7 @@ fn sniff(first: u8) -> Format {
 /// managed fields is ~3 MB; a body past this is a broken server.
 const MAX_BODY: usize = 256 * 1024 * 1024;
 
-/// The server-side deadline of a streaming list, which covers sending every node.
+/// The server-side deadline of a streaming list, which covers sending every object.
 const STREAMING_LIST_TIMEOUT_SECS: u32 = 600;
 
 /// LISTs and WATCHes of `K`s against the API server of `client`.
@@ -140,7 +140,7 @@ pub struct Http<K = Node> {
     pub path: String,
     /// What to ask for.
     pub encoding: Encoding,
-    /// Nodes per LIST page.
+    /// Objects per LIST page.
     pub page_size: u32,
     /// The server-side length of each WATCH.
     pub timeout_secs: u32,
