@@ -92,17 +92,3 @@ impl From<JsonLease> for NodeLease {
         )
     }
 }
-
-impl From<&k8s_openapi::api::coordination::v1::Lease> for NodeLease {
-    fn from(l: &k8s_openapi::api::coordination::v1::Lease) -> NodeLease {
-        let spec = l.spec.as_ref();
-        NodeLease::new(
-            l.metadata.name.clone(),
-            l.metadata.resource_version.clone(),
-            spec.and_then(|s| s.holder_identity.clone()),
-            spec.and_then(|s| s.renew_time.as_ref())
-                .map(|t| t.0.as_microsecond()),
-            spec.and_then(|s| s.lease_duration_seconds),
-        )
-    }
-}

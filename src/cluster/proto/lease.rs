@@ -63,13 +63,12 @@ impl From<PbLease> for NodeLease {
         let spec = l.spec.unwrap_or_default();
         // Go writes a zero MicroTime as an empty message (JSON: `null`): no
         // seconds is no time. The floor keeps clear of the "never" sentinel.
-        let renew_us = spec.renew_time.and_then(|t| t.seconds).map(|seconds| {
-            seconds
+        let renew_us = spec.renew_time.and_then(|t| {
+            let micros = t
+                .seconds?
                 .saturating_mul(1_000_000)
-                .saturating_add(i64::from(
-                    spec.renew_time.and_then(|t| t.nanos).unwrap_or_default() / 1_000,
-                ))
-                .max(i64::MIN + 1)
+                .saturating_add(i64::from(t.nanos.unwrap_or_default() / 1_000));
+            Some(micros.max(i64::MIN + 1))
         });
         NodeLease::new(
             meta.name,
