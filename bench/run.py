@@ -275,6 +275,19 @@ def rest_work(before, after, what):
             f"{what}_updates_applied": delta("applied")}
 
 
+def wait_for_export(run, args, exports, rss_samples, missing):
+    """Scrapes every second (sampling RSS) until the exporter's log holds more
+    than `exports` OTLP cycles; exits with `missing` if none comes within an
+    interval and two minutes."""
+    deadline = time.monotonic() + run.interval_s + 120
+    while len(run.export_times_ms()) <= exports:
+        if time.monotonic() > deadline:
+            raise SystemExit(missing)
+        run.scrape()
+        rss_samples.append(proc_status(run.pid)[0])
+        time.sleep(min(args.scrape_interval, 1.0))
+
+
 def cpu_window(run, args, seconds):
     """CPU seconds a minute over `seconds`, scraping at the scrape interval."""
     cpu0, t0 = cpu_seconds(run.pid), time.monotonic()
@@ -361,13 +374,7 @@ def measure(nodes, args, workdir, first=False, encoding="protobuf", leases=False
 
         # The first OTLP cycle collects and encodes every node once (like the
         # first render of /metrics); idle is the steady state after it.
-        first_export_deadline = time.monotonic() + run.interval_s + 120
-        while not run.export_times_ms():
-            if time.monotonic() > first_export_deadline:
-                raise SystemExit("no OTLP export in the exporter's log")
-            run.scrape()
-            rss_samples.append(proc_status(run.pid)[0])
-            time.sleep(min(args.scrape_interval, 1.0))
+        wait_for_export(run, args, 0, rss_samples, "no OTLP export in the exporter's log")
         # Start half an interval after it, so the next cycle falls in the
         # middle of a window of one interval, even on a stalled machine.
         time.sleep(run.interval_s / 2)
@@ -407,25 +414,14 @@ def measure(nodes, args, workdir, first=False, encoding="protobuf", leases=False
         result["recovery_visible_ms"] = 1000 * (first_showing(run, all_equal(down, 1.0)) - last_event)
         # The outage's OTLP cycle is written before the windows below start:
         # theirs is the CPU over idle.
-        outage_export_deadline = time.monotonic() + run.interval_s + 120
-        while len(run.export_times_ms()) <= exports_before:
-            if time.monotonic() > outage_export_deadline:
-                raise SystemExit("no OTLP export after the zone outage in the exporter's log")
-            run.scrape()
-            rss_samples.append(proc_status(run.pid)[0])
-            time.sleep(min(args.scrape_interval, 1.0))
+        wait_for_export(run, args, exports_before, rss_samples,
+                        "no OTLP export after the zone outage in the exporter's log")
         # At rest again after the changes: the next OTLP cycle (and the scrapes
         # until it) must write nothing again either. Also keeps the outage's
         # cycle and its freeing of memory out of the windows below.
         work0 = idle_work(run.scrape()[1])
-        exports = len(run.export_times_ms())
-        deadline = time.monotonic() + run.interval_s + 120
-        while len(run.export_times_ms()) <= exports:
-            if time.monotonic() > deadline:
-                raise SystemExit("no second OTLP export after the zone outage in the exporter's log")
-            run.scrape()
-            rss_samples.append(proc_status(run.pid)[0])
-            time.sleep(min(args.scrape_interval, 1.0))
+        wait_for_export(run, args, len(run.export_times_ms()), rss_samples,
+                        "no second OTLP export after the zone outage in the exporter's log")
         result.update(rest_work(work0, idle_work(run.scrape()[1]), "after_outage"))
         # Sampled at the timed scrapes, at rest and after the outage, between scrapes.
         result["steady_rss_mib"] = median(rss_samples)
