@@ -321,7 +321,9 @@ def measure_changes(run, args, result):
 
     th = threading.Thread(target=flipper, daemon=True)
     th.start()
+    exports = len(run.export_times_ms())
     changing = cpu_window(run, args, args.idle_window)
+    result["change_otlp_cycles"] = len(run.export_times_ms()) - exports
     stop.set()
     th.join()
     time.sleep(6)
@@ -426,8 +428,14 @@ def measure(nodes, args, workdir, first=False, encoding="protobuf", leases=False
         # Sampled at the timed scrapes, at rest and after the outage, between scrapes.
         result["steady_rss_mib"] = median(rss_samples)
 
-        # One real change (see measure_changes), unless --change-rate 0.
+        # One real change (see measure_changes), unless --change-rate 0. Its
+        # window starts half an interval after the cycle just waited for, as
+        # the idle window does, so it holds exactly one OTLP cycle: started
+        # right after a cycle, it ended as the next began and held it or not
+        # by chance, and an OTLP cycle at 50,000 nodes is ~1 s of CPU, as much
+        # as 200 changes.
         if args.change_rate > 0:
+            time.sleep(run.interval_s / 2)
             measure_changes(run, args, result)
 
         # An ignored kubelet re-post: the re-post rate raised to every node
@@ -436,7 +444,9 @@ def measure(nodes, args, workdir, first=False, encoding="protobuf", leases=False
         if args.fast_repost_period_ms > 0:
             before = unchanged_events(run)
             post(f"{run.api}/fake/reposts?period_ms={args.fast_repost_period_ms}")
+            exports = len(run.export_times_ms())
             fast = cpu_window(run, args, args.idle_window)
+            result["repost_otlp_cycles"] = len(run.export_times_ms()) - exports
             post(f"{run.api}/fake/reposts?period_ms={int(parse_seconds(args.status_report_period) * 1000)}")
             ignored = unchanged_events(run) - before
             minutes = args.idle_window / 60
@@ -629,6 +639,7 @@ ROWS = [
     ("CPU, idle (15 s scrapes, one OTLP cycle per --otlp-interval, 60 s by default)", "idle_cpu_s_per_min", "{:.2f} s/min"),
     ("at rest: shards written again / updates kept / OTLP cycles", ("idle_shards_written", "idle_updates_applied", "idle_otlp_cycles"), "{:.0f} / {:.0f} / {:.0f}"),
     ("at rest after the zone outage, one OTLP cycle: shards written again / updates kept", ("after_outage_shards_written", "after_outage_updates_applied"), "{:.0f} / {:.0f}"),
+    ("OTLP cycles in the idle / one-change / re-post windows (each should hold one)", ("idle_otlp_cycles", "change_otlp_cycles", "repost_otlp_cycles"), "{:.0f} / {:.0f} / {:.0f}"),
     ("CPU, under churn", "churn_cpu_s_per_min", "{:.2f} s/min"),
     ("one real change (Ready flips, each back 5 s later: CPU over idle, per change)", "change_cpu_ms", "{:.2f} ms"),
     ("an ignored kubelet re-post (re-posts raised to every node each --fast-repost-period: CPU over idle, per update)", "ignored_update_cpu_us", "{:.0f} µs"),
