@@ -16,7 +16,6 @@ pub mod fake;
 pub mod http;
 pub mod leader;
 pub mod logging;
-pub mod memory;
 pub mod readings;
 pub mod surface;
 pub mod tasks;

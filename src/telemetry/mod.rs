@@ -213,10 +213,7 @@ impl Inner {
         let generation = self.sources.view.health().generation();
         let leading = self.sources.leadership.is_leader();
         let synced = self.sources.view.health().is_synced();
-        let (section, large) = {
-            let pass = self.run_pass();
-            (pass.section(), pass.last_was_large())
-        };
+        let section = self.run_pass().section();
         if synced && !self.rendered_synced.swap(true, Ordering::AcqRel) {
             info!(
                 points = section.points(),
@@ -226,11 +223,6 @@ impl Inner {
         }
         *self.section.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(section);
         self.rendered.send_replace((generation, leading));
-        // Only a large pass frees enough to be worth it: malloc_trim walks
-        // the whole heap, which at 100,000 nodes costs more than a change.
-        if large {
-            crate::memory::release_free_memory();
-        }
     }
 
     /// Waits after a change until the view has stayed still for [`QUIET`],
@@ -328,7 +320,6 @@ impl Inner {
         });
         exporter.export_cycle(rx, self.project.as_deref()).await;
         loops::rethrow(producer.await);
-        let _ = tokio::task::spawn_blocking(crate::memory::release_free_memory).await;
     }
 
     /// Writes the requests of one export cycle, at most `max` points each,

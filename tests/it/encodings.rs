@@ -173,7 +173,7 @@ async fn bad_data_from_the_api_is_counted_logged_and_got_over() {
         );
         // The broken frame's declared 64 MiB was never taken.
         assert!(
-            exporter.rss() < rss + 16 * 1024 * 1024,
+            exporter.settled_rss().await < rss + 16 * 1024 * 1024,
             "{encoding} {breakage:?}: memory"
         );
         assert_eq!(exporter.get("/readyz").await.0, 200);

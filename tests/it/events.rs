@@ -274,7 +274,7 @@ async fn records_wait_in_a_bounded_queue_while_the_collector_is_down() {
         })
         .await;
     assert_eq!(value(&samples, "kube_node_status_logs_queued", &[]), Some(50.0));
-    let after = exporter.rss();
+    let after = exporter.settled_rss().await;
     // Unbounded, 2,000 records of 1 KB messages would be well over 2 MiB more.
     assert!(
         after < before + 16 * 1024 * 1024,

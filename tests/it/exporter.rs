@@ -1164,3 +1164,23 @@ async fn data_the_receiver_refuses_is_counted_as_rejected_and_logged_once() {
     );
     assert_eq!(after, Some(refused(&receiver)));
 }
+
+/// The binary allocates with jemalloc and the options `src/main.rs` gives it
+/// (docs/benchmarks.md, "The allocator"): jemalloc confirms each one it
+/// read, and its background thread, which returns freed pages to the
+/// system, exists only with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_allocates_with_jemalloc_and_its_options() {
+    let (code, stderr) = run_to_exit(&["--version"], &[("_RJEM_MALLOC_CONF", "confirm_conf:true")]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let missing = common::allocator_options_missing(&stderr);
+    assert!(missing.is_empty(), "jemalloc did not set {missing:?}:\n{stderr}");
+
+    let api = fake_api(20).await;
+    let exporter = Exporter::start_ready(&api.kubeconfig(), &[], &[PROM_ONLY]).await;
+    let threads = exporter.thread_names();
+    assert!(
+        threads.iter().any(|t| t == "jemalloc_bg_thd"),
+        "no jemalloc background thread among {threads:?}"
+    );
+}

@@ -116,8 +116,7 @@ async fn connection_floods_hold_memory_under_a_bound_and_probes_get_in() {
     drop(idle);
 
     // Closed: what they held is given back.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = exporter.rss();
+    let after = exporter.settled_rss().await;
     let samples = exporter.scrape().await;
     let evicted = value(
         &samples,
@@ -467,7 +466,7 @@ async fn huge_tokens_are_refused_before_any_review_and_hold_no_memory() {
             *statuses.entry(r.await.expect("joins")).or_default() += 1;
         }
     }
-    let (peak, after) = (exporter.peak_rss(), exporter.rss());
+    let (peak, after) = (exporter.peak_rss(), exporter.settled_rss().await);
     println!(
         "1,000 requests with 60 KB tokens: answers {statuses:?}; rss {} → {} (peak {} → {})",
         mib(rss0),

@@ -220,9 +220,32 @@ fn the_built_image_runs_as_the_chart_expects() {
             .expect("chroot runs")
     };
     let version_out = run(&["--version"]);
+    // The allocator and its options are in the binary that ships
+    // (src/main.rs), and take effect there: jemalloc confirms each.
+    let confirmed = std::process::Command::new("chroot")
+        .arg("--userspec=65532:65532")
+        .arg(rootfs)
+        .arg("/usr/local/bin/kube-node-status")
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "confirm_conf:true")
+        .output()
+        .expect("chroot runs");
+    let confirmed = String::from_utf8_lossy(&confirmed.stderr).to_string();
+    let jemalloc_copying = rootfs
+        .join("usr/share/doc/kube-node-status/jemalloc/COPYING")
+        .is_file();
     let help = run(&["--help"]);
     podman(&["image", "unmount", &image]);
     assert!(found.is_empty(), "a shell in a distroless image: {found:?}");
+    let missing = common::allocator_options_missing(&confirmed);
+    assert!(
+        missing.is_empty(),
+        "jemalloc in the image did not set {missing:?}:\n{confirmed}"
+    );
+    assert!(
+        jemalloc_copying,
+        "jemalloc's licence is not in the image (it is linked into the binary)"
+    );
     assert!(
         version_out.status.success(),
         "{}",

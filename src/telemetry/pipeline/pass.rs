@@ -107,8 +107,6 @@ pub struct Pass {
     series: Vec<Vec<usize>>,
     /// Per family: the sum of its `series`.
     series_total: Vec<usize>,
-    /// What the last pass did.
-    last: Done,
     /// The cluster-wide readings of the last pass: instrument name and points.
     cluster_series: Vec<(String, usize)>,
     /// The cluster-wide readings' provider, built at the first pass.
@@ -161,7 +159,6 @@ impl Pass {
             primed: false,
             series: Vec::new(),
             series_total: vec![0; families.len()],
-            last: Done::default(),
             cluster_series: Vec::new(),
             cluster_readings: None,
         };
@@ -170,13 +167,9 @@ impl Pass {
     }
 
     /// The shard count.
+    #[cfg(test)]
     pub fn shard_count(&self) -> usize {
         self.members.len()
-    }
-
-    /// True if the last pass wrote a quarter of the shards or more.
-    pub fn last_was_large(&self) -> bool {
-        self.last.shards >= self.shard_count() / 4
     }
 
     /// Moves every node held to `count` shards, all of them empty of
@@ -357,7 +350,6 @@ impl Pass {
             }
         }
         self.primed = true;
-        self.last = done;
         // Once per pass, for both outputs.
         let cluster = self
             .cluster_readings

@@ -357,9 +357,39 @@ impl Exporter {
         self.status_kib("VmRSS:") * 1024
     }
 
+    /// Resident memory once what was just freed has been handed back, in
+    /// bytes (Linux). jemalloc's background thread returns freed pages over
+    /// about a second (src/main.rs), so a reading right after a burst still
+    /// counts them: this one waits until RSS has stopped falling for 1.2 s
+    /// (at most 10 s), then reads it.
+    pub async fn settled_rss(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (mut low, mut since) = (self.rss(), Instant::now());
+        while since.elapsed() < Duration::from_millis(1200) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = self.rss();
+            if now + 64 * 1024 < low {
+                (low, since) = (now, Instant::now());
+            }
+        }
+        self.rss()
+    }
+
     /// Peak resident memory of the exporter process since it started, in bytes (Linux).
     pub fn peak_rss(&self) -> u64 {
         self.status_kib("VmHWM:") * 1024
+    }
+
+    /// The names of the exporter process's threads (Linux).
+    pub fn thread_names(&self) -> Vec<String> {
+        let pid = self.child.as_ref().expect("running").id();
+        let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("/proc/PID/task")
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_string())
+            .collect();
+        names.sort();
+        names
     }
 
     /// A `kB` field of /proc/PID/status.
@@ -480,6 +510,28 @@ pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String)
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
+}
+
+/// jemalloc's options as `src/main.rs` sets them.
+pub const ALLOCATOR_OPTIONS: [&str; 4] = [
+    "narenas:2",
+    "background_thread:true",
+    "dirty_decay_ms:1000",
+    "muzzy_decay_ms:0",
+];
+
+/// The options missing from what jemalloc says it set, given the stderr of a
+/// run with `_RJEM_MALLOC_CONF=confirm_conf:true`: empty when every one
+/// took effect.
+pub fn allocator_options_missing(stderr: &str) -> Vec<&'static str> {
+    ALLOCATOR_OPTIONS
+        .into_iter()
+        .filter(|o| {
+            !stderr
+                .lines()
+                .any(|l| l == format!("<jemalloc>: -- Set conf value: {o}"))
+        })
+        .collect()
 }
 
 /// A tool the tests need: `name` on PATH or in the project's `.venv/bin`. A missing peer is a failure.
