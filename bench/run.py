@@ -442,6 +442,11 @@ def measure(nodes, args, workdir, first=False, encoding="protobuf", leases=False
         # once per --fast-repost-period; the CPU over idle per extra update
         # ignored (counted by the exporter itself).
         if args.fast_repost_period_ms > 0:
+            # Without the change window before it, this one would start right
+            # after the cycle waited for above: half an interval first, so
+            # it holds one cycle (after the change window it does already).
+            if args.change_rate <= 0:
+                time.sleep(run.interval_s / 2)
             before = unchanged_events(run)
             post(f"{run.api}/fake/reposts?period_ms={args.fast_repost_period_ms}")
             exports = len(run.export_times_ms())
@@ -695,7 +700,12 @@ def markdown(results):
         for n in sizes:
             r = results[n]
             vals = [r.get(k) for k in key] if isinstance(key, tuple) else [r.get(key)]
-            cells.append("–" if None in vals else fmt.format(*vals))
+            parts = fmt.split(" / ")
+            if len(vals) > 1 and len(parts) == len(vals):
+                # Each value on its own: one missing (a window left out) is "–".
+                cells.append(" / ".join("–" if v is None else p.format(v) for p, v in zip(parts, vals)))
+            else:
+                cells.append("–" if None in vals else fmt.format(*vals))
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     out.append("| runs (medians over) | " + " | ".join(str(results[n]["runs"]) for n in sizes) + " |")
     return "\n".join(out) + "\n"
@@ -752,6 +762,11 @@ def targets(nodes):
     }
 
 
+def farthest_from_one(counts):
+    """Of the runs' OTLP cycle counts in a window, the one farthest from 1."""
+    return max(counts, key=lambda c: abs(c - 1))
+
+
 def check(results, cpu_slack=1.0):
     """Every size's results against its scaled targets: the failures, as text.
     The idle CPU bound is multiplied by `cpu_slack` (see --cpu-slack)."""
@@ -773,6 +788,12 @@ def check(results, cpu_slack=1.0):
                                 f"{kept:.0f} updates kept, not 0 and 0")
         if r.get("idle_otlp_cycles", 1) < 1:
             failures.append(f"{n} nodes: the idle window held no OTLP cycle (it must hold one: --idle-window)")
+        # Each is CPU over idle: a window with no cycle or two is off by a
+        # cycle's CPU (at 50,000 nodes, that of ~200 changes).
+        for what in ("change", "repost"):
+            cycles = r.get(f"{what}_otlp_cycles")
+            if cycles is not None and cycles != 1:
+                failures.append(f"{n} nodes: the {what} window held {cycles:.0f} OTLP cycles, not 1")
         fresh_bound = 1000.0 + r["metrics_p99_ms"]
         if r["freshness_p99_ms"] > fresh_bound:
             failures.append(f"{n} nodes: freshness_p99_ms {r['freshness_p99_ms']:.0f} > {fresh_bound:.0f} (1 s + one scrape)")
@@ -853,7 +874,9 @@ def main():
                 # A gap in any run is a gap: the worst run, not the median.
                 worst = {"relist_gaps": max, "relist_fewest_nodes": min, "idle_shards_written": max,
                          "idle_updates_applied": max, "after_outage_shards_written": max,
-                         "after_outage_updates_applied": max, "idle_otlp_cycles": min}
+                         "after_outage_updates_applied": max, "idle_otlp_cycles": min,
+                         # The run whose window held other than one cycle.
+                         "change_otlp_cycles": farthest_from_one, "repost_otlp_cycles": farthest_from_one}
                 results[key] = {k: worst.get(k, median)([run[k] for run in runs if run[k] is not None] or [None])
                                 if not isinstance(runs[0][k], bool) else runs[0][k] for k in runs[0]}
                 results[key]["runs"] = repeats

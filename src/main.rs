@@ -5,8 +5,9 @@ use kube_node_status::cli::{self, Cli};
 
 // jemalloc, not glibc's malloc. After a zone outage at 50,000 nodes (every
 // shard written again twice) glibc's two arenas held 80 MB more than the live
-// heap, in holes too small to give back, and kept it; jemalloc, with the
-// options below, ended 50 MB lower (docs/benchmarks.md, "The allocator").
+// heap, in holes too small to give back, and kept it; with jemalloc and the
+// options below the bench's steady RSS there is 45 MiB lower
+// (docs/benchmarks.md, "The allocator").
 // Only the binary sets it: tests, benches and fuzz targets of the library
 // keep the system allocator. Linux only: the image's system, and the only
 // one where jemalloc's background thread exists (elsewhere it would fail
