@@ -188,8 +188,13 @@ async fn a_collector_down_leaves_memory_bounded_and_exports_resume() {
         first / MIB,
         second / MIB
     );
+    // A queue across cycles would add a cycle's points (~96,000, ~5 MB
+    // encoded) every second: 100 MB over the second half. The allocator
+    // (jemalloc) hands freed pages back and takes them again, so the level
+    // itself moves: 57–59 MiB throughout on a quiet machine, and on a busy
+    // CI machine 46–52 MiB for the first 30 s, then 58–63 MiB.
     assert!(
-        second <= first + 8 * MIB,
+        second <= first + 16 * MIB,
         "memory grew while the collector was down: {rss:?}"
     );
     let logs = exporter.logs();
