@@ -210,26 +210,21 @@ fn the_built_image_runs_as_the_chart_expects() {
     let mount = podman(&["image", "mount", &image]).trim().to_string();
     let rootfs = Path::new(&mount);
     let found = shells(rootfs);
-    let run = |args: &[&str]| {
+    let run_with = |args: &[&str], env: &[(&str, &str)]| {
         std::process::Command::new("chroot")
             .arg("--userspec=65532:65532")
             .arg(rootfs)
             .arg("/usr/local/bin/kube-node-status")
             .args(args)
+            .envs(env.iter().copied())
             .output()
             .expect("chroot runs")
     };
+    let run = |args: &[&str]| run_with(args, &[]);
     let version_out = run(&["--version"]);
     // The allocator and its options are in the binary that ships
     // (src/main.rs), and take effect there: jemalloc confirms each.
-    let confirmed = std::process::Command::new("chroot")
-        .arg("--userspec=65532:65532")
-        .arg(rootfs)
-        .arg("/usr/local/bin/kube-node-status")
-        .arg("--version")
-        .env("_RJEM_MALLOC_CONF", "confirm_conf:true")
-        .output()
-        .expect("chroot runs");
+    let confirmed = run_with(&["--version"], &[("_RJEM_MALLOC_CONF", "confirm_conf:true")]);
     let confirmed = String::from_utf8_lossy(&confirmed.stderr).to_string();
     let jemalloc_copying = rootfs
         .join("usr/share/doc/kube-node-status/jemalloc/COPYING")
