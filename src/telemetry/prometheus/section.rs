@@ -52,8 +52,38 @@ impl Sum {
 /// the list of chunks, never the whole family.
 const CHUNK: usize = 64;
 
+/// Up to [`CHUNK`] shards' segments, and their deflate joined into one
+/// buffer that each segment's bytes are a slice of. A scrape sends a chunk's
+/// joined bytes as one part: one part per segment was ~250,000 at 65,000
+/// nodes (and copying them into frames, 53 MB a scrape), and handling them
+/// was most of a scrape's CPU.
+#[derive(Clone, Default)]
+struct Chunk {
+    segments: Vec<Segment>,
+    /// The segments' deflate, in order, as of the last [`FamilyText::seal`].
+    joined: Bytes,
+}
+
+impl Chunk {
+    /// Joins the segments' deflate again and points each segment at its
+    /// slice of it, so that no bytes are held twice.
+    fn join(&mut self) {
+        let mut joined = Vec::with_capacity(self.segments.iter().map(|s| s.deflate.len()).sum());
+        for s in &self.segments {
+            joined.extend_from_slice(&s.deflate);
+        }
+        self.joined = Bytes::from(joined);
+        let mut at = 0;
+        for s in &mut self.segments {
+            let len = s.deflate.len();
+            s.deflate = self.joined.slice(at..at + len);
+            at += len;
+        }
+    }
+}
+
 /// A family's segments, in chunks shared with the sections scrapes hold.
-type Chunks = Arc<Vec<Arc<Vec<Segment>>>>;
+type Chunks = Arc<Vec<Arc<Chunk>>>;
 
 /// One family's part of the node section: its header, then its samples
 /// shard by shard. Held by the pass; sections take [`FamilyText::snapshot`]s.
@@ -65,6 +95,8 @@ type Chunks = Arc<Vec<Arc<Vec<Segment>>>>;
 pub struct FamilyText {
     header: Segment,
     chunks: Chunks,
+    /// Chunks whose segments changed since their deflate was last joined.
+    unjoined: Vec<usize>,
     /// `tree[1]` is the root; node `i` combines `2i` and `2i + 1`; the
     /// leaves are at `width..2 * width`, shards in order, padded with empty ones.
     tree: Vec<Sum>,
@@ -76,11 +108,17 @@ impl FamilyText {
     pub fn new(header: Segment, shards: usize) -> FamilyText {
         let width = shards.next_power_of_two().max(1);
         let chunks = (0..shards.div_ceil(CHUNK))
-            .map(|c| Arc::new(vec![Segment::empty(); CHUNK.min(shards - c * CHUNK)]))
+            .map(|c| {
+                Arc::new(Chunk {
+                    segments: vec![Segment::empty(); CHUNK.min(shards - c * CHUNK)],
+                    joined: Bytes::new(),
+                })
+            })
             .collect();
         FamilyText {
             header,
             chunks: Arc::new(chunks),
+            unjoined: Vec::new(),
             tree: vec![Sum::default(); 2 * width],
             width,
         }
@@ -88,7 +126,7 @@ impl FamilyText {
 
     /// The segment of shard `shard`.
     pub fn shard(&self, shard: usize) -> &Segment {
-        &self.chunks[shard / CHUNK][shard % CHUNK]
+        &self.chunks[shard / CHUNK].segments[shard % CHUNK]
     }
 
     /// Replaces the segment of shard `shard`.
@@ -96,7 +134,10 @@ impl FamilyText {
         let mut at = self.width + shard;
         self.tree[at] = Sum::of(&segment);
         let chunk = Arc::make_mut(&mut Arc::make_mut(&mut self.chunks)[shard / CHUNK]);
-        chunk[shard % CHUNK] = segment;
+        chunk.segments[shard % CHUNK] = segment;
+        if self.unjoined.last() != Some(&(shard / CHUNK)) {
+            self.unjoined.push(shard / CHUNK);
+        }
         while at > 1 {
             at /= 2;
             self.tree[at] = self.tree[2 * at].then(&self.tree[2 * at + 1]);
@@ -108,8 +149,18 @@ impl FamilyText {
         self.tree[1].points as usize
     }
 
-    /// The family as it stands, for a section: cheap (two references).
-    pub fn snapshot(&self) -> FamilySnapshot {
+    /// The family as it stands, for a section: two references, once the
+    /// chunks changed since the last one are joined again (a change joins
+    /// one chunk, a few KB).
+    pub fn snapshot(&mut self) -> FamilySnapshot {
+        if !self.unjoined.is_empty() {
+            self.unjoined.sort_unstable();
+            self.unjoined.dedup();
+            let chunks = Arc::make_mut(&mut self.chunks);
+            for c in self.unjoined.drain(..) {
+                Arc::make_mut(&mut chunks[c]).join();
+            }
+        }
         FamilySnapshot {
             header: self.header.deflate.clone(),
             chunks: self.chunks.clone(),
@@ -127,15 +178,34 @@ pub struct FamilySnapshot {
 }
 
 impl FamilySnapshot {
-    /// Its non-empty deflate chunks, in order.
-    fn chunks(&self) -> impl Iterator<Item = &Bytes> {
-        std::iter::once(&self.header).chain(
-            self.chunks
-                .iter()
-                .flat_map(|c| c.iter())
-                .filter(|s| s.len > 0)
-                .map(|s| &s.deflate),
-        )
+    /// Its deflate parts, in order: the header, then each chunk's joined
+    /// segments (empty ones too, which hold no bytes).
+    fn parts(&self) -> impl Iterator<Item = &Bytes> {
+        std::iter::once(&self.header).chain(self.chunks.iter().map(|c| &c.joined))
+    }
+
+    /// Part `i` of [`FamilySnapshot::parts`], `None` past the last.
+    fn part(&self, i: usize) -> Option<&Bytes> {
+        match i {
+            0 => Some(&self.header),
+            _ => self.chunks.get(i - 1).map(|c| &c.joined),
+        }
+    }
+}
+
+/// Where a read of a section's deflate data stands: a family (the tail
+/// after the last), a part in it, and bytes of that part already read.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Position {
+    family: usize,
+    part: usize,
+    at: usize,
+}
+
+impl Position {
+    /// Past `n` more bytes of the part [`Section::unread`] last returned.
+    pub(super) fn advance(&mut self, n: usize) {
+        self.at += n;
     }
 }
 
@@ -178,7 +248,13 @@ impl Section {
 
     /// Bytes of deflate it is kept as (and sent as, gzip-encoded).
     pub fn deflated_len(&self) -> u64 {
-        self.chunks().iter().map(|c| c.len() as u64).sum()
+        let parts: u64 = self
+            .families
+            .iter()
+            .flat_map(FamilySnapshot::parts)
+            .map(|p| p.len() as u64)
+            .sum();
+        parts + self.tail.as_ref().map_or(0, |t| t.deflate.len() as u64)
     }
 
     /// The CRC-32 of its plain text, to combine with what follows it.
@@ -186,16 +262,66 @@ impl Section {
         self.sum.hasher()
     }
 
-    /// Its deflate chunks, in order.
-    pub(super) fn chunks(&self) -> Vec<Bytes> {
-        self.families
-            .iter()
-            .flat_map(|f| f.chunks())
-            .chain(self.tail.iter().filter(|t| t.len > 0).map(|t| &t.deflate))
-            .cloned()
-            .collect()
+    /// The unread rest of the part `at` is in, moving past parts read to
+    /// their end (and empty ones); empty once the section is read.
+    pub(super) fn unread(&self, at: &mut Position) -> &[u8] {
+        loop {
+            let part = match self.families.get(at.family) {
+                Some(f) => match f.part(at.part) {
+                    Some(p) => p.as_ref(),
+                    None => {
+                        *at = Position {
+                            family: at.family + 1,
+                            ..Position::default()
+                        };
+                        continue;
+                    }
+                },
+                None if at.family == self.families.len() && at.part == 0 => {
+                    self.tail.as_ref().map_or(&[][..], |t| t.deflate.as_ref())
+                }
+                None => return &[],
+            };
+            if at.at < part.len() {
+                return &part[at.at..];
+            }
+            at.part += 1;
+            at.at = 0;
+        }
+    }
+
+    /// The next part from `at` on that holds bytes, whole: a reference,
+    /// not a copy. `None` once the section is read.
+    pub(super) fn next_part(&self, at: &mut Position) -> Option<Bytes> {
+        loop {
+            let part = match self.families.get(at.family) {
+                Some(f) => match f.part(at.part) {
+                    Some(p) => p,
+                    None => {
+                        *at = Position {
+                            family: at.family + 1,
+                            ..Position::default()
+                        };
+                        continue;
+                    }
+                },
+                None if at.family == self.families.len() && at.part == 0 => match &self.tail {
+                    Some(t) => &t.deflate,
+                    None => &EMPTY,
+                },
+                None => return None,
+            };
+            at.part += 1;
+            at.at = 0;
+            if !part.is_empty() {
+                return Some(part.clone());
+            }
+        }
     }
 }
+
+/// What a missing tail reads as.
+static EMPTY: Bytes = Bytes::new();
 
 #[cfg(test)]
 mod tests {
@@ -206,7 +332,25 @@ mod tests {
 
     /// The text a section's chunks inflate to.
     fn inflated(section: &Section) -> String {
-        let chunks: Vec<u8> = section.chunks().iter().flat_map(|c| c.to_vec()).collect();
+        let mut chunks = Vec::new();
+        let mut at = Position::default();
+        while let Some(part) = section.next_part(&mut at) {
+            chunks.extend_from_slice(&part);
+        }
+        assert_eq!(chunks.len() as u64, section.deflated_len());
+        // Read as the plain body reads it: a few bytes at a time, ending
+        // inside parts as well as between them.
+        let (mut read, mut at) = (Vec::new(), Position::default());
+        loop {
+            let rest = section.unread(&mut at);
+            if rest.is_empty() {
+                break;
+            }
+            let n = rest.len().min(7);
+            read.extend_from_slice(&rest[..n]);
+            at.advance(n);
+        }
+        assert_eq!(read, chunks, "the part by part and the byte by byte reads");
         let mut text = String::new();
         flate2::read::DeflateDecoder::new([chunks.as_slice(), &FINAL_BLOCK].concat().as_slice())
             .read_to_string(&mut text)
