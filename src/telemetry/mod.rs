@@ -326,7 +326,7 @@ impl Inner {
     /// handing each to `sink` until it refuses one. Blocking.
     fn write_requests(&self, own: &SharedReader, max: usize, mut sink: impl FnMut(wire::Part) -> bool) {
         let now = unix_nanos(std::time::SystemTime::now());
-        let mut pass = self.run_pass();
+        let pass = self.run_pass();
         let Some(cache) = pass.otlp() else { return };
         // The /metrics side gets this pass's work too.
         if self.streaming() {

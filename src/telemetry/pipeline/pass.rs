@@ -388,12 +388,12 @@ impl Pass {
 
     /// The node section of `/metrics` as of the last pass: each family's
     /// header (if it has any sample) and samples, then the cluster-wide readings.
-    pub fn section(&mut self) -> Section {
-        let Some(text) = &mut self.text else {
+    pub fn section(&self) -> Section {
+        let Some(text) = &self.text else {
             return Section::empty();
         };
         Section::assemble(
-            text.families.iter_mut().map(FamilyText::snapshot).collect(),
+            text.families.iter().map(FamilyText::snapshot).collect(),
             Some(text.cluster.clone()),
         )
     }

@@ -159,6 +159,8 @@ const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 pub(super) const FINAL_BLOCK: [u8; 5] = [0x01, 0x00, 0x00, 0xff, 0xff];
 /// Plain text is decoded and sent this much at a time.
 const PLAIN_CHUNK: usize = 16 * 1024;
+/// The section is sent in frames of this many bytes of deflate data.
+const FRAME: usize = 64 * 1024;
 
 /// The body for one scrape: the cached node `section`, then `live` (plain
 /// text), gzip-encoded if `gzip`.
@@ -177,15 +179,16 @@ pub fn respond(section: Arc<Section>, live: Vec<u8>, gzip: bool) -> io::Result<E
         trailer.extend_from_slice(&crc.finalize().to_le_bytes());
         trailer.extend_from_slice(&isize.to_le_bytes());
         let len = (GZIP_HEADER.len() + tail.len() + trailer.len()) as u64 + section.deflated_len();
-        // Each part is a family's header or the joined segments of up to 64
-        // of its shards: a few thousand parts at 100,000 nodes, sent as they
-        // are kept, without a copy.
-        let parts = stream::unfold((section, Position::default()), |(section, mut at)| async move {
-            let part = section.next_part(&mut at)?;
-            Some((Ok(part), (section, at)))
+        // Copied into frames a few at a time as the client reads: a slow
+        // scraper holds one frame, not a copy of the body.
+        let frames = stream::unfold((section, Position::default()), |(section, mut at)| async move {
+            let mut frame = Vec::with_capacity(FRAME);
+            section
+                .read_into(&mut at, &mut frame, FRAME)
+                .then(|| (Ok(Bytes::from(frame)), (section, at)))
         });
         let body = stream::iter([Ok(Bytes::from_static(&GZIP_HEADER))])
-            .chain(parts)
+            .chain(frames)
             .chain(stream::iter([Ok(Bytes::from(tail)), Ok(Bytes::from(trailer))]));
         return Ok(Exposition {
             body: body.boxed(),

@@ -52,38 +52,8 @@ impl Sum {
 /// the list of chunks, never the whole family.
 const CHUNK: usize = 64;
 
-/// Up to [`CHUNK`] shards' segments, and their deflate joined into one
-/// buffer that each segment's bytes are a slice of. A scrape sends a chunk's
-/// joined bytes as one part: one part per segment was ~250,000 at 65,000
-/// nodes (and copying them into frames, 53 MB a scrape), and handling them
-/// was most of a scrape's CPU.
-#[derive(Clone, Default)]
-struct Chunk {
-    segments: Vec<Segment>,
-    /// The segments' deflate, in order, as of the last [`FamilyText::seal`].
-    joined: Bytes,
-}
-
-impl Chunk {
-    /// Joins the segments' deflate again and points each segment at its
-    /// slice of it, so that no bytes are held twice.
-    fn join(&mut self) {
-        let mut joined = Vec::with_capacity(self.segments.iter().map(|s| s.deflate.len()).sum());
-        for s in &self.segments {
-            joined.extend_from_slice(&s.deflate);
-        }
-        self.joined = Bytes::from(joined);
-        let mut at = 0;
-        for s in &mut self.segments {
-            let len = s.deflate.len();
-            s.deflate = self.joined.slice(at..at + len);
-            at += len;
-        }
-    }
-}
-
 /// A family's segments, in chunks shared with the sections scrapes hold.
-type Chunks = Arc<Vec<Arc<Chunk>>>;
+type Chunks = Arc<Vec<Arc<Vec<Segment>>>>;
 
 /// One family's part of the node section: its header, then its samples
 /// shard by shard. Held by the pass; sections take [`FamilyText::snapshot`]s.
@@ -95,8 +65,6 @@ type Chunks = Arc<Vec<Arc<Chunk>>>;
 pub struct FamilyText {
     header: Segment,
     chunks: Chunks,
-    /// Chunks whose segments changed since their deflate was last joined.
-    unjoined: Vec<usize>,
     /// `tree[1]` is the root; node `i` combines `2i` and `2i + 1`; the
     /// leaves are at `width..2 * width`, shards in order, padded with empty ones.
     tree: Vec<Sum>,
@@ -108,17 +76,11 @@ impl FamilyText {
     pub fn new(header: Segment, shards: usize) -> FamilyText {
         let width = shards.next_power_of_two().max(1);
         let chunks = (0..shards.div_ceil(CHUNK))
-            .map(|c| {
-                Arc::new(Chunk {
-                    segments: vec![Segment::empty(); CHUNK.min(shards - c * CHUNK)],
-                    joined: Bytes::new(),
-                })
-            })
+            .map(|c| Arc::new(vec![Segment::empty(); CHUNK.min(shards - c * CHUNK)]))
             .collect();
         FamilyText {
             header,
             chunks: Arc::new(chunks),
-            unjoined: Vec::new(),
             tree: vec![Sum::default(); 2 * width],
             width,
         }
@@ -126,7 +88,7 @@ impl FamilyText {
 
     /// The segment of shard `shard`.
     pub fn shard(&self, shard: usize) -> &Segment {
-        &self.chunks[shard / CHUNK].segments[shard % CHUNK]
+        &self.chunks[shard / CHUNK][shard % CHUNK]
     }
 
     /// Replaces the segment of shard `shard`.
@@ -134,10 +96,7 @@ impl FamilyText {
         let mut at = self.width + shard;
         self.tree[at] = Sum::of(&segment);
         let chunk = Arc::make_mut(&mut Arc::make_mut(&mut self.chunks)[shard / CHUNK]);
-        chunk.segments[shard % CHUNK] = segment;
-        if self.unjoined.last() != Some(&(shard / CHUNK)) {
-            self.unjoined.push(shard / CHUNK);
-        }
+        chunk[shard % CHUNK] = segment;
         while at > 1 {
             at /= 2;
             self.tree[at] = self.tree[2 * at].then(&self.tree[2 * at + 1]);
@@ -149,18 +108,8 @@ impl FamilyText {
         self.tree[1].points as usize
     }
 
-    /// The family as it stands, for a section: two references, once the
-    /// chunks changed since the last one are joined again (a change joins
-    /// one chunk, a few KB).
-    pub fn snapshot(&mut self) -> FamilySnapshot {
-        if !self.unjoined.is_empty() {
-            self.unjoined.sort_unstable();
-            self.unjoined.dedup();
-            let chunks = Arc::make_mut(&mut self.chunks);
-            for c in self.unjoined.drain(..) {
-                Arc::make_mut(&mut chunks[c]).join();
-            }
-        }
+    /// The family as it stands, for a section: cheap (two references).
+    pub fn snapshot(&self) -> FamilySnapshot {
         FamilySnapshot {
             header: self.header.deflate.clone(),
             chunks: self.chunks.clone(),
@@ -178,17 +127,22 @@ pub struct FamilySnapshot {
 }
 
 impl FamilySnapshot {
-    /// Its deflate parts, in order: the header, then each chunk's joined
-    /// segments (empty ones too, which hold no bytes).
+    /// Its deflate parts, in order: the header, then each shard's segment
+    /// (empty ones too, which hold no bytes).
     fn parts(&self) -> impl Iterator<Item = &Bytes> {
-        std::iter::once(&self.header).chain(self.chunks.iter().map(|c| &c.joined))
+        std::iter::once(&self.header).chain(self.chunks.iter().flat_map(|c| c.iter()).map(|s| &s.deflate))
     }
 
-    /// Part `i` of [`FamilySnapshot::parts`], `None` past the last.
+    /// Part `i` of [`FamilySnapshot::parts`], `None` past the last: every
+    /// chunk but the last holds [`CHUNK`] shards.
     fn part(&self, i: usize) -> Option<&Bytes> {
         match i {
             0 => Some(&self.header),
-            _ => self.chunks.get(i - 1).map(|c| &c.joined),
+            _ => self
+                .chunks
+                .get((i - 1) / CHUNK)
+                .and_then(|c| c.get((i - 1) % CHUNK))
+                .map(|s| &s.deflate),
         }
     }
 }
@@ -290,38 +244,27 @@ impl Section {
         }
     }
 
-    /// The next part from `at` on that holds bytes, whole: a reference,
-    /// not a copy. `None` once the section is read.
-    pub(super) fn next_part(&self, at: &mut Position) -> Option<Bytes> {
-        loop {
-            let part = match self.families.get(at.family) {
-                Some(f) => match f.part(at.part) {
-                    Some(p) => p,
-                    None => {
-                        *at = Position {
-                            family: at.family + 1,
-                            ..Position::default()
-                        };
-                        continue;
-                    }
-                },
-                None if at.family == self.families.len() && at.part == 0 => match &self.tail {
-                    Some(t) => &t.deflate,
-                    None => &EMPTY,
-                },
-                None => return None,
-            };
-            at.part += 1;
-            at.at = 0;
-            if !part.is_empty() {
-                return Some(part.clone());
+    /// Copies deflate data from `at` on into `out` until `out` holds at
+    /// least `want` bytes or the section is read; false if nothing was left.
+    /// A scrape sends the section in frames of this: one frame per part was
+    /// ~250,000 frames at 65,000 nodes, and handling them, not the bytes,
+    /// was most of a scrape's CPU. Joining each chunk's parts once, when a
+    /// pass changed it, cost more than the copy: a change then allocated
+    /// and copied a chunk in every family it touched.
+    pub(super) fn read_into(&self, at: &mut Position, out: &mut Vec<u8>, want: usize) -> bool {
+        let before = out.len();
+        while out.len() < want {
+            let rest = self.unread(at);
+            if rest.is_empty() {
+                break;
             }
+            let n = rest.len().min(want - out.len());
+            out.extend_from_slice(&rest[..n]);
+            at.at += n;
         }
+        out.len() > before
     }
 }
-
-/// What a missing tail reads as.
-static EMPTY: Bytes = Bytes::new();
 
 #[cfg(test)]
 mod tests {
@@ -334,23 +277,26 @@ mod tests {
     fn inflated(section: &Section) -> String {
         let mut chunks = Vec::new();
         let mut at = Position::default();
-        while let Some(part) = section.next_part(&mut at) {
-            chunks.extend_from_slice(&part);
+        // Small reads, so that reads end inside parts as well as between them.
+        loop {
+            let want = chunks.len() + 7;
+            if !section.read_into(&mut at, &mut chunks, want) {
+                break;
+            }
         }
         assert_eq!(chunks.len() as u64, section.deflated_len());
-        // Read as the plain body reads it: a few bytes at a time, ending
-        // inside parts as well as between them.
+        // Read as the plain body reads it, a part's rest at a time.
         let (mut read, mut at) = (Vec::new(), Position::default());
         loop {
             let rest = section.unread(&mut at);
             if rest.is_empty() {
                 break;
             }
-            let n = rest.len().min(7);
+            let n = rest.len().min(5);
             read.extend_from_slice(&rest[..n]);
             at.advance(n);
         }
-        assert_eq!(read, chunks, "the part by part and the byte by byte reads");
+        assert_eq!(read, chunks, "the framed and the plain reads");
         let mut text = String::new();
         flate2::read::DeflateDecoder::new([chunks.as_slice(), &FINAL_BLOCK].concat().as_slice())
             .read_to_string(&mut text)
