@@ -182,10 +182,14 @@ pub fn respond(section: Arc<Section>, live: Vec<u8>, gzip: bool) -> io::Result<E
         // Copied into frames a few at a time as the client reads: a slow
         // scraper holds one frame, not a copy of the body.
         let frames = stream::unfold((section, Position::default()), |(section, mut at)| async move {
+            if section.unread(&mut at).is_empty() {
+                return None;
+            }
             let mut frame = Vec::with_capacity(FRAME);
-            section
-                .read_into(&mut at, &mut frame, FRAME)
-                .then(|| (Ok(Bytes::from(frame)), (section, at)))
+            section.read_into(&mut at, &mut frame, FRAME);
+            // The last frame is short: it keeps no unused capacity while sent.
+            frame.shrink_to_fit();
+            Some((Ok(Bytes::from(frame)), (section, at)))
         });
         let body = stream::iter([Ok(Bytes::from_static(&GZIP_HEADER))])
             .chain(frames)
@@ -326,7 +330,11 @@ pub(super) mod tests {
         assert_eq!(s.plain_len() as usize, big.len());
         let e = respond(s, b"live 1\n".to_vec(), true).unwrap();
         let declared = e.content_length.unwrap();
-        let gz = body(e).await;
+        let frames: Vec<Bytes> = e.body.map(|f| f.unwrap()).collect().await;
+        // Header, the section in frames (more than one: they split parts), tail, trailer.
+        assert!(frames.len() > 4, "{} frames", frames.len());
+        assert!(frames.iter().all(|f| f.len() <= FRAME));
+        let gz: Vec<u8> = frames.concat();
         assert_eq!(gz.len() as u64, declared);
         // flate2's single-member decoder: trailing bytes or a bad CRC would fail.
         let mut plain = String::new();

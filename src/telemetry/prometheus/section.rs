@@ -245,7 +245,7 @@ impl Section {
     }
 
     /// Copies deflate data from `at` on into `out` until `out` holds at
-    /// least `want` bytes or the section is read; false if nothing was left.
+    /// least `want` bytes or the section is read; false if it added nothing.
     /// A scrape sends the section in frames of this: one frame per part was
     /// ~250,000 frames at 65,000 nodes, and handling them, not the bytes,
     /// was most of a scrape's CPU. Joining each chunk's parts once, when a
