@@ -260,7 +260,7 @@ impl Section {
             }
             let n = rest.len().min(want - out.len());
             out.extend_from_slice(&rest[..n]);
-            at.at += n;
+            at.advance(n);
         }
         out.len() > before
     }
